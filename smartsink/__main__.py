@@ -1,0 +1,3 @@
+from smartsink.cli import main
+
+main()

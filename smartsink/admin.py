@@ -1,0 +1,153 @@
+"""The admin HTTP listener (aiohttp): /health, /metrics, KumoMTA's inject API, and the run ledger.
+
+It is served by the process that owns the sink as a whole: the only process with one worker, the
+supervisor with several, so /metrics and /runs always describe the whole sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from smartsink import metrics
+from smartsink.session import Session, SinkContext
+from smartsink.shared import RunLedger
+
+log = logging.getLogger("smartsink.admin")
+
+INJECT_MAX_BODY = 64 * 1024 * 1024
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class AdminSource:
+    """What the admin listener reads: supplied by the single-process sink or by the supervisor."""
+
+    def __init__(
+        self,
+        ctx: SinkContext,
+        health: Callable[[], dict[str, Any]],
+        ledger: Callable[[str], Awaitable[RunLedger | None]],
+    ):
+        self.ctx = ctx
+        self.health = health
+        self.ledger = ledger
+        self.started = time.time()
+
+
+def make_app(source: AdminSource) -> web.Application:
+    app = web.Application(client_max_size=INJECT_MAX_BODY)
+
+    async def health(request: web.Request) -> web.Response:
+        body = source.health()
+        body.setdefault("status", "ok")
+        body["uptime_s"] = round(time.time() - source.started, 3)
+        return web.json_response(body)
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        data = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+        return web.Response(body=data, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def inject(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _bad("the body is not JSON")
+        problem = _check_inject(body)
+        if problem:
+            return _bad(problem)
+        peer = request.remote or "http"
+        content = body["content"]
+        raw = (content if isinstance(content, str) else json.dumps(content)).encode("utf-8", "replace")
+        head = raw[:8192]
+        results = await asyncio.gather(
+            *(_inject_one(source.ctx, peer, body["envelope_sender"], r["email"], len(raw), head) for r in body["recipients"])
+        )
+        metrics.INJECTED.inc(len(results))
+        failed = [(email, err) for email, err in zip((r["email"] for r in body["recipients"]), results, strict=True) if err]
+        return web.json_response(
+            {
+                "success_count": len(results) - len(failed),
+                "fail_count": len(failed),
+                "failed_recipients": [email for email, _ in failed],
+                "errors": [f"{email}: {err}" for email, err in failed],
+            }
+        )
+
+    async def run(request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        if not _RUN_ID.match(run_id):
+            return _bad("a run id is 1 to 64 letters, digits, '-' or '_'")
+        ledger = await source.ledger(run_id)
+        if ledger is None:
+            return web.json_response({"run_id": run_id, "error": "this sink has seen no message of that run"}, status=404)
+        body: dict[str, Any] = {"run_id": run_id, **ledger.summary()}
+        if request.query.get("marks") == "1":
+            # One byte per id (see smartsink.shared), compressed: lets trafficgen reconcile id by id.
+            body["marks"] = base64.b64encode(zlib.compress(bytes(ledger.marks), 6)).decode("ascii")
+        return web.json_response(body)
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_post("/api/inject/v1", inject)
+    app.router.add_get("/runs/{run_id}", run)
+    return app
+
+
+def _bad(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+def _check_inject(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return "the body must be a JSON object"
+    if not isinstance(body.get("envelope_sender"), str):
+        return "envelope_sender must be a string"
+    if not isinstance(body.get("content"), str | dict):
+        return "content must be a string (the message) or an object"
+    recipients = body.get("recipients")
+    if not isinstance(recipients, list) or not recipients:
+        return "recipients must be a non-empty list of {\"email\": ...}"
+    for r in recipients:
+        if not isinstance(r, dict) or not isinstance(r.get("email"), str) or "@" not in r["email"]:
+            return "each recipient must be an object with an email address"
+    return None
+
+
+async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int, head: bytes) -> str | None:
+    """The policy's answer for one injected recipient: None when accepted, else the reply as text."""
+    session = Session(ctx, peer)
+    session.mail(sender)
+    try:
+        action = await session.rcpt(email)
+        if action.reply is ctx.ok_rcpt:
+            action = await session.data_end(size, head)
+    finally:
+        session.closed()
+    if action.reply is None:
+        return "connection dropped by the policy (disconnect)"
+    reply = action.reply.decode("ascii", "replace")
+    if reply.startswith("2"):
+        return None
+    lines = reply.splitlines()
+    return reply[:3] + "".join(" " + line[4:] for line in lines if len(line) > 4)
+
+
+async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
+    """Serve the admin app; return the runner and the bound address (port 0 resolved)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[:2] if sockets else (host, port)
+    return runner, (bound[0], bound[1])

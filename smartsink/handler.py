@@ -1,0 +1,123 @@
+"""The reference engine: aiosmtpd parses the wire, its handler hooks ask the same Session as the fast engine.
+
+`smartsink --engine aiosmtpd` serves with it. It is slower (docs/performance.md) but written by others,
+so tests drive the same conversations through both engines and compare the answers.
+Per aiosmtpd's contract, handle_MAIL sets envelope.mail_from and handle_RCPT appends to envelope.rcpt_tos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope
+from aiosmtpd.smtp import Session as AioSession
+
+from smartsink.session import Action, Session, SinkContext
+
+
+def _text(action: Action) -> str:
+    assert action.reply is not None
+    return action.reply.decode("ascii").rstrip("\r\n")
+
+
+class SinkHandler:
+    """aiosmtpd hooks that ask this connection's Session."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    async def handle_MAIL(
+        self, server: SMTP, session: AioSession, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self.session.mail(address)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: AioSession, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        action = await self.session.rcpt(address)
+        if action.reply is self.session.ctx.ok_rcpt:
+            envelope.rcpt_tos.append(address)
+        return self._after(server, action)
+
+    async def handle_DATA(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        action = await self.session.data_end(len(content), content[:8192])
+        return self._after(server, action)
+
+    async def handle_RSET(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
+        self.session.reset()
+        return "250 2.0.0 Ok"
+
+    @staticmethod
+    def _after(server: SMTP, action: Action) -> str:
+        transport = server.transport
+        if action.reply is None:
+            if transport is not None:
+                transport.abort()
+            return "421 4.3.0 (connection already cut)"
+        if action.close and transport is not None:
+            # aiosmtpd writes the returned reply before it next yields, so the close comes after it.
+            asyncio.get_running_loop().call_soon(transport.close)
+        return _text(action)
+
+
+def _any_credentials(server: SMTP, session: AioSession, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+    return AuthResult(success=True)
+
+
+class ReferenceSMTP(SMTP):
+    """aiosmtpd's SMTP with the sink's greeting rules, DATA-time cuts and connection accounting."""
+
+    def __init__(self, ctx: SinkContext, context: ssl.SSLContext | None):
+        self.sink_session = Session(ctx, "unknown")
+        config = ctx.config
+        super().__init__(
+            SinkHandler(self.sink_session),
+            hostname=config.hostname,
+            ident="ESMTP smartsink",
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=context,
+            require_starttls=False,
+            timeout=config.timeout,
+            auth_required=config.auth == "required",
+            auth_require_tls=False,
+            authenticator=_any_credentials if config.auth != "off" else None,
+        )
+
+    def connection_made(self, transport: Any) -> None:
+        peer = transport.get_extra_info("peername")
+        self.sink_session.client = peer[0] if isinstance(peer, tuple) else "unix"
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sink_session.closed()
+        super().connection_lost(exc)
+
+    async def _handle_client(self) -> None:
+        action = await self.sink_session.greet()
+        if action.reply is not self.sink_session.ctx.banner:
+            if self.transport is not None:
+                if action.reply is not None:
+                    self.transport.write(action.reply)
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.envelope.rcpt_tos and self.sink_session.data() is not None:
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        await super().smtp_DATA(arg)
+
+
+def aiosmtpd_factory(ctx: SinkContext, context: ssl.SSLContext | None) -> Callable[[], ReferenceSMTP]:
+    return lambda: ReferenceSMTP(ctx, context)

@@ -1,0 +1,76 @@
+"""The sink's Prometheus metrics, summed over all worker processes (prometheus-client multiprocess mode).
+
+Every process of a sink writes its values to files under PROMETHEUS_MULTIPROC_DIR, which smartsink's CLI
+creates before anything imports prometheus_client; a scrape of any admin listener reads and sums them all,
+so /metrics shows the whole sink whichever process answers, and a worker that dies keeps what it counted.
+Imported without that directory (a library user, a test), it falls back to the default in-process registry.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as _mp
+
+MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+_LIVE = {"multiprocess_mode": "livesum"} if MULTIPROC else {}
+
+MESSAGES = Counter(
+    "smartsink_messages",
+    "Recipients answered, by policy domain (unknown domains fold into 'other') and outcome",
+    ["domain", "outcome"],
+)
+CONNECTIONS_ACTIVE = Gauge("smartsink_connections_active", "SMTP connections open now", **_LIVE)  # type: ignore[arg-type]
+CONNECTIONS = Counter("smartsink_connections", "SMTP connections accepted")
+CONNECTIONS_REFUSED = Counter(
+    "smartsink_connections_refused", "Connections answered 421 at the greeting ([listener] max_connections)"
+)
+REDIRECTED = Counter(
+    "smartsink_redirected_connections",
+    "Connections whose original destination (SO_ORIGINAL_DST) was not the sink: an iptables redirect is live",
+)
+BYTES = Counter("smartsink_bytes_received", "Message bytes received after DATA")
+RELOADS = Counter("smartsink_policy_reloads", "Policy reloads, by result", ["result"])
+THROTTLED = Counter("smartsink_throttled", "Recipients refused by a domain's rate", ["domain"])
+GREYLISTED = Counter("smartsink_greylisted", "Recipients greylisted", ["domain"])
+DISCONNECTS = Counter("smartsink_disconnects", "Transactions cut without a reply (disconnect)", ["domain"])
+CONCURRENCY_REFUSED = Counter(
+    "smartsink_concurrency_refused", "Transactions answered 421 by a domain's max_concurrency", ["domain"]
+)
+PER_CONNECTION_REFUSED = Counter(
+    "smartsink_max_messages_refused", "Transactions answered 421 by max_messages_per_connection", ["domain"]
+)
+REPLY_DELAY = Histogram(
+    "smartsink_reply_delay_seconds",
+    "Delay added before the reply to the end of DATA (latency), by domain",
+    ["domain"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+INJECTED = Counter("smartsink_injected_messages", "Messages received on the HTTP inject API")
+
+_message_children: dict[tuple[str, str], object] = {}
+
+
+def message(domain: str, outcome: str):  # type: ignore[no-untyped-def]
+    """The counter child for one (domain, outcome); cached, as labels() is slow on the hot path."""
+    key = (domain, outcome)
+    child = _message_children.get(key)
+    if child is None:
+        child = _message_children[key] = MESSAGES.labels(domain, outcome)
+    return child
+
+
+def exposition() -> bytes:
+    """The text of /metrics: the sum over every process of this sink."""
+    if MULTIPROC:
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()
+
+
+def process_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay: what was counted is never lost)."""
+    if MULTIPROC:
+        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,85 @@
+"""Keeping the policy current: load at start, reload when the file changes or on SIGHUP.
+
+A broken edit never replaces a good policy: the last good one stays in force and the error is kept for
+/health until a good file arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from smartsink.policy.loader import PolicyError, load_policy
+from smartsink.policy.model import Policy
+
+log = logging.getLogger("smartsink.policy")
+
+POLL_INTERVAL = 0.5  # seconds; edits apply within 2 s
+
+
+def _signature(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+class PolicyStore:
+    """The policy in force, where it came from, and the last reload's error."""
+
+    def __init__(self, path: str, on_reload: Callable[[str], None] | None = None):
+        self.path = path
+        self.on_reload = on_reload or (lambda result: None)
+        self.listeners: list[Callable[[Policy], None]] = []
+        self.error: str | None = None
+        self.loaded_at = 0.0
+        self.generation = 0
+        self._signature = _signature(path)
+        self.policy: Policy = load_policy(path)  # PolicyError propagates: a bad file at start is fatal
+        self.loaded_at = time.time()
+        for warning in self.policy.warnings:
+            log.warning("policy warning: %s", warning)
+
+    def reload(self, reason: str = "change") -> bool:
+        """Load the file again; True when a new policy is in force."""
+        self._signature = _signature(self.path)
+        try:
+            policy = load_policy(self.path)
+        except PolicyError as e:
+            self.error = str(e)
+            self.on_reload("error")
+            for line in str(e).splitlines():
+                log.error("policy reload (%s) refused, keeping the last good policy: %s", reason, line)
+            return False
+        self.policy, self.error, self.loaded_at = policy, None, time.time()
+        self.generation += 1
+        self.on_reload("success")
+        log.info("policy reloaded (%s) from %s: %d domains", reason, self.path, len(policy.domains))
+        for warning in policy.warnings:
+            log.warning("policy warning: %s", warning)
+        for listener in self.listeners:
+            listener(policy)
+        return True
+
+    def changed(self) -> bool:
+        return _signature(self.path) != self._signature
+
+    async def watch(self, interval: float = POLL_INTERVAL) -> None:
+        """Poll the file's identity (mtime, size, inode) and reload on any change; runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.changed():
+                self.reload("file changed")
+
+    def health(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "loaded_at": self.loaded_at,
+            "generation": self.generation,
+            "domains": len(self.policy.domains),
+            "error": self.error,
+        }

@@ -1,0 +1,177 @@
+"""Starting, serving and stopping a sink: the SMTP listener (either engine) and, where this process owns
+the sink, the admin listener and the policy watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from smartsink import admin, metrics, tls
+from smartsink.config import SinkConfig
+from smartsink.policy.watcher import PolicyStore
+from smartsink.protocol import SMTPServer
+from smartsink.session import Limits, SinkContext
+from smartsink.shared import LocalLimits, RunLedger, SharedState
+
+log = logging.getLogger("smartsink")
+
+
+class SinkStartError(Exception):
+    """The sink cannot start (a port in use, a certificate that does not load); one line for the user."""
+
+
+def tls_context(config: SinkConfig, tls_dir: str | None = None) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    cert, key = config.tls_cert, config.tls_key
+    if config.tls_self_signed:
+        cert, key = tls.self_signed(config.hostname, tls_dir)
+    assert cert and key
+    try:
+        return tls.server_context(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise SinkStartError(f"--tls-cert {cert} / --tls-key {key} do not load: {e}") from None
+
+
+def _describe_bind_error(e: OSError, what: str, host: str, port: int) -> SinkStartError:
+    reason = {
+        errno.EADDRINUSE: "address already in use",
+        errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        errno.EADDRNOTAVAIL: "no such local address",
+    }.get(e.errno or 0, e.strerror or str(e))
+    return SinkStartError(f"cannot listen for {what} on {host}:{port}: {reason}")
+
+
+class SMTPListener:
+    """One SMTP listening socket with the chosen engine behind it."""
+
+    def __init__(self, ctx: SinkContext, context: ssl.SSLContext | None):
+        self.ctx = ctx
+        self.smtp = SMTPServer(ctx, context)
+        self.server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] = ctx.config.listen
+
+    async def start(self, reuse_port: bool = False) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        host, port = self.ctx.config.listen
+        factory: Callable[[], Any]
+        if self.ctx.config.engine == "aiosmtpd":
+            from smartsink.handler import aiosmtpd_factory
+
+            factory = aiosmtpd_factory(self.ctx, self.smtp.tls_context)
+        else:
+            factory = self.smtp.protocol
+        try:
+            self.server = await loop.create_server(
+                factory, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=4096
+            )
+        except OSError as e:
+            raise _describe_bind_error(e, "SMTP", host, port) from None
+        except socket.gaierror as e:
+            raise SinkStartError(f"cannot listen for SMTP on {host}:{port}: {e.strerror}") from None
+        self.smtp.start()
+        bound = self.server.sockets[0].getsockname()
+        self.address = (bound[0], bound[1])
+        return self.address
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.smtp.shutdown()
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 2.0)
+            except TimeoutError:
+                pass
+
+
+def install_signals(stop: asyncio.Event, reload: Callable[[], None] | None) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+def announce(config: SinkConfig, smtp: tuple[str, int], http: tuple[str, int] | None, store: PolicyStore) -> None:
+    """The one line that says the sink is ready (tests and scripts wait for it)."""
+    admin_part = f"admin http://{http[0]}:{http[1]}" if http else "admin off"
+    workers = f"{config.workers} worker{'s' if config.workers > 1 else ''}"
+    print(
+        f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}), {admin_part}, "
+        f"policy {store.path} ({len(store.policy.domains)} domains)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def on_reload(result: str) -> None:
+    metrics.RELOADS.labels(result).inc()
+
+
+class Sink:
+    """A whole sink in this one process: SMTP, admin, policy watcher, limits (--workers 1)."""
+
+    def __init__(self, config: SinkConfig):
+        self.config = config
+        self.store = PolicyStore(config.policy_path, on_reload)
+        self.state = SharedState()
+        self.limits: Limits = LocalLimits(self.state)
+        self.ctx = SinkContext(config, self.store.policy, self.limits)
+        self.store.listeners.append(self.ctx.set_policy)
+        self.listener = SMTPListener(self.ctx, tls_context(config))
+        self.runner: Any = None
+        self.http_address: tuple[str, int] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def smtp_address(self) -> tuple[str, int]:
+        return self.listener.address
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "degraded" if self.store.error else "ok",
+            "policy": self.store.health(),
+            "workers": {"configured": 1, "alive": 1},
+            "engine": self.config.engine,
+        }
+
+    async def ledger(self, run_id: str) -> RunLedger | None:
+        await self.limits.barrier()
+        return self.state.run(run_id)
+
+    async def start(self) -> None:
+        await self.listener.start()
+        if self.config.http is not None:
+            app = admin.make_app(admin.AdminSource(self.ctx, self.health, self.ledger))
+            try:
+                self.runner, self.http_address = await admin.start(app, *self.config.http)
+            except OSError as e:
+                await self.listener.stop()
+                raise _describe_bind_error(e, "admin HTTP", *self.config.http) from None
+        self._tasks.append(asyncio.get_running_loop().create_task(self.store.watch()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.listener.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT; SIGHUP reloads the policy."""
+        stop = asyncio.Event()
+        install_signals(stop, lambda: self.store.reload("SIGHUP"))
+        await self.start()
+        announce(self.config, self.smtp_address, self.http_address, self.store)
+        await stop.wait()
+        log.info("stopping")
+        await self.stop()

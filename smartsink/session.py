@@ -1,0 +1,263 @@
+"""What the sink answers, step by step, for one SMTP connection: the policy applied to a conversation.
+
+Both SMTP engines (the fast protocol in smartsink.protocol and the aiosmtpd reference in smartsink.handler)
+parse the wire themselves and call a Session at the steps the policy cares about: the greeting, each RCPT,
+DATA, the end of DATA, a reset, the close. A Session returns an Action (reply bytes, then close or not;
+no reply at all means cut the connection) and never touches a socket. Decisions come from the pure
+smartsink.policy.decide; sink-wide limits from the Limits object (shared across workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import re
+from typing import NamedTuple, Protocol
+
+from smartsink import metrics
+from smartsink.config import SinkConfig
+from smartsink.policy import decide as policy
+from smartsink.policy import fallback
+from smartsink.policy.model import DomainRules, Outcome, Policy, Rate, Reply
+from smartsink.replies import render, render_text
+
+_RULES_CACHE_MAX = 10_000
+_TRACE_ID = re.compile(rb"(?im)^x-trafficgen-id:[ \t]*([A-Za-z0-9_-]{1,64})\.([0-9]{1,12})[ \t]*\r?$")
+
+
+class Action(NamedTuple):
+    """What to do on the wire: send `reply` (None: send nothing), then close when `close`."""
+
+    reply: bytes | None
+    close: bool = False
+
+
+DROP = Action(None, True)
+SIZE_EXCEEDED = Reply(552, "5.3.4 Message size exceeds fixed maximum message size")
+
+
+class Limits(Protocol):
+    async def open_connection(self, limit: int | None) -> bool: ...
+    def close_connection(self) -> None: ...
+    async def begin_transaction(self, domain: str, limit: int) -> bool: ...
+    def end_transaction(self, domain: str) -> None: ...
+    async def take_rate(self, domain: str, rate: Rate) -> bool: ...
+    async def greylist_passes(self, key: str, delay: float) -> bool: ...
+    def record(self, run_id: str, seq: int, outcome: Outcome) -> None: ...
+    async def barrier(self) -> None: ...
+
+
+class SinkContext:
+    """What all sessions of one worker share: config, the policy in force, limits, the random source."""
+
+    def __init__(self, config: SinkConfig, policy_in_force: Policy, limits: Limits, worker: int = 0):
+        self.config = config
+        self.limits = limits
+        seed = config.seed if config.seed is None else config.seed + worker
+        self.rng = random.Random(seed)
+        self._rules: dict[str, DomainRules] = {}
+        self.set_policy(policy_in_force)
+        self._queue_ids = itertools.count((os.getpid() << 20) if seed is None else worker << 24)
+        self.ok_rcpt = render_text(250, "2.1.5 Ok")
+        self.ok_data = render_text(354, "End data with <CR><LF>.<CR><LF>")
+        self.banner = render_text(220, f"{config.hostname} ESMTP smartsink")
+
+    def set_policy(self, new: Policy) -> None:
+        self.policy = new
+        self.suffixes = tuple(dict.fromkeys((*self.config.domain_suffixes, *new.suffixes)))
+        self._rules = {}
+
+    def rules_for(self, domain: str) -> DomainRules:
+        rules = self._rules.get(domain)
+        if rules is None:
+            if len(self._rules) >= _RULES_CACHE_MAX:
+                self._rules = {}
+            rules = self._rules[domain] = policy.resolve(self.policy, domain.lower().rstrip("."), self.suffixes)
+        return rules
+
+    def accepted_reply(self) -> bytes:
+        return b"250 2.0.0 Ok: queued as %X\r\n" % next(self._queue_ids)
+
+
+class _Recipient(NamedTuple):
+    rules: DomainRules
+    verdict: Reply | None  # the DATA-time answer for this recipient; None: accept
+    rate_taken: bool
+
+
+def _answer(reply: Reply) -> Action:
+    # RFC 5321 3.8: 421 means the server is closing the channel, so it does.
+    return Action(render(reply), reply.code == 421)
+
+
+class Session:
+    """One connection's policy state: the transaction in progress and what the connection has done."""
+
+    __slots__ = (
+        "ctx",
+        "client",
+        "sender",
+        "recipients",
+        "completed",
+        "holding",
+        "drop_at",
+        "active",
+    )
+
+    def __init__(self, ctx: SinkContext, client: str):
+        self.ctx = ctx
+        self.client = client
+        self.sender = ""
+        self.recipients: list[_Recipient] = []
+        self.completed = 0
+        self.holding: str | None = None  # the domain whose max_concurrency slot this transaction holds
+        self.drop_at: str | None = None
+        self.active = False
+
+    # --- connection -----------------------------------------------------------------------------------
+
+    async def greet(self) -> Action:
+        """The greeting, or 421 when the sink already has [listener] max_connections."""
+        metrics.CONNECTIONS.inc()
+        listener = self.ctx.policy.listener
+        # Every connection is counted sink-wide, so a max_connections added by a reload sees them all.
+        if not await self.ctx.limits.open_connection(listener.max_connections):
+            metrics.CONNECTIONS_REFUSED.inc()
+            return _answer(fallback.TOO_MANY_CONNECTIONS)
+        self.active = True
+        metrics.CONNECTIONS_ACTIVE.inc()
+        if listener.banner_delay is not None:
+            await asyncio.sleep(policy.sample_latency(listener.banner_delay, self.ctx.rng))
+        return Action(self.ctx.banner)
+
+    def closed(self) -> None:
+        """The connection is gone: give back what it held."""
+        self.reset()
+        if self.active:
+            self.active = False
+            self.ctx.limits.close_connection()
+            metrics.CONNECTIONS_ACTIVE.dec()
+
+    # --- transaction ----------------------------------------------------------------------------------
+
+    def mail(self, sender: str) -> None:
+        self.reset()
+        self.sender = sender
+
+    def reset(self) -> None:
+        """End the transaction (RSET, a new MAIL, the end of DATA, a lost connection)."""
+        self.recipients = []
+        self.drop_at = None
+        if self.holding is not None:
+            self.ctx.limits.end_transaction(self.holding)
+            self.holding = None
+
+    def _count(self, rules: DomainRules, outcome: Outcome) -> None:
+        metrics.message(rules.name, outcome.label).inc()
+
+    async def rcpt(self, address: str) -> Action:
+        """The answer to RCPT TO:<address> (an address with an @, without brackets)."""
+        ctx = self.ctx
+        local, _, domain = address.rpartition("@")
+        rules = ctx.rules_for(domain)
+        if not self.recipients:
+            action = await self._first_recipient(rules)
+            if action is not None:
+                return action
+        if rules.greylist is not None:
+            key = policy.greylist_key(self.client, self.sender, address)
+            if not await ctx.limits.greylist_passes(key, rules.greylist):
+                metrics.GREYLISTED.labels(rules.name).inc()
+                self._count(rules, Outcome.TEMPFAILED)
+                return _answer(fallback.GREYLISTED)
+        verdict = policy.decide(rules, local, ctx.rng)
+        if rules.reject_at == "rcpt":
+            if verdict is not None:
+                self._count(rules, verdict.outcome)
+                return _answer(verdict)
+            if rules.rate is not None:
+                if not await ctx.limits.take_rate(rules.name, rules.rate):
+                    return self._throttled_rcpt(rules)
+                self.recipients.append(_Recipient(rules, None, True))
+                return Action(ctx.ok_rcpt)
+        self.recipients.append(_Recipient(rules, verdict, False))
+        return Action(ctx.ok_rcpt)
+
+    def _throttled_rcpt(self, rules: DomainRules) -> Action:
+        metrics.THROTTLED.labels(rules.name).inc()
+        reply = policy.pick(rules.throttles, self.ctx.rng)
+        self._count(rules, reply.outcome)
+        return _answer(reply)
+
+    async def _first_recipient(self, rules: DomainRules) -> Action | None:
+        """Rules of the transaction as a whole, keyed by its first recipient's domain."""
+        limit = rules.max_messages_per_connection
+        if limit is not None and self.completed >= limit:
+            metrics.PER_CONNECTION_REFUSED.labels(rules.name).inc()
+            self._count(rules, Outcome.TEMPFAILED)
+            return _answer(fallback.TOO_MANY_MESSAGES)
+        if rules.disconnect:
+            self.drop_at = policy.disconnect_step(rules, self.ctx.rng)
+            if self.drop_at is not None:
+                metrics.DISCONNECTS.labels(rules.name).inc()
+                if self.drop_at == "rcpt":
+                    return DROP
+        if rules.max_concurrency is not None:
+            if not await self.ctx.limits.begin_transaction(rules.name, rules.max_concurrency):
+                metrics.CONCURRENCY_REFUSED.labels(rules.name).inc()
+                self._count(rules, Outcome.TEMPFAILED)
+                return _answer(fallback.TOO_MANY_TRANSACTIONS)
+            self.holding = rules.name
+        return None
+
+    def data(self) -> Action | None:
+        """Cut here when the transaction was chosen to be dropped at DATA; None lets the engine go on."""
+        if self.drop_at == "data":
+            return DROP
+        return None
+
+    async def data_end(self, size: int, head: bytes, too_big: bool = False) -> Action:
+        """The answer to the end of DATA, for a message of `size` bytes starting with `head`."""
+        ctx = self.ctx
+        recipients = self.recipients
+        if self.drop_at == "data_end":
+            self.reset()
+            return DROP
+        metrics.BYTES.inc(size)
+        if too_big:
+            verdict: Reply | None = SIZE_EXCEEDED
+        else:
+            verdict = policy.worst(r.verdict for r in recipients)
+            if verdict is None:
+                verdict = await self._take_rates(recipients)
+        first = recipients[0].rules if recipients else ctx.policy.default
+        if first.latency is not None and not too_big:
+            delay = policy.sample_latency(first.latency, ctx.rng)
+            metrics.REPLY_DELAY.labels(first.name).observe(delay)
+            await asyncio.sleep(delay)
+        outcome = Outcome.ACCEPTED if verdict is None else verdict.outcome
+        for recipient in recipients:
+            self._count(recipient.rules, outcome)
+        trace = _TRACE_ID.search(head) if b"rafficgen" in head or b"RAFFICGEN" in head else None
+        if trace is not None:
+            ctx.limits.record(trace.group(1).decode("ascii"), int(trace.group(2)), outcome)
+        self.completed += 1
+        self.reset()
+        if verdict is None:
+            return Action(ctx.accepted_reply())
+        return _answer(verdict)
+
+    async def _take_rates(self, recipients: list[_Recipient]) -> Reply | None:
+        """Each rated domain of the transaction must have room for one more accepted message."""
+        taken: set[str] = set()
+        for recipient in recipients:
+            rules = recipient.rules
+            if rules.rate is None or recipient.rate_taken or rules.name in taken:
+                continue
+            taken.add(rules.name)
+            if not await self.ctx.limits.take_rate(rules.name, rules.rate):
+                metrics.THROTTLED.labels(rules.name).inc()
+                return policy.pick(rules.throttles, self.ctx.rng)
+        return None

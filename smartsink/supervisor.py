@@ -1,0 +1,236 @@
+"""--workers N: N processes serve one SMTP port (each binds it with SO_REUSEPORT), under a supervisor.
+
+The supervisor's shape follows uvicorn's: a signal handler per signal (TERM/INT stop, HUP reloads), a
+liveness check that restarts a dead worker, and a clean shutdown. Unlike uvicorn's workers, ours each bind
+the port themselves; the supervisor holds a bound, non-listening socket so the port (even port 0) stays
+theirs across restarts. The supervisor also owns what belongs to the sink as a whole: the policy file and
+its watcher (new policies are pushed to workers), the shared limits (smartsink.coordinator), and the admin
+listener, whose /metrics sums every worker (prometheus-client's multiprocess files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from climain import ExitStatus, event_loop_factory
+from smartsink import admin, metrics
+from smartsink.config import SinkConfig
+from smartsink.coordinator import Coordinator, RemoteLimits
+from smartsink.policy.model import Policy
+from smartsink.policy.watcher import PolicyStore
+from smartsink.server import (
+    SinkStartError,
+    SMTPListener,
+    _describe_bind_error,
+    announce,
+    install_signals,
+    on_reload,
+    tls_context,
+)
+from smartsink.session import SinkContext
+from smartsink.shared import LocalLimits, RunLedger, SharedState
+
+log = logging.getLogger("smartsink.supervisor")
+
+CHECK_INTERVAL = 0.5
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+RESTART_BACKOFF_MAX = 10.0
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) with SO_REUSEPORT: fixes port 0 to a real port and keeps it ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise _describe_bind_error(e, "SMTP", host, port) from None
+    return sock
+
+
+class Supervisor:
+    def __init__(self, config: SinkConfig):
+        self.config = config
+        self.store = PolicyStore(config.policy_path, on_reload)
+        self.state = SharedState()
+        self.workdir = tempfile.mkdtemp(prefix="smartsink-")
+        self.coordinator = Coordinator(self.state, os.path.join(self.workdir, "coordinator.sock"))
+        self.processes: dict[int, BaseProcess] = {}
+        self.restarts: dict[int, int] = {}
+        self.stopping = False
+        self.mp = multiprocessing.get_context("spawn")
+        self.worker_config = config
+        self.http_address: tuple[str, int] | None = None
+
+    def run(self) -> int:
+        try:
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                return runner.run(self._main())
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _main(self) -> int:
+        config = self.config
+        reservation = _reserve_port(*config.listen)
+        host, port = reservation.getsockname()[:2]
+        worker_config = dataclasses.replace(config, listen=(host, port))
+        if config.tls_self_signed:
+            from smartsink import tls
+
+            cert, key = tls.self_signed(config.hostname, self.workdir)
+            worker_config = dataclasses.replace(worker_config, tls_self_signed=False, tls_cert=cert, tls_key=key)
+        tls_context(worker_config)  # a certificate that does not load stops us here, not in every worker
+        self.worker_config = worker_config
+
+        # The supervisor's own context answers the inject API with the same policy and shared limits.
+        ctx = SinkContext(config, self.store.policy, LocalLimits(self.state), worker=config.workers)
+        self.store.listeners += [ctx.set_policy, self.coordinator.broadcast_policy]
+        await self.coordinator.start()
+        runner = None
+        if config.http is not None:
+            app = admin.make_app(admin.AdminSource(ctx, self.health, self.ledger))
+            try:
+                runner, self.http_address = await admin.start(app, *config.http)
+            except OSError as e:
+                raise _describe_bind_error(e, "admin HTTP", *config.http) from None
+
+        stop = asyncio.Event()
+        install_signals(stop, lambda: self.store.reload("SIGHUP"))
+        watcher = asyncio.get_running_loop().create_task(self.store.watch())
+        try:
+            for index in range(config.workers):
+                self._spawn(index)
+            if not await self._wait_ready(stop):
+                return ExitStatus.USAGE
+            announce(config, (host, port), self.http_address, self.store)
+            monitor = asyncio.get_running_loop().create_task(self._monitor())
+            await stop.wait()
+            monitor.cancel()
+        finally:
+            log.info("stopping %d workers", len(self.processes))
+            self.stopping = True
+            watcher.cancel()
+            await self._stop_workers()
+            self.coordinator.close()
+            if runner is not None:
+                await runner.cleanup()
+            reservation.close()
+        return ExitStatus.OK
+
+    def _spawn(self, index: int) -> None:
+        process = self.mp.Process(
+            target=worker_main,
+            args=(self.worker_config, index, self.coordinator.path, self.store.policy),
+            name=f"smartsink-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        self.processes[index] = process
+        log.debug("worker %d started, pid %s", index, process.pid)
+
+    async def _wait_ready(self, stop: asyncio.Event) -> bool:
+        """Every worker has bound the port; False (after saying why) when one died or never came up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while len(self.coordinator.ready) < self.config.workers:
+            dead = [i for i, p in self.processes.items() if not p.is_alive() and i not in self.coordinator.ready]
+            if dead or stop.is_set() or loop.time() > deadline:
+                reason = f"worker {dead[0]} exited at start" if dead else "workers did not start in time"
+                print(f"smartsink: error: {reason} (see the log above)", file=sys.stderr)
+                return False
+            self.coordinator.ready_event.clear()
+            try:
+                await asyncio.wait_for(self.coordinator.ready_event.wait(), CHECK_INTERVAL)
+            except TimeoutError:
+                pass
+        return True
+
+    async def _monitor(self) -> None:
+        """Restart any worker that dies, with a growing pause if it keeps dying."""
+        while not self.stopping:
+            await asyncio.sleep(CHECK_INTERVAL)
+            for index, process in list(self.processes.items()):
+                if process.is_alive() or self.stopping:
+                    continue
+                metrics.process_exited(process.pid or 0)
+                self.coordinator.ready.pop(index, None)
+                count = self.restarts[index] = self.restarts.get(index, 0) + 1
+                delay = min(RESTART_BACKOFF_MAX, 0.1 * 2 ** min(count, 10))
+                log.error("worker %d (pid %s) died with exit code %s; restarting", index, process.pid, process.exitcode)
+                await asyncio.sleep(delay)
+                if not self.stopping:
+                    self._spawn(index)
+
+    async def _stop_workers(self) -> None:
+        for process in self.processes.values():
+            if process.is_alive() and process.pid:
+                os.kill(process.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_TIMEOUT
+        for process in self.processes.values():
+            while process.is_alive() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            if process.is_alive():
+                process.kill()
+            process.join(1)
+            metrics.process_exited(process.pid or 0)
+
+    def health(self) -> dict[str, Any]:
+        alive = sum(p.is_alive() for p in self.processes.values())
+        return {
+            "status": "degraded" if self.store.error or alive < self.config.workers else "ok",
+            "policy": self.store.health(),
+            "workers": {"configured": self.config.workers, "alive": alive, "restarts": sum(self.restarts.values())},
+            "engine": self.config.engine,
+        }
+
+    async def ledger(self, run_id: str) -> RunLedger | None:
+        await self.coordinator.barrier()
+        return self.state.run(run_id)
+
+
+def worker_main(config: SinkConfig, index: int, coordinator_path: str, policy: Policy) -> None:
+    """A worker process: serve SMTP on the shared port until SIGTERM or until the supervisor goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group; the supervisor decides
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_serve_worker(config, index, coordinator_path, policy))
+    except SinkStartError as e:
+        print(f"smartsink: error: worker {index}: {e}", file=sys.stderr)
+        sys.exit(ExitStatus.USAGE)
+
+
+async def _serve_worker(config: SinkConfig, index: int, coordinator_path: str, policy: Policy) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    limits = RemoteLimits(coordinator_path, on_policy=lambda p: None, on_lost=stop.set)
+    await limits.connect()
+    ctx = SinkContext(config, policy, limits, worker=index)
+    limits.on_policy = ctx.set_policy
+    listener = SMTPListener(ctx, tls_context(config))
+    address = await listener.start(reuse_port=True)
+    limits.send(("ready", index, os.getpid(), address))
+    await stop.wait()
+    await listener.stop()
+    await limits.barrier()  # send what the last sessions recorded
