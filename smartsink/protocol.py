@@ -268,13 +268,13 @@ class SMTPProtocol(asyncio.Protocol):
         """(size, first bytes) of a message up to CRLF.CRLF, not keeping the rest; None at EOF."""
         dropped = 0
         head = b""
-        scan = self.pos
+        checked = 0  # bytes after self.pos already searched (offsets move when _wait() compacts the buffer)
         while True:
             buf, start = self.buf, self.pos
             if dropped == 0 and buf[start : start + 3] == b".\r\n":
                 self.pos = start + 3
                 return 0, b""
-            found = buf.find(b"\r\n.\r\n", scan)
+            found = buf.find(b"\r\n.\r\n", start + checked)
             if found >= 0:
                 if not head:
                     head = bytes(buf[start : min(found + 2, start + HEAD_MAX)])
@@ -290,7 +290,7 @@ class SMTPProtocol(asyncio.Protocol):
                 dropped += drop
                 del buf[: start + drop]
                 self.pos = start = 0
-            scan = max(start, len(buf) - 4)
+            checked = max(0, len(buf) - start - 4)
             await self._wait()
 
     def _send(self, action: Action) -> bool:
@@ -361,9 +361,11 @@ class SMTPProtocol(asyncio.Protocol):
                 continue
             assert isinstance(line, bytes)
             verb = line[:4].upper()
-            if len(line) > 4 and line[4:5] != b" ":
-                verb = b""
             arg = line[5:]
+            if len(line) > 4 and line[4:5] != b" ":
+                # Every verb has four letters but STARTTLS (RFC 3207).
+                word, _, arg = line.partition(b" ")
+                verb = b"STARTTLS" if word.upper() == b"STARTTLS" else b""
             if len(line) > LINE_LIMITS.get(verb, LINE_LIMIT) - 2:
                 self.out.append(R_LINE_TOO_LONG)
                 continue

@@ -1,0 +1,3 @@
+from trafficgen.cli import main
+
+main()

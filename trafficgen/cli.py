@@ -1,0 +1,201 @@
+"""The `trafficgen` command: options (each also a TRAFFICGEN_* variable) -> one RunConfig -> a run.
+
+The only module that knows Typer. `trafficgen [options]` runs; `trafficgen report ...` works on saved
+reports. Exit codes: 0 completed, 1 stopped by an error, 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from climain import ExitStatus, fail, run_app
+from trafficgen.config import DEFAULT_SUFFIX, DEFAULT_TARGET, ConfigError, RunConfig, build
+
+PROG = "trafficgen"
+INTERRUPTED = 130
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    invoke_without_command=True,
+    help="Send weighted SMTP traffic to a mail server and report every outcome. "
+    "Run with options; `trafficgen report --help` for saved reports.",
+)
+
+
+def _env(name: str) -> str:
+    return f"TRAFFICGEN_{name}"
+
+
+@app.callback()
+def main_command(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Option(envvar=_env("TARGET"), help="Where to send: HOST:PORT")] = DEFAULT_TARGET,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(envvar=_env("CONCURRENCY"), help="Connections in all [default: 10 x CPUs]", show_default=False),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            envvar=_env("DURATION"),
+            help="Seconds to send for [default: 60, or none with --message-count]",
+            show_default=False,
+        ),
+    ] = None,
+    message_count: Annotated[
+        int | None, typer.Option(envvar=_env("MESSAGE_COUNT"), help="Send exactly this many messages")
+    ] = None,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=_env("DOMAIN"),
+            help="NAME[:WEIGHT], repeatable [default: aol.com gmail.com hotmail.com yahoo.com]",
+            show_default=False,
+        ),
+    ] = None,
+    domain_suffix: Annotated[
+        str,
+        typer.Option(
+            envvar=_env("DOMAIN_SUFFIX"),
+            help="Appended to every generated domain so no mail can reach a real mailbox; '' for none",
+        ),
+    ] = DEFAULT_SUFFIX,
+    body_size: Annotated[
+        str, typer.Option(envvar=_env("BODY_SIZE"), help="Body size: 1024, 60kb, 1MiB, or a range 10kb..200kb")
+    ] = "1024",
+    body_file: Annotated[
+        str | None, typer.Option(envvar=_env("BODY_FILE"), help="Send this whole message (headers and body)")
+    ] = None,
+    header: Annotated[
+        list[str] | None, typer.Option(envvar=_env("HEADER"), help='Extra header "Name: value", repeatable')
+    ] = None,
+    throttle: Annotated[
+        str | None,
+        typer.Option(envvar=_env("THROTTLE"), help="One rate for the whole run: 300/s, 6000/m, 1,000/hr[,max_burst=N]"),
+    ] = None,
+    starttls: Annotated[bool, typer.Option(envvar=_env("STARTTLS"), help="Use STARTTLS when offered")] = False,
+    keep_going: Annotated[
+        bool, typer.Option(envvar=_env("KEEP_GOING"), help="Count errors and reconnect instead of stopping")
+    ] = False,
+    sender: Annotated[str | None, typer.Option(envvar=_env("SENDER"), help="Fixed envelope sender")] = None,
+    recipient: Annotated[
+        str | None, typer.Option(envvar=_env("RECIPIENT"), help="Fixed envelope recipient (no weights, no suffix)")
+    ] = None,
+    auth_user: Annotated[str | None, typer.Option(envvar=_env("AUTH_USER"), help="AUTH PLAIN/LOGIN user")] = None,
+    auth_password: Annotated[
+        str | None, typer.Option(envvar=_env("AUTH_PASSWORD"), help="AUTH password")
+    ] = None,
+    recipients_per_message: Annotated[
+        int, typer.Option(envvar=_env("RECIPIENTS_PER_MESSAGE"), help="RCPT commands per message")
+    ] = 1,
+    messages_per_connection: Annotated[
+        int | None,
+        typer.Option(envvar=_env("MESSAGES_PER_CONNECTION"), help="Reconnect after this many [default: never]"),
+    ] = None,
+    source_address: Annotated[
+        str | None, typer.Option(envvar=_env("SOURCE_ADDRESS"), help="Local IP address to connect from")
+    ] = None,
+    pipelining: Annotated[
+        bool, typer.Option("--pipelining/--no-pipelining", envvar=_env("PIPELINING"), help="Use PIPELINING when offered")
+    ] = True,
+    seed: Annotated[int | None, typer.Option(envvar=_env("SEED"), help="Seed the random choices")] = None,
+    json_path: Annotated[
+        str | None, typer.Option("--json", envvar=_env("JSON"), help="Write the JSON report here ('-': stdout)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("QUIET"), help="No live progress")] = False,
+    processes: Annotated[
+        int, typer.Option(envvar=_env("PROCESSES"), help="Processes to spread the connections over")
+    ] = 1,
+    timeout: Annotated[
+        float, typer.Option(envvar=_env("TIMEOUT"), help="Seconds to wait for any connect or reply")
+    ] = 60.0,
+    ehlo: Annotated[
+        str | None, typer.Option(envvar=_env("EHLO"), help="EHLO name [default: trafficgen.<suffix>]")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option(envvar=_env("RUN_ID"), help="Run id for the trace header [default: random]")
+    ] = None,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        config = build(
+            target=target,
+            concurrency=concurrency,
+            duration=duration,
+            message_count=message_count,
+            domains=domain,
+            domain_suffix=domain_suffix,
+            body_size=body_size,
+            body_file=body_file,
+            headers=header,
+            throttle=throttle,
+            starttls=starttls,
+            keep_going=keep_going,
+            sender=sender,
+            recipient=recipient,
+            auth_user=auth_user,
+            auth_password=auth_password,
+            recipients_per_message=recipients_per_message,
+            messages_per_connection=messages_per_connection,
+            source_address=source_address,
+            pipelining=pipelining,
+            seed=seed,
+            json_path=json_path,
+            quiet=quiet,
+            processes=processes,
+            timeout=timeout,
+            ehlo=ehlo,
+            run_id=run_id,
+        )
+    except ConfigError as e:
+        fail(PROG, str(e))
+    raise typer.Exit(execute(config))
+
+
+def write_json(document: dict[str, Any], path: str) -> None:
+    text = json.dumps(document, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        fail(PROG, f"--json {path}: cannot write: {e.strerror}", ExitStatus.ERROR)
+
+
+def execute(config: RunConfig) -> int:
+    """Run, print the summary, write the JSON report; the exit status."""
+    from trafficgen.launch import run
+    from trafficgen.stats import report
+
+    try:
+        result = run(config)
+    except ConfigError as e:
+        fail(PROG, str(e))
+    document, end = result.report, result.end
+    human = sys.stderr if config.json_path == "-" else sys.stdout
+    totals = document["totals"]
+    reached = totals["accepted"] + totals["tempfailed"] + totals["permfailed"]
+    if not (end.error and reached == 0):
+        report.summary(document, human)
+    if config.json_path:
+        write_json(document, config.json_path)
+    if end.error:
+        print(f"{PROG}: error: {end.error}", file=sys.stderr)
+        return ExitStatus.ERROR
+    if end.interrupted:
+        return INTERRUPTED
+    return ExitStatus.OK
+
+
+def main() -> None:
+    run_app(app, PROG)

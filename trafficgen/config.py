@@ -1,0 +1,301 @@
+"""RunConfig: every option of a run, validated once (by the CLI or a program), then only read.
+
+`build()` takes options as a user writes them ("gmail.com:67.4", "10kb..200kb", "1,000/hr") and raises
+ConfigError with one line naming the bad one; RunConfig itself holds parsed values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mailunits
+from mailunits import RateSpec
+
+DEFAULT_TARGET = "127.0.0.1:2025"
+DEFAULT_DOMAINS = ("aol.com", "gmail.com", "hotmail.com", "yahoo.com")
+# RFC 2606 reserves .test: no public DNS name ends in it, so generated mail can never reach a real mailbox.
+# smartsink strips the same suffix by default, so user@gmail.com.sink.test gets gmail.com's rules.
+DEFAULT_SUFFIX = "sink.test"
+DEFAULT_DURATION = 60.0
+DEFAULT_TIMEOUT = 60.0
+MAX_BODY = 512 * 1024 * 1024
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?"
+_DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
+_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+
+
+class ConfigError(ValueError):
+    """An option that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainWeight:
+    name: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    host: str = "127.0.0.1"
+    port: int = 2025
+    concurrency: int = 10
+    duration: float | None = DEFAULT_DURATION
+    message_count: int | None = None
+    domains: tuple[DomainWeight, ...] = tuple(DomainWeight(d, 1.0) for d in DEFAULT_DOMAINS)
+    domain_suffix: str = DEFAULT_SUFFIX
+    body_size: tuple[int, int] = (1024, 1024)
+    body_file: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    throttle: RateSpec | None = None
+    starttls: bool = False
+    keep_going: bool = False
+    sender: str | None = None
+    recipient: str | None = None
+    auth_user: str | None = None
+    auth_password: str | None = None
+    recipients_per_message: int = 1
+    messages_per_connection: int | None = None
+    source_address: str | None = None
+    pipelining: bool = True
+    seed: int | None = None
+    json_path: str | None = None
+    quiet: bool = False
+    processes: int = 1
+    timeout: float = DEFAULT_TIMEOUT
+    ehlo: str = ""
+    http: bool = False
+    http_batch_size: int = 1
+    http_url: str = ""
+    run_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    reconcile: str | None = None
+    reconcile_wait: float = 0.0
+    hdr_log: str | None = None
+    metrics: tuple[str, int] | None = None
+
+    @property
+    def target(self) -> str:
+        if self.http:
+            return self.http_url
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def domain_with_suffix(self, name: str) -> str:
+        return f"{name}.{self.domain_suffix}" if self.domain_suffix else name
+
+    def public(self) -> dict[str, object]:
+        """The config as the JSON report shows it (no password)."""
+        return {
+            "target": self.target,
+            "concurrency": self.concurrency,
+            "processes": self.processes,
+            "duration_s": self.duration,
+            "message_count": self.message_count,
+            "domains": {d.name: d.weight for d in self.domains},
+            "domain_suffix": self.domain_suffix,
+            "body_size": list(self.body_size),
+            "body_file": self.body_file,
+            "headers": [f"{n}: {v}" for n, v in self.headers],
+            "throttle_per_s": self.throttle.per_second if self.throttle else None,
+            "max_burst": self.throttle.max_burst if self.throttle else None,
+            "starttls": self.starttls,
+            "keep_going": self.keep_going,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "auth_user": self.auth_user,
+            "recipients_per_message": self.recipients_per_message,
+            "messages_per_connection": self.messages_per_connection,
+            "source_address": self.source_address,
+            "pipelining": self.pipelining,
+            "seed": self.seed,
+            "timeout_s": self.timeout,
+            "http": self.http,
+            "http_batch_size": self.http_batch_size if self.http else None,
+        }
+
+
+def parse_domain(text: str) -> DomainWeight:
+    """ "gmail.com:67.4" or "gmail.com" (weight 1)."""
+    name, colon, weight_text = text.strip().partition(":")
+    name = name.strip().lower().rstrip(".")
+    if not _DOMAIN.match(name):
+        raise ConfigError(f"--domain {text!r}: {name!r} is not a domain name")
+    weight = 1.0
+    if colon:
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise ConfigError(f"--domain {text!r}: weight {weight_text!r} is not a number") from None
+        if not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(f"--domain {text!r}: weight must be more than 0")
+    return DomainWeight(name, weight)
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not name or not _HEADER_NAME.match(name):
+        raise ConfigError(f'--header {text!r} must look like "Name: value"')
+    if "\r" in value or "\n" in value:
+        raise ConfigError(f"--header {text!r}: a header value cannot hold a line break")
+    return name, value
+
+
+def _positive(value: int | None, option: str) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{option} must be at least 1, got {value}")
+
+
+def build(
+    *,
+    target: str = DEFAULT_TARGET,
+    concurrency: int | None = None,
+    duration: float | None = None,
+    message_count: int | None = None,
+    domains: list[str] | None = None,
+    domain_suffix: str = DEFAULT_SUFFIX,
+    body_size: str = "1024",
+    body_file: str | None = None,
+    headers: list[str] | None = None,
+    throttle: str | None = None,
+    starttls: bool = False,
+    keep_going: bool = False,
+    sender: str | None = None,
+    recipient: str | None = None,
+    auth_user: str | None = None,
+    auth_password: str | None = None,
+    recipients_per_message: int = 1,
+    messages_per_connection: int | None = None,
+    source_address: str | None = None,
+    pipelining: bool = True,
+    seed: int | None = None,
+    json_path: str | None = None,
+    quiet: bool = False,
+    processes: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+    ehlo: str | None = None,
+    http: bool = False,
+    http_batch_size: int = 1,
+    run_id: str | None = None,
+    reconcile: str | None = None,
+    reconcile_wait: float = 0.0,
+    hdr_log: str | None = None,
+    metrics: str | None = None,
+) -> RunConfig:
+    """Validate options as a user writes them; ConfigError names the first bad one."""
+    host, port, http_url = "", 0, ""
+    if http:
+        if not re.match(r"^https?://[^/\s]+", target):
+            raise ConfigError(f"--target {target!r}: with --http, give the MTA's URL, like http://127.0.0.1:8000")
+        http_url = target.rstrip("/")
+    else:
+        try:
+            host, port = mailunits.parse_hostport(target, "--target")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if port == 0:
+            raise ConfigError(f"--target {target!r}: port 0 is not a port to connect to")
+    concurrency = concurrency if concurrency is not None else 10 * (os.cpu_count() or 1)
+    _positive(concurrency, "--concurrency")
+    _positive(message_count, "--message-count")
+    _positive(recipients_per_message, "--recipients-per-message")
+    _positive(messages_per_connection, "--messages-per-connection")
+    _positive(processes, "--processes")
+    _positive(http_batch_size, "--http-batch-size")
+    if duration is not None and (not math.isfinite(duration) or duration <= 0):
+        raise ConfigError(f"--duration must be more than 0 seconds, got {duration}")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout must be more than 0 seconds, got {timeout}")
+    if reconcile_wait < 0:
+        raise ConfigError(f"--reconcile-wait cannot be negative, got {reconcile_wait}")
+    if message_count is None and duration is None:
+        duration = DEFAULT_DURATION  # --message-count alone is never cut short by the default duration
+    if processes > concurrency:
+        raise ConfigError(f"--processes {processes} is more than --concurrency {concurrency}: each needs a connection")
+    if message_count is not None and processes > message_count:
+        raise ConfigError(f"--processes {processes} is more than --message-count {message_count}")
+
+    parsed_domains = tuple(parse_domain(d) for d in (domains or DEFAULT_DOMAINS))
+    suffix = domain_suffix.strip().strip(".").lower()
+    if suffix and not _DOMAIN.match(suffix):
+        raise ConfigError(f"--domain-suffix {domain_suffix!r} is not a domain name")
+    try:
+        size = mailunits.parse_size_range(body_size)
+    except ValueError as e:
+        raise ConfigError(f"--body-size: {e}") from None
+    if size[1] > MAX_BODY:
+        raise ConfigError(f"--body-size {body_size!r} is larger than {MAX_BODY // 1024 // 1024} MiB")
+    if body_file is not None:
+        path = Path(body_file)
+        if not path.is_file():
+            raise ConfigError(f"--body-file {body_file}: no such file")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"--body-file {body_file}: cannot be read")
+    throttle_spec = None
+    if throttle:
+        try:
+            throttle_spec = mailunits.parse_rate(throttle, allow_burst=True)
+        except ValueError as e:
+            raise ConfigError(f"--throttle: {e}") from None
+    for address, option in ((sender, "--sender"), (recipient, "--recipient")):
+        if address is not None and not _ADDRESS.match(address):
+            raise ConfigError(f"{option} {address!r} is not an address like user@example.test")
+    if bool(auth_user) != bool(auth_password):
+        raise ConfigError("--auth-user and --auth-password go together: give both")
+    if source_address is not None:
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in source_address else socket.AF_INET, source_address)
+        except OSError:
+            raise ConfigError(f"--source-address {source_address!r} is not an IP address") from None
+    metrics_addr = None
+    if metrics:
+        try:
+            metrics_addr = mailunits.parse_hostport(metrics, "--metrics")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if reconcile is not None and not re.match(r"^https?://[^/\s]+", reconcile):
+        raise ConfigError(f"--reconcile {reconcile!r}: give the sink's admin URL, like http://127.0.0.1:8000")
+    if run_id is not None and not re.match(r"^[A-Za-z0-9_-]{1,32}$", run_id):
+        raise ConfigError(f"--run-id {run_id!r}: use 1 to 32 letters, digits, '-' or '_'")
+    return RunConfig(
+        host=host,
+        port=port,
+        concurrency=concurrency,
+        duration=duration,
+        message_count=message_count,
+        domains=parsed_domains,
+        domain_suffix=suffix,
+        body_size=size,
+        body_file=body_file,
+        headers=tuple(parse_header(h) for h in (headers or ())),
+        throttle=throttle_spec,
+        starttls=starttls,
+        keep_going=keep_going,
+        sender=sender,
+        recipient=recipient,
+        auth_user=auth_user,
+        auth_password=auth_password,
+        recipients_per_message=recipients_per_message,
+        messages_per_connection=messages_per_connection,
+        source_address=source_address,
+        pipelining=pipelining,
+        seed=seed,
+        json_path=json_path,
+        quiet=quiet,
+        processes=processes,
+        timeout=timeout,
+        ehlo=ehlo or f"trafficgen.{suffix or 'localdomain'}",
+        http=http,
+        http_batch_size=http_batch_size,
+        http_url=http_url,
+        run_id=run_id or secrets.token_hex(6),
+        reconcile=reconcile.rstrip("/") if reconcile else None,
+        reconcile_wait=reconcile_wait,
+        hdr_log=hdr_log,
+        metrics=metrics_addr,
+    )

@@ -1,0 +1,263 @@
+"""The run loop of one process: connection workers, message claims, stopping and force-stopping.
+
+Each of `concurrency` workers claims a message (waiting for the throttle's due time), makes sure it has an
+open session, sends, records the outcome, and reconnects when the server closed (421), after
+--messages-per-connection, or after an error. Without --keep-going the first error stops the run; with it,
+errors are counted and the worker reconnects with backoff. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from trafficgen.config import ConfigError, RunConfig
+from trafficgen.messages import Message, MessageFactory
+from trafficgen.ratelimit import Throttle
+from trafficgen.smtp.replies import ERROR
+from trafficgen.smtp.session import ClientProtocol, Outcome, Refused, Session, SessionError, client_tls_context
+from trafficgen.stats.recorder import Recorder
+
+END_GRACE = 10.0  # seconds in-flight messages get to finish once the run is over
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+FD_MARGIN = 64
+
+
+@dataclass
+class Share:
+    """This process's part of a run: its connections, messages, and sequence numbers."""
+
+    index: int = 0
+    count: int = 1
+    concurrency: int | None = None
+    message_count: int | None = None
+
+    @classmethod
+    def split(cls, config: RunConfig) -> list[Share]:
+        """Concurrency and message count divided exactly: the first processes take the remainders."""
+        n = config.processes
+        shares = []
+        for i in range(n):
+            conc = config.concurrency // n + (i < config.concurrency % n)
+            count = None
+            if config.message_count is not None:
+                count = config.message_count // n + (i < config.message_count % n)
+            shares.append(cls(i, n, conc, count))
+        return shares
+
+
+def raise_file_limit(connections: int) -> None:
+    """Raise the open-files soft limit to the hard limit; ConfigError when `connections` cannot fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and connections + FD_MARGIN > soft:
+        raise ConfigError(
+            f"--concurrency needs {connections + FD_MARGIN} open files in one process but the limit is {soft}: "
+            "raise the hard limit (ulimit -Hn) or use more --processes"
+        )
+
+
+@dataclass
+class RunEnd:
+    started: float  # time.time()
+    elapsed: float
+    error: str | None = None  # what stopped the run, without --keep-going
+    interrupted: bool = False
+
+
+class Runner:
+    """One process's workers and the claims they share."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        recorder: Recorder,
+        share: Share | None = None,
+        shared_throttle: Any = None,
+    ):
+        self.config = config
+        self.recorder = recorder
+        self.share = share or Share(concurrency=config.concurrency, message_count=config.message_count)
+        seed = None if config.seed is None else config.seed * 1000 + self.share.index
+        self.factory = MessageFactory(config, random.Random(seed))
+        self.throttle = Throttle(config.throttle, shared=shared_throttle) if config.throttle else None
+        self.tls = client_tls_context() if config.starttls else None
+        self.protocols: set[ClientProtocol] = set()
+        self.remaining = self.share.message_count
+        self.claimed = 0
+        self.deadline = float("inf")
+        self.stopping = False  # an error (without --keep-going) or ^C: claimed messages are dropped
+        self.exhausted = False  # the throttle's schedule reached the end of --duration
+        self.error: str | None = None
+        self.interrupted = False
+        self.inflight: dict[int, Message] = {}
+
+    # --- claims ---------------------------------------------------------------------------------------------
+
+    def _claim_now(self) -> Message | None:
+        """The next message if one is due now (never waits); None otherwise."""
+        return self._take(only_if_due=True)
+
+    async def _claim(self) -> Message | None:
+        """The next message for a worker, once it is due; None when the run is over."""
+        message = self._take(only_if_due=False)
+        if message is not None:
+            wait = message.intended - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                if self.stopping:
+                    return None
+        return message
+
+    def _take(self, only_if_due: bool) -> Message | None:
+        if self.stopping or self.exhausted or (self.remaining is not None and self.remaining <= 0):
+            return None
+        now = time.monotonic()
+        if now >= self.deadline:
+            return None
+        intended = now
+        if self.throttle is not None:
+            due = self.throttle.reserve(only_if_due)
+            if due is None:
+                return None
+            if due >= self.deadline:
+                self.exhausted = True  # messages already claimed still go; no more are claimed
+                return None
+            intended = due
+        if self.remaining is not None:
+            self.remaining -= 1
+        seq = self.share.index + self.share.count * self.claimed
+        self.claimed += 1
+        return self.factory.build(seq, intended)
+
+    # --- workers ------------------------------------------------------------------------------------------
+
+    def _stop_on(self, text: str) -> None:
+        if not self.config.keep_going and self.error is None:
+            self.error = text
+            self.stopping = True
+
+    async def _backoff(self, attempt: int) -> None:
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * (0.5 + random.random() / 2)
+        await asyncio.sleep(delay)
+
+    async def _connect(self, message: Message) -> Session | None:
+        """A new session, or None after recording why there is none as this message's outcome."""
+        config, recorder = self.config, self.recorder
+        started = time.monotonic()
+        try:
+            session = await Session.open(config, self.tls, self.protocols)
+        except Refused as e:
+            recorder.record(message, Outcome.of_reply(e.reply, len(message.recipients), started))
+            if e.reply.kind == ERROR:
+                self._stop_on(f"{config.target} answered {e}")
+            return None
+        except SessionError as e:
+            failed = Outcome.error(f"{e.kind}: {e.message}", len(message.recipients), started, time.monotonic())
+            recorder.record(message, failed)
+            self._stop_on(e.message)
+            return None
+        recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
+        return session
+
+    async def _worker(self, number: int) -> None:
+        config, recorder = self.config, self.recorder
+        limit = config.messages_per_connection
+        session: Session | None = None
+        retry: Message | None = None  # sent ahead on a connection that closed: not attempted yet
+        on_session = 0
+        failures = 0
+        try:
+            while True:
+                message = retry or (session.ahead if session is not None else None) or await self._claim()
+                retry = None
+                if message is None:
+                    return
+                self.inflight[number] = message
+                if session is None:
+                    session = await self._connect(message)
+                    if session is None:
+                        del self.inflight[number]
+                        failures += 1
+                        if not self.stopping:
+                            await self._backoff(failures)
+                        continue
+                    on_session = 0
+                last_here = limit is not None and on_session + 1 >= limit
+                outcome = await session.send(message, None if last_here else self._claim_now)
+                recorder.record(message, outcome)
+                del self.inflight[number]
+                on_session += 1
+                if outcome.kind == ERROR:
+                    self._stop_on(f"{outcome.text} (talking to {config.target})")
+                    failures += 1
+                else:
+                    failures = 0
+                if outcome.close or not session.usable or last_here:
+                    retry = session.take_ahead()
+                    await self._close(session)
+                    session = None
+                    if outcome.kind == ERROR and not self.stopping:
+                        await self._backoff(failures)
+        except asyncio.CancelledError:
+            message = self.inflight.pop(number, None)
+            if message is not None:
+                now = time.monotonic()
+                outcome = Outcome.error("cut: the run ended before the reply", len(message.recipients), now, now)
+                recorder.record(message, outcome)
+            raise
+        finally:
+            if session is not None:
+                await self._close(session)
+
+    async def _close(self, session: Session) -> None:
+        self.recorder.connection_closed()
+        self.protocols.discard(session.protocol)
+        await session.quit()
+
+    async def _sweep(self) -> None:
+        """Time out any reply wait longer than --timeout (once a second; no timer per read)."""
+        timeout = self.config.timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for protocol in list(self.protocols):
+                if protocol.closed:
+                    self.protocols.discard(protocol)
+                else:
+                    protocol.timed_out(now, timeout)
+
+    # --- the run ------------------------------------------------------------------------------------------
+
+    async def run(self, interrupt: asyncio.Event | None = None) -> RunEnd:
+        config = self.config
+        wall, started = time.time(), time.monotonic()
+        if config.duration is not None:
+            self.deadline = started + config.duration
+        concurrency = self.share.concurrency or config.concurrency
+        workers = [asyncio.create_task(self._worker(i)) for i in range(concurrency)]
+        sweeper = asyncio.create_task(self._sweep())
+        interrupt = interrupt or asyncio.Event()
+        waiter = asyncio.create_task(interrupt.wait())
+        try:
+            everything = asyncio.gather(*workers, return_exceptions=True)
+            timeout = None if config.duration is None else config.duration + END_GRACE
+            done, _ = await asyncio.wait({everything, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:  # first ^C: no new messages, give in-flight ones the grace period
+                self.stopping = self.interrupted = True
+                done, _ = await asyncio.wait({everything}, timeout=END_GRACE)
+            if everything not in done:
+                for task in workers:
+                    task.cancel()
+                await asyncio.wait({everything}, timeout=END_GRACE)
+        finally:
+            sweeper.cancel()
+            waiter.cancel()
+        return RunEnd(wall, time.monotonic() - started, self.error, self.interrupted)

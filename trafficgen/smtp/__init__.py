@@ -1,0 +1,1 @@
+"""The SMTP wire: reply parsing (no sockets) and the client session."""

@@ -1,0 +1,1 @@
+"""Recording a run (counters, histograms, merge) apart from showing it (progress, reports)."""

@@ -1,0 +1,80 @@
+"""Live progress, once a second: a rich live view on a terminal, plain lines otherwise, nothing when quiet.
+
+It only reads snapshots (attempted, outcomes, open connections) through a function it is given, so the
+same display serves one process or the merged counts of several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, NamedTuple
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+INTERVAL = 1.0
+
+
+class Snapshot(NamedTuple):
+    attempted: int = 0
+    accepted: int = 0
+    tempfailed: int = 0
+    permfailed: int = 0
+    errors: int = 0
+    connections: int = 0
+
+
+def line(snapshot: Snapshot, per_second: float, elapsed: float) -> str:
+    return (
+        f"{elapsed:6.0f} s  {per_second:10,.1f} msg/s {per_second * 60:12,.0f} msg/min {per_second * 3600:14,.0f} msg/h"
+        f"  sent {snapshot.attempted:,}  accepted {snapshot.accepted:,}  tempfailed {snapshot.tempfailed:,}"
+        f"  permfailed {snapshot.permfailed:,}  errors {snapshot.errors:,}  connections {snapshot.connections:,}"
+    )
+
+
+def _table(snapshot: Snapshot, per_second: float, elapsed: float) -> Table:
+    table = Table(title=f"trafficgen  {elapsed:,.0f} s", title_justify="left", show_edge=False)
+    for column in ("msg/s", "msg/min", "msg/h", "sent", "accepted", "tempfailed", "permfailed", "errors", "conns"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{per_second:,.1f}",
+        f"{per_second * 60:,.0f}",
+        f"{per_second * 3600:,.0f}",
+        *(f"{v:,}" for v in snapshot),
+    )
+    return table
+
+
+class Progress:
+    def __init__(self, read: Callable[[], Snapshot], quiet: bool = False, out: IO[str] | None = None):
+        self.read = read
+        self.quiet = quiet
+        self.out = out or sys.stderr
+
+    async def run(self) -> None:
+        """Show progress until cancelled."""
+        if self.quiet:
+            return
+        started = last_time = time.monotonic()
+        last = self.read()
+        console = Console(file=self.out)
+        live = Live(_table(last, 0.0, 0.0), console=console, auto_refresh=False) if console.is_terminal else None
+        try:
+            if live is not None:
+                live.start()
+            while True:
+                await asyncio.sleep(INTERVAL)
+                now, current = time.monotonic(), self.read()
+                per_second = (current.attempted - last.attempted) / (now - last_time)
+                if live is not None:
+                    live.update(_table(current, per_second, now - started), refresh=True)
+                else:
+                    print(line(current, per_second, now - started), file=self.out, flush=True)
+                last, last_time = current, now
+        finally:
+            if live is not None:
+                live.stop()

@@ -1,0 +1,173 @@
+"""The report of a run: a JSON document (schema 1, docs/report.md) and the summary people read.
+
+build() turns a Recorder into the document; summary() renders a document, so a merged or saved report
+prints exactly like a live one. The document carries every histogram in HdrHistogram's standard compressed
+base64 form, so reports of several processes or machines merge exactly (trafficgen report merge).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import IO, Any
+
+from hdrh.histogram import HdrHistogram
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from trafficgen import __version__
+from trafficgen.stats.recorder import PHASES, Recorder
+
+SCHEMA = 1
+PERCENTILES = (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99_9", 99.9))
+TOP_REPLIES = 10
+
+
+def latency_ms(histogram: HdrHistogram | None) -> dict[str, float | int | None] | None:
+    """min, mean, percentiles and max of a microsecond histogram, in milliseconds."""
+    if histogram is None:
+        return None
+    count = histogram.get_total_count()
+    out: dict[str, float | int | None] = {"count": count}
+    if not count:
+        out.update({"min": None, "mean": None, **{k: None for k, _ in PERCENTILES}, "max": None})
+        return out
+    out["min"] = round(histogram.get_min_value() / 1000, 3)
+    out["mean"] = round(histogram.get_mean_value() / 1000, 3)
+    for key, p in PERCENTILES:
+        out[key] = round(histogram.get_value_at_percentile(p) / 1000, 3)
+    out["max"] = round(histogram.get_max_value() / 1000, 3)
+    return out
+
+
+def build(
+    recorder: Recorder,
+    *,
+    run_id: str,
+    target: str,
+    started: float,
+    elapsed: float,
+    config: dict[str, Any],
+    stopped_by: str | None = None,
+) -> dict[str, Any]:
+    totals = recorder.totals()
+    attempted = totals.attempted
+    per_second = attempted / elapsed if elapsed > 0 else 0.0
+    replies = sorted(recorder.replies.items(), key=lambda item: (-item[1], item[0]))
+    return {
+        "schema": SCHEMA,
+        "tool": f"trafficgen {__version__}",
+        "run_id": run_id,
+        "target": target,
+        "started_at": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="milliseconds"),
+        "elapsed_s": round(elapsed, 3),
+        "stopped_by": stopped_by,
+        "config": config,
+        "totals": totals.as_dict(),
+        "success_rate": round(totals.accepted / attempted, 6) if attempted else None,
+        "recipients": dict(zip(("accepted", "tempfailed", "permfailed", "errors"), recorder.recipients, strict=True)),
+        "throughput": {
+            "per_second": round(per_second, 3),
+            "per_minute": round(per_second * 60, 1),
+            "per_hour": round(per_second * 3600),
+        },
+        "latency_ms": latency_ms(recorder.latency),
+        "latency_from_intended_ms": latency_ms(recorder.corrected),
+        "phases_ms": {name: latency_ms(recorder.phases[name]) for name in PHASES},
+        "domains": recorder.domain_totals(),
+        "replies": [{"code": code, "text": text, "count": n} for (code, text), n in replies],
+        "errors": [{"text": text, "count": n} for text, n in recorder.errors.most_common()],
+        "connections": {"opened": recorder.connections_opened},
+        "histogram": recorder.latency.encode().decode("ascii"),
+        "histograms": {
+            "latency_from_intended": recorder.corrected.encode().decode("ascii") if recorder.corrected else None,
+            "phases": {name: recorder.phases[name].encode().decode("ascii") for name in PHASES},
+        },
+    }
+
+
+def recorder_of(report: dict[str, Any]) -> Recorder:
+    """A Recorder holding what a report holds, for merging reports."""
+    domains = list(report["domains"])
+    recorder = Recorder(domains)
+    histograms = report.get("histograms") or {}
+    recorder.merge(
+        {
+            "counts": [
+                [report["domains"][d][k] for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")]
+                for d in domains
+            ],
+            "recipients": [report["recipients"][k] for k in ("accepted", "tempfailed", "permfailed", "errors")],
+            "replies": [[r["code"], r["text"], r["count"]] for r in report["replies"]],
+            "errors": {e["text"]: e["count"] for e in report["errors"]},
+            "latency": report["histogram"],
+            "corrected": histograms.get("latency_from_intended"),
+            "phases": histograms.get("phases") or {},
+            "connections_opened": report.get("connections", {}).get("opened", 0),
+            "connections_open": 0,
+        }
+    )
+    return recorder
+
+
+def _n(value: float | int | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def summary(report: dict[str, Any], out: IO[str]) -> None:
+    """The human-readable report."""
+    console = Console(file=out, width=120, highlight=False, soft_wrap=False)
+    totals = report["totals"]
+    attempted = totals["attempted"]
+    config = report["config"]
+    rate = report["success_rate"]
+    console.print(
+        f"[bold]trafficgen[/bold] run {report['run_id']} -> {report['target']}: {attempted:,} messages in "
+        f"{report['elapsed_s']:,.1f} s over {config.get('concurrency', '?')} connections"
+        + (f" ({report['stopped_by']})" if report.get("stopped_by") else "")
+    )
+    console.print(
+        f"  accepted {totals['accepted']:,}  tempfailed {totals['tempfailed']:,}  permfailed {totals['permfailed']:,}"
+        f"  errors {totals['errors']:,}  success rate {_n(rate * 100 if rate is not None else None, 2)}%"
+    )
+    t = report["throughput"]
+    console.print(f"  throughput {_n(t['per_second'], 1)}/s  {_n(t['per_minute'])}/min  {_n(t['per_hour'])}/h")
+
+    latency = Table(box=box.SIMPLE, title="latency (ms)", title_justify="left", pad_edge=False)
+    columns = ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
+    latency.add_column("")
+    for c in columns:
+        latency.add_column(c.replace("_", "."), justify="right")
+    rows = [("transaction", report["latency_ms"])]
+    if report.get("latency_from_intended_ms"):
+        rows.append(("from intended send", report["latency_from_intended_ms"]))
+    rows += [(f"  {name}", stats) for name, stats in report["phases_ms"].items() if stats and stats["count"]]
+    for label, stats in rows:
+        latency.add_row(label, *(_n(stats.get(c) if stats else None, 3) for c in columns))
+    console.print(latency)
+
+    domains = Table(box=box.SIMPLE, title="domains", title_justify="left", pad_edge=False)
+    for c in ("domain", "attempted", "accepted", "tempfailed", "permfailed", "errors", "accepted %"):
+        domains.add_column(c, justify="left" if c == "domain" else "right")
+    for name, row in sorted(report["domains"].items(), key=lambda item: -item[1]["attempted"]):
+        share = row["accepted"] / row["attempted"] * 100 if row["attempted"] else None
+        domains.add_row(name, *(f"{row[k]:,}" for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")), _n(share, 1))
+    console.print(domains)
+
+    if report["replies"]:
+        replies = Table(box=box.SIMPLE, title="most frequent replies", title_justify="left", pad_edge=False)
+        replies.add_column("count", justify="right")
+        replies.add_column("code", justify="right")
+        replies.add_column("text", overflow="ellipsis", no_wrap=True, max_width=96)
+        for r in report["replies"][:TOP_REPLIES]:
+            replies.add_row(f"{r['count']:,}", str(r["code"]), r["text"])
+        console.print(replies)
+    if report["errors"]:
+        errors = Table(box=box.SIMPLE, title="errors", title_justify="left", pad_edge=False)
+        errors.add_column("count", justify="right")
+        errors.add_column("error", overflow="ellipsis", no_wrap=True, max_width=100)
+        for e in report["errors"][:TOP_REPLIES]:
+            errors.add_row(f"{e['count']:,}", e["text"])
+        console.print(errors)
