@@ -108,7 +108,7 @@ class RateSpec:
 def parse_rate(text: str, allow_burst: bool = False) -> RateSpec:
     """A rate "300/s", "6000/m", "1,000/hr", optionally followed by ",max_burst=N"."""
     if not isinstance(text, str):
-        raise ValueError(f"rate {text!r} is not a string like \"600/min\"")
+        raise ValueError(f'rate {text!r} is not a string like "600/min"')
     body, burst = text.strip(), None
     m = re.search(r",\s*max_burst\s*=\s*(\S+)\s*$", body)
     if m:

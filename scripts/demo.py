@@ -43,8 +43,21 @@ def sink_counts(admin: str) -> str:
 
 def main() -> int:
     sink = subprocess.Popen(
-        [sys.executable, "-m", "smartsink", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--seed", "2026",
-         "--log-level", "warning", "--policy", str(ROOT / "policy" / "responses.toml")],
+        [
+            sys.executable,
+            "-m",
+            "smartsink",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--seed",
+            "2026",
+            "--log-level",
+            "warning",
+            "--policy",
+            str(ROOT / "policy" / "responses.toml"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -69,9 +82,24 @@ def main() -> int:
             print("demo: smartsink did not start", file=sys.stderr)
             return 1
         host, port, admin = address
-        print(f"demo: smartsink is listening on {host}:{port} (admin http://{admin}); sending for 10 seconds\n")
-        command = [sys.executable, "-m", "trafficgen", "--target", f"{host}:{port}", "--duration", "10",
-                   "--concurrency", "200", "--seed", "2026", "--json", str(ROOT / "demo-report.json")]
+        print(
+            f"demo: smartsink is listening on {host}:{port} (admin http://{admin}); sending for 10 seconds\n"
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "trafficgen",
+            "--target",
+            f"{host}:{port}",
+            "--duration",
+            "10",
+            "--concurrency",
+            "200",
+            "--seed",
+            "2026",
+            "--json",
+            str(ROOT / "demo-report.json"),
+        ]
         for domain in DOMAINS:
             command += ["--domain", domain]
         status = subprocess.call(command)
