@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from smartsink import metrics
-from smartsink.session import Session, SinkContext
+from smartsink.policy.model import Outcome
+from smartsink.session import Session, SinkContext, trace_of
 from smartsink.shared import RunLedger
 
 log = logging.getLogger("smartsink.admin")
@@ -67,11 +68,15 @@ def make_app(source: AdminSource) -> web.Application:
         peer = request.remote or "http"
         content = body["content"]
         raw = (content if isinstance(content, str) else json.dumps(content)).encode("utf-8", "replace")
-        head = raw[:8192]
+        sender = body["envelope_sender"]
         results = await asyncio.gather(
-            *(_inject_one(source.ctx, peer, body["envelope_sender"], r["email"], len(raw), head) for r in body["recipients"])
+            *(_inject_one(source.ctx, peer, sender, r["email"], len(raw)) for r in body["recipients"])
         )
         metrics.INJECTED.inc(len(results))
+        trace = trace_of(raw[:8192])
+        if trace is not None:  # one message to several recipients: delivered if any of them took it
+            outcomes = [Outcome.ACCEPTED if err is None else Outcome.of_code(int(err[:3])) for err in results]
+            source.ctx.limits.record(trace[0], trace[1], min(outcomes))
         failed = [(email, err) for email, err in zip((r["email"] for r in body["recipients"]), results, strict=True) if err]
         return web.json_response(
             {
@@ -122,18 +127,18 @@ def _check_inject(body: Any) -> str | None:
     return None
 
 
-async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int, head: bytes) -> str | None:
+async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int) -> str | None:
     """The policy's answer for one injected recipient: None when accepted, else the reply as text."""
     session = Session(ctx, peer)
     session.mail(sender)
     try:
         action = await session.rcpt(email)
         if action.reply is ctx.ok_rcpt:
-            action = await session.data_end(size, head)
+            action = await session.data_end(size, b"")  # the trace is recorded once per request
     finally:
         session.closed()
     if action.reply is None:
-        return "connection dropped by the policy (disconnect)"
+        return "451 4.4.2 the policy cut this transaction (disconnect)"
     reply = action.reply.decode("ascii", "replace")
     if reply.startswith("2"):
         return None

@@ -27,6 +27,14 @@ _RULES_CACHE_MAX = 10_000
 _TRACE_ID = re.compile(rb"(?im)^x-trafficgen-id:[ \t]*([A-Za-z0-9_-]{1,64})\.([0-9]{1,12})[ \t]*\r?$")
 
 
+def trace_of(head: bytes) -> tuple[str, int] | None:
+    """(run_id, seq) from trafficgen's X-Trafficgen-Id header in the first bytes of a message."""
+    if b"rafficgen" not in head and b"RAFFICGEN" not in head:
+        return None
+    m = _TRACE_ID.search(head)
+    return (m.group(1).decode("ascii"), int(m.group(2))) if m else None
+
+
 class Action(NamedTuple):
     """What to do on the wire: send `reply` (None: send nothing), then close when `close`."""
 
@@ -240,9 +248,9 @@ class Session:
         outcome = Outcome.ACCEPTED if verdict is None else verdict.outcome
         for recipient in recipients:
             self._count(recipient.rules, outcome)
-        trace = _TRACE_ID.search(head) if b"rafficgen" in head or b"RAFFICGEN" in head else None
+        trace = trace_of(head)
         if trace is not None:
-            ctx.limits.record(trace.group(1).decode("ascii"), int(trace.group(2)), outcome)
+            ctx.limits.record(trace[0], trace[1], outcome)
         self.completed += 1
         self.reset()
         if verdict is None:

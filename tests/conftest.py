@@ -98,9 +98,12 @@ def write_policy(directory: Path, text: str, name: str = "responses.toml") -> Pa
     return path
 
 
-def start_sink(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> SinkProcess:
-    """Start smartsink with these arguments (plus free ports unless given) and wait until it is ready."""
-    argv = [sys.executable, "-m", "smartsink"]
+def start_sink(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, prefix: list[str] | None = None
+) -> SinkProcess:
+    """Start smartsink with these arguments (plus free ports unless given) and wait until it is ready.
+    `prefix` runs it under another command (`ip netns exec NAME`)."""
+    argv = [*(prefix or []), sys.executable, "-m", "smartsink"]
     if not any(a.startswith("--listen") for a in args):
         argv += ["--listen", "127.0.0.1:0"]
     if not any(a.startswith("--http") for a in args):

@@ -7,6 +7,7 @@ reports. Exit codes: 0 completed, 1 stopped by an error, 2 bad usage, 130 interr
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any
 
@@ -35,7 +36,9 @@ def _env(name: str) -> str:
 @app.callback()
 def main_command(
     ctx: typer.Context,
-    target: Annotated[str, typer.Option(envvar=_env("TARGET"), help="Where to send: HOST:PORT")] = DEFAULT_TARGET,
+    target: Annotated[
+        str, typer.Option(envvar=_env("TARGET"), help="Where to send: HOST:PORT (with --http, the MTA's URL)")
+    ] = DEFAULT_TARGET,
     concurrency: Annotated[
         int | None,
         typer.Option(envvar=_env("CONCURRENCY"), help="Connections in all [default: 10 x CPUs]", show_default=False),
@@ -73,7 +76,8 @@ def main_command(
         str | None, typer.Option(envvar=_env("BODY_FILE"), help="Send this whole message (headers and body)")
     ] = None,
     header: Annotated[
-        list[str] | None, typer.Option(envvar=_env("HEADER"), help='Extra header "Name: value", repeatable')
+        list[str] | None,
+        typer.Option(envvar=_env("HEADER"), help='Extra header "Name: value", repeatable (variable: one per line)'),
     ] = None,
     throttle: Annotated[
         str | None,
@@ -118,12 +122,31 @@ def main_command(
     ehlo: Annotated[
         str | None, typer.Option(envvar=_env("EHLO"), help="EHLO name [default: trafficgen.<suffix>]")
     ] = None,
+    http: Annotated[
+        bool, typer.Option(envvar=_env("HTTP"), help="Submit through KumoMTA's HTTP injection API at --target URL")
+    ] = False,
+    http_batch_size: Annotated[
+        int, typer.Option(envvar=_env("HTTP_BATCH_SIZE"), help="Recipients per injected message (with --http)")
+    ] = 1,
+    http_defer_spool: Annotated[
+        bool, typer.Option(envvar=_env("HTTP_DEFER_SPOOL"), help="Ask the MTA to defer spooling (with --http)")
+    ] = False,
+    http_defer_generation: Annotated[
+        bool, typer.Option(envvar=_env("HTTP_DEFER_GENERATION"), help="Ask the MTA to defer generation (with --http)")
+    ] = False,
     run_id: Annotated[
         str | None, typer.Option(envvar=_env("RUN_ID"), help="Run id for the trace header [default: random]")
     ] = None,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    # Click splits a list variable on whitespace and skips an empty variable: TRAFFICGEN_HEADER holds one
+    # header per line ("X-A: b" stays whole), and TRAFFICGEN_DOMAIN_SUFFIX='' turns the suffix off.
+    source = ctx.get_parameter_source
+    if header is not None and getattr(source("header"), "name", "") == "ENVIRONMENT":
+        header = [line for line in os.environ[_env("HEADER")].splitlines() if line.strip()]
+    if getattr(source("domain_suffix"), "name", "") == "DEFAULT" and os.environ.get(_env("DOMAIN_SUFFIX")) == "":
+        domain_suffix = ""
     try:
         config = build(
             target=target,
@@ -152,6 +175,10 @@ def main_command(
             processes=processes,
             timeout=timeout,
             ehlo=ehlo,
+            http=http,
+            http_batch_size=http_batch_size,
+            http_defer_spool=http_defer_spool,
+            http_defer_generation=http_defer_generation,
             run_id=run_id,
         )
     except ConfigError as e:

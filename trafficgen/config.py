@@ -73,6 +73,8 @@ class RunConfig:
     http: bool = False
     http_batch_size: int = 1
     http_url: str = ""
+    http_defer_spool: bool = False
+    http_defer_generation: bool = False
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))
     reconcile: str | None = None
     reconcile_wait: float = 0.0
@@ -116,6 +118,8 @@ class RunConfig:
             "timeout_s": self.timeout,
             "http": self.http,
             "http_batch_size": self.http_batch_size if self.http else None,
+            "http_defer_spool": self.http_defer_spool,
+            "http_defer_generation": self.http_defer_generation,
         }
 
 
@@ -181,6 +185,8 @@ def build(
     ehlo: str | None = None,
     http: bool = False,
     http_batch_size: int = 1,
+    http_defer_spool: bool = False,
+    http_defer_generation: bool = False,
     run_id: str | None = None,
     reconcile: str | None = None,
     reconcile_wait: float = 0.0,
@@ -192,7 +198,15 @@ def build(
     if http:
         if not re.match(r"^https?://[^/\s]+", target):
             raise ConfigError(f"--target {target!r}: with --http, give the MTA's URL, like http://127.0.0.1:8000")
-        http_url = target.rstrip("/")
+        http_url = target.rstrip("/") + "/api/inject/v1"
+        if recipients_per_message != 1:
+            raise ConfigError("with --http, --http-batch-size sets the recipients of each message")
+        for given, option in ((starttls, "--starttls"), (auth_user, "--auth-user"), (source_address, "--source-address")):
+            if given:
+                raise ConfigError(f"{option} applies to SMTP, not to --http")
+        recipients_per_message = http_batch_size
+    elif http_batch_size != 1 or http_defer_spool or http_defer_generation:
+        raise ConfigError("--http-batch-size, --http-defer-spool and --http-defer-generation go with --http")
     else:
         try:
             host, port = mailunits.parse_hostport(target, "--target")
@@ -293,6 +307,8 @@ def build(
         http=http,
         http_batch_size=http_batch_size,
         http_url=http_url,
+        http_defer_spool=http_defer_spool,
+        http_defer_generation=http_defer_generation,
         run_id=run_id or secrets.token_hex(6),
         reconcile=reconcile.rstrip("/") if reconcile else None,
         reconcile_wait=reconcile_wait,

@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+
+from trafficgen import inject
 from trafficgen.config import ConfigError, RunConfig
 from trafficgen.messages import Message, MessageFactory
 from trafficgen.ratelimit import Throttle
@@ -67,7 +70,8 @@ def raise_file_limit(connections: int) -> None:
 @dataclass
 class RunEnd:
     started: float  # time.time()
-    elapsed: float
+    elapsed: float  # until the last reply
+    window: float  # the sending window: --duration, or the whole run with --message-count
     error: str | None = None  # what stopped the run, without --keep-going
     interrupted: bool = False
 
@@ -98,6 +102,7 @@ class Runner:
         self.error: str | None = None
         self.interrupted = False
         self.inflight: dict[int, Message] = {}
+        self.http_pool: aiohttp.ClientSession | None = None
 
     # --- claims ---------------------------------------------------------------------------------------------
 
@@ -152,6 +157,10 @@ class Runner:
         """A new session, or None after recording why there is none as this message's outcome."""
         config, recorder = self.config, self.recorder
         started = time.monotonic()
+        if config.http:
+            if self.http_pool is None:
+                self.http_pool = inject.pool(self.share.concurrency or config.concurrency)
+            return inject.HttpSession(self.http_pool, config.http_url, config)  # type: ignore[return-value]
         try:
             session = await Session.open(config, self.tls, self.protocols)
         except Refused as e:
@@ -218,8 +227,9 @@ class Runner:
                 await self._close(session)
 
     async def _close(self, session: Session) -> None:
-        self.recorder.connection_closed()
-        self.protocols.discard(session.protocol)
+        if isinstance(session, Session):  # an HttpSession holds no connection of its own
+            self.recorder.connection_closed()
+            self.protocols.discard(session.protocol)
         await session.quit()
 
     async def _sweep(self) -> None:
@@ -260,4 +270,7 @@ class Runner:
         finally:
             sweeper.cancel()
             waiter.cancel()
-        return RunEnd(wall, time.monotonic() - started, self.error, self.interrupted)
+            await inject.close_pool(self.http_pool)
+        elapsed = time.monotonic() - started
+        window = min(elapsed, config.duration) if config.duration is not None else elapsed
+        return RunEnd(wall, elapsed, window, self.error, self.interrupted)

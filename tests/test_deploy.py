@@ -1,0 +1,169 @@
+"""What can be checked of the Docker files without a Docker engine: the compose file parses and says what the
+docs promise, the build context holds everything the Dockerfile copies, the entry point, environment and health
+check match the real CLI and endpoints (run for real against a sink)."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, running_sink
+
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+COMPOSE = ROOT / "docker" / "compose.yaml"
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, rest = line.partition(" ")
+            out.append((instruction.upper(), rest.strip()))
+    return out
+
+
+def ignored(path: str) -> bool:
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+class TestCompose:
+    def test_root_compose_includes_the_docker_one(self):
+        """`docker compose up smartsink` works from the repository root: compose.yaml includes docker/compose.yaml."""
+        root = yaml.safe_load((ROOT / "compose.yaml").read_text())
+        assert "docker/compose.yaml" in root["include"]
+
+    def test_smartsink_service(self, compose):
+        """Built from this repo, ports 2525 and 2026 to 25 and 8000, policy/ mounted, restarts unless stopped."""
+        service = compose["services"]["smartsink"]
+        assert (COMPOSE.parent / service["build"]["context"]).resolve() == ROOT
+        assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
+        assert {"2525:25", "2026:25", "8000:8000"} <= {str(p).split()[0] for p in service["ports"]}
+        source, target, *_ = service["volumes"][0].split(":")
+        assert (COMPOSE.parent / source).resolve() == ROOT / "policy" and target == "/etc/smartsink"
+        assert service["restart"] == "unless-stopped"
+        assert service.get("pull_policy") == "build"
+
+    def test_trafficgen_service_is_behind_a_profile(self, compose):
+        """`up smartsink` does not start trafficgen: it has a profile, and it sends to the sink service."""
+        service = compose["services"]["trafficgen"]
+        assert service["profiles"] == ["trafficgen"]
+        assert service["entrypoint"] == ["trafficgen"]
+        assert service["environment"]["TRAFFICGEN_TARGET"] == "smartsink:25"
+        assert service["depends_on"]["smartsink"]["condition"] == "service_healthy"
+
+    @pytest.mark.parametrize("service", ["smartsink", "trafficgen"])
+    def test_environment_names_real_options(self, compose, service):
+        """Every variable the compose file sets is one the command reads (shown in its --help)."""
+        prog = "smartsink" if service == "smartsink" else "trafficgen"
+        help_text = subprocess.run(
+            [sys.executable, "-m", prog, "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"}
+        ).stdout
+        for name in compose["services"][service]["environment"]:
+            assert name in help_text, f"{name} is not an environment variable of {prog}"
+
+
+class TestDockerfile:
+    def test_every_copied_path_is_in_the_build_context(self):
+        """Each COPY source exists in the repository and is not excluded by .dockerignore."""
+        for instruction, args in dockerfile():
+            if instruction != "COPY" or args.startswith("--from"):
+                continue
+            *sources, _destination = shlex.split(args)
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the build context"
+                assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
+
+    def test_package_files_are_all_copied(self):
+        """The wheel build gets every top-level module and package pyproject.toml names."""
+        copied = {shlex.split(a)[0] for i, a in dockerfile() if i == "COPY" and not a.startswith("--from")}
+        copied |= {s for i, a in dockerfile() if i == "COPY" and not a.startswith("--from") for s in shlex.split(a)[:-1]}
+        for needed in ("pyproject.toml", "README.md", "mailunits.py", "climain.py", "smartsink", "trafficgen", "policy"):
+            assert needed in copied
+
+    def test_runs_as_non_root_on_port_25_and_8000(self):
+        """USER is not root; the defaults listen on 25 and 8000 in the container; the policy has a fixed path."""
+        instructions = dockerfile()
+        user = [a for i, a in instructions if i == "USER"][-1]
+        assert user not in ("root", "0")
+        env = " ".join(a for i, a in instructions if i == "ENV")
+        assert "SMARTSINK_LISTEN=0.0.0.0:25" in env and "SMARTSINK_HTTP=0.0.0.0:8000" in env
+        assert "SMARTSINK_POLICY=/etc/smartsink/responses.toml" in env
+        assert ["25", "8000"] == [a for i, a in instructions if i == "EXPOSE"][0].split()
+        assert [a for i, a in instructions if i == "ENTRYPOINT"] == ['["smartsink"]']
+
+    def test_healthcheck_passes_against_a_real_sink(self, tmp_path):
+        """The HEALTHCHECK command, run as the image would, succeeds against a running sink and fails without one."""
+        args = [a for i, a in dockerfile() if i == "HEALTHCHECK"][0]
+        exec_form = re.search(r"CMD (\[.*\])$", args)
+        assert exec_form, "HEALTHCHECK should use the exec form"
+        command = yaml.safe_load(exec_form.group(1))  # a JSON array is YAML too
+        command[0] = sys.executable
+        with running_sink(policy=ROOT / "policy" / "responses.toml") as sink:
+            ok = subprocess.run(command, env={**os.environ, "SMARTSINK_HTTP": sink.http}, capture_output=True)
+            assert ok.returncode == 0, ok.stderr
+        gone = subprocess.run(command, env={**os.environ, "SMARTSINK_HTTP": sink.http}, capture_output=True)
+        assert gone.returncode != 0
+
+    def test_image_environment_starts_the_sink(self, tmp_path):
+        """smartsink started with only the image's environment (ports moved to free ones) serves the fixed policy."""
+        env = dict(os.environ)
+        for _, args in [x for x in dockerfile() if x[0] == "ENV"]:
+            for assignment in shlex.split(args):
+                name, _, value = assignment.partition("=")
+                env[name] = value
+        policy_dir = tmp_path / "etc-smartsink"
+        policy_dir.mkdir()
+        (policy_dir / "responses.toml").write_text((ROOT / "policy" / "responses.toml").read_text())
+        env.update(SMARTSINK_LISTEN="127.0.0.1:0", SMARTSINK_HTTP="127.0.0.1:0",
+                   SMARTSINK_POLICY=str(policy_dir / "responses.toml"))
+        with running_sink(env=env, cwd=tmp_path) as sink:
+            health = sink.health()
+            assert health["status"] == "ok" and health["policy"]["path"] == str(policy_dir / "responses.toml")
+
+
+@pytest.mark.slow
+def test_build_stage_makes_a_complete_wheel(tmp_path):
+    """The build stage, replayed: only what the Dockerfile copies, then `pip wheel .`; the wheel has both
+    commands, the shared modules and the policy that ships inside the package."""
+    import shutil
+    import zipfile
+
+    context = tmp_path / "src"
+    context.mkdir()
+    for instruction, args in dockerfile():
+        if instruction == "COPY" and not args.startswith("--from") and "/etc/" not in args:
+            *sources, _ = shlex.split(args)
+            for source in sources:
+                src = ROOT / source
+                if src.is_dir():
+                    shutil.copytree(src, context / source, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(src, context / source)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=context, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    wheel = next(tmp_path.glob("*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("mailunits.py", "climain.py", "smartsink/cli.py", "trafficgen/cli.py", "smartsink/data/responses.toml"):
+        assert needed in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "smartsink = smartsink.cli:main" in entry_points and "trafficgen = trafficgen.cli:main" in entry_points
+    shipped = zipfile.ZipFile(wheel).read("smartsink/data/responses.toml")
+    assert shipped == (ROOT / "policy" / "responses.toml").read_bytes()
