@@ -7,6 +7,7 @@ Click's own usage errors span several lines ("Usage: ... Try --help ... Error: .
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 from collections.abc import Callable, Sequence
 from enum import IntEnum
@@ -31,6 +32,19 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's open-files soft limit to its hard limit (many connections need many files);
+    return the soft limit now in force (-1: unlimited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return -1 if soft == resource.RLIM_INFINITY else soft
 
 
 def fail(prog: str, message: str, status: ExitStatus = ExitStatus.USAGE) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from climain import raise_open_files_limit
 from smartsink import admin, metrics, tls
 from smartsink.config import SinkConfig
 from smartsink.policy.watcher import PolicyStore
@@ -60,6 +61,7 @@ class SMTPListener:
         self.address: tuple[str, int] = ctx.config.listen
 
     async def start(self, reuse_port: bool = False) -> tuple[str, int]:
+        raise_open_files_limit()  # one file per connection: take all the system allows
         loop = asyncio.get_running_loop()
         host, port = self.ctx.config.listen
         factory: Callable[[], Any]

@@ -134,6 +134,24 @@ def main_command(
     http_defer_generation: Annotated[
         bool, typer.Option(envvar=_env("HTTP_DEFER_GENERATION"), help="Ask the MTA to defer generation (with --http)")
     ] = False,
+    reconcile: Annotated[
+        str | None,
+        typer.Option(envvar=_env("RECONCILE"), help="At the end, ask the sink at this admin URL what it received"),
+    ] = None,
+    reconcile_wait: Annotated[
+        float, typer.Option(envvar=_env("RECONCILE_WAIT"), help="Seconds to let the MTA deliver before asking")
+    ] = 0.0,
+    hdr_log: Annotated[
+        str | None, typer.Option(envvar=_env("HDR_LOG"), help="Write each second's latency as an HdrHistogram log")
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(envvar=_env("METRICS"), help="Serve live counters and latency for Prometheus at HOST:PORT"),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(envvar=_env("SHARD"), help="INDEX/COUNT: this instance's share of a run over several machines"),
+    ] = None,
     run_id: Annotated[
         str | None, typer.Option(envvar=_env("RUN_ID"), help="Run id for the trace header [default: random]")
     ] = None,
@@ -179,6 +197,11 @@ def main_command(
             http_batch_size=http_batch_size,
             http_defer_spool=http_defer_spool,
             http_defer_generation=http_defer_generation,
+            reconcile=reconcile,
+            reconcile_wait=reconcile_wait,
+            shard=shard,
+            hdr_log=hdr_log,
+            metrics=metrics,
             run_id=run_id,
         )
     except ConfigError as e:
@@ -212,12 +235,15 @@ def execute(config: RunConfig) -> int:
     human = sys.stderr if config.json_path == "-" else sys.stdout
     totals = document["totals"]
     reached = totals["accepted"] + totals["tempfailed"] + totals["permfailed"]
-    if not (end.error and reached == 0):
-        report.summary(document, human)
     if config.json_path:
         write_json(document, config.json_path)
+    if not (end.error and reached == 0):
+        report.summary(document, human)
     if end.error:
         print(f"{PROG}: error: {end.error}", file=sys.stderr)
+        return ExitStatus.ERROR
+    if "error" in document.get("reconciliation", {}):
+        print(f"{PROG}: error: reconciliation: {document['reconciliation']['error']}", file=sys.stderr)
         return ExitStatus.ERROR
     if end.interrupted:
         return INTERRUPTED
@@ -226,3 +252,57 @@ def execute(config: RunConfig) -> int:
 
 def main() -> None:
     run_app(app, PROG)
+
+
+report_app = typer.Typer(
+    help="Work on saved JSON reports: show, merge, compare.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(report_app, name="report")
+
+
+def _load(path: str) -> dict[str, Any]:
+    from trafficgen.stats.combine import ReportError, check
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return check(json.load(f), path)
+    except FileNotFoundError:
+        fail(PROG, f"{path}: no such file")
+    except (OSError, UnicodeDecodeError) as e:
+        fail(PROG, f"{path}: cannot be read: {e}")
+    except json.JSONDecodeError as e:
+        fail(PROG, f"{path}: not JSON ({e.msg} at line {e.lineno})")
+    except ReportError as e:
+        fail(PROG, str(e))
+    raise AssertionError("unreachable")
+
+
+@report_app.command("show", help="Print the summary of a saved report.")
+def report_show(path: Annotated[str, typer.Argument(help="A report written with --json")]) -> None:
+    from trafficgen.stats import report
+
+    report.summary(_load(path), sys.stdout)
+
+
+@report_app.command("merge", help="Merge reports of instances that ran together into one (exact percentiles).")
+def report_merge(
+    paths: Annotated[list[str], typer.Argument(help="Reports written with --json")],
+    json_path: Annotated[str | None, typer.Option("--json", help="Write the merged report here ('-': stdout)")] = None,
+) -> None:
+    from trafficgen.stats import report
+    from trafficgen.stats.combine import merge
+
+    merged = merge([_load(p) for p in paths])
+    if json_path:
+        write_json(merged, json_path)
+    report.summary(merged, sys.stderr if json_path == "-" else sys.stdout)
+
+
+@report_app.command("compare", help="Show the change in throughput, success rate and each latency percentile.")
+def report_compare(
+    before: Annotated[str, typer.Argument(help="The earlier report")],
+    after: Annotated[str, typer.Argument(help="The later report")],
+) -> None:
+    from trafficgen.stats.combine import compare
+
+    compare(_load(before), _load(after), sys.stdout)

@@ -78,6 +78,8 @@ class RunConfig:
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))
     reconcile: str | None = None
     reconcile_wait: float = 0.0
+    shard_index: int = 0
+    shard_count: int = 1
     hdr_log: str | None = None
     metrics: tuple[str, int] | None = None
 
@@ -120,6 +122,8 @@ class RunConfig:
             "http_batch_size": self.http_batch_size if self.http else None,
             "http_defer_spool": self.http_defer_spool,
             "http_defer_generation": self.http_defer_generation,
+            "shard": f"{self.shard_index}/{self.shard_count}",
+            "reconcile": self.reconcile,
         }
 
 
@@ -190,6 +194,7 @@ def build(
     run_id: str | None = None,
     reconcile: str | None = None,
     reconcile_wait: float = 0.0,
+    shard: str | None = None,
     hdr_log: str | None = None,
     metrics: str | None = None,
 ) -> RunConfig:
@@ -266,6 +271,10 @@ def build(
             socket.inet_pton(socket.AF_INET6 if ":" in source_address else socket.AF_INET, source_address)
         except OSError:
             raise ConfigError(f"--source-address {source_address!r} is not an IP address") from None
+    if hdr_log is not None:
+        directory = Path(hdr_log).resolve().parent
+        if not directory.is_dir() or not os.access(directory, os.W_OK):
+            raise ConfigError(f"--hdr-log {hdr_log}: cannot write in {directory}")
     metrics_addr = None
     if metrics:
         try:
@@ -274,6 +283,12 @@ def build(
             raise ConfigError(str(e)) from None
     if reconcile is not None and not re.match(r"^https?://[^/\s]+", reconcile):
         raise ConfigError(f"--reconcile {reconcile!r}: give the sink's admin URL, like http://127.0.0.1:8000")
+    shard_index, shard_count = 0, 1
+    if shard:
+        m = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", shard)
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+            raise ConfigError(f"--shard {shard!r} must be INDEX/COUNT with 0 <= INDEX < COUNT, like 0/4")
+        shard_index, shard_count = int(m.group(1)), int(m.group(2))
     if run_id is not None and not re.match(r"^[A-Za-z0-9_-]{1,32}$", run_id):
         raise ConfigError(f"--run-id {run_id!r}: use 1 to 32 letters, digits, '-' or '_'")
     return RunConfig(
@@ -312,6 +327,8 @@ def build(
         run_id=run_id or secrets.token_hex(6),
         reconcile=reconcile.rstrip("/") if reconcile else None,
         reconcile_wait=reconcile_wait,
+        shard_index=shard_index,
+        shard_count=shard_count,
         hdr_log=hdr_log,
         metrics=metrics_addr,
     )

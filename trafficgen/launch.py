@@ -1,10 +1,10 @@
-"""Starting a run: in this process, or split over --processes N (spawned), with progress and one report.
+"""Starting a run: in this process, or split over --processes N (spawned), with its observers and one report.
 
 With several processes each runs its Share (connections and messages split exactly, interleaved sequence
-numbers), all draw due times from one shared throttle schedule, and each sends its counts once a second
-for the progress display and its whole Recorder state at the end, which the parent merges (histograms
-included, so percentiles are those of all messages). A stop (^C, or an error without --keep-going) reaches
-every process.
+numbers), all draw due times from one shared throttle schedule, and each sends its counts twice a second (its
+latency interval for --hdr-log, its whole state for --metrics) and its whole Recorder state at the end, which
+the parent merges (histograms included, so percentiles are those of all messages). A stop (^C, or an error
+without --keep-going) reaches every process. After the run, --reconcile asks the sink what it received.
 """
 
 from __future__ import annotations
@@ -14,16 +14,22 @@ import multiprocessing
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from hdrh.histogram import HdrHistogram
+
 from climain import event_loop_factory
-from trafficgen.config import RunConfig
+from trafficgen.config import ConfigError, RunConfig
+from trafficgen.reconcile import ReconcileError, fetch_marks, reconcile
 from trafficgen.runner import RunEnd, Runner, Share, raise_file_limit
-from trafficgen.stats import report
-from trafficgen.stats.progress import Progress, Snapshot
-from trafficgen.stats.recorder import Recorder
+from trafficgen.stats import exporter, report
+from trafficgen.stats.exporter import RunCollector
+from trafficgen.stats.hdrlog import IntervalLog
+from trafficgen.stats.progress import INTERVAL, Progress, Snapshot
+from trafficgen.stats.recorder import Recorder, new_histogram
 
 CHILD_REPORT_INTERVAL = 0.5
 
@@ -32,6 +38,16 @@ def domain_names(config: RunConfig) -> list[str]:
     if config.recipient:
         return [config.recipient.rpartition("@")[2]]
     return [d.name for d in config.domains]
+
+
+def new_recorder(config: RunConfig) -> Recorder:
+    return Recorder(
+        domain_names(config),
+        corrected=config.throttle is not None,
+        marks=config.reconcile is not None,
+        shards=config.shard_count,
+        intervals=config.hdr_log is not None,
+    )
 
 
 def snapshot(recorder: Recorder) -> Snapshot:
@@ -68,15 +84,71 @@ class _Interrupts:
                     task.cancel()
 
 
+class Observers:
+    """What watches a run as it goes: progress, the --hdr-log interval log, the --metrics exporter.
+
+    `view` gives a Recorder with everything counted so far; `take_interval` the latency since its last call.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        read: Callable[[], Snapshot],
+        view: Callable[[], Recorder],
+        take_interval: Callable[[], HdrHistogram] | None,
+    ):
+        self.config = config
+        self.read = read
+        self.view = view
+        self.take_interval = take_interval
+        self.tasks: list[asyncio.Task[None]] = []
+        self.log: IntervalLog | None = None
+        self.exporter: Any = None
+
+    async def start(self) -> None:
+        config = self.config
+        self.tasks.append(asyncio.create_task(Progress(self.read, config.quiet).run()))
+        if config.hdr_log:
+            try:
+                self.log = IntervalLog(config.hdr_log)
+            except OSError as e:
+                raise ConfigError(f"--hdr-log {config.hdr_log}: cannot write: {e.strerror}") from None
+            self.tasks.append(asyncio.create_task(self._log_intervals()))
+        if config.metrics:
+            collector = RunCollector(self.view, config.run_id, config.target)
+            try:
+                self.exporter = await exporter.serve(*config.metrics, collector)
+            except OSError as e:
+                raise ConfigError(f"--metrics {config.metrics[0]}:{config.metrics[1]}: {e.strerror}") from None
+
+    async def _log_intervals(self) -> None:
+        assert self.log is not None and self.take_interval is not None
+        while True:
+            await asyncio.sleep(INTERVAL)
+            self.log.write(self.take_interval())
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.log is not None and self.take_interval is not None:
+            self.log.write(self.take_interval())
+            self.log.close()
+        if self.exporter is not None:
+            await self.exporter.cleanup()
+
+
 async def _run_here(config: RunConfig, interrupts: _Interrupts) -> tuple[Recorder, RunEnd]:
     raise_file_limit(config.concurrency)
-    recorder = Recorder(domain_names(config), corrected=config.throttle is not None)
+    recorder = new_recorder(config)
     runner = Runner(config, recorder)
-    progress = asyncio.create_task(Progress(lambda: snapshot(recorder), config.quiet).run())
+    observers = Observers(
+        config, lambda: snapshot(recorder), lambda: recorder, recorder.take_interval if config.hdr_log else None
+    )
+    await observers.start()
     try:
         end = await runner.run(interrupts.soft)
     finally:
-        progress.cancel()
+        await observers.stop()
     return recorder, end
 
 
@@ -89,14 +161,19 @@ def _child(config: RunConfig, share: Share, throttle: Any, stop: Any, conn: Conn
 
 async def _child_main(config: RunConfig, share: Share, throttle: Any, stop: Any, conn: Connection) -> None:
     raise_file_limit(share.concurrency or config.concurrency)
-    recorder = Recorder(domain_names(config), corrected=config.throttle is not None)
+    recorder = new_recorder(config)
     runner = Runner(config, recorder, share, shared_throttle=throttle)
     soft = asyncio.Event()
+
+    def progress() -> tuple[Any, ...]:
+        interval = recorder.take_interval().encode() if config.hdr_log else None
+        state = recorder.state() if config.metrics else None
+        return ("progress", share.index, tuple(snapshot(recorder)), interval, state)
 
     async def relay() -> None:
         while True:
             await asyncio.sleep(CHILD_REPORT_INTERVAL)
-            conn.send(("progress", share.index, tuple(snapshot(recorder))))
+            conn.send(progress())
             if stop.is_set():
                 runner.stopping = True
                 soft.set()
@@ -110,6 +187,8 @@ async def _child_main(config: RunConfig, share: Share, throttle: Any, stop: Any,
         relayer.cancel()
     if end.error:
         stop.set()
+    if config.hdr_log:
+        conn.send(progress())  # the last interval
     conn.send(("done", share.index, recorder.state(), end))
     conn.close()
 
@@ -120,8 +199,10 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
     raise_file_limit(max(s.concurrency or 0 for s in shares))
     throttle = mp.Value("d", 0.0) if config.throttle else None
     stop = mp.Event()
-    recorder = Recorder(domain_names(config), corrected=config.throttle is not None)
-    latest: dict[int, Snapshot] = {}
+    recorder = new_recorder(config)  # what finished processes counted
+    latest: dict[int, Snapshot] = {}  # what running ones counted so far
+    states: dict[int, dict[str, Any]] = {}
+    intervals = [new_histogram()]
     ends: dict[int, RunEnd] = {}
     loop = asyncio.get_running_loop()
     finished = asyncio.Event()
@@ -140,11 +221,17 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
             while conn.poll():
                 message = conn.recv()
                 if message[0] == "progress":
-                    latest[message[1]] = Snapshot(*message[2])
+                    _, index, counts, interval, state = message
+                    latest[index] = Snapshot(*counts)
+                    if interval is not None:
+                        intervals[0].add(HdrHistogram.decode(interval))
+                    if state is not None:
+                        states[index] = state
                 elif message[0] == "done":
                     recorder.merge(message[2])
                     ends[message[1]] = message[3]
                     latest.pop(message[1], None)
+                    states.pop(message[1], None)
         except (EOFError, OSError):
             loop.remove_reader(conn.fileno())
             conn.close()
@@ -158,7 +245,18 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
         own = snapshot(recorder)
         return Snapshot(*(sum(values) for values in zip(own, *latest.values(), strict=True)))
 
-    progress = asyncio.create_task(Progress(combined, config.quiet).run())
+    def view() -> Recorder:
+        merged = new_recorder(config)
+        for state in (recorder.state(), *states.values()):
+            merged.merge(state)
+        return merged
+
+    def take_interval() -> HdrHistogram:
+        taken, intervals[0] = intervals[0], new_histogram()
+        return taken
+
+    observers = Observers(config, combined, view, take_interval if config.hdr_log else None)
+    await observers.start()
     waits = {asyncio.create_task(finished.wait()), asyncio.create_task(interrupts.soft.wait())}
     try:
         while not finished.is_set():
@@ -171,7 +269,7 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
                         receive(conn)
                 break
     finally:
-        progress.cancel()
+        await observers.stop()
         for task in waits:
             task.cancel()
         for conn in pipes:
@@ -187,7 +285,8 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
     if missing:
         error = error or f"process {missing[0]} of {len(shares)} died before it reported"
     elapsed = max((e.elapsed for e in ends.values()), default=time.time() - started)
-    return recorder, RunEnd(started, elapsed, error, interrupts.count > 0)
+    window = max((e.window for e in ends.values()), default=elapsed)
+    return recorder, RunEnd(started, elapsed, window, error, interrupts.count > 0)
 
 
 async def run_async(config: RunConfig) -> Result:
@@ -197,6 +296,9 @@ async def run_async(config: RunConfig) -> Result:
         recorder, end = await _run_processes(config, interrupts)
     else:
         recorder, end = await _run_here(config, interrupts)
+    reconciliation = None
+    if config.reconcile is not None and not interrupts.count:
+        reconciliation = await _reconcile(config, recorder)
     stopped_by = f"error: {end.error}" if end.error else ("interrupted" if end.interrupted else None)
     document = report.build(
         recorder,
@@ -204,10 +306,30 @@ async def run_async(config: RunConfig) -> Result:
         target=config.target,
         started=end.started,
         elapsed=end.elapsed,
+        window=end.window,
         config=config.public(),
         stopped_by=stopped_by,
     )
+    if reconciliation is not None:
+        document["reconciliation"] = reconciliation
     return Result(document, end)
+
+
+async def _reconcile(config: RunConfig, recorder: Recorder) -> dict[str, Any]:
+    """Ask the sink what became of each message the target accepted (after --reconcile-wait)."""
+    assert config.reconcile is not None
+    if config.reconcile_wait:
+        if not config.quiet:
+            print(f"trafficgen: waiting {config.reconcile_wait:g} s for the MTA to deliver, then asking the sink",
+                  file=sys.stderr)
+        await asyncio.sleep(config.reconcile_wait)
+    try:
+        theirs = await fetch_marks(config.reconcile, config.run_id, config.timeout)
+    except ReconcileError as e:
+        return {"sink": config.reconcile, "error": str(e)}
+    ours = bytes(recorder.marks or b"")
+    counts = reconcile(ours, theirs, config.run_id, config.shard_count, config.shard_index)
+    return {"sink": config.reconcile, "waited_s": config.reconcile_wait, **counts}
 
 
 def run(config: RunConfig) -> Result:

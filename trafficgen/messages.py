@@ -11,6 +11,7 @@ Content is kept dot-stuffed (RFC 5321 4.5.2) and CRLF-terminated, without the fi
 from __future__ import annotations
 
 import bisect
+import datetime
 import email.utils
 import random
 import re
@@ -176,7 +177,8 @@ class MessageFactory:
         now = int(time.time())
         if now != self._date_second:
             self._date_second = now
-            self._date = email.utils.formatdate(now, localtime=False)
+            # RFC 5322 3.3: "-0000" would say the zone is unknown; this time is UTC, so "+0000".
+            self._date = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.UTC))
         return self._date
 
     def build(self, seq: int, intended: float) -> Message:
@@ -197,9 +199,12 @@ class MessageFactory:
             return Message(
                 seq, domain, sender, recipients, (head, self.file_content), len(head) + len(self.file_content), intended
             )
+        to = ", ".join(recipients)
+        if len(to) > LINE_MAX - len("To: "):
+            to = ",\r\n ".join(recipients)  # RFC 5322 2.1.1, 3.2.2: folded, each line at most 78 characters
         header = (
             f"From: {sender}\r\n"
-            f"To: {', '.join(recipients)}\r\n"
+            f"To: {to}\r\n"
             f"Subject: {SUBJECTS[seq % len(SUBJECTS)]}\r\n"
             f"Date: {self.date()}\r\n"
             f"Message-ID: <{self.run_id}.{seq}@{self.full_domains[domain]}>\r\n"

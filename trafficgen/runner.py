@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import resource
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from climain import raise_open_files_limit
 from trafficgen import inject
 from trafficgen.config import ConfigError, RunConfig
 from trafficgen.messages import Message, MessageFactory
@@ -56,13 +56,10 @@ class Share:
 
 def raise_file_limit(connections: int) -> None:
     """Raise the open-files soft limit to the hard limit; ConfigError when `connections` cannot fit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    if soft != resource.RLIM_INFINITY and connections + FD_MARGIN > soft:
+    limit = raise_open_files_limit()
+    if limit != -1 and connections + FD_MARGIN > limit:
         raise ConfigError(
-            f"--concurrency needs {connections + FD_MARGIN} open files in one process but the limit is {soft}: "
+            f"--concurrency needs {connections + FD_MARGIN} open files in one process but the limit is {limit}: "
             "raise the hard limit (ulimit -Hn) or use more --processes"
         )
 
@@ -138,7 +135,9 @@ class Runner:
             intended = due
         if self.remaining is not None:
             self.remaining -= 1
-        seq = self.share.index + self.share.count * self.claimed
+        # Unique within the run across processes, and across instances given --shard INDEX/COUNT.
+        local = self.share.index + self.share.count * self.claimed
+        seq = local * self.config.shard_count + self.config.shard_index
         self.claimed += 1
         return self.factory.build(seq, intended)
 

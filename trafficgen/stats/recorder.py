@@ -15,7 +15,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from trafficgen.messages import Message
-from trafficgen.smtp.replies import ERROR
+from trafficgen.smtp.replies import ACCEPTED, ERROR
 from trafficgen.smtp.session import Outcome
 
 LOWEST_US = 1
@@ -23,6 +23,7 @@ HIGHEST_US = 3_600_000_000  # one hour
 SIGNIFICANT_DIGITS = 3
 PHASES = ("connect", "banner", "ehlo", "mail", "rcpt", "data")
 MAX_REPLY_KEYS = 1000
+MARK_ACCEPTED, MARK_REFUSED = 1, 2
 OTHER_TEXTS = "(other texts)"
 # Queue ids and timestamps: tokens with a digit in them, or made only of upper-case hex digits ("4F1A", "AB").
 _VARYING = re.compile(r"(?<!\S)(?:\S*\d\S*|[0-9A-F]+)(?!\S)")
@@ -89,7 +90,9 @@ class Totals:
 class Recorder:
     """Everything a run counts. One per process; `state()` and `merge()` combine them."""
 
-    def __init__(self, domains: list[str], corrected: bool = False):
+    def __init__(
+        self, domains: list[str], corrected: bool = False, marks: bool = False, shards: int = 1, intervals: bool = False
+    ):
         self.domains = list(domains)
         # per domain: [attempted, accepted, tempfailed, permfailed, errors]
         self.counts = [[0, 0, 0, 0, 0] for _ in self.domains]
@@ -102,11 +105,18 @@ class Recorder:
         self.connections_opened = 0
         self.connections_open = 0
         self._keys: dict[tuple[int, str], tuple[int, str]] = {}
+        # For --reconcile: one byte per message of this instance (seq // shards): 1 accepted, 2 not.
+        self.marks: bytearray | None = bytearray() if marks else None
+        self.shards = shards
+        # For --hdr-log: the transaction latency since the last take_interval().
+        self.interval: Histogram | None = new_histogram() if intervals else None
 
     # --- recording (the hot path: keep it lean) -------------------------------------------------------
 
     def record(self, message: Message, outcome: Outcome) -> None:
         kind = outcome.kind
+        if self.marks is not None:
+            self._mark(message.seq // self.shards, MARK_ACCEPTED if kind == ACCEPTED else MARK_REFUSED)
         row = self.counts[message.domain]
         row[0] += 1
         row[kind + 1] += 1
@@ -123,7 +133,10 @@ class Recorder:
         else:
             replies[(outcome.code, OTHER_TEXTS)] += 1
         started, end = outcome.started, outcome.end
-        self.latency.record(max(1, int((end - started) * 1e6)))
+        value = max(1, int((end - started) * 1e6))
+        self.latency.record(value)
+        if self.interval is not None:
+            self.interval.record(value)
         if self.corrected is not None:
             self.corrected.record(max(1, int((end - message.intended) * 1e6)))
         mail, rcpt = outcome.mail, outcome.rcpt
@@ -134,6 +147,13 @@ class Recorder:
                 phases["rcpt"].record(max(1, int((rcpt - mail) * 1e6)))
                 if end > rcpt:
                     phases["data"].record(max(1, int((end - rcpt) * 1e6)))
+
+    def _mark(self, index: int, mark: int) -> None:
+        marks = self.marks
+        assert marks is not None
+        if index >= len(marks):
+            marks.extend(bytes(max(index + 1 - len(marks), len(marks), 1024)))
+        marks[index] = mark
 
     def _reply_key(self, code: int, text: str) -> tuple[int, str]:
         """reply_key(), remembered by everything but the last token: acceptances mostly differ only there
@@ -146,6 +166,12 @@ class Recorder:
             if key == reply_key(code, head[1] + " 0") and len(self._keys) < MAX_REPLY_KEYS:
                 self._keys[head] = key
         return key
+
+    def take_interval(self) -> Histogram:
+        """The latency histogram of the messages since the last call (and a fresh one from now on)."""
+        assert self.interval is not None
+        taken, self.interval = self.interval, new_histogram()
+        return taken
 
     def connection_opened(self, connect_s: float, banner_s: float, ehlo_s: float) -> None:
         self.connections_opened += 1
@@ -186,6 +212,7 @@ class Recorder:
             "phases": {name: h.encode().decode("ascii") for name, h in self.phases.items()},
             "connections_opened": self.connections_opened,
             "connections_open": self.connections_open,
+            "marks": bytes(self.marks) if self.marks is not None else None,
         }
 
     def merge(self, state: dict[str, Any]) -> None:
@@ -207,4 +234,10 @@ class Recorder:
             self.phases[name].add(HdrHistogram.decode(encoded))
         self.connections_opened += state["connections_opened"]
         self.connections_open += state["connections_open"]
+        if state.get("marks") is not None and self.marks is not None:
+            # Processes mark disjoint messages: a byte-wise OR merges them.
+            ours, theirs = bytes(self.marks), state["marks"]
+            size = max(len(ours), len(theirs))
+            merged = int.from_bytes(ours.ljust(size, b"\0"), "big") | int.from_bytes(theirs.ljust(size, b"\0"), "big")
+            self.marks = bytearray(merged.to_bytes(size, "big"))
 

@@ -47,12 +47,14 @@ def build(
     target: str,
     started: float,
     elapsed: float,
+    window: float | None = None,
     config: dict[str, Any],
     stopped_by: str | None = None,
 ) -> dict[str, Any]:
     totals = recorder.totals()
     attempted = totals.attempted
-    per_second = attempted / elapsed if elapsed > 0 else 0.0
+    window = elapsed if window is None else window
+    per_second = attempted / window if window > 0 else 0.0
     replies = sorted(recorder.replies.items(), key=lambda item: (-item[1], item[0]))
     return {
         "schema": SCHEMA,
@@ -61,6 +63,7 @@ def build(
         "target": target,
         "started_at": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="milliseconds"),
         "elapsed_s": round(elapsed, 3),
+        "sending_s": round(window, 3),
         "stopped_by": stopped_by,
         "config": config,
         "totals": totals.as_dict(),
@@ -123,9 +126,11 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
     attempted = totals["attempted"]
     config = report["config"]
     rate = report["success_rate"]
+    sending, elapsed = report.get("sending_s", report["elapsed_s"]), report["elapsed_s"]
     console.print(
         f"[bold]trafficgen[/bold] run {report['run_id']} -> {report['target']}: {attempted:,} messages in "
-        f"{report['elapsed_s']:,.1f} s over {config.get('concurrency', '?')} connections"
+        f"{sending:,.1f} s over {config.get('concurrency', '?')} connections"
+        + (f" (last reply at {elapsed:,.1f} s)" if elapsed > sending + 0.5 else "")
         + (f" ({report['stopped_by']})" if report.get("stopped_by") else "")
     )
     console.print(
@@ -164,6 +169,18 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
         for r in report["replies"][:TOP_REPLIES]:
             replies.add_row(f"{r['count']:,}", str(r["code"]), r["text"])
         console.print(replies)
+    reconciliation = report.get("reconciliation")
+    if reconciliation and "error" not in reconciliation:
+        console.print(
+            f"reconciliation with {reconciliation['sink']}: of {totals['accepted']:,} accepted by the target, "
+            f"delivered {reconciliation['delivered']:,}, bounced {reconciliation['bounced']:,}, "
+            f"deferred {reconciliation['deferred_pending']:,}, [bold]lost {reconciliation['lost']:,}[/bold], "
+            f"[bold]duplicated {reconciliation['duplicated']:,}[/bold]"
+            + (f", unexpected {reconciliation['unexpected']:,}" if reconciliation["unexpected"] else "")
+        )
+        for kind in ("lost", "duplicated"):
+            if reconciliation[f"{kind}_ids"]:
+                console.print(f"  {kind}: {' '.join(reconciliation[f'{kind}_ids'][:10])}")
     if report["errors"]:
         errors = Table(box=box.SIMPLE, title="errors", title_justify="left", pad_edge=False)
         errors.add_column("count", justify="right")

@@ -1,0 +1,125 @@
+"""Reports of several instances or runs: merged exactly, or compared before/after.
+
+merge() adds totals, domains, replies and errors, and merges every HDR histogram, so the merged percentiles are
+those of all the messages (never an average of percentiles). compare() lists what changed between two reports.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from trafficgen.stats import report as reports
+from trafficgen.stats.recorder import Recorder
+
+RECONCILED = ("delivered", "bounced", "deferred_pending", "lost", "duplicated", "unexpected")
+
+
+class ReportError(ValueError):
+    """A file that is not a trafficgen report this version can read."""
+
+
+def check(document: Any, name: str) -> dict[str, Any]:
+    if not isinstance(document, dict) or document.get("schema") != reports.SCHEMA:
+        raise ReportError(f"{name} is not a trafficgen report with schema {reports.SCHEMA}")
+    for key in ("totals", "domains", "replies", "errors", "histogram", "recipients", "started_at", "elapsed_s"):
+        if key not in document:
+            raise ReportError(f"{name}: the report has no {key!r}")
+    return document
+
+
+def _time(document: dict[str, Any]) -> float:
+    return datetime.datetime.fromisoformat(document["started_at"]).timestamp()
+
+
+def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report for all: as if one generator had sent every message of every report."""
+    domains: list[str] = []
+    for document in documents:
+        domains += [d for d in document["domains"] if d not in domains]
+    merged = Recorder(domains)
+    for document in documents:
+        part = reports.recorder_of(document)
+        state = part.state()
+        state["counts"] = [
+            part.counts[part.domains.index(d)] if d in part.domains else [0, 0, 0, 0, 0] for d in domains
+        ]
+        merged.merge(state)
+    starts = [_time(d) for d in documents]
+    started = min(starts)
+    ends = [s + d["elapsed_s"] for s, d in zip(starts, documents, strict=True)]
+    sending_ends = [s + d.get("sending_s", d["elapsed_s"]) for s, d in zip(starts, documents, strict=True)]
+    run_ids = sorted({d["run_id"] for d in documents})
+    document = reports.build(
+        merged,
+        run_id=run_ids[0] if len(run_ids) == 1 else "merged",
+        target=", ".join(sorted({d["target"] for d in documents})),
+        started=started,
+        elapsed=max(ends) - started,
+        window=max(sending_ends) - started,
+        config={
+            "merged_from": [{"run_id": d["run_id"], "started_at": d["started_at"], **d["config"]} for d in documents],
+            "concurrency": sum(d["config"].get("concurrency") or 0 for d in documents),
+        },
+        stopped_by=next((d["stopped_by"] for d in documents if d.get("stopped_by")), None),
+    )
+    parts = [d.get("reconciliation") for d in documents]
+    if parts and all(p and "error" not in p for p in parts):
+        combined: dict[str, Any] = {"sink": ", ".join(sorted({p["sink"] for p in parts}))}  # type: ignore[index]
+        for key in RECONCILED:
+            combined[key] = sum(p[key] for p in parts)  # type: ignore[index]
+        for key in ("lost_ids", "duplicated_ids"):
+            combined[key] = [i for p in parts for i in p[key]][:100]  # type: ignore[index]
+        document["reconciliation"] = combined
+    return document
+
+
+def _percent_change(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "-"
+    if before == 0:
+        return "-" if after == 0 else "new"
+    return f"{(after - before) / before * 100:+.1f}%"
+
+
+def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None:
+    """Print throughput, success rate and every latency percentile of two reports, and the change."""
+    table = Table(box=box.SIMPLE, pad_edge=False, title=f"{before['run_id']} -> {after['run_id']}", title_justify="left")
+    for column in ("", "before", "after", "change"):
+        table.add_column(column, justify="left" if not column else "right")
+    tb, ta = before["throughput"]["per_second"], after["throughput"]["per_second"]
+    table.add_row("throughput (msg/s)", f"{tb:,.1f}", f"{ta:,.1f}", _percent_change(tb, ta))
+    sb, sa = before["success_rate"], after["success_rate"]
+    table.add_row(
+        "success rate",
+        "-" if sb is None else f"{sb * 100:.2f}%",
+        "-" if sa is None else f"{sa * 100:.2f}%",
+        "-" if sb is None or sa is None else f"{(sa - sb) * 100:+.2f} pt",
+    )
+    for key in ("attempted", "accepted", "tempfailed", "permfailed", "errors"):
+        b, a = before["totals"][key], after["totals"][key]
+        table.add_row(key, f"{b:,}", f"{a:,}", _percent_change(b, a))
+    lb, la = before["latency_ms"], after["latency_ms"]
+    for key in ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max"):
+        b, a = lb.get(key), la.get(key)
+        table.add_row(
+            f"latency {key.replace('_', '.')} (ms)",
+            "-" if b is None else f"{b:,.3f}",
+            "-" if a is None else f"{a:,.3f}",
+            _percent_change(b, a),
+        )
+    for name in sorted(set(before["domains"]) | set(after["domains"])):
+        rates = []
+        for document in (before, after):
+            row = document["domains"].get(name)
+            rates.append(row["accepted"] / row["attempted"] if row and row["attempted"] else None)
+        table.add_row(
+            f"{name} accepted",
+            *("-" if r is None else f"{r * 100:.1f}%" for r in rates),
+            "-" if None in rates else f"{(rates[1] - rates[0]) * 100:+.1f} pt",  # type: ignore[operator]
+        )
+    Console(file=out, width=120, highlight=False).print(table)
