@@ -118,6 +118,9 @@ class Coordinator:
                 log.error("unknown call %r from a worker", name)
                 result = True
             channel.send(("result", call_id, result))
+        elif op == "opened":
+            state.open_connection(None)
+            holdings.connections += 1
         elif op == "close_connection":
             state.close_connection()
             holdings.connections = max(0, holdings.connections - 1)
@@ -209,6 +212,9 @@ class RemoteLimits:
             return True
 
     async def open_connection(self, limit: int | None) -> bool:
+        if limit is None:  # nothing to check: count it without waiting for an answer
+            self.send(("opened",))
+            return True
         return await self._call("open_connection", limit)
 
     def close_connection(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from trafficgen.stats.progress import INTERVAL, Progress, Snapshot
 from trafficgen.stats.recorder import Recorder, new_histogram
 
 CHILD_REPORT_INTERVAL = 0.5
+START_TOGETHER_TIMEOUT = 60.0  # how long a process waits for its siblings to be ready to start
 
 
 def domain_names(config: RunConfig) -> list[str]:
@@ -152,14 +154,14 @@ async def _run_here(config: RunConfig, interrupts: _Interrupts) -> tuple[Recorde
     return recorder, end
 
 
-def _child(config: RunConfig, share: Share, throttle: Any, stop: Any, conn: Connection) -> None:
+def _child(config: RunConfig, share: Share, throttle: Any, stop: Any, conn: Connection, ready: Any) -> None:
     """One process of a --processes run."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(_child_main(config, share, throttle, stop, conn))
+        runner.run(_child_main(config, share, throttle, stop, conn, ready))
 
 
-async def _child_main(config: RunConfig, share: Share, throttle: Any, stop: Any, conn: Connection) -> None:
+async def _child_main(config: RunConfig, share: Share, throttle: Any, stop: Any, conn: Connection, ready: Any) -> None:
     raise_file_limit(share.concurrency or config.concurrency)
     recorder = new_recorder(config)
     runner = Runner(config, recorder, share, shared_throttle=throttle)
@@ -180,6 +182,12 @@ async def _child_main(config: RunConfig, share: Share, throttle: Any, stop: Any,
             if runner.error:
                 stop.set()
 
+    # Processes spawn one after another: they start their runs together, or one that started later would go on
+    # past the others' --duration, drawing more due times from the shared --throttle schedule than the run allows.
+    try:
+        ready.wait(START_TOGETHER_TIMEOUT)  # nothing runs on this loop yet: blocking here delays nothing
+    except threading.BrokenBarrierError:
+        pass  # a sibling died before it was ready: run anyway (its absence is reported at the end)
     relayer = asyncio.create_task(relay())
     try:
         end = await runner.run(soft)
@@ -199,6 +207,7 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
     raise_file_limit(max(s.concurrency or 0 for s in shares))
     throttle = mp.Value("d", 0.0) if config.throttle else None
     stop = mp.Event()
+    ready = mp.Barrier(len(shares))
     recorder = new_recorder(config)  # what finished processes counted
     latest: dict[int, Snapshot] = {}  # what running ones counted so far
     states: dict[int, dict[str, Any]] = {}
@@ -210,7 +219,7 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
     started = time.time()
     for share in shares:
         parent_end, child_end = mp.Pipe(duplex=False)
-        process = mp.Process(target=_child, args=(config, share, throttle, stop, child_end), daemon=True)
+        process = mp.Process(target=_child, args=(config, share, throttle, stop, child_end, ready), daemon=True)
         process.start()
         child_end.close()
         processes.append(process)

@@ -152,7 +152,7 @@ class Runner:
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * (0.5 + random.random() / 2)
         await asyncio.sleep(delay)
 
-    async def _connect(self, message: Message) -> Session | None:
+    async def _connect(self, message: Message, number: int) -> Session | None:
         """A new session, or None after recording why there is none as this message's outcome."""
         config, recorder = self.config, self.recorder
         started = time.monotonic()
@@ -161,6 +161,7 @@ class Runner:
                 self.http_pool = inject.pool(self.share.concurrency or config.concurrency)
             return inject.HttpSession(self.http_pool, config.http_url, config)  # type: ignore[return-value]
         try:
+            self.inflight[number] = message
             session = await Session.open(config, self.tls, self.protocols)
         except Refused as e:
             recorder.record(message, Outcome.of_reply(e.reply, len(message.recipients), started))
@@ -170,7 +171,8 @@ class Runner:
         except SessionError as e:
             failed = Outcome.error(f"{e.kind}: {e.message}", len(message.recipients), started, time.monotonic())
             recorder.record(message, failed)
-            self._stop_on(e.message)
+            where = "" if config.target in e.message else f" (talking to {config.target})"
+            self._stop_on(f"{e.kind}: {e.message}{where}")
             return None
         recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
         return session
@@ -188,16 +190,16 @@ class Runner:
                 retry = None
                 if message is None:
                     return
-                self.inflight[number] = message
                 if session is None:
-                    session = await self._connect(message)
+                    session = await self._connect(message, number)
                     if session is None:
-                        del self.inflight[number]
+                        self.inflight.pop(number, None)
                         failures += 1
                         if not self.stopping:
                             await self._backoff(failures)
                         continue
                     on_session = 0
+                self.inflight[number] = message
                 last_here = limit is not None and on_session + 1 >= limit
                 outcome = await session.send(message, None if last_here else self._claim_now)
                 recorder.record(message, outcome)

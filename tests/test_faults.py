@@ -1,0 +1,135 @@
+"""Faults between the generator and the sink: a sink killed mid-run and started again, a server that never
+answers. Neither side hangs: every network wait has a timeout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import ACCEPT_ALL, running_sink, wait_for, write_policy
+
+
+def accepted_by(sink) -> float:  # type: ignore[no-untyped-def]
+    return sum(v for k, v in sink.metrics().items() if k.startswith("smartsink_messages_total") and "accepted" in k)
+
+
+def start_trafficgen(target: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trafficgen", "--target", target, "--quiet", "--json", "-", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_sink_killed_and_restarted_with_keep_going(tmp_path):
+    """--keep-going: errors are counted while the sink is down, the run resumes on the new sink, finishes on
+    time, and the report adds up."""
+    policy = write_policy(tmp_path, ACCEPT_ALL)
+    first = running_sink("--policy", str(policy))
+    with first as sink:
+        port = sink.port
+        generator = start_trafficgen(sink.target, "--duration", "8", "--concurrency", "10", "--keep-going",
+                                     "--timeout", "5")
+        started = time.monotonic()
+        wait_for(lambda: accepted_by(sink) > 200, what="the first sink to take mail")
+        sink.stop(signal.SIGKILL)
+    time.sleep(1.0)  # the outage: the sink is down for a second
+    with running_sink("--policy", str(policy), "--listen", f"127.0.0.1:{port}") as again:
+        out, err = generator.communicate(timeout=60)
+        took = time.monotonic() - started
+        second = accepted_by(again)
+    assert generator.returncode == 0, err
+    report = json.loads(out)
+    totals = report["totals"]
+    assert totals["errors"] > 0 and second > 0
+    assert totals["attempted"] == sum(totals[k] for k in ("accepted", "tempfailed", "permfailed", "errors"))
+    assert totals["accepted"] >= second
+    assert took < 8 + 12  # the duration and the end-of-run grace; never a hang
+    kinds = {e["text"].split(":")[0] for e in report["errors"]}
+    assert kinds <= {"lost", "refused", "timeout", "connect"}
+
+
+def test_sink_killed_without_keep_going(tmp_path):
+    """Without --keep-going the run stops at the loss with one clear line and exit 1."""
+    with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as sink:
+        generator = start_trafficgen(sink.target, "--duration", "30", "--concurrency", "5", "--timeout", "5")
+        wait_for(lambda: accepted_by(sink) > 50, what="the sink to take mail")
+        sink.stop(signal.SIGKILL)
+        out, err = generator.communicate(timeout=60)
+    assert generator.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("trafficgen: error: ") and ("lost" in last or "refused" in last)
+    report = json.loads(out)
+    assert report["stopped_by"].startswith("error:") and report["totals"]["errors"] >= 1
+
+
+class _Silent:
+    """A TCP server that accepts connections and never says anything (or stops after the greeting)."""
+
+    def __init__(self, greet: bool):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.greet = greet
+        self.clients: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(client)
+            if self.greet:
+                client.sendall(b"220 silent ESMTP\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+        for client in self.clients:
+            client.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("greet", [False, True], ids=["no-greeting", "silent-after-greeting"])
+def test_trafficgen_never_hangs_on_a_silent_server(greet):
+    """A server that goes silent makes trafficgen give up after --timeout with a clear line, not hang."""
+    server = _Silent(greet)
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "trafficgen", "--target", server.target, "--message-count", "3",
+             "--concurrency", "1", "--timeout", "2", "--quiet"],
+            capture_output=True, text=True, timeout=60,
+        )
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("trafficgen: error: timeout: no reply in 2 s")
+    assert took < 15
+
+
+def test_sink_never_hangs_on_a_silent_client(tmp_path):
+    """A client that connects and says nothing is closed by the sink after --timeout with 421."""
+    with running_sink("--timeout", "2", policy=ACCEPT_ALL, tmp=tmp_path) as sink:
+        with socket.create_connection(sink.address, timeout=20) as s:
+            started = time.monotonic()
+            data = b""
+            while chunk := s.recv(1024):
+                data += chunk
+            took = time.monotonic() - started
+        assert data.endswith(b"421 4.4.2 Error: timeout exceeded\r\n") and 1.5 < took < 10
