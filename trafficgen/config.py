@@ -76,7 +76,7 @@ class RunConfig:
     http_defer_spool: bool = False
     http_defer_generation: bool = False
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))
-    reconcile: str | None = None
+    reconcile: tuple[str, ...] | None = None  # the admin URLs of every sink behind the target
     reconcile_wait: float = 0.0
     shard_index: int = 0
     shard_count: int = 1
@@ -123,7 +123,7 @@ class RunConfig:
             "http_defer_spool": self.http_defer_spool,
             "http_defer_generation": self.http_defer_generation,
             "shard": f"{self.shard_index}/{self.shard_count}",
-            "reconcile": self.reconcile,
+            "reconcile": list(self.reconcile) if self.reconcile else None,
         }
 
 
@@ -281,8 +281,13 @@ def build(
             metrics_addr = mailunits.parse_hostport(metrics, "--metrics")
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if reconcile is not None and not re.match(r"^https?://[^/\s]+", reconcile):
-        raise ConfigError(f"--reconcile {reconcile!r}: give the sink's admin URL, like http://127.0.0.1:8000")
+    sinks = None
+    if reconcile is not None:
+        sinks = tuple(u.strip().rstrip("/") for u in reconcile.split(",") if u.strip())
+        if not sinks or not all(re.match(r"^https?://[^/\s]+$", u) for u in sinks):
+            raise ConfigError(
+                f"--reconcile {reconcile!r}: give each sink's admin URL, like http://127.0.0.1:8000 (comma-separated)"
+            )
     shard_index, shard_count = 0, 1
     if shard:
         m = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", shard)
@@ -325,7 +330,7 @@ def build(
         http_defer_spool=http_defer_spool,
         http_defer_generation=http_defer_generation,
         run_id=run_id or secrets.token_hex(6),
-        reconcile=reconcile.rstrip("/") if reconcile else None,
+        reconcile=sinks,
         reconcile_wait=reconcile_wait,
         shard_index=shard_index,
         shard_count=shard_count,

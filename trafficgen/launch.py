@@ -24,7 +24,7 @@ from hdrh.histogram import HdrHistogram
 
 from climain import event_loop_factory
 from trafficgen.config import ConfigError, RunConfig
-from trafficgen.reconcile import ReconcileError, fetch_marks, reconcile
+from trafficgen.reconcile import ReconcileError, combine, fetch_marks, reconcile
 from trafficgen.runner import RunEnd, Runner, Share, raise_file_limit
 from trafficgen.stats import exporter, report
 from trafficgen.stats.exporter import RunCollector
@@ -332,13 +332,14 @@ async def _reconcile(config: RunConfig, recorder: Recorder) -> dict[str, Any]:
             print(f"trafficgen: waiting {config.reconcile_wait:g} s for the MTA to deliver, then asking the sink",
                   file=sys.stderr)
         await asyncio.sleep(config.reconcile_wait)
+    sinks = ", ".join(config.reconcile)
     try:
-        theirs = await fetch_marks(config.reconcile, config.run_id, config.timeout)
+        theirs = combine([await fetch_marks(url, config.run_id, config.timeout) for url in config.reconcile])
     except ReconcileError as e:
-        return {"sink": config.reconcile, "error": str(e)}
+        return {"sink": sinks, "error": str(e)}
     ours = bytes(recorder.marks or b"")
     counts = reconcile(ours, theirs, config.run_id, config.shard_count, config.shard_index)
-    return {"sink": config.reconcile, "waited_s": config.reconcile_wait, **counts}
+    return {"sink": sinks, "waited_s": config.reconcile_wait, **counts}
 
 
 def run(config: RunConfig) -> Result:

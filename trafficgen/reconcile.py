@@ -10,6 +10,8 @@ target accepted, says what became of it:
 - deferred_pending: the sink only refused it temporarily so far (the MTA may still retry);
 - lost: the sink never saw it.
 
+With several sinks behind the target, their ledgers are combined first (`combine`).
+
 Messages the target did not accept but the sink accepted anyway are counted as `unexpected`.
 """
 
@@ -48,6 +50,20 @@ async def fetch_marks(url: str, run_id: str, timeout: float) -> bytes:
         return zlib.decompress(base64.b64decode(body["marks"]))
     except (KeyError, ValueError, zlib.error) as e:
         raise ReconcileError(f"{address} did not answer with a ledger: {e}") from None
+
+
+def combine(ledgers: list[bytes]) -> bytes:
+    """The ledgers of several sinks behind one address as one: acceptances add up, refusals are kept."""
+    if len(ledgers) == 1:
+        return ledgers[0]
+    combined = bytearray(max((len(ledger) for ledger in ledgers), default=0))
+    for ledger in ledgers:
+        for seq, mark in enumerate(ledger):
+            if mark:
+                current = combined[seq]
+                accepted = min(3, (current & 3) + (mark & 3))
+                combined[seq] = (current | mark) & 0b1100 | accepted
+    return bytes(combined)
 
 
 def reconcile(ours: bytes, theirs: bytes, run_id: str, shards: int = 1, shard: int = 0) -> dict[str, Any]:
