@@ -167,3 +167,31 @@ def test_build_stage_makes_a_complete_wheel(tmp_path):
     assert "smartsink = smartsink.cli:main" in entry_points and "trafficgen = trafficgen.cli:main" in entry_points
     shipped = zipfile.ZipFile(wheel).read("smartsink/data/responses.toml")
     assert shipped == (ROOT / "policy" / "responses.toml").read_bytes()
+
+
+class TestKubernetes:
+    def test_indexed_job_shards_one_run(self):
+        """The Job is Indexed; each pod's --shard is its index over the completions; every variable is an option."""
+        job = yaml.safe_load((ROOT / "docker" / "k8s-trafficgen-job.yaml").read_text())
+        spec = job["spec"]
+        assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+        env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+        assert "job-completion-index" in env["JOB_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert env["TRAFFICGEN_SHARD"]["value"] == f"$(JOB_INDEX)/{spec['completions']}"
+        help_text = subprocess.run(
+            [sys.executable, "-m", "trafficgen", "--help"], capture_output=True, text=True,
+            env={**os.environ, "COLUMNS": "300"},
+        ).stdout
+        for name in env:
+            assert name == "JOB_INDEX" or name in help_text, name
+
+    def test_sinks_behind_one_address(self):
+        """Several smartsink pods behind one SMTP Service, each named for scrapes and reconciliation."""
+        documents = {d["metadata"]["name"] + "/" + d["kind"]: d
+                     for d in yaml.safe_load_all((ROOT / "docker" / "k8s-smartsink.yaml").read_text())}
+        statefulset = documents["smartsink/StatefulSet"]
+        assert statefulset["spec"]["replicas"] >= 2 and statefulset["spec"]["serviceName"] == "smartsink"
+        assert documents["smartsink/Service"]["spec"]["clusterIP"] == "None"
+        assert documents["smartsink-smtp/Service"]["spec"]["ports"][0]["port"] == 25
+        probe = statefulset["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+        assert probe["path"] == "/health"
