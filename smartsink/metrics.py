@@ -32,6 +32,8 @@ REDIRECTED = Counter(
 )
 BYTES = Counter("smartsink_bytes_received", "Message bytes received after DATA")
 RELOADS = Counter("smartsink_policy_reloads", "Policy reloads, by result", ["result"])
+for _result in ("success", "error"):
+    RELOADS.labels(_result)  # exported at 0 from the start, so the first reload is an increase()
 THROTTLED = Counter("smartsink_throttled", "Recipients refused by a domain's rate", ["domain"])
 GREYLISTED = Counter("smartsink_greylisted", "Recipients greylisted", ["domain"])
 DISCONNECTS = Counter("smartsink_disconnects", "Transactions cut without a reply (disconnect)", ["domain"])

@@ -191,7 +191,8 @@ class Supervisor:
             metrics.process_exited(process.pid or 0)
 
     def health(self) -> dict[str, Any]:
-        alive = sum(p.is_alive() for p in self.processes.values())
+        # A worker counts once it serves: a restarted one is alive a moment before it has bound the port.
+        alive = sum(p.is_alive() and i in self.coordinator.ready for i, p in self.processes.items())
         return {
             "status": "degraded" if self.store.error or alive < self.config.workers else "ok",
             "policy": self.store.health(),

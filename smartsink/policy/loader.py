@@ -102,10 +102,20 @@ class _Lines:
         matches = [n for n, p in self.headers if p == path]
         return matches[nth] if nth < len(matches) else (matches[0] if matches else None)
 
+    def place(self, path: tuple[str, ...]) -> int | None:
+        """Where a table is defined: its header, else the line of its key (an inline table, a bad value)."""
+        return self.table(path) or (self.key(path[:-1], path[-1]) if path else None)
+
+    def first_under(self, name: str) -> int | None:
+        """The first header of a table named `name` or nested in it (`[domian."gmail.com"]` for `domian`)."""
+        return next((n for n, p in self.headers if p[:1] == (name,)), None)
+
     def key(self, path: tuple[str, ...], key: str, nth: int = 0) -> int | None:
-        start = self.table(path, nth)
+        # Top-level keys stand before the first header; a table without a header of its own is an inline
+        # table (`"gmail.com" = { bounce = 5 }`): its keys are on the line that defines it.
+        start = self.table(path, nth) if path else 0
         if start is None:
-            return None
+            return self.key(path[:-1], path[-1])
         pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
         for number in range(start + 1, len(self.lines) + 1):
             text = self.lines[number - 1]
@@ -113,7 +123,7 @@ class _Lines:
                 break
             if pattern.match(text):
                 return number
-        return start
+        return start or None
 
 
 # --- values -------------------------------------------------------------------------------------------
@@ -206,7 +216,7 @@ class _Reader:
     def settings(self, table: Any, path: tuple[str, ...], parsers: dict[str, Any]) -> dict[str, Any]:
         label = _label(path)
         if not isinstance(table, dict):
-            self.bad(self.where.table(path), label, "must be a table")
+            self.bad(self.where.place(path), label, "must be a table")
             return {}
         out = {}
         for key, value in table.items():
@@ -224,7 +234,7 @@ class _Reader:
         path = (kind, name)
         label = f"[[{kind}.{_quote(name)}]]"
         if not isinstance(entries, list):
-            self.bad(self.where.table(path), label, f'must be a list of tables: write [[{kind}."{name}"]]')
+            self.bad(self.where.place(path), label, f'must be a list of tables: write [[{kind}."{name}"]]')
             return ()
         out = []
         for nth, entry in enumerate(entries):
@@ -232,9 +242,9 @@ class _Reader:
             if not isinstance(entry, dict):
                 self.bad(line, label, "each entry must be a table with code and msg")
                 continue
-            unknown = set(entry) - {"code", "msg"}
-            if unknown:
-                self.bad(line, f"{label} {sorted(unknown)[0]}", "unknown key (an entry has code and msg)")
+            for key in sorted(set(entry) - {"code", "msg"}):
+                line_of_key = self.where.key(path, key, nth)
+                self.bad(line_of_key, f"{label} {key}", "unknown key (an entry has code and msg)")
             code, msg = entry.get("code"), entry.get("msg", "")
             if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
                 self.bad(self.where.key(path, "code", nth), f"{label} code", f"must be 400 to 599, got {code!r}")
@@ -245,14 +255,18 @@ class _Reader:
             expected = 5 if kind == "bounce" else 4
             if code // 100 != expected:
                 self.warn(
-                    line,
+                    self.where.key(path, "code", nth),
                     f"{label} code",
                     f"{code} in a {kind} list: the client sees a "
                     f"{'permanent' if code >= 500 else 'temporary'} failure",
                 )
             m = _ENHANCED.match(msg)
             if m and int(m.group(1)) != code // 100:
-                self.warn(line, f"{label} msg", f"enhanced status {m.group(1)}.x.x does not match code {code}")
+                self.warn(
+                    self.where.key(path, "msg", nth),
+                    f"{label} msg",
+                    f"enhanced status {m.group(1)}.x.x does not match code {code}",
+                )
             out.append(Reply(code, msg))
         return tuple(out)
 
@@ -286,7 +300,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     for key in data:
         if key not in TOP_KEYS:
             reader.bad(
-                reader.where.table((key,)) or reader.where.key((), key),
+                reader.where.first_under(key) or reader.where.key((), key),
                 key,
                 f"unknown top-level key (known: {', '.join(sorted(TOP_KEYS))})",
             )
@@ -352,7 +366,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
 def _check_sum(reader: _Reader, rules: DomainRules, path: tuple[str, ...]) -> None:
     if rules.bounce + rules.defer > 100:
         reader.bad(
-            reader.where.table(path),
+            reader.where.place(path),
             _label(path),
             f"bounce + defer is {rules.bounce + rules.defer:g}%, more than 100%",
         )
