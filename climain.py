@@ -56,9 +56,7 @@ def fail(prog: str, message: str, status: ExitStatus = ExitStatus.USAGE) -> None
 def run_app(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
-        result = command.main(
-            args=list(argv) if argv is not None else None, prog_name=prog, standalone_mode=False
-        )
+        result = command.main(args=list(argv) if argv is not None else None, prog_name=prog, standalone_mode=False)
     except (_USAGE_ERROR, _CLICK_ERROR) as e:
         fail(prog, e.format_message().replace("\n", " "))  # type: ignore[attr-defined]
     except (typer.Abort, KeyboardInterrupt):

@@ -82,9 +82,7 @@ def main() -> int:
             print("demo: smartsink did not start", file=sys.stderr)
             return 1
         host, port, admin = address
-        print(
-            f"demo: smartsink is listening on {host}:{port} (admin http://{admin}); sending for 10 seconds\n"
-        )
+        print(f"demo: smartsink is listening on {host}:{port} (admin http://{admin}); sending for 10 seconds\n")
         command = [
             sys.executable,
             "-m",

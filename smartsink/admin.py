@@ -77,7 +77,9 @@ def make_app(source: AdminSource) -> web.Application:
         if trace is not None:  # one message to several recipients: delivered if any of them took it
             outcomes = [Outcome.ACCEPTED if err is None else Outcome.of_code(int(err[:3])) for err in results]
             source.ctx.limits.record(trace[0], trace[1], min(outcomes))
-        failed = [(email, err) for email, err in zip((r["email"] for r in body["recipients"]), results, strict=True) if err]
+        failed = [
+            (email, err) for email, err in zip((r["email"] for r in body["recipients"]), results, strict=True) if err
+        ]
         return web.json_response(
             {
                 "success_count": len(results) - len(failed),
@@ -93,7 +95,9 @@ def make_app(source: AdminSource) -> web.Application:
             return _bad("a run id is 1 to 64 letters, digits, '-' or '_'")
         ledger = await source.ledger(run_id)
         if ledger is None:
-            return web.json_response({"run_id": run_id, "error": "this sink has seen no message of that run"}, status=404)
+            return web.json_response(
+                {"run_id": run_id, "error": "this sink has seen no message of that run"}, status=404
+            )
         body: dict[str, Any] = {"run_id": run_id, **ledger.summary()}
         if request.query.get("marks") == "1":
             # One byte per id (see smartsink.shared), compressed: lets trafficgen reconcile id by id.
@@ -120,7 +124,7 @@ def _check_inject(body: Any) -> str | None:
         return "content must be a string (the message) or an object"
     recipients = body.get("recipients")
     if not isinstance(recipients, list) or not recipients:
-        return "recipients must be a non-empty list of {\"email\": ...}"
+        return 'recipients must be a non-empty list of {"email": ...}'
     for r in recipients:
         if not isinstance(r, dict) or not isinstance(r.get("email"), str) or "@" not in r["email"]:
             return "each recipient must be an object with an email address"

@@ -65,9 +65,7 @@ def main_command(
     max_message_size: Annotated[
         str, typer.Option(envvar=_env("MAX_MESSAGE_SIZE"), help="Larger messages get 552 (e.g. 10MB, 25MiB)")
     ] = DEFAULT_MAX_MESSAGE_SIZE,
-    tls_cert: Annotated[
-        str | None, typer.Option(envvar=_env("TLS_CERT"), help="PEM certificate for STARTTLS")
-    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(envvar=_env("TLS_CERT"), help="PEM certificate for STARTTLS")] = None,
     tls_key: Annotated[str | None, typer.Option(envvar=_env("TLS_KEY"), help="PEM key for STARTTLS")] = None,
     tls_self_signed: Annotated[
         bool, typer.Option(envvar=_env("TLS_SELF_SIGNED"), help="Offer STARTTLS with a certificate made at start")
@@ -87,9 +85,7 @@ def main_command(
     timeout: Annotated[
         float, typer.Option(envvar=_env("TIMEOUT"), help="Seconds a connection may stay silent before 421")
     ] = 300.0,
-    log_level: Annotated[
-        str, typer.Option(envvar=_env("LOG_LEVEL"), help="debug, info, warning or error")
-    ] = "info",
+    log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"), help="debug, info, warning or error")] = "info",
     check: Annotated[
         bool, typer.Option("--check", help="Validate the policy file and exit: 0 when good, 2 with its problems")
     ] = False,

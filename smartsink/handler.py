@@ -56,7 +56,7 @@ class SinkHandler:
 
     @staticmethod
     def _after(server: SMTP, action: Action) -> str:
-        transport = server.transport
+        transport: Any = server.transport
         if action.reply is None:
             if transport is not None:
                 transport.abort()
@@ -103,18 +103,20 @@ class ReferenceSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         action = await self.sink_session.greet()
+        transport: Any = self.transport
         if action.reply is not self.sink_session.ctx.banner:
-            if self.transport is not None:
+            if transport is not None:
                 if action.reply is not None:
-                    self.transport.write(action.reply)
-                self.transport.close()
+                    transport.write(action.reply)
+                transport.close()
             return
         await super()._handle_client()
 
     async def smtp_DATA(self, arg: str) -> None:
-        if self.envelope.rcpt_tos and self.sink_session.data() is not None:
-            if self.transport is not None:
-                self.transport.abort()
+        transport: Any = self.transport
+        if self.envelope is not None and self.envelope.rcpt_tos and self.sink_session.data() is not None:
+            if transport is not None:
+                transport.abort()
             return
         await super().smtp_DATA(arg)
 

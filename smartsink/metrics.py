@@ -9,6 +9,7 @@ Imported without that directory (a library user, a test), it falls back to the d
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _mp
@@ -54,7 +55,7 @@ INJECTED = Counter("smartsink_injected_messages", "Messages received on the HTTP
 _message_children: dict[tuple[str, str], object] = {}
 
 
-def message(domain: str, outcome: str):  # type: ignore[no-untyped-def]
+def message(domain: str, outcome: str) -> Any:
     """The counter child for one (domain, outcome); cached, as labels() is slow on the hot path."""
     key = (domain, outcome)
     child = _message_children.get(key)
@@ -67,7 +68,7 @@ def exposition() -> bytes:
     """The text of /metrics: the sum over every process of this sink."""
     if MULTIPROC:
         registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        _mp.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
 
@@ -75,4 +76,4 @@ def exposition() -> bytes:
 def process_exited(pid: int) -> None:
     """Drop a dead worker's live gauges (its counters stay: what was counted is never lost)."""
     if MULTIPROC:
-        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        _mp.mark_process_dead(pid)

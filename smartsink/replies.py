@@ -55,9 +55,7 @@ def render(reply: Reply) -> bytes:
     if not lines:
         return f"{code}\r\n".encode("ascii")
     last = len(lines) - 1
-    return "".join(f"{code}{' ' if i == last else '-'}{text}\r\n" for i, text in enumerate(lines)).encode(
-        "ascii"
-    )
+    return "".join(f"{code}{' ' if i == last else '-'}{text}\r\n" for i, text in enumerate(lines)).encode("ascii")
 
 
 def render_text(code: int, text: str) -> bytes:

@@ -95,7 +95,7 @@ class SMTPListener:
                 pass
 
 
-def install_signals(stop: asyncio.Event, reload: Callable[[], None] | None) -> None:
+def install_signals(stop: asyncio.Event, reload: Callable[[], object] | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

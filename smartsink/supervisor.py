@@ -44,14 +44,25 @@ from smartsink.shared import LocalLimits, RunLedger, SharedState
 log = logging.getLogger("smartsink.supervisor")
 
 CHECK_INTERVAL = 0.5
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 RESTART_BACKOFF_MAX = 10.0
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (without listening) with SO_REUSEPORT: fixes port 0 to a real port and keeps it ours."""
+    """Bind (without listening) with SO_REUSEPORT: fixes port 0 to a real port and keeps it ours.
+
+    An exclusive bind first: with SO_REUSEPORT alone, the kernel would let us share a port another sink of the
+    same user already holds (and may even pick such a port for port 0), splitting mail between two sinks.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise _describe_bind_error(e, "SMTP", host, port) from None
+        port = probe.getsockname()[1]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -183,8 +194,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_TIMEOUT
         for process in self.processes.values():
-            while process.is_alive() and loop.time() < deadline:
-                await asyncio.sleep(0.05)
+            await loop.run_in_executor(None, process.join, max(0.0, deadline - loop.time()))
             if process.is_alive():
                 process.kill()
             process.join(1)

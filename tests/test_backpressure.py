@@ -60,8 +60,17 @@ msg = "5.5.0 Requested action not taken: mailbox unavailable (S2017062302)"
         policy = self.POLICY + '\n[domain."example.com"]\nbounce = 50\nreject_at = "rcpt"\n'
         with running_sink("--seed", "3", policy=policy, tmp=tmp_path) as sink:
             report = trafficgen(
-                sink.target, "--message-count", "200", "--recipients-per-message", "4", "--domain", "example.com",
-                "--concurrency", "4", "--seed", "1",
+                sink.target,
+                "--message-count",
+                "200",
+                "--recipients-per-message",
+                "4",
+                "--domain",
+                "example.com",
+                "--concurrency",
+                "4",
+                "--seed",
+                "1",
             )
         recipients = report["recipients"]
         assert sum(recipients.values()) == 800
@@ -113,6 +122,7 @@ class TestGreylist:
     def test_refuses_first_attempt_then_accepts_after_the_delay(self, tmp_path):
         """The first attempt of a triplet gets 451 4.7.1, an early retry too, a retry after the delay passes."""
         with running_sink(policy=self.POLICY, tmp=tmp_path) as sink:
+
             def attempt() -> tuple[int, bytes]:
                 with smtplib.SMTP(*sink.address, timeout=10) as client:
                     client.ehlo()
@@ -237,7 +247,14 @@ class TestDisconnect:
         """disconnect = 10 over 1000 messages: about 10% errors (4 sigma band), and trafficgen does not hang."""
         with running_sink("--seed", "5", policy="[default]\ndisconnect = 10\n", tmp=tmp_path) as sink:
             report = trafficgen(
-                sink.target, "--message-count", "1000", "--keep-going", "--concurrency", "10", "--timeout", "10",
+                sink.target,
+                "--message-count",
+                "1000",
+                "--keep-going",
+                "--concurrency",
+                "10",
+                "--timeout",
+                "10",
                 timeout=60,
             )
             cut = sink.metrics()['smartsink_disconnects_total{domain="other"}']
@@ -262,7 +279,16 @@ class TestCheck:
             ("disconnect = 120", "from 0 to 100"),
             ("max_messages_per_connection = 2.5", "whole number"),
         ],
-        ids=["reject_at", "latency", "latency-p99", "max_concurrency", "rate", "greylist", "disconnect", "max-messages"],
+        ids=[
+            "reject_at",
+            "latency",
+            "latency-p99",
+            "max_concurrency",
+            "rate",
+            "greylist",
+            "disconnect",
+            "max-messages",
+        ],
     )
     def test_bad_values_are_named_with_file_and_line(self, tmp_path, line, problem):
         """--check names the file, the line and the key of each bad value of the new keys."""
@@ -272,7 +298,9 @@ class TestCheck:
         )
         key = line.split(" ")[0]
         assert result.returncode == 2
-        assert re.search(rf"{re.escape(str(path))}:5: \[domain\.\"x\.com\"\] {key}: .*{re.escape(problem)}", result.stderr)
+        assert re.search(
+            rf"{re.escape(str(path))}:5: \[domain\.\"x\.com\"\] {key}: .*{re.escape(problem)}", result.stderr
+        )
         assert "Traceback" not in result.stderr
 
     def test_listener_keys_are_checked(self, tmp_path):
@@ -292,7 +320,16 @@ def test_shipped_policy_models_providers_with_the_new_keys():
 
     policy = load_policy(SHIPPED_POLICY)
     assert not policy.warnings
-    for name in ("gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "aol.com", "icloud.com", "comcast.net", "orange.fr"):
+    for name in (
+        "gmail.com",
+        "yahoo.com",
+        "outlook.com",
+        "hotmail.com",
+        "aol.com",
+        "icloud.com",
+        "comcast.net",
+        "orange.fr",
+    ):
         assert name in policy.domains
     assert policy.domains["outlook.com"].reject_at == "rcpt"
     assert policy.domains["yahoo.com"].max_messages_per_connection is not None

@@ -32,7 +32,9 @@ def dockerfile() -> list[tuple[str, str]]:
 
 
 def ignored(path: str) -> bool:
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
 
 
@@ -91,8 +93,18 @@ class TestDockerfile:
     def test_package_files_are_all_copied(self):
         """The wheel build gets every top-level module and package pyproject.toml names."""
         copied = {shlex.split(a)[0] for i, a in dockerfile() if i == "COPY" and not a.startswith("--from")}
-        copied |= {s for i, a in dockerfile() if i == "COPY" and not a.startswith("--from") for s in shlex.split(a)[:-1]}
-        for needed in ("pyproject.toml", "README.md", "mailunits.py", "climain.py", "smartsink", "trafficgen", "policy"):
+        copied |= {
+            s for i, a in dockerfile() if i == "COPY" and not a.startswith("--from") for s in shlex.split(a)[:-1]
+        }
+        for needed in (
+            "pyproject.toml",
+            "README.md",
+            "mailunits.py",
+            "climain.py",
+            "smartsink",
+            "trafficgen",
+            "policy",
+        ):
             assert needed in copied
 
     def test_runs_as_non_root_on_port_25_and_8000(self):
@@ -129,8 +141,11 @@ class TestDockerfile:
         policy_dir = tmp_path / "etc-smartsink"
         policy_dir.mkdir()
         (policy_dir / "responses.toml").write_text((ROOT / "policy" / "responses.toml").read_text())
-        env.update(SMARTSINK_LISTEN="127.0.0.1:0", SMARTSINK_HTTP="127.0.0.1:0",
-                   SMARTSINK_POLICY=str(policy_dir / "responses.toml"))
+        env.update(
+            SMARTSINK_LISTEN="127.0.0.1:0",
+            SMARTSINK_HTTP="127.0.0.1:0",
+            SMARTSINK_POLICY=str(policy_dir / "responses.toml"),
+        )
         with running_sink(env=env, cwd=tmp_path) as sink:
             health = sink.health()
             assert health["status"] == "ok" and health["policy"]["path"] == str(policy_dir / "responses.toml")
@@ -156,12 +171,20 @@ def test_build_stage_makes_a_complete_wheel(tmp_path):
                     shutil.copy2(src, context / source)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
-        cwd=context, capture_output=True, text=True,
+        cwd=context,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     wheel = next(tmp_path.glob("*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("mailunits.py", "climain.py", "smartsink/cli.py", "trafficgen/cli.py", "smartsink/data/responses.toml"):
+    for needed in (
+        "mailunits.py",
+        "climain.py",
+        "smartsink/cli.py",
+        "trafficgen/cli.py",
+        "smartsink/data/responses.toml",
+    ):
         assert needed in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "smartsink = smartsink.cli:main" in entry_points and "trafficgen = trafficgen.cli:main" in entry_points
@@ -179,7 +202,9 @@ class TestKubernetes:
         assert "job-completion-index" in env["JOB_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
         assert env["TRAFFICGEN_SHARD"]["value"] == f"$(JOB_INDEX)/{spec['completions']}"
         help_text = subprocess.run(
-            [sys.executable, "-m", "trafficgen", "--help"], capture_output=True, text=True,
+            [sys.executable, "-m", "trafficgen", "--help"],
+            capture_output=True,
+            text=True,
             env={**os.environ, "COLUMNS": "300"},
         ).stdout
         for name in env:
@@ -187,8 +212,10 @@ class TestKubernetes:
 
     def test_sinks_behind_one_address(self):
         """Several smartsink pods behind one SMTP Service, each named for scrapes and reconciliation."""
-        documents = {d["metadata"]["name"] + "/" + d["kind"]: d
-                     for d in yaml.safe_load_all((ROOT / "docker" / "k8s-smartsink.yaml").read_text())}
+        documents = {
+            d["metadata"]["name"] + "/" + d["kind"]: d
+            for d in yaml.safe_load_all((ROOT / "docker" / "k8s-smartsink.yaml").read_text())
+        }
         statefulset = documents["smartsink/StatefulSet"]
         assert statefulset["spec"]["replicas"] >= 2 and statefulset["spec"]["serviceName"] == "smartsink"
         assert documents["smartsink/Service"]["spec"]["clusterIP"] == "None"

@@ -36,8 +36,9 @@ def test_sink_killed_and_restarted_with_keep_going(tmp_path):
     first = running_sink("--policy", str(policy))
     with first as sink:
         port = sink.port
-        generator = start_trafficgen(sink.target, "--duration", "8", "--concurrency", "10", "--keep-going",
-                                     "--timeout", "5")
+        generator = start_trafficgen(
+            sink.target, "--duration", "8", "--concurrency", "10", "--keep-going", "--timeout", "5"
+        )
         started = time.monotonic()
         wait_for(lambda: accepted_by(sink) > 200, what="the first sink to take mail")
         sink.stop(signal.SIGKILL)
@@ -111,9 +112,23 @@ def test_trafficgen_never_hangs_on_a_silent_server(greet):
     try:
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "trafficgen", "--target", server.target, "--message-count", "3",
-             "--concurrency", "1", "--timeout", "2", "--quiet"],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "trafficgen",
+                "--target",
+                server.target,
+                "--message-count",
+                "3",
+                "--concurrency",
+                "1",
+                "--timeout",
+                "2",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         took = time.monotonic() - started
     finally:

@@ -14,18 +14,57 @@ from smartsink.policy.model import Reply
 from smartsink.replies import render
 from trafficgen.smtp.replies import ReplyParser
 
-KEYS = ["bounce", "defer", "reject_at", "latency", "max_concurrency", "rate", "greylist",
-        "max_messages_per_connection", "disconnect", "max_connections", "banner_delay", "code", "msg", "bouncee"]
+KEYS = [
+    "bounce",
+    "defer",
+    "reject_at",
+    "latency",
+    "max_concurrency",
+    "rate",
+    "greylist",
+    "max_messages_per_connection",
+    "disconnect",
+    "max_connections",
+    "banner_delay",
+    "code",
+    "msg",
+    "bouncee",
+]
 VALUES = st.one_of(
     st.integers(-5, 200).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f).replace("inf", "inf").replace("nan", "nan")),
     st.text(alphabet=string.printable, max_size=20).map(lambda t: '"' + t.replace("\\", "").replace('"', "") + '"'),
-    st.sampled_from(['"300ms"', '"5m"', '"10/s"', '"rcpt"', '"data"', "true", "[1, 2]", '{ median = "1s" }',
-                     '{ median = "2s", p99 = "1s" }', '"1,000/hr"', '"x/y"']),
+    st.sampled_from(
+        [
+            '"300ms"',
+            '"5m"',
+            '"10/s"',
+            '"rcpt"',
+            '"data"',
+            "true",
+            "[1, 2]",
+            '{ median = "1s" }',
+            '{ median = "2s", p99 = "1s" }',
+            '"1,000/hr"',
+            '"x/y"',
+        ]
+    ),
 )
-HEADERS = st.sampled_from(["[default]", '[domain."gmail.com"]', '[domain."Yahoo.COM"]', "[listener]",
-                           '[[bounce."gmail.com"]]', '[[defer."default"]]', '[[throttle."x.test"]]', "[domain]",
-                           "[bounce]", "[nonsense]", ""])
+HEADERS = st.sampled_from(
+    [
+        "[default]",
+        '[domain."gmail.com"]',
+        '[domain."Yahoo.COM"]',
+        "[listener]",
+        '[[bounce."gmail.com"]]',
+        '[[defer."default"]]',
+        '[[throttle."x.test"]]',
+        "[domain]",
+        "[bounce]",
+        "[nonsense]",
+        "",
+    ]
+)
 
 
 @st.composite

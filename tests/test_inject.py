@@ -44,7 +44,9 @@ def sink(tmp_path_factory):
 
 def post(sink, body: bytes | dict, path: str = "/api/inject/v1") -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{sink.http}{path}", data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://{sink.http}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -53,18 +55,26 @@ def post(sink, body: bytes | dict, path: str = "/api/inject/v1") -> tuple[int, d
 
 
 def trafficgen(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trafficgen", "--quiet", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trafficgen", "--quiet", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 class TestSinkAPI:
     def test_answers_like_kumomta_with_the_policy_applied(self, sink):
         """KumoMTA's body gets KumoMTA's answer, but each recipient gets the policy's verdict."""
-        status, answer = post(sink, {
-            "envelope_sender": "noreply@example.test",
-            "content": "Subject: hello\r\n\r\nhi\r\n",
-            "recipients": [{"email": "user@gmail.com"}, {"email": "permfail@gmail.com.sink.test"},
-                           {"email": "tempfail@gmail.com"}],
-        })
+        status, answer = post(
+            sink,
+            {
+                "envelope_sender": "noreply@example.test",
+                "content": "Subject: hello\r\n\r\nhi\r\n",
+                "recipients": [
+                    {"email": "user@gmail.com"},
+                    {"email": "permfail@gmail.com.sink.test"},
+                    {"email": "tempfail@gmail.com"},
+                ],
+            },
+        )
         assert status == 200
         assert answer["success_count"] == 1 and answer["fail_count"] == 2
         assert answer["failed_recipients"] == ["permfail@gmail.com.sink.test", "tempfail@gmail.com"]
@@ -95,18 +105,31 @@ class TestSinkAPI:
 class TestTrafficgenHttp:
     def test_submits_through_the_api_and_counts_match_the_sink(self, tmp_path):
         """trafficgen --http: one request per message to --http-batch-size recipients; the sink counts the same."""
-        policy = '[default]\nbounce = 10\ndefer = 10\n'
+        policy = "[default]\nbounce = 10\ndefer = 10\n"
         with running_sink("--seed", "9", policy=policy, tmp=tmp_path) as sink:
-            result = trafficgen("--http", "--target", f"http://{sink.http}", "--message-count", "100",
-                                "--http-batch-size", "3", "--concurrency", "5", "--json", "-")
+            result = trafficgen(
+                "--http",
+                "--target",
+                f"http://{sink.http}",
+                "--message-count",
+                "100",
+                "--http-batch-size",
+                "3",
+                "--concurrency",
+                "5",
+                "--json",
+                "-",
+            )
             assert result.returncode == 0, result.stderr
             report = json.loads(result.stdout)
             metrics = sink.metrics()
             ledger = json.loads(sink.get(f"/runs/{report['run_id']}")[1])
         recipients = report["recipients"]
         assert report["totals"]["attempted"] == 100 and sum(recipients.values()) == 300
-        sink_counts = {o: sum(v for k, v in metrics.items() if k.startswith("smartsink_messages_total") and f'outcome="{o}"' in k)
-                       for o in ("accepted", "tempfailed", "permfailed")}
+        sink_counts = {
+            o: sum(v for k, v in metrics.items() if k.startswith("smartsink_messages_total") and f'outcome="{o}"' in k)
+            for o in ("accepted", "tempfailed", "permfailed")
+        }
         assert sink_counts == {k: recipients[k] for k in sink_counts}
         assert metrics["smartsink_injected_messages_total"] == 300
         # One trace per message, whatever the number of recipients: no false duplicates.
@@ -148,8 +171,12 @@ def _message(*recipients: str) -> Message:
     [
         ({"success_count": 2, "fail_count": 0, "failed_recipients": [], "errors": []}, ACCEPTED, 250, (0, 0)),
         ({"failed_recipients": ["x@y"], "errors": ["x@y: 550 5.1.1 no"]}, ACCEPTED, 250, (2, 0)),
-        ({"failed_recipients": ["x@y", "z@y"], "errors": ["x@y: 550 5.1.1 no", "z@y: 451 4.3.0 later"]},
-         TEMPFAILED, 451, (2, 1)),
+        (
+            {"failed_recipients": ["x@y", "z@y"], "errors": ["x@y: 550 5.1.1 no", "z@y: 451 4.3.0 later"]},
+            TEMPFAILED,
+            451,
+            (2, 1),
+        ),
         ({"failed_recipients": ["x@y", "z@y"], "errors": ["x@y: 554 no", "z@y: 550 no"]}, PERMFAILED, 554, (2, 2)),
         ({"failed_recipients": ["x@y", "z@y"], "errors": ["x@y: invalid address"]}, PERMFAILED, 550, (2, 2)),
     ],

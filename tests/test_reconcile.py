@@ -62,15 +62,21 @@ class LossyRelay:
         for copy in range(copies):
             target = self.sinks[(number + copy) % len(self.sinks)]
             await aiosmtplib.send(
-                envelope.original_content, sender=envelope.mail_from, recipients=envelope.rcpt_tos,
-                hostname=target[0], port=target[1], timeout=10,
+                envelope.original_content,
+                sender=envelope.mail_from,
+                recipients=envelope.rcpt_tos,
+                hostname=target[0],
+                port=target[1],
+                timeout=10,
             )
 
 
 def run_trafficgen(target: str, *args: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "trafficgen", "--target", target, "--quiet", "--json", "-", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -121,8 +127,17 @@ def test_reports_exactly_what_the_mta_lost_and_duplicated(tmp_path, relay_to):
     with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as sink:
         relay, target = relay_to([sink.address], drop=10, twice=7)
         report = run_trafficgen(
-            target, "--message-count", "200", "--concurrency", "4", "--reconcile", f"http://{sink.http}",
-            "--reconcile-wait", "3", "--domain", "example.com",
+            target,
+            "--message-count",
+            "200",
+            "--concurrency",
+            "4",
+            "--reconcile",
+            f"http://{sink.http}",
+            "--reconcile-wait",
+            "3",
+            "--domain",
+            "example.com",
         )
         assert relay.idle.wait(10)
     result = report["reconciliation"]
@@ -141,14 +156,25 @@ def test_bounced_and_deferred_by_the_sink(tmp_path, relay_to):
     with running_sink("--seed", "2", policy=policy, tmp=tmp_path) as sink:
         relay, target = relay_to([sink.address], drop=1000, twice=1000)
         report = run_trafficgen(
-            target, "--message-count", "150", "--concurrency", "3", "--reconcile", f"http://{sink.http}",
-            "--reconcile-wait", "3", "--domain", "example.com",
+            target,
+            "--message-count",
+            "150",
+            "--concurrency",
+            "3",
+            "--reconcile",
+            f"http://{sink.http}",
+            "--reconcile-wait",
+            "3",
+            "--domain",
+            "example.com",
         )
         assert relay.idle.wait(10)
         metrics = sink.metrics()
     result = report["reconciliation"]
-    counted = {o: metrics.get(f'smartsink_messages_total{{domain="other",outcome="{o}"}}', 0)
-               for o in ("accepted", "tempfailed", "permfailed")}
+    counted = {
+        o: metrics.get(f'smartsink_messages_total{{domain="other",outcome="{o}"}}', 0)
+        for o in ("accepted", "tempfailed", "permfailed")
+    }
     assert result["delivered"] == counted["accepted"]
     assert result["bounced"] == counted["permfailed"]
     assert result["deferred_pending"] == counted["tempfailed"]
@@ -160,8 +186,17 @@ def test_several_sinks_behind_one_address(tmp_path, relay_to):
     with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as one, running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as two:
         relay, target = relay_to([one.address, two.address], drop=9, twice=5)
         report = run_trafficgen(
-            target, "--message-count", "120", "--concurrency", "3",
-            "--reconcile", f"http://{one.http},http://{two.http}", "--reconcile-wait", "3", "--domain", "example.com",
+            target,
+            "--message-count",
+            "120",
+            "--concurrency",
+            "3",
+            "--reconcile",
+            f"http://{one.http},http://{two.http}",
+            "--reconcile-wait",
+            "3",
+            "--domain",
+            "example.com",
         )
         assert relay.idle.wait(10)
     result = report["reconciliation"]
@@ -173,9 +208,21 @@ def test_unreachable_sink_is_one_clear_line(tmp_path):
     """A --reconcile URL where nothing answers: the run's report is written, then one error line and exit 1."""
     with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as sink:
         result = subprocess.run(
-            [sys.executable, "-m", "trafficgen", "--target", sink.target, "--message-count", "5", "--quiet",
-             "--reconcile", "http://127.0.0.1:1"],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "trafficgen",
+                "--target",
+                sink.target,
+                "--message-count",
+                "5",
+                "--quiet",
+                "--reconcile",
+                "http://127.0.0.1:1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("trafficgen: error: reconciliation: cannot read")

@@ -53,9 +53,7 @@ def namespace():
 
 
 def inside(namespace: str, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", namespace, *command], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(["ip", "netns", "exec", namespace, *command], capture_output=True, text=True, timeout=timeout)
 
 
 SMTPLIB = """
@@ -93,15 +91,29 @@ def test_port_25_redirected_to_the_sink(namespace, tmp_path):
         assert answers["refused"] == [550, "5.1.1 The email account that you tried to reach does not exist."]
 
         generated = inside(
-            namespace, sys.executable, "-m", "trafficgen", "--target", "127.0.0.9:25", "--message-count", "40",
-            "--concurrency", "4", "--domain", "example.com", "--quiet", "--json", "-",
+            namespace,
+            sys.executable,
+            "-m",
+            "trafficgen",
+            "--target",
+            "127.0.0.9:25",
+            "--message-count",
+            "40",
+            "--concurrency",
+            "4",
+            "--domain",
+            "example.com",
+            "--quiet",
+            "--json",
+            "-",
         )
         assert generated.returncode == 0, generated.stderr
         report = json.loads(generated.stdout)
         assert report["totals"]["accepted"] == 40 and report["target"] == "127.0.0.9:25"
 
         metrics = inside(namespace, sys.executable, "-c", METRICS, sink.http).stdout
-        redirected = float(next(l.split()[-1] for l in metrics.splitlines() if l.startswith("smartsink_redirected")))
+        lines = metrics.splitlines()
+        redirected = float(next(line.split()[-1] for line in lines if line.startswith("smartsink_redirected")))
         assert redirected == 1 + report["connections"]["opened"]
         assert "meant for 127.0.0.9:25" in sink.log()
 

@@ -44,17 +44,43 @@ def test_twenty_thousand_connections(tmp_path):
     with running_sink("--workers", "2", "--timeout", "120", policy=ACCEPT_ALL, tmp=tmp_path) as sink:
         idle = tree_rss_mb(sink.process.pid)
         generator = subprocess.Popen(
-            [sys.executable, "-m", "trafficgen", "--target", sink.target, "--concurrency", str(CONNECTIONS),
-             "--processes", "2", "--duration", "40", "--timeout", "60", "--quiet", "--json", "-"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "trafficgen",
+                "--target",
+                sink.target,
+                "--concurrency",
+                str(CONNECTIONS),
+                "--processes",
+                "2",
+                "--duration",
+                "40",
+                "--timeout",
+                "60",
+                "--quiet",
+                "--json",
+                "-",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
-            wait_for(lambda: sink.metrics()["smartsink_connections_active"] >= CONNECTIONS, timeout=35, interval=0.5,
-                     what=f"{CONNECTIONS} connections to be held")
+            wait_for(
+                lambda: sink.metrics()["smartsink_connections_active"] >= CONNECTIONS,
+                timeout=35,
+                interval=0.5,
+                what=f"{CONNECTIONS} connections to be held",
+            )
             held = tree_rss_mb(sink.process.pid)
             first, since = _accepted(sink), time.monotonic()
-            wait_for(lambda: _accepted(sink) >= first + 5000, timeout=20, interval=0.5,
-                     what="mail to flow over the held connections")
+            wait_for(
+                lambda: _accepted(sink) >= first + 5000,
+                timeout=20,
+                interval=0.5,
+                what="mail to flow over the held connections",
+            )
             flowing = (_accepted(sink) - first) / (time.monotonic() - since)
             assert sink.metrics()["smartsink_connections_active"] == CONNECTIONS
             held = max(held, tree_rss_mb(sink.process.pid))
@@ -65,8 +91,10 @@ def test_twenty_thousand_connections(tmp_path):
                 generator.communicate()
     assert generator.returncode == 0, err
     report = json.loads(out)
-    print(f"sink memory: {idle:.0f} MB idle, {held:.0f} MB holding {CONNECTIONS} connections; "
-          f"{flowing:.0f} msg/s while holding them; {report['throughput']['per_second']:.0f} msg/s over the run")
+    print(
+        f"sink memory: {idle:.0f} MB idle, {held:.0f} MB holding {CONNECTIONS} connections; "
+        f"{flowing:.0f} msg/s while holding them; {report['throughput']['per_second']:.0f} msg/s over the run"
+    )
     assert held < SINK_MEMORY_LIMIT_MB
     assert flowing > 0
     assert report["totals"]["errors"] == 0 and report["connections"]["opened"] == CONNECTIONS

@@ -257,8 +257,7 @@ class _Reader:
                 self.warn(
                     self.where.key(path, "code", nth),
                     f"{label} code",
-                    f"{code} in a {kind} list: the client sees a "
-                    f"{'permanent' if code >= 500 else 'temporary'} failure",
+                    f"{code} in a {kind} list: the client sees a {'permanent' if code >= 500 else 'temporary'} failure",
                 )
             m = _ENHANCED.match(msg)
             if m and int(m.group(1)) != code // 100:

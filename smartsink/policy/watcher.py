@@ -18,6 +18,7 @@ from smartsink.policy.model import Policy
 log = logging.getLogger("smartsink.policy")
 
 POLL_INTERVAL = 0.5  # seconds; edits apply within 2 s
+SETTLE = 0.2  # a changed file is read once it has not changed for this long
 
 
 def _signature(path: str) -> tuple[int, int, int, int] | None:
@@ -69,11 +70,22 @@ class PolicyStore:
         return _signature(self.path) != self._signature
 
     async def watch(self, interval: float = POLL_INTERVAL) -> None:
-        """Poll the file's identity (mtime, size, inode) and reload on any change; runs until cancelled."""
+        """Poll the file's identity (mtime, size, inode) and reload on any change; runs until cancelled.
+
+        A change is read once the file has stayed the same for SETTLE seconds, so a save that writes in place
+        is not read half-written (an empty file would be a valid accept-everything policy)."""
         while True:
             await asyncio.sleep(interval)
-            if self.changed():
-                self.reload("file changed")
+            if not self.changed():
+                continue
+            seen = _signature(self.path)
+            while True:
+                await asyncio.sleep(SETTLE)
+                now = _signature(self.path)
+                if now == seen:
+                    break
+                seen = now
+            self.reload("file changed")
 
     def health(self) -> dict[str, object]:
         return {
