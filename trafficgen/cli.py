@@ -92,9 +92,7 @@ def main_command(
         str | None, typer.Option(envvar=_env("RECIPIENT"), help="Fixed envelope recipient (no weights, no suffix)")
     ] = None,
     auth_user: Annotated[str | None, typer.Option(envvar=_env("AUTH_USER"), help="AUTH PLAIN/LOGIN user")] = None,
-    auth_password: Annotated[
-        str | None, typer.Option(envvar=_env("AUTH_PASSWORD"), help="AUTH password")
-    ] = None,
+    auth_password: Annotated[str | None, typer.Option(envvar=_env("AUTH_PASSWORD"), help="AUTH password")] = None,
     recipients_per_message: Annotated[
         int, typer.Option(envvar=_env("RECIPIENTS_PER_MESSAGE"), help="RCPT commands per message")
     ] = 1,
@@ -106,7 +104,8 @@ def main_command(
         str | None, typer.Option(envvar=_env("SOURCE_ADDRESS"), help="Local IP address to connect from")
     ] = None,
     pipelining: Annotated[
-        bool, typer.Option("--pipelining/--no-pipelining", envvar=_env("PIPELINING"), help="Use PIPELINING when offered")
+        bool,
+        typer.Option("--pipelining/--no-pipelining", envvar=_env("PIPELINING"), help="Use PIPELINING when offered"),
     ] = True,
     seed: Annotated[int | None, typer.Option(envvar=_env("SEED"), help="Seed the random choices")] = None,
     json_path: Annotated[

@@ -206,7 +206,11 @@ def build(
         http_url = target.rstrip("/") + "/api/inject/v1"
         if recipients_per_message != 1:
             raise ConfigError("with --http, --http-batch-size sets the recipients of each message")
-        for given, option in ((starttls, "--starttls"), (auth_user, "--auth-user"), (source_address, "--source-address")):
+        for given, option in (
+            (starttls, "--starttls"),
+            (auth_user, "--auth-user"),
+            (source_address, "--source-address"),
+        ):
             if given:
                 raise ConfigError(f"{option} applies to SMTP, not to --http")
         recipients_per_message = http_batch_size

@@ -67,7 +67,9 @@ class HttpSession:
             return Outcome.error(f"http: {type(e).__name__}: {e}", count, started, monotonic())
         end = monotonic()
         if status in (429, 503):
-            return Outcome(TEMPFAILED, status, f"HTTP {status}: {text[:200]}", (TEMPFAILED,) * count, False, started, end=end)
+            return Outcome(
+                TEMPFAILED, status, f"HTTP {status}: {text[:200]}", (TEMPFAILED,) * count, False, started, end=end
+            )
         if status != 200 or not isinstance(answer, dict):
             return Outcome.error(f"http: HTTP {status}: {text[:200]}", count, started, end)
         return outcome_of(answer, message, started, end)
@@ -105,4 +107,3 @@ async def close_pool(client: aiohttp.ClientSession | None) -> None:
     if client is not None:
         await client.close()
         await asyncio.sleep(0)  # aiohttp: let the connector finish closing its transports
-

@@ -329,8 +329,10 @@ async def _reconcile(config: RunConfig, recorder: Recorder) -> dict[str, Any]:
     assert config.reconcile is not None
     if config.reconcile_wait:
         if not config.quiet:
-            print(f"trafficgen: waiting {config.reconcile_wait:g} s for the MTA to deliver, then asking the sink",
-                  file=sys.stderr)
+            print(
+                f"trafficgen: waiting {config.reconcile_wait:g} s for the MTA to deliver, then asking the sink",
+                file=sys.stderr,
+            )
         await asyncio.sleep(config.reconcile_wait)
     sinks = ", ".join(config.reconcile)
     try:

@@ -209,7 +209,7 @@ class MessageFactory:
             f"Date: {self.date()}\r\n"
             f"Message-ID: <{self.run_id}.{seq}@{self.full_domains[domain]}>\r\n"
             f"{trace}{self.fixed_headers}\r\n"
-        ).encode("utf-8")
+        ).encode()
         body = self.fixed_body
         if body is None:
             assert self.body is not None

@@ -33,12 +33,12 @@ class ReconcileError(Exception):
     """The sink's ledger could not be read."""
 
 
-async def fetch_marks(url: str, run_id: str, timeout: float) -> bytes:
+async def fetch_marks(url: str, run_id: str, wait_s: float) -> bytes:
     """The sink's ledger for this run: one byte per message id (empty when it saw none)."""
     address = f"{url}/runs/{run_id}?marks=1"
     try:
         async with aiohttp.ClientSession() as client:
-            async with client.get(address, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            async with client.get(address, timeout=aiohttp.ClientTimeout(total=wait_s)) as response:
                 if response.status == 404:
                     return b""
                 if response.status != 200:

@@ -258,9 +258,10 @@ class Runner:
         interrupt = interrupt or asyncio.Event()
         waiter = asyncio.create_task(interrupt.wait())
         try:
-            everything = asyncio.gather(*workers, return_exceptions=True)
+            everything: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
             timeout = None if config.duration is None else config.duration + END_GRACE
-            done, _ = await asyncio.wait({everything, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {everything, waiter}
+            done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if waiter in done:  # first ^C: no new messages, give in-flight ones the grace period
                 self.stopping = self.interrupted = True
                 done, _ = await asyncio.wait({everything}, timeout=END_GRACE)

@@ -181,7 +181,9 @@ class Session:
                 config.timeout,
             )
         except TimeoutError:
-            raise SessionError("timeout", f"connecting to {config.target} took more than {config.timeout:g} s") from None
+            raise SessionError(
+                "timeout", f"connecting to {config.target} took more than {config.timeout:g} s"
+            ) from None
         except ConnectionRefusedError:
             raise SessionError("refused", f"connection to {config.target} refused") from None
         except OSError as e:

@@ -88,7 +88,9 @@ def _percent_change(before: float | None, after: float | None) -> str:
 
 def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None:
     """Print throughput, success rate and every latency percentile of two reports, and the change."""
-    table = Table(box=box.SIMPLE, pad_edge=False, title=f"{before['run_id']} -> {after['run_id']}", title_justify="left")
+    table = Table(
+        box=box.SIMPLE, pad_edge=False, title=f"{before['run_id']} -> {after['run_id']}", title_justify="left"
+    )
     for column in ("", "before", "after", "change"):
         table.add_column(column, justify="left" if not column else "right")
     tb, ta = before["throughput"]["per_second"], after["throughput"]["per_second"]

@@ -49,7 +49,9 @@ class RunCollector:
 
     def collect(self) -> Iterator[Metric]:
         recorder = self.read()
-        info = GaugeMetricFamily("trafficgen_run_info", "The run this generator is sending", labels=["run_id", "target"])
+        info = GaugeMetricFamily(
+            "trafficgen_run_info", "The run this generator is sending", labels=["run_id", "target"]
+        )
         info.add_metric([self.run_id, self.target], 1.0)
         yield info
         messages = CounterMetricFamily(
@@ -76,7 +78,8 @@ class RunCollector:
             sum_value=latency.get_mean_value() * count / 1e6 if count else 0.0,
         )
         quantiles = GaugeMetricFamily(
-            "trafficgen_latency_quantile_seconds", "Transaction latency quantiles from the HDR histogram",
+            "trafficgen_latency_quantile_seconds",
+            "Transaction latency quantiles from the HDR histogram",
             labels=["quantile"],
         )
         for q in QUANTILES:
@@ -87,7 +90,7 @@ class RunCollector:
 async def serve(host: str, port: int, collector: RunCollector) -> Any:
     """Serve /metrics; returns the aiohttp runner to clean up."""
     registry = CollectorRegistry()
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -29,7 +29,7 @@ OTHER_TEXTS = "(other texts)"
 _VARYING = re.compile(r"(?<!\S)(?:\S*\d\S*|[0-9A-F]+)(?!\S)")
 
 
-class Histogram(HdrHistogram):  # type: ignore[misc]
+class Histogram(HdrHistogram):
     """HdrHistogram with a faster record() for the hot path: the same bucket arithmetic as
     record_value (exact, tested against it) in one expression instead of five method calls."""
 
@@ -41,9 +41,9 @@ class Histogram(HdrHistogram):  # type: ignore[misc]
         bucket = (value | self.sub_bucket_mask).bit_length() - unit - half - 1
         self.counts[((bucket + 1) << half) + (value >> (bucket + unit)) - self.sub_bucket_half_count] += 1
         self.total_count += 1
-        if value < self.min_value:
+        if value < self.min_value:  # type: ignore[has-type]
             self.min_value = value
-        if value > self.max_value:
+        if value > self.max_value:  # type: ignore[has-type]
             self.max_value = value
 
 
@@ -240,4 +240,3 @@ class Recorder:
             size = max(len(ours), len(theirs))
             merged = int.from_bytes(ours.ljust(size, b"\0"), "big") | int.from_bytes(theirs.ljust(size, b"\0"), "big")
             self.marks = bytearray(merged.to_bytes(size, "big"))
-

@@ -158,7 +158,11 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
         domains.add_column(c, justify="left" if c == "domain" else "right")
     for name, row in sorted(report["domains"].items(), key=lambda item: -item[1]["attempted"]):
         share = row["accepted"] / row["attempted"] * 100 if row["attempted"] else None
-        domains.add_row(name, *(f"{row[k]:,}" for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")), _n(share, 1))
+        domains.add_row(
+            name,
+            *(f"{row[k]:,}" for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")),
+            _n(share, 1),
+        )
     console.print(domains)
 
     if report["replies"]:
