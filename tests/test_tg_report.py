@@ -221,14 +221,15 @@ class TestOutputs:
         assert "latency (ms)" in done.stderr and "success rate" in done.stderr
 
     def test_unwritable_json_path(self, runs, tmp_path: Path):
-        """A --json path that cannot be written: exit 1 and one line naming it."""
+        """A --json path that cannot be written is refused before anything is sent: exit 2, one line naming it."""
         path = tmp_path / "missing" / "report.json"
         done = run_trafficgen(
             "--target", runs["target"], "--message-count", "1", "-q", "--keep-going", "--json", str(path)
         )
-        assert done.returncode == 1
+        assert done.returncode == 2
         (line,) = error_lines(done)
         assert line.startswith("trafficgen: error: ") and str(path) in line and "cannot write" in line
+        assert not done.stdout
 
     def test_report_show_prints_the_same_summary(self, runs):
         """`trafficgen report show PATH` prints exactly the summary the run printed."""

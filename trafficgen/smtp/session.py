@@ -185,7 +185,7 @@ class Session:
                 "timeout", f"connecting to {config.target} took more than {config.timeout:g} s"
             ) from None
         except ConnectionRefusedError:
-            raise SessionError("refused", f"connection to {config.target} refused") from None
+            raise SessionError("refused", f"{config.target} does not accept connections") from None
         except OSError as e:
             raise SessionError("connect", f"cannot connect to {config.target}: {e.strerror or e}") from None
         sock = transport.get_extra_info("socket")

@@ -128,7 +128,8 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
     rate = report["success_rate"]
     sending, elapsed = report.get("sending_s", report["elapsed_s"]), report["elapsed_s"]
     console.print(
-        f"[bold]trafficgen[/bold] run {report['run_id']} -> {report['target']}: {attempted:,} messages in "
+        f"[bold]trafficgen[/bold] run {report['run_id']} -> {report['target']}: {attempted:,} "
+        f"message{'' if attempted == 1 else 's'} in "
         f"{sending:,.1f} s over {config.get('concurrency', '?')} connections"
         + (f" (last reply at {elapsed:,.1f} s)" if elapsed > sending + 0.5 else "")
         + (f" ({report['stopped_by']})" if report.get("stopped_by") else "")
