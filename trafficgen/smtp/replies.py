@@ -50,24 +50,27 @@ class ReplyParser:
         self.lines: list[str] = []
 
     def feed(self, data: bytes, now: float) -> list[Reply]:
-        buf = self.buf + data if self.buf else data
+        if self.buf:
+            data, self.buf = self.buf + data, b""
+        if not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            data, self.buf = data[:cut], data[cut:]
+            if len(self.buf) > MAX_LINE:
+                raise ProtocolError(f"a reply line longer than {MAX_LINE} bytes")
         replies: list[Reply] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = buf[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3:4] not in b" -"):
+        lines = self.lines
+        for line in data.splitlines():  # bytes.splitlines: \r\n, \n or \r
+            separator = line[3:4]
+            if len(line) < 3 or not line[:3].isdigit() or separator not in b" -":
                 raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
-            self.lines.append(line[4:].decode("utf-8", "replace"))
-            if line[3:4] != b"-":
-                replies.append(Reply(int(line[:3]), "\n".join(self.lines), now))
-                self.lines = []
-        self.buf = buf[start:]
-        if len(self.buf) > MAX_LINE:
-            raise ProtocolError(f"a reply line longer than {MAX_LINE} bytes")
+            if separator == b"-":
+                lines.append(line[4:].decode("utf-8", "replace"))
+                continue
+            if lines:
+                lines.append(line[4:].decode("utf-8", "replace"))
+                text = "\n".join(lines)
+                self.lines = lines = []
+            else:
+                text = line[4:].decode("utf-8", "replace")
+            replies.append(Reply(int(line[:3]), text, now))
         return replies

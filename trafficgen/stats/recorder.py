@@ -105,6 +105,7 @@ class Recorder:
         self.connections_opened = 0
         self.connections_open = 0
         self._keys: dict[tuple[int, str], tuple[int, str]] = {}
+        self._heads: dict[tuple[int, str], tuple[int, str]] = {}
         # For --reconcile: one byte per message of this instance (seq // shards): 1 accepted, 2 not.
         self.marks: bytearray | None = bytearray() if marks else None
         self.shards = shards
@@ -156,15 +157,22 @@ class Recorder:
         marks[index] = mark
 
     def _reply_key(self, code: int, text: str) -> tuple[int, str]:
-        """reply_key(), remembered by everything but the last token: acceptances mostly differ only there
-        (a queue id), so the regular expressions run once per kind of reply, not once per message."""
+        """reply_key(), remembered: the regular expressions run once per kind of reply, not once per message.
+
+        Texts that repeat ("2.0.0 Ok", a policy's refusals) are remembered whole; acceptances that differ only in
+        their last token (a queue id) are remembered by the rest of the text."""
+        key = self._keys.get((code, text))
+        if key is not None:
+            return key
         head = (code, text[: text.rfind(" ")])
-        key = self._keys.get(head)
+        key = self._heads.get(head)
         if key is None:
             key = reply_key(code, text)
-            # Cache only when the last token does not matter: masked like a token that surely varies.
-            if key == reply_key(code, head[1] + " 0") and len(self._keys) < MAX_REPLY_KEYS:
-                self._keys[head] = key
+            if key == reply_key(code, head[1] + " 0"):  # the last token does not matter: it is masked anyway
+                if len(self._heads) < MAX_REPLY_KEYS:
+                    self._heads[head] = key
+            elif len(self._keys) < MAX_REPLY_KEYS:
+                self._keys[(code, text)] = key
         return key
 
     def take_interval(self) -> Histogram:
