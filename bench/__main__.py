@@ -237,15 +237,15 @@ def pairs(m: int, policy: Path, cpus: int) -> list[Pair]:
             Side("trafficgen", smtp_sink, generator(big, hundred_kib), big),
         ),
         Pair(
-            "smartsink vs smtp-sink: fed by smtp-source -d, 1 KiB, 50 connections",
+            f"smartsink --workers {cpus} vs smtp-sink: fed by smtp-source -d, 1 KiB, 50 connections",
             Side("smtp-sink", smtp_sink, source(m, kib), m),
-            Side("smartsink --workers 1", sink(1), source(m, kib), m),
+            Side(f"smartsink --workers {cpus}", sink(cpus), source(m, kib), m),
             0.5,
         ),
         Pair(
-            f"smartsink --workers {cpus} vs smtp-sink: fed by smtp-source -d, 1 KiB",
+            "smartsink --workers 1 vs smtp-sink: fed by smtp-source -d, 1 KiB",
             Side("smtp-sink", smtp_sink, source(m, kib), m),
-            Side(f"smartsink --workers {cpus}", sink(cpus), source(m, kib), m),
+            Side("smartsink --workers 1", sink(1), source(m, kib), m),
         ),
         Pair(
             "end to end: trafficgen -> smartsink vs smtp-source -d -> smtp-sink, 1 KiB",

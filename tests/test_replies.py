@@ -131,7 +131,7 @@ class TestRender:
 
 # --- on the wire ----------------------------------------------------------------------------------------
 KUMO_GMAIL_421 = (
-    "421-4.7.0 [100.100.100.100] Our system has detected an unusual amount of\r\n"
+    "421-4.7.0 [127.0.0.53] Our system has detected an unusual amount of\r\n"
     "421-4.7.0 unsolicited mail originating from your IP address. To protect our\r\n"
     "421-4.7.0 users from spam, mail sent from your IP address has been temporarily\r\n"
     "421-4.7.0 blocked. Please visit http://www.google.com/mail/help/bulk_mail.html\r\n"

@@ -54,7 +54,7 @@ BAD_INPUT = [
     (["--recipients-per-message", "0"], "--recipients-per-message must be at least 1"),
     (["--messages-per-connection", "0"], "--messages-per-connection must be at least 1"),
     (["--timeout", "0"], "--timeout must be more than 0"),
-    (["--source-address", "999.1.1.1"], "is not an IP address"),
+    (["--source-address", "localhost"], "is not an IP address"),
     (["--body-file", "/nonexistent/message.eml"], "no such file"),
     (["--processes", "3", "--concurrency", "2"], "--processes 3 is more than --concurrency 2"),
     (["--run-id", "has spaces"], "--run-id"),

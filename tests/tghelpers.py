@@ -139,7 +139,7 @@ class Transaction:
 
 def transactions(stream: bytes) -> list[Transaction]:
     """Split a client's byte stream into transactions: command lines, then the content after each DATA
-    up to the lone dot (the content keeps its final CRLF, as RFC 5321 4.1.1.4 reads it)."""
+    up to the lone dot (the content keeps its final CRLF, as RFC 5321 section 4.1.1 on DATA reads it)."""
     out: list[Transaction] = []
     commands: list[bytes] = []
     pos = 0
