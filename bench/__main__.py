@@ -290,13 +290,13 @@ def main() -> int:
         f"\nmachine: {cpus} CPUs, Python {sys.version.split()[0]}; "
         f"{args.rounds} alternating rounds (A B A B ...), medians\n"
     )
-    print(f"{'pair':74} {'A msg/s':>10} {'B msg/s':>10} {'B/A':>7}  target")
+    print(f"{'pair':84} {'A msg/s':>10} {'B msg/s':>10} {'B/A':>7}  target")
     for pair in selected:
         verdict = "for the record"
         if pair.target:
             verdict = f">= {pair.target:.1f}x {'met' if pair.ratio >= pair.target else 'NOT MET'}"
         print(
-            f"{pair.name:74} {statistics.median(pair.a.rates):>10,.0f} {statistics.median(pair.b.rates):>10,.0f} "
+            f"{pair.name:84} {statistics.median(pair.a.rates):>10,.0f} {statistics.median(pair.b.rates):>10,.0f} "
             f"{pair.ratio:>6.2f}x  {verdict}"
         )
     print("\ncommands (ports vary):")
