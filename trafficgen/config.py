@@ -275,13 +275,13 @@ def build(
             socket.inet_pton(socket.AF_INET6 if ":" in source_address else socket.AF_INET, source_address)
         except OSError:
             raise ConfigError(f"--source-address {source_address!r} is not an IP address") from None
-    for path, option in ((json_path, "--json"), (hdr_log, "--hdr-log")):
-        if path is not None and path != "-":
-            directory = Path(path).resolve().parent
-            if Path(path).is_dir():
-                raise ConfigError(f"{option} {path}: is a directory")
+    for output, option in ((json_path, "--json"), (hdr_log, "--hdr-log")):
+        if output is not None and output != "-":
+            directory = Path(output).resolve().parent
+            if Path(output).is_dir():
+                raise ConfigError(f"{option} {output}: is a directory")
             if not directory.is_dir() or not os.access(directory, os.W_OK):
-                raise ConfigError(f"{option} {path}: cannot write in {directory}")
+                raise ConfigError(f"{option} {output}: cannot write in {directory}")
     metrics_addr = None
     if metrics:
         try:
