@@ -37,6 +37,7 @@ def _env(name: str) -> str:
 
 @app.command(help="An SMTP sink that answers like real mailbox providers, from a KumoMTA-style responses.toml.")
 def main_command(
+    ctx: typer.Context,
     listen: Annotated[str, typer.Option(envvar=_env("LISTEN"), help="SMTP address HOST:PORT")] = DEFAULT_LISTEN,
     policy: Annotated[
         str | None,
@@ -90,24 +91,10 @@ def main_command(
         bool, typer.Option("--check", help="Validate the policy file and exit: 0 when good, 2 with its problems")
     ] = False,
 ) -> int:
+    options = dict(ctx.params)
+    check = options.pop("check")
     try:
-        config = build(
-            listen=listen,
-            http=http,
-            policy=policy,
-            workers=workers,
-            seed=seed,
-            domain_suffix=domain_suffix,
-            max_message_size=max_message_size,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_self_signed=tls_self_signed,
-            auth=auth,
-            hostname=hostname,
-            engine=engine,
-            timeout=timeout,
-            log_level=log_level,
-        )
+        config = build(**options)  # the options' names are build()'s
     except ConfigError as e:
         fail(PROG, str(e))
     if check:

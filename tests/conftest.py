@@ -99,17 +99,25 @@ def write_policy(directory: Path, text: str, name: str = "responses.toml") -> Pa
 
 
 def start_sink(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, prefix: list[str] | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    prefix: list[str] | None = None,
+    free_ports: bool = True,
 ) -> SinkProcess:
-    """Start smartsink with these arguments (plus free ports unless given) and wait until it is ready.
+    """Start smartsink with these arguments and wait until it is ready.
+
+    With `free_ports`, --listen and --http on port 0 are added unless given; without, the sink is configured
+    by `env` and args alone, and the test run's own SMARTSINK_* variables are not passed on.
     `prefix` runs it under another command (`ip netns exec NAME`)."""
     argv = [*(prefix or []), sys.executable, "-m", "smartsink"]
-    if not any(a.startswith("--listen") for a in args):
+    if free_ports and not any(a.startswith("--listen") for a in args):
         argv += ["--listen", "127.0.0.1:0"]
-    if not any(a.startswith("--http") for a in args):
+    if free_ports and not any(a.startswith("--http") for a in args):
         argv += ["--http", "127.0.0.1:0"]
     argv += list(args)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    base = os.environ if free_ports else {k: v for k, v in os.environ.items() if not k.startswith("SMARTSINK_")}
+    full_env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=cwd or ROOT
     )

@@ -10,18 +10,16 @@ import math
 import os
 import re
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import READY, ROOT, START_TIMEOUT, SinkProcess
+from conftest import ROOT, SinkProcess, start_sink
 
 SENDER = "sender@client.test"
 BODY = b"From: sender@client.test\r\nTo: someone@example.test\r\nSubject: test\r\n\r\nHello from the tests.\r\n"
@@ -228,35 +226,8 @@ def run_cli(
 
 
 def start_sink_from_env(env: dict[str, str], *args: str, cwd: Path | None = None) -> SinkProcess:
-    """Start smartsink configured by environment variables only (start_sink always adds --listen/--http)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSINK_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "smartsink", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**base, "PYTHONUNBUFFERED": "1", **env},
-        cwd=cwd or ROOT,
-    )
-    sink = SinkProcess(process)
-    ready = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            sink.lines.append(line)
-            m = READY.search(line)
-            if m and not ready.is_set():
-                sink.host, sink.port, sink.http = m["host"], int(m["port"]), m["http"]
-                ready.set()
-        ready.set()
-
-    sink._reader = threading.Thread(target=read, daemon=True)
-    sink._reader.start()
-    if not ready.wait(START_TIMEOUT) or not sink.port:
-        sink.stop(signal.SIGKILL)
-        raise RuntimeError(f"smartsink did not start from {env}\n{sink.log()}")
-    return sink
+    """Start smartsink configured by environment variables only (no --listen/--http added)."""
+    return start_sink(*args, env=env, cwd=cwd, free_ports=False)
 
 
 def children(pid: int) -> list[int]:

@@ -157,52 +157,17 @@ def main_command(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    options = dict(ctx.params)
     # Click splits a list variable on whitespace and skips an empty variable: TRAFFICGEN_HEADER holds one
     # header per line ("X-A: b" stays whole), and TRAFFICGEN_DOMAIN_SUFFIX='' turns the suffix off.
     source = ctx.get_parameter_source
     if header is not None and getattr(source("header"), "name", "") == "ENVIRONMENT":
-        header = [line for line in os.environ[_env("HEADER")].splitlines() if line.strip()]
+        options["header"] = [line for line in os.environ[_env("HEADER")].splitlines() if line.strip()]
     if getattr(source("domain_suffix"), "name", "") == "DEFAULT" and os.environ.get(_env("DOMAIN_SUFFIX")) == "":
-        domain_suffix = ""
+        options["domain_suffix"] = ""
+    options["domains"], options["headers"] = options.pop("domain"), options.pop("header")
     try:
-        config = build(
-            target=target,
-            concurrency=concurrency,
-            duration=duration,
-            message_count=message_count,
-            domains=domain,
-            domain_suffix=domain_suffix,
-            body_size=body_size,
-            body_file=body_file,
-            headers=header,
-            throttle=throttle,
-            starttls=starttls,
-            keep_going=keep_going,
-            sender=sender,
-            recipient=recipient,
-            auth_user=auth_user,
-            auth_password=auth_password,
-            recipients_per_message=recipients_per_message,
-            messages_per_connection=messages_per_connection,
-            source_address=source_address,
-            pipelining=pipelining,
-            seed=seed,
-            json_path=json_path,
-            quiet=quiet,
-            processes=processes,
-            timeout=timeout,
-            ehlo=ehlo,
-            http=http,
-            http_batch_size=http_batch_size,
-            http_defer_spool=http_defer_spool,
-            http_defer_generation=http_defer_generation,
-            reconcile=reconcile,
-            reconcile_wait=reconcile_wait,
-            shard=shard,
-            hdr_log=hdr_log,
-            metrics=metrics,
-            run_id=run_id,
-        )
+        config = build(**options)  # the options' names are build()'s
     except ConfigError as e:
         fail(PROG, str(e))
     raise typer.Exit(execute(config))

@@ -164,8 +164,9 @@ class Runner:
             self.inflight[number] = message
             session = await Session.open(config, self.tls, self.protocols)
         except Refused as e:
-            recorder.record(message, Outcome.of_reply(e.reply, len(message.recipients), started))
-            if e.reply.kind == ERROR:
+            refused = Outcome.of_reply(e.reply, len(message.recipients), started)
+            recorder.record(message, refused)
+            if refused.kind == ERROR:  # not a refusal but a greeting that is not SMTP's
                 self._stop_on(f"{config.target} answered {e}")
             return None
         except SessionError as e:
