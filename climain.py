@@ -7,6 +7,7 @@ Click's own usage errors span several lines ("Usage: ... Try --help ... Error: .
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import sys
 from collections.abc import Callable, Sequence
@@ -45,6 +46,11 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):
             pass
     return -1 if soft == resource.RLIM_INFINITY else soft
+
+
+def set_empty_in_environment(ctx: typer.Context, param: str, envvar: str) -> bool:
+    """Click ignores an empty environment variable; True when the user set this option's variable to ''."""
+    return getattr(ctx.get_parameter_source(param), "name", "") == "DEFAULT" and os.environ.get(envvar) == ""
 
 
 def fail(prog: str, message: str, status: ExitStatus = ExitStatus.USAGE) -> None:

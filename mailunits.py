@@ -5,6 +5,7 @@ Each parser raises ValueError with a message that names what was wrong; callers 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -81,6 +82,8 @@ def parse_size_range(text: str) -> tuple[int, int]:
 def parse_duration(text: str | int | float) -> float:
     """Seconds from a number of seconds or "300ms", "1.5s", "5m", "2h"."""
     if isinstance(text, int | float) and not isinstance(text, bool):
+        if not math.isfinite(text):
+            raise ValueError(f"duration {text} is not a finite number")
         if text < 0:
             raise ValueError(f"duration {text} is negative")
         return float(text)
@@ -128,6 +131,8 @@ def parse_rate(text: str, allow_burst: bool = False) -> RateSpec:
         count = float(count_text.strip().replace(",", "").replace("_", ""))
     except ValueError:
         raise ValueError(f"rate {text!r}: {count_text.strip()!r} is not a number") from None
+    if not math.isfinite(count):
+        raise ValueError(f"rate {text!r}: {count_text.strip()!r} is not a finite number")
     unit = unit.strip().lower()
     if unit not in _RATE_UNITS:
         raise ValueError(f"rate {text!r} has an unknown unit {unit!r} (use s, m/min, h/hr or d)")

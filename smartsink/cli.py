@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from climain import ExitStatus, event_loop_factory, fail, run_app
+from climain import ExitStatus, event_loop_factory, fail, run_app, set_empty_in_environment
 from smartsink.config import (
     DEFAULT_HTTP,
     DEFAULT_LISTEN,
@@ -93,6 +93,8 @@ def main_command(
 ) -> int:
     options = dict(ctx.params)
     check = options.pop("check")
+    if set_empty_in_environment(ctx, "domain_suffix", _env("DOMAIN_SUFFIX")):
+        options["domain_suffix"] = ""  # SMARTSINK_DOMAIN_SUFFIX='' strips nothing, like --domain-suffix
     try:
         config = build(**options)  # the options' names are build()'s
     except ConfigError as e:
@@ -124,8 +126,11 @@ def serve(config: SinkConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    metrics_dir = tempfile.mkdtemp(prefix="smartsink-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    metrics_dir = None
+    if config.workers > 1:
+        # Workers count into files that any process sums for /metrics; one process keeps them in memory.
+        metrics_dir = tempfile.mkdtemp(prefix="smartsink-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         from smartsink.policy import PolicyError
         from smartsink.server import SinkStartError
@@ -145,7 +150,8 @@ def serve(config: SinkConfig) -> int:
         except SinkStartError as e:
             fail(PROG, str(e))
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return ExitStatus.OK
 
 

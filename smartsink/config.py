@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass, field
 from importlib import resources
@@ -97,6 +98,8 @@ def build(
             raise ConfigError(f"{name} {path}: no such file")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
+    if hostname is not None and not re.match(r"^[\x21-\x7e]{1,255}$", hostname):
+        raise ConfigError(f"--hostname {hostname!r} must be a name without spaces or control characters")
     suffixes = tuple(s.strip().strip(".").lower() for s in (domain_suffix or "").split(",") if s.strip().strip("."))
     return SinkConfig(
         listen=listen_addr,

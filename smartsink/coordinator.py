@@ -69,9 +69,10 @@ class _Holdings:
 class Coordinator:
     """The supervisor's side: owns the SharedState, answers workers, broadcasts policies."""
 
-    def __init__(self, state: SharedState, path: str):
+    def __init__(self, state: SharedState, path: str, current: Callable[[], Policy]):
         self.state = state
         self.path = path
+        self.current = current  # the policy in force, for a worker that started before the last reload
         self.channels: dict[Channel, _Holdings] = {}
         self.ready: dict[int, tuple[int, tuple[str, int]]] = {}  # worker index -> (pid, address)
         self.ready_event = asyncio.Event()
@@ -138,6 +139,7 @@ class Coordinator:
             _, index, pid, address = message
             self.ready[index] = (pid, address)
             self.ready_event.set()
+            channel.send(("policy", self.current()))  # a reload during its start-up did not reach it
 
     def broadcast_policy(self, policy: Policy) -> None:
         for channel in list(self.channels):

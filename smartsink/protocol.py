@@ -31,6 +31,7 @@ BUFFER_HIGH = 256 * 1024  # stop reading from a client that sends faster than we
 BODY_DISCARD = 64 * 1024  # a body's bytes beyond this are counted and dropped as they arrive
 LINE_LIMITS = {b"MAIL": 1024, b"AUTH": 12288}
 LINE_LIMIT = 512  # RFC 5321 4.5.3.1.4, including CRLF
+COMMAND_LINE_MAX = max(LINE_LIMITS.values())
 MAX_ERRORS = 20  # like Postfix's smtpd_hard_error_limit
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h (and IP6T_SO_ORIGINAL_DST)
 
@@ -153,6 +154,7 @@ class SMTPProtocol(asyncio.Protocol):
         self.writing_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.last_active = self.loop.time()
+        self.paused_at = 0.0
         self.task: asyncio.Task[None] | None = None
         self.tls_active = False
         self.closing = False
@@ -189,6 +191,7 @@ class SMTPProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
@@ -205,6 +208,13 @@ class SMTPProtocol(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done() and now - self.last_active > timeout:
             waiter.set_exception(_Timeout())
+            return True
+        drain = self.drain_waiter
+        if drain is not None and not drain.done() and now - self.paused_at > timeout:
+            # A client that stops reading our replies: nothing more can be said to it.
+            self.closing = True
+            self.transport.abort()
+            drain.set_exception(_Timeout())
             return True
         return False
 
@@ -349,7 +359,7 @@ class SMTPProtocol(asyncio.Protocol):
         recipients = tried = 0
         errors = 0
         while not self.closing:
-            line = await self._readline()
+            line = await self._readline(COMMAND_LINE_MAX)  # each verb's own limit is checked below
             if line is None:
                 return
             if line is _TOO_LONG:

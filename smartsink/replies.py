@@ -17,11 +17,16 @@ MAX_LINE = 512
 _TEXT_MAX = MAX_LINE - 6  # code, separator, CRLF
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _NOT_TEXT = re.compile(r"[^\x20-\x7e]")
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3}\.\d{1,3})(?=\s|$)")
+_STATUS_MAX = 12  # "5.123.456 " and a margin
 
 
 def split_lines(reply: Reply) -> list[str]:
-    """The reply's text lines, without code prefixes, folded to fit one reply line each."""
+    """The reply's text lines, without code prefixes, folded to fit one reply line each; for a failure, each line
+    starts with an enhanced status code of the reply's class (RFC 2034, as EHLO advertises ENHANCEDSTATUSCODES)."""
     code = str(reply.code)
+    failure = code[0] in "45"
+    width = _TEXT_MAX - _STATUS_MAX if failure else _TEXT_MAX
     lines: list[str] = []
     for raw in _LINE_BREAK.split(reply.text):
         line = _NOT_TEXT.sub("?", raw.replace("\t", " ")).strip()
@@ -30,16 +35,28 @@ def split_lines(reply: Reply) -> list[str]:
         if line.startswith(code) and (len(line) == 3 or line[3] in " -,"):
             line = line[4:].lstrip()
         if line:
-            lines.extend(_fold(line))
-    return lines
+            lines.extend(_fold(line, width))
+    return _with_status(lines, code) if failure else lines
 
 
-def _fold(line: str) -> list[str]:
+def _with_status(lines: list[str], code: str) -> list[str]:
+    """Every line led by an enhanced status code whose class is the reply's: the first line's own code (its class
+    corrected), else X.0.0; texts that have one keep it."""
+    first = _ENHANCED.match(lines[0]) if lines else None
+    status = f"{code[0]}.{first.group(2)}" if first else f"{code[0]}.0.0"
     out = []
-    while len(line) > _TEXT_MAX:
-        cut = line.rfind(" ", 0, _TEXT_MAX + 1)
+    for line in lines:
+        m = _ENHANCED.match(line)
+        out.append(f"{code[0]}.{m.group(2)}{line[m.end() :]}" if m else f"{status} {line}")
+    return out or [status]
+
+
+def _fold(line: str, width: int = _TEXT_MAX) -> list[str]:
+    out = []
+    while len(line) > width:
+        cut = line.rfind(" ", 0, width + 1)
         if cut <= 0:
-            cut = _TEXT_MAX
+            cut = width
         out.append(line[:cut].rstrip())
         line = line[cut:].lstrip()
     if line:

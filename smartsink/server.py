@@ -8,7 +8,6 @@ import asyncio
 import errno
 import logging
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -75,10 +74,8 @@ class SMTPListener:
             self.server = await loop.create_server(
                 factory, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=4096
             )
-        except OSError as e:
+        except OSError as e:  # socket.gaierror (an unknown host name) included
             raise _describe_bind_error(e, "SMTP", host, port) from None
-        except socket.gaierror as e:
-            raise SinkStartError(f"cannot listen for SMTP on {host}:{port}: {e.strerror}") from None
         self.smtp.start()
         bound = self.server.sockets[0].getsockname()
         self.address = (bound[0], bound[1])

@@ -78,11 +78,12 @@ class SinkContext:
         self._rules = {}
 
     def rules_for(self, domain: str) -> DomainRules:
+        """The rules for a lower-cased recipient domain (policy.split_address), cached per domain."""
         rules = self._rules.get(domain)
         if rules is None:
             if len(self._rules) >= _RULES_CACHE_MAX:
                 self._rules = {}
-            rules = self._rules[domain] = policy.resolve(self.policy, domain.lower().rstrip("."), self.suffixes)
+            rules = self._rules[domain] = policy.resolve(self.policy, domain, self.suffixes)
         return rules
 
     def accepted_reply(self) -> bytes:
@@ -112,6 +113,7 @@ class Session:
         "holding",
         "drop_at",
         "active",
+        "begun",
     )
 
     def __init__(self, ctx: SinkContext, client: str):
@@ -123,6 +125,7 @@ class Session:
         self.holding: str | None = None  # the domain whose max_concurrency slot this transaction holds
         self.drop_at: str | None = None
         self.active = False
+        self.begun = False  # the transaction's own rules (limits, disconnect roll) have been applied
 
     # --- connection -----------------------------------------------------------------------------------
 
@@ -158,6 +161,7 @@ class Session:
         """End the transaction (RSET, a new MAIL, the end of DATA, a lost connection)."""
         self.recipients = []
         self.drop_at = None
+        self.begun = False
         if self.holding is not None:
             self.ctx.limits.end_transaction(self.holding)
             self.holding = None
@@ -168,16 +172,17 @@ class Session:
     async def rcpt(self, address: str) -> Action:
         """The answer to RCPT TO:<address> (an address with an @, without brackets)."""
         ctx = self.ctx
-        local, _, domain = address.rpartition("@")
+        local, domain = policy.split_address(address)
         rules = ctx.rules_for(domain)
-        if not self.recipients:
+        if not self.begun:
             action = await self._first_recipient(rules)
             if action is not None:
                 return action
+            self.begun = True
         if rules.greylist is not None:
             key = policy.greylist_key(self.client, self.sender, address)
             if not await ctx.limits.greylist_passes(key, rules.greylist):
-                metrics.GREYLISTED.labels(rules.name).inc()
+                metrics.child(metrics.GREYLISTED, rules.name).inc()
                 self._count(rules, Outcome.TEMPFAILED)
                 return _answer(fallback.GREYLISTED)
         verdict = policy.decide(rules, local, ctx.rng)
@@ -194,7 +199,7 @@ class Session:
         return Action(ctx.ok_rcpt)
 
     def _throttled_rcpt(self, rules: DomainRules) -> Action:
-        metrics.THROTTLED.labels(rules.name).inc()
+        metrics.child(metrics.THROTTLED, rules.name).inc()
         reply = policy.pick(rules.throttles, self.ctx.rng)
         self._count(rules, reply.outcome)
         return _answer(reply)
@@ -203,18 +208,18 @@ class Session:
         """Rules of the transaction as a whole, keyed by its first recipient's domain."""
         limit = rules.max_messages_per_connection
         if limit is not None and self.completed >= limit:
-            metrics.PER_CONNECTION_REFUSED.labels(rules.name).inc()
+            metrics.child(metrics.PER_CONNECTION_REFUSED, rules.name).inc()
             self._count(rules, Outcome.TEMPFAILED)
             return _answer(fallback.TOO_MANY_MESSAGES)
         if rules.disconnect:
             self.drop_at = policy.disconnect_step(rules, self.ctx.rng)
             if self.drop_at is not None:
-                metrics.DISCONNECTS.labels(rules.name).inc()
+                metrics.child(metrics.DISCONNECTS, rules.name).inc()
                 if self.drop_at == "rcpt":
                     return DROP
         if rules.max_concurrency is not None:
             if not await self.ctx.limits.begin_transaction(rules.name, rules.max_concurrency):
-                metrics.CONCURRENCY_REFUSED.labels(rules.name).inc()
+                metrics.child(metrics.CONCURRENCY_REFUSED, rules.name).inc()
                 self._count(rules, Outcome.TEMPFAILED)
                 return _answer(fallback.TOO_MANY_TRANSACTIONS)
             self.holding = rules.name
@@ -243,7 +248,7 @@ class Session:
         first = recipients[0].rules if recipients else ctx.policy.default
         if first.latency is not None and not too_big:
             delay = policy.sample_latency(first.latency, ctx.rng)
-            metrics.REPLY_DELAY.labels(first.name).observe(delay)
+            metrics.child(metrics.REPLY_DELAY, first.name).observe(delay)
             await asyncio.sleep(delay)
         outcome = Outcome.ACCEPTED if verdict is None else verdict.outcome
         for recipient in recipients:
@@ -266,6 +271,6 @@ class Session:
                 continue
             taken.add(rules.name)
             if not await self.ctx.limits.take_rate(rules.name, rules.rate):
-                metrics.THROTTLED.labels(rules.name).inc()
+                metrics.child(metrics.THROTTLED, rules.name).inc()
                 return policy.pick(rules.throttles, self.ctx.rng)
         return None

@@ -18,7 +18,8 @@ from smartsink.policy.model import Outcome, Rate
 GREYLIST_MAX_ENTRIES = 500_000
 GREYLIST_KEEP = 36 * 3600.0  # an entry is forgotten this long after it was last seen
 LEDGER_MAX_RUNS = 64
-LEDGER_MAX_IDS = 32 * 1024 * 1024  # per run; one byte each
+LEDGER_MAX_IDS = 16 * 1024 * 1024  # per run: one byte per message id, ids from 0; larger ids are "overflow"
+LEDGER_BUDGET = 64 * 1024 * 1024  # bytes for all runs together; the oldest runs are forgotten beyond it
 LEDGER_DUPLICATES_LISTED = 1000
 
 # One byte per message id: bits 0-1 how often accepted (saturating at 3), bit 2 tempfailed, bit 3 permfailed.
@@ -42,12 +43,15 @@ class RunLedger:
     duplicates: list[int] = field(default_factory=list)
     last_seen: float = 0.0
 
-    def record(self, seq: int, outcome: Outcome) -> None:
+    def record(self, seq: int, outcome: Outcome) -> int:
+        """Note one answer; returns the bytes the ledger grew by."""
         if seq >= LEDGER_MAX_IDS:
             self.overflow += 1
-            return
+            return 0
+        grown = 0
         if seq >= len(self.marks):
-            self.marks.extend(bytes(max(seq + 1 - len(self.marks), len(self.marks) // 2, 1024)))
+            grown = min(LEDGER_MAX_IDS, max(seq + 1, len(self.marks) * 3 // 2, 1024)) - len(self.marks)
+            self.marks.extend(bytes(grown))
         mark = self.marks[seq]
         if outcome is Outcome.ACCEPTED:
             accepted = mark & _ACCEPTED_MASK
@@ -59,6 +63,7 @@ class RunLedger:
         else:
             mark |= PERMFAILED_BIT
         self.marks[seq] = mark
+        return grown
 
     def summary(self) -> dict[str, object]:
         delivered = bounced = deferred = duplicated = seen = 0
@@ -82,6 +87,7 @@ class RunLedger:
             "duplicated": duplicated,
             "duplicated_ids": list(self.duplicates),
             "overflow": self.overflow,
+            "capacity": LEDGER_MAX_IDS,
         }
 
 
@@ -95,6 +101,7 @@ class SharedState:
         self.buckets: dict[str, _Bucket] = {}
         self.greylist: OrderedDict[str, float] = OrderedDict()
         self.runs: OrderedDict[str, RunLedger] = OrderedDict()
+        self.ledger_bytes = 0
 
     # connections ([listener] max_connections)
     def open_connection(self, limit: int | None) -> bool:
@@ -159,10 +166,13 @@ class SharedState:
         ledger = self.runs.get(run_id)
         if ledger is None:
             ledger = self.runs[run_id] = RunLedger()
-            while len(self.runs) > LEDGER_MAX_RUNS:
-                self.runs.popitem(last=False)
+        self.runs.move_to_end(run_id)
         ledger.last_seen = time.time()
-        ledger.record(seq, outcome)
+        self.ledger_bytes += ledger.record(seq, outcome)
+        # Bounded memory: forget the runs heard from least recently, never the one being recorded.
+        while len(self.runs) > 1 and (self.ledger_bytes > LEDGER_BUDGET or len(self.runs) > LEDGER_MAX_RUNS):
+            _, forgotten = self.runs.popitem(last=False)
+            self.ledger_bytes -= len(forgotten.marks)
 
     def run(self, run_id: str) -> RunLedger | None:
         return self.runs.get(run_id)

@@ -80,7 +80,9 @@ class Supervisor:
         self.store = PolicyStore(config.policy_path, on_reload)
         self.state = SharedState()
         self.workdir = tempfile.mkdtemp(prefix="smartsink-")
-        self.coordinator = Coordinator(self.state, os.path.join(self.workdir, "coordinator.sock"))
+        self.coordinator = Coordinator(
+            self.state, os.path.join(self.workdir, "coordinator.sock"), lambda: self.store.policy
+        )
         self.processes: dict[int, BaseProcess] = {}
         self.restarts: dict[int, int] = {}
         self.stopping = False

@@ -336,3 +336,19 @@ def test_shipped_policy_models_providers_with_the_new_keys():
     assert policy.domains["comcast.net"].max_concurrency is not None
     assert policy.domains["gmail.com"].latency is not None and policy.domains["gmail.com"].rate is not None
     assert policy.domains["greylist.test"].greylist is not None
+
+
+class TestTransactionRules:
+    def test_refused_first_recipient_does_not_take_a_second_slot(self, tmp_path):
+        """With max_concurrency = 1, a transaction whose first RCPT is refused (RCPT time) still accepts its next
+        RCPT (no 421 from its own slot), and the slot is free again for the next transaction."""
+        policy = '[default]\nmax_concurrency = 1\nreject_at = "rcpt"\n'
+        with running_sink(policy=policy, tmp=tmp_path) as sink, smtplib.SMTP(*sink.address, timeout=10) as client:
+            for _ in range(3):
+                client.ehlo()
+                client.mail("a@example.test")
+                assert client.rcpt("permfail@example.com")[0] == 550
+                assert client.rcpt("user@example.com")[0] == 250
+                assert client.data(MESSAGE)[0] == 250
+            refused = sink.metrics().get('smartsink_concurrency_refused_total{domain="other"}', 0)
+            assert refused == 0

@@ -128,10 +128,11 @@ class TestForcedRecipients:
 
     @pytest.mark.parametrize("local", ["450-slow", "450-", "450-Mixed.Case"], ids=["word", "bare", "mixed-case"])
     def test_450_dash_echoes_the_user(self, local):
-        """A user part starting with 450- gets "450 you said <user>", whatever the percentages."""
+        """A user part starting with 450- gets "450 you said <user>" (with its 4.0.0 on the wire), whatever the
+        percentages."""
         got = answers(f"{local}@gmail.com", draws=20)
         assert got == [Reply(450, f"you said {local}")] * 20
-        assert render(got[0]) == f"450 you said {local}\r\n".encode()
+        assert render(got[0]) == f"450 4.0.0 you said {local}\r\n".encode()
 
     def test_250_dash_is_accepted_at_100_percent_bounce(self):
         """A user part starting with 250- is accepted although gmail.com bounces 100%."""

@@ -138,3 +138,54 @@ def test_policy_answers_are_identical(sinks, name):
     end_of_data = lines.index("DATA") + 2  # replies: the greeting, one per command, then the end of DATA
     got, expected = talk(fast.address, lines)[end_of_data], talk(reference.address, lines)[end_of_data]
     assert got == expected and got[0] in "45"
+
+
+def _pipelined(address: tuple[str, int], data: bytes, wait: float = 3.0) -> bytes:
+    """Write everything at once (after the greeting), then read until the server closes (or `wait` seconds of
+    silence: then the client vanishes)."""
+    with socket.create_connection(address, timeout=wait) as sock:
+        sock.recv(512)
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def _codes(wire: bytes) -> list[bytes]:
+    return [line[:3] for line in wire.split(b"\r\n") if line[3:4] in (b" ", b"")]
+
+
+def test_pipelined_conversation_same_codes(sinks):
+    """Two transactions, a refused recipient, RSET and QUIT in one write: the same replies from both engines."""
+    body = b"Subject: x\r\n\r\n..dot\r\n.\r\n"
+    data = (
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+        + body
+        + b"MAIL FROM:<a@x.test>\r\nRCPT TO:<permfail@gmail.com>\r\nDATA\r\n"
+        + body
+        + b"RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:\r\nNOOP\r\nQUIT\r\n"
+    )
+    fast, reference = sinks
+    assert _codes(_pipelined(fast.address, data)) == _codes(_pipelined(reference.address, data))
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nno end in sight " * 50,
+        b"EHLO " + b"x" * 100_000 + b"\r\nNOOP\r\nQUIT\r\n",
+        b"\x00\xff\xfe\r\n" * 3 + b"QUIT\r\n",
+    ],
+    ids=["data-then-vanish", "huge-line", "binary"],
+)
+def test_hostile_input_same_codes_and_both_survive(sinks, hostile):
+    """The same hostile input gets the same reply codes from both engines, and both still take a normal message."""
+    fast, reference = sinks
+    assert _codes(_pipelined(fast.address, hostile)) == _codes(_pipelined(reference.address, hostile))
+    lines = CONVERSATIONS["plain"]
+    assert [r[:3] for r in talk(fast.address, lines)] == [r[:3] for r in talk(reference.address, lines)]
+    assert talk(fast.address, lines)[-2].startswith("250")

@@ -148,3 +148,70 @@ def test_sink_never_hangs_on_a_silent_client(tmp_path):
                 data += chunk
             took = time.monotonic() - started
         assert data.endswith(b"421 4.4.2 Error: timeout exceeded\r\n") and 1.5 < took < 10
+
+
+class _ClosesWhenIdle:
+    """aiosmtpd (nobody here wrote it) that closes each connection shortly after answering a message: the way a
+    server's idle timeout looks to a throttled generator."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        from aiosmtpd.smtp import SMTP
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+                asyncio.get_running_loop().call_later(0.05, server.transport.close)
+                return "250 2.0.0 Ok"
+
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(
+            self.loop.create_server(lambda: SMTP(Handler(), hostname="idle.test"), "127.0.0.1", 0)
+        )
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_server_closing_idle_connections_is_not_an_error():
+    """A server that closes idle connections between throttled messages: trafficgen reconnects, every message gets
+    its one outcome, none is lost and none counts as an error."""
+    server = _ClosesWhenIdle()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trafficgen",
+                "--target",
+                server.target,
+                "--message-count",
+                "12",
+                "--throttle",
+                "8/s",
+                "--concurrency",
+                "2",
+                "--quiet",
+                "--json",
+                "-",
+                "--timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    totals = json.loads(result.stdout)["totals"]
+    assert totals == {"attempted": 12, "accepted": 12, "tempfailed": 0, "permfailed": 0, "errors": 0}

@@ -191,3 +191,31 @@ def test_thousands_at_once(tmp_path):
         wait_for(lambda: sink.metrics()["smartsink_connections_active"] == 0, timeout=30, what="connections released")
         assert rss_mb(sink.process.pid) - before < 60
         assert sink.metrics()["smartsink_connections_total"] >= 2001
+
+
+class TestEdges:
+    def test_client_that_stops_reading_is_cut(self, sink):
+        """A client that pipelines commands and never reads the replies is cut after --timeout, not kept forever."""
+        s = socket.create_connection(sink.address)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"EHLO c\r\n" + b"HELP\r\n" * 20000)  # 20,000 replies of ~90 bytes: far more than the buffers
+            wait_for(
+                lambda: sink.metrics()["smartsink_connections_active"] == 0,
+                timeout=20,
+                what="the sink to cut a client that does not read",
+            )
+        finally:
+            s.close()
+        still_serving(sink)
+
+    @pytest.mark.parametrize(("length", "code"), [(590, b"250"), (1100, b"500")], ids=["590", "1100"])
+    def test_long_mail_command(self, sink, length, code):
+        """MAIL may be longer than other commands (its parameters): 1024 octets, then 500."""
+        address = "a" * (length - 40) + "@x.test"
+        command = f"MAIL FROM:<{address}> SIZE=100".encode()
+        with socket.create_connection(sink.address) as s:
+            s.recv(512)
+            s.sendall(b"EHLO c\r\n" + command + b"\r\nQUIT\r\n")
+            answer = recv_all(s)
+        assert answer.split(b"\r\n")[-3][:3] == code

@@ -142,7 +142,7 @@ FORCED = {
     "permfail-default-suffix-upper-case": ("permfail@GMAIL.COM.SINK.TEST", GMAIL_BOUNCE),
     "tempfail-unknown-domain": ("tempfail@example.org", FALLBACK_DEFER),
     "permfail-unknown-domain": ("permfail@example.org", FALLBACK_BOUNCE),
-    "450-echo": ("450-hello@gmail.com", (450, "you said 450-hello")),
+    "450-echo": ("450-hello@gmail.com", (450, "4.0.0 you said 450-hello")),
     "bounce-100": ("someone@bounceall.test", FALLBACK_BOUNCE),
 }
 
@@ -188,7 +188,7 @@ WORST = {
     "perm-over-temp": (["tempfail@gmail.com", "permfail@yahoo.com"], YAHOO_BOUNCE),
     "perm-first-over-temp": (["permfail@gmail.com", "tempfail@yahoo.com"], GMAIL_BOUNCE),
     "first-of-two-temps": (["tempfail@yahoo.com", "tempfail@gmail.com"], YAHOO_DEFER),
-    "450-among-accepts": (["a@example.org", "450-x@gmail.com", "b@gmail.com"], (450, "you said 450-x")),
+    "450-among-accepts": (["a@example.org", "450-x@gmail.com", "b@gmail.com"], (450, "4.0.0 you said 450-x")),
     "forced-accept-does-not-save-others": (["250-x@bounceall.test", "permfail@gmail.com"], GMAIL_BOUNCE),
 }
 

@@ -6,14 +6,16 @@ reports. Exit codes: 0 completed, 1 stopped by an error, 2 bad usage, 130 interr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
-from climain import ExitStatus, fail, run_app
+from climain import ExitStatus, fail, run_app, set_empty_in_environment
 from trafficgen.config import DEFAULT_SUFFIX, DEFAULT_TARGET, ConfigError, RunConfig, build
 
 PROG = "trafficgen"
@@ -163,7 +165,7 @@ def main_command(
     source = ctx.get_parameter_source
     if header is not None and getattr(source("header"), "name", "") == "ENVIRONMENT":
         options["header"] = [line for line in os.environ[_env("HEADER")].splitlines() if line.strip()]
-    if getattr(source("domain_suffix"), "name", "") == "DEFAULT" and os.environ.get(_env("DOMAIN_SUFFIX")) == "":
+    if set_empty_in_environment(ctx, "domain_suffix", _env("DOMAIN_SUFFIX")):
         options["domain_suffix"] = ""
     options["domains"], options["headers"] = options.pop("domain"), options.pop("header")
     try:
@@ -224,6 +226,15 @@ report_app = typer.Typer(
 app.add_typer(report_app, name="report")
 
 
+@contextlib.contextmanager
+def _damaged(what: str) -> Iterator[None]:
+    """A report that passed the checks but still holds something unexpected: one line, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:
+        fail(PROG, f"{what}: a report is damaged ({type(e).__name__}: {e})")
+
+
 def _load(path: str) -> dict[str, Any]:
     from trafficgen.stats.combine import ReportError, check
 
@@ -245,7 +256,8 @@ def _load(path: str) -> dict[str, Any]:
 def report_show(path: Annotated[str, typer.Argument(help="A report written with --json")]) -> None:
     from trafficgen.stats import report
 
-    report.summary(_load(path), sys.stdout)
+    with _damaged(path):
+        report.summary(_load(path), sys.stdout)
 
 
 @report_app.command("merge", help="Merge reports of instances that ran together into one (exact percentiles).")
@@ -256,7 +268,8 @@ def report_merge(
     from trafficgen.stats import report
     from trafficgen.stats.combine import merge
 
-    merged = merge([_load(p) for p in paths])
+    with _damaged(", ".join(paths)):
+        merged = merge([_load(p) for p in paths])
     if json_path:
         write_json(merged, json_path)
     report.summary(merged, sys.stderr if json_path == "-" else sys.stdout)
@@ -269,4 +282,5 @@ def report_compare(
 ) -> None:
     from trafficgen.stats.combine import compare
 
-    compare(_load(before), _load(after), sys.stdout)
+    with _damaged(f"{before} or {after}"):
+        compare(_load(before), _load(after), sys.stdout)

@@ -216,6 +216,8 @@ def build(
         recipients_per_message = http_batch_size
     elif http_batch_size != 1 or http_defer_spool or http_defer_generation:
         raise ConfigError("--http-batch-size, --http-defer-spool and --http-defer-generation go with --http")
+    elif re.match(r"^https?://", target):
+        raise ConfigError(f"--target {target!r} is a URL: add --http to submit through the injection API")
     else:
         try:
             host, port = mailunits.parse_hostport(target, "--target")
@@ -226,10 +228,10 @@ def build(
     concurrency = concurrency if concurrency is not None else 10 * (os.cpu_count() or 1)
     _positive(concurrency, "--concurrency")
     _positive(message_count, "--message-count")
-    _positive(recipients_per_message, "--recipients-per-message")
     _positive(messages_per_connection, "--messages-per-connection")
     _positive(processes, "--processes")
     _positive(http_batch_size, "--http-batch-size")
+    _positive(recipients_per_message, "--recipients-per-message")
     if duration is not None and (not math.isfinite(duration) or duration <= 0):
         raise ConfigError(f"--duration must be more than 0 seconds, got {duration}")
     if timeout <= 0:
@@ -255,6 +257,8 @@ def build(
         raise ConfigError(f"--body-size {body_size!r} is larger than {MAX_BODY // 1024 // 1024} MiB")
     if body_file is not None:
         path = Path(body_file)
+        if path.is_dir():
+            raise ConfigError(f"--body-file {body_file}: is a directory")
         if not path.is_file():
             raise ConfigError(f"--body-file {body_file}: no such file")
         if not os.access(path, os.R_OK):

@@ -69,6 +69,7 @@ class _Interrupts:
 
     def __init__(self) -> None:
         self.soft = asyncio.Event()
+        self.hard = asyncio.Event()
         self.count = 0
 
     def install(self) -> None:
@@ -82,9 +83,7 @@ class _Interrupts:
         if self.count == 1:
             print("\ntrafficgen: stopping; in-flight messages finish (^C again to stop now)", file=sys.stderr)
         else:
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            self.hard.set()
 
 
 class Observers:
@@ -149,7 +148,7 @@ async def _run_here(config: RunConfig, interrupts: _Interrupts) -> tuple[Recorde
     )
     await observers.start()
     try:
-        end = await runner.run(interrupts.soft)
+        end = await runner.run(interrupts.soft, interrupts.hard)
     finally:
         await observers.stop()
     return recorder, end
@@ -170,7 +169,7 @@ async def _child_main(config: RunConfig, share: Share, throttle: Any, stop: Any,
 
     def progress() -> tuple[Any, ...]:
         interval = recorder.take_interval().encode() if config.hdr_log else None
-        state = recorder.state() if config.metrics else None
+        state = recorder.state(marks=False) if config.metrics else None
         return ("progress", share.index, tuple(snapshot(recorder)), interval, state)
 
     async def relay() -> None:
@@ -268,11 +267,16 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
     observers = Observers(config, combined, view, take_interval if config.hdr_log else None)
     await observers.start()
     waits = {asyncio.create_task(finished.wait()), asyncio.create_task(interrupts.soft.wait())}
+    waits.add(asyncio.create_task(interrupts.hard.wait()))
     try:
         while not finished.is_set():
             done, waits = await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             if interrupts.soft.is_set():
                 stop.set()
+            if interrupts.hard.is_set():  # ^C twice: the processes stop now, without their reports
+                for process in processes:
+                    process.terminate()
+                break
             if all(not p.is_alive() for p in processes):
                 for conn in pipes:
                     if not conn.closed:
@@ -292,7 +296,7 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
                 process.kill()
     missing = [s.index for s in shares if s.index not in ends]
     error = next((e.error for e in ends.values() if e.error), None)
-    if missing:
+    if missing and not interrupts.hard.is_set():
         error = error or f"process {missing[0]} of {len(shares)} died before it reported"
     elapsed = max((e.elapsed for e in ends.values()), default=time.time() - started)
     window = max((e.window for e in ends.values()), default=elapsed)

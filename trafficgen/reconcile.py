@@ -12,7 +12,8 @@ target accepted, says what became of it:
 
 With several sinks behind the target, their ledgers are combined first (`combine`).
 
-Messages the target did not accept but the sink accepted anyway are counted as `unexpected`.
+Messages the target did not accept but the sink accepted anyway are counted as `unexpected`; messages whose id is
+beyond what the sink's ledger keeps (16 Mi ids a run) as `unknown`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -33,50 +34,63 @@ class ReconcileError(Exception):
     """The sink's ledger could not be read."""
 
 
-async def fetch_marks(url: str, run_id: str, wait_s: float) -> bytes:
-    """The sink's ledger for this run: one byte per message id (empty when it saw none)."""
+class Ledger(NamedTuple):
+    marks: bytes  # one byte per message id
+    capacity: int | None  # ids at or beyond this are not kept by the sink (None: no limit said)
+
+
+async def fetch_marks(url: str, run_id: str, wait_s: float) -> Ledger:
+    """The sink's ledger for this run (empty when it saw none of its messages)."""
     address = f"{url}/runs/{run_id}?marks=1"
     try:
         async with aiohttp.ClientSession() as client:
             async with client.get(address, timeout=aiohttp.ClientTimeout(total=wait_s)) as response:
                 if response.status == 404:
-                    return b""
+                    return Ledger(b"", None)
                 if response.status != 200:
                     raise ReconcileError(f"{address} answered HTTP {response.status}")
                 body = json.loads(await response.text())
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise ReconcileError(f"cannot read the sink's ledger at {address}: {e or type(e).__name__}") from None
     try:
-        return zlib.decompress(base64.b64decode(body["marks"]))
-    except (KeyError, ValueError, zlib.error) as e:
+        return Ledger(zlib.decompress(base64.b64decode(body["marks"])), body.get("capacity"))
+    except (KeyError, ValueError, TypeError, zlib.error) as e:
         raise ReconcileError(f"{address} did not answer with a ledger: {e}") from None
 
 
-def combine(ledgers: list[bytes]) -> bytes:
+def combine(ledgers: list[Ledger]) -> Ledger:
     """The ledgers of several sinks behind one address as one: acceptances add up, refusals are kept."""
+    capacities = [ledger.capacity for ledger in ledgers if ledger.capacity is not None]
+    capacity = min(capacities) if capacities else None
     if len(ledgers) == 1:
-        return ledgers[0]
-    combined = bytearray(max((len(ledger) for ledger in ledgers), default=0))
+        return Ledger(ledgers[0].marks, capacity)
+    combined = bytearray(max((len(ledger.marks) for ledger in ledgers), default=0))
     for ledger in ledgers:
-        for seq, mark in enumerate(ledger):
+        for seq, mark in enumerate(ledger.marks):
             if mark:
                 current = combined[seq]
                 accepted = min(3, (current & 3) + (mark & 3))
                 combined[seq] = (current | mark) & 0b1100 | accepted
-    return bytes(combined)
+    return Ledger(bytes(combined), capacity)
 
 
-def reconcile(ours: bytes, theirs: bytes, run_id: str, shards: int = 1, shard: int = 0) -> dict[str, Any]:
+def reconcile(ours: bytes, theirs: Ledger, run_id: str, shards: int = 1, shard: int = 0) -> dict[str, Any]:
     """Compare our marks (index: seq // shards) with the sink's (index: seq). Pure."""
-    counts = dict.fromkeys(("delivered", "bounced", "deferred_pending", "lost", "duplicated", "unexpected"), 0)
+    keys = ("delivered", "bounced", "deferred_pending", "lost", "duplicated", "unexpected", "unknown")
+    counts = dict.fromkeys(keys, 0)
+    capacity = theirs.capacity
+    marks = theirs.marks
     lost_ids: list[str] = []
     duplicated_ids: list[str] = []
-    size = len(theirs)
+    size = len(marks)
     for index, mark in enumerate(ours):
         if not mark:
             continue
         seq = index * shards + shard
-        sink = theirs[seq] if seq < size else 0
+        if capacity is not None and seq >= capacity:
+            counts["unknown"] += mark == MARK_ACCEPTED  # beyond what the sink keeps: neither lost nor delivered
+            continue
+        sink = marks[seq] if seq < size else 0
         accepted = sink & 3
         if mark != MARK_ACCEPTED:
             counts["unexpected"] += accepted > 0

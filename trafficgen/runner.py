@@ -9,6 +9,7 @@ errors are counted and the worker reconnects with backoff. Nothing here prints.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from trafficgen.ratelimit import Throttle
 from trafficgen.smtp.replies import ERROR
 from trafficgen.smtp.session import ClientProtocol, Outcome, Refused, Session, SessionError, client_tls_context
 from trafficgen.stats.recorder import Recorder
+
+log = logging.getLogger("trafficgen")
 
 END_GRACE = 10.0  # seconds in-flight messages get to finish once the run is over
 BACKOFF_FIRST = 0.05
@@ -187,10 +190,16 @@ class Runner:
         failures = 0
         try:
             while True:
+                if self.stopping:
+                    retry = None  # never attempted: dropped like any claimed message at a stop
                 message = retry or (session.ahead if session is not None else None) or await self._claim()
                 retry = None
                 if message is None:
                     return
+                if session is not None and not session.usable and message is not session.ahead:
+                    # The server closed the connection while it was idle (an idle timeout): not an error.
+                    closing, session = session, None
+                    await self._close(closing)
                 if session is None:
                     session = await self._connect(message, number)
                     if session is None:
@@ -213,20 +222,31 @@ class Runner:
                     failures = 0
                 if outcome.close or not session.usable or last_here:
                     retry = session.take_ahead()
-                    await self._close(session)
-                    session = None
+                    closing, session = session, None
+                    await self._close(closing)
                     if outcome.kind == ERROR and not self.stopping:
                         await self._backoff(failures)
         except asyncio.CancelledError:
+            # The end of the grace period: what was sent and not answered gets its one outcome.
+            now = time.monotonic()
+            for message in (self.inflight.pop(number, None), session.ahead if session is not None else None):
+                if message is not None:
+                    cut = Outcome.error("cut: the run ended before the reply", len(message.recipients), now, now)
+                    recorder.record(message, cut)
+            raise
+        except Exception as e:  # a bug, not the server: never lose a worker silently
+            log.exception("trafficgen worker %d failed", number)
             message = self.inflight.pop(number, None)
             if message is not None:
                 now = time.monotonic()
-                outcome = Outcome.error("cut: the run ended before the reply", len(message.recipients), now, now)
-                recorder.record(message, outcome)
-            raise
+                recorder.record(message, Outcome.error(f"internal: {e!r}", len(message.recipients), now, now))
+            if self.error is None:
+                self.error = f"internal error in a connection worker: {e!r}"
+            self.stopping = True
         finally:
             if session is not None:
-                await self._close(session)
+                closing, session = session, None
+                await self._close(closing)
 
     async def _close(self, session: Session) -> None:
         if isinstance(session, Session):  # an HttpSession holds no connection of its own
@@ -248,7 +268,9 @@ class Runner:
 
     # --- the run ------------------------------------------------------------------------------------------
 
-    async def run(self, interrupt: asyncio.Event | None = None) -> RunEnd:
+    async def run(self, soft: asyncio.Event | None = None, hard: asyncio.Event | None = None) -> RunEnd:
+        """Run to the end. `soft` (first ^C): claim no more, let in-flight messages finish within the grace
+        period. `hard` (second ^C): cut them now (each gets its error outcome)."""
         config = self.config
         wall, started = time.time(), time.monotonic()
         if config.duration is not None:
@@ -256,23 +278,26 @@ class Runner:
         concurrency = self.share.concurrency or config.concurrency
         workers = [asyncio.create_task(self._worker(i)) for i in range(concurrency)]
         sweeper = asyncio.create_task(self._sweep())
-        interrupt = interrupt or asyncio.Event()
-        waiter = asyncio.create_task(interrupt.wait())
+        soft_wait = asyncio.create_task((soft or asyncio.Event()).wait())
+        hard_wait = asyncio.create_task((hard or asyncio.Event()).wait())
         try:
             everything: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
             timeout = None if config.duration is None else config.duration + END_GRACE
-            pending: set[asyncio.Future[Any]] = {everything, waiter}
+            pending: set[asyncio.Future[Any]] = {everything, soft_wait, hard_wait}
             done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if waiter in done:  # first ^C: no new messages, give in-flight ones the grace period
+            if (soft_wait in done or hard_wait in done) and everything not in done:
                 self.stopping = self.interrupted = True
-                done, _ = await asyncio.wait({everything}, timeout=END_GRACE)
+                if hard_wait not in done:
+                    pending = {everything, hard_wait}
+                    done, _ = await asyncio.wait(pending, timeout=END_GRACE, return_when=asyncio.FIRST_COMPLETED)
             if everything not in done:
                 for task in workers:
                     task.cancel()
                 await asyncio.wait({everything}, timeout=END_GRACE)
         finally:
             sweeper.cancel()
-            waiter.cancel()
+            soft_wait.cancel()
+            hard_wait.cancel()
             await inject.close_pool(self.http_pool)
         elapsed = time.monotonic() - started
         window = min(elapsed, config.duration) if config.duration is not None else elapsed

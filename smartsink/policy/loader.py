@@ -264,7 +264,7 @@ class _Reader:
                 self.warn(
                     self.where.key(path, "msg", nth),
                     f"{label} msg",
-                    f"enhanced status {m.group(1)}.x.x does not match code {code}",
+                    f"enhanced status {m.group(1)}.x.x does not match code {code} (sent as {code // 100}.x.x)",
                 )
             out.append(Reply(code, msg))
         return tuple(out)

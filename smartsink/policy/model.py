@@ -91,10 +91,6 @@ class DomainRules:
     max_messages_per_connection: int | None = None
     disconnect: float = 0.0  # percent of transactions cut without a reply
 
-    @property
-    def metric_label(self) -> str:
-        return self.name
-
 
 @dataclass(frozen=True, slots=True)
 class ListenerRules:
@@ -114,11 +110,3 @@ class Policy:
     suffixes: tuple[str, ...] = ()
     listener: ListenerRules = field(default_factory=ListenerRules)
     warnings: tuple[str, ...] = ()
-
-    @property
-    def needs_shared_state(self) -> bool:
-        """True when some rule keeps counters that must hold across workers."""
-        rules = (self.default, *self.domains.values())
-        return self.listener.max_connections is not None or any(
-            r.max_concurrency is not None or r.rate is not None or r.greylist is not None for r in rules
-        )

@@ -115,6 +115,15 @@ class ClientProtocol(asyncio.Protocol):
         self.closed = True
         self._wake()
 
+    def write(self, *parts: bytes | memoryview) -> None:
+        """Send, or raise SessionError when the connection is gone (uvloop raises RuntimeError otherwise)."""
+        if self.closed or self.transport.is_closing():
+            raise self.failure or SessionError("lost", "the server closed the connection")
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+        else:
+            self.transport.writelines(parts)
+
     def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -212,7 +221,7 @@ class Session:
         return session
 
     async def _command(self, line: str) -> Reply:
-        self.protocol.transport.write(line.encode("utf-8") + b"\r\n")
+        self.protocol.write(line.encode("utf-8") + b"\r\n")
         return await self.protocol.reply()
 
     async def _greet(self, name: str) -> None:
@@ -280,7 +289,10 @@ class Session:
         else:
             started = monotonic()
             if self.pipelining:
-                self.protocol.transport.write(b"".join(self._envelope(message)))
+                try:
+                    self.protocol.write(b"".join(self._envelope(message)))
+                except SessionError as e:
+                    return Outcome.error(f"{e.kind}: {e.message}", count, started, monotonic())
         try:
             if self.pipelining:
                 return await self._send_pipelined(message, started, ahead)
@@ -342,7 +354,7 @@ class Session:
         if not any(r.code // 100 == 2 for r in rcpts):
             self.needs_rset = True
             return self._all_refused(rcpts, message, started, mail)
-        protocol.transport.write(b"DATA\r\n")
+        protocol.write(b"DATA\r\n")
         data = await protocol.reply()
         return await self._after_data(message, started, mail, rcpts, data, None)
 
@@ -375,9 +387,9 @@ class Session:
             return self._all_refused(rcpts, message, started, mail, data.at)
         following = ahead() if ahead is not None else None
         if following is None:
-            protocol.transport.writelines((*message.content, b".\r\n"))
+            protocol.write(*message.content, b".\r\n")
         else:
-            protocol.transport.writelines((*message.content, b".\r\n", *self._envelope(following)))
+            protocol.write(*message.content, b".\r\n", *self._envelope(following))
             self.ahead, self.ahead_sent = following, monotonic()
         final = await protocol.reply()
         self.last_end = final.at
@@ -389,7 +401,7 @@ class Session:
         return Outcome(kind, final.code, final.text, kinds, final.code == 421, started, mail.at, rcpts[-1].at, final.at)
 
     async def _abort_data(self) -> None:
-        self.protocol.transport.write(b".\r\n")
+        self.protocol.write(b".\r\n")
         await self.protocol.reply()
 
     def _closed_by(self, reply: Reply, message: Message, started: float) -> Outcome:
@@ -440,7 +452,7 @@ class Session:
         protocol = self.protocol
         if self.usable:
             try:
-                protocol.transport.write(b"QUIT\r\n")
+                protocol.write(b"QUIT\r\n")
                 await asyncio.wait_for(protocol.reply(), 2.0)
             except (SessionError, TimeoutError):
                 pass

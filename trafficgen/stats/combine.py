@@ -6,7 +6,9 @@ those of all the messages (never an average of percentiles). compare() lists wha
 
 from __future__ import annotations
 
+import binascii
 import datetime
+import zlib
 from typing import IO, Any
 
 from rich import box
@@ -16,7 +18,7 @@ from rich.table import Table
 from trafficgen.stats import report as reports
 from trafficgen.stats.recorder import Recorder
 
-RECONCILED = ("delivered", "bounced", "deferred_pending", "lost", "duplicated", "unexpected")
+RECONCILED = ("delivered", "bounced", "deferred_pending", "lost", "duplicated", "unexpected", "unknown")
 
 
 class ReportError(ValueError):
@@ -24,11 +26,34 @@ class ReportError(ValueError):
 
 
 def check(document: Any, name: str) -> dict[str, Any]:
+    """The document, if it is a report these commands can read; else ReportError naming the first problem."""
     if not isinstance(document, dict) or document.get("schema") != reports.SCHEMA:
         raise ReportError(f"{name} is not a trafficgen report with schema {reports.SCHEMA}")
-    for key in ("totals", "domains", "replies", "errors", "histogram", "recipients", "started_at", "elapsed_s"):
+    for key in (
+        "run_id",
+        "target",
+        "started_at",
+        "elapsed_s",
+        "config",
+        "totals",
+        "throughput",
+        "latency_ms",
+        "success_rate",
+        "phases_ms",
+        "domains",
+        "recipients",
+        "replies",
+        "errors",
+        "histogram",
+    ):
         if key not in document:
             raise ReportError(f"{name}: the report has no {key!r}")
+    try:
+        _time(document)
+        float(document["throughput"]["per_second"])
+        reports.recorder_of(document)  # counts, replies and every histogram decode
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, zlib.error) as e:
+        raise ReportError(f"{name}: the report is damaged ({type(e).__name__}: {e})") from None
     return document
 
 
@@ -71,7 +96,7 @@ def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
     if parts and all(p and "error" not in p for p in parts):
         combined: dict[str, Any] = {"sink": ", ".join(sorted({p["sink"] for p in parts}))}  # type: ignore[index]
         for key in RECONCILED:
-            combined[key] = sum(p[key] for p in parts)  # type: ignore[index]
+            combined[key] = sum(p.get(key, 0) for p in parts)  # type: ignore[union-attr]
         for key in ("lost_ids", "duplicated_ids"):
             combined[key] = [i for p in parts for i in p[key]][:100]  # type: ignore[index]
         document["reconciliation"] = combined

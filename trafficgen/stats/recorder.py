@@ -207,8 +207,9 @@ class Recorder:
 
     # --- combining ----------------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """Everything counted, as plain data (histograms in their standard compressed form)."""
+    def state(self, marks: bool = True) -> dict[str, Any]:
+        """Everything counted, as plain data (histograms in their standard compressed form); the reconciliation
+        marks (up to megabytes) only when asked."""
         return {
             "domains": self.domains,
             "counts": self.counts,
@@ -220,7 +221,7 @@ class Recorder:
             "phases": {name: h.encode().decode("ascii") for name, h in self.phases.items()},
             "connections_opened": self.connections_opened,
             "connections_open": self.connections_open,
-            "marks": bytes(self.marks) if self.marks is not None else None,
+            "marks": bytes(self.marks) if self.marks is not None and marks else None,
         }
 
     def merge(self, state: dict[str, Any]) -> None:

@@ -182,6 +182,7 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
             f"deferred {reconciliation['deferred_pending']:,}, [bold]lost {reconciliation['lost']:,}[/bold], "
             f"[bold]duplicated {reconciliation['duplicated']:,}[/bold]"
             + (f", unexpected {reconciliation['unexpected']:,}" if reconciliation["unexpected"] else "")
+            + (f", unknown {reconciliation['unknown']:,}" if reconciliation.get("unknown") else "")
         )
         for kind in ("lost", "duplicated"):
             if reconciliation[f"{kind}_ids"]:
