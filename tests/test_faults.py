@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import ACCEPT_ALL, running_sink, wait_for, write_policy
+from tghelpers import GreetOnly
 
 
 def accepted_by(sink) -> float:  # type: ignore[no-untyped-def]
@@ -72,44 +73,10 @@ def test_sink_killed_without_keep_going(tmp_path):
     assert report["stopped_by"].startswith("error:") and report["totals"]["errors"] >= 1
 
 
-class _Silent:
-    """A TCP server that accepts connections and never says anything (or stops after the greeting)."""
-
-    def __init__(self, greet: bool):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.greet = greet
-        self.clients: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            self.clients.append(client)
-            if self.greet:
-                client.sendall(b"220 silent ESMTP\r\n")
-
-    def close(self) -> None:
-        self.sock.close()
-        for client in self.clients:
-            client.close()
-        self.thread.join(5)
-
-
-@pytest.mark.parametrize("greet", [False, True], ids=["no-greeting", "silent-after-greeting"])
-def test_trafficgen_never_hangs_on_a_silent_server(greet):
+@pytest.mark.parametrize("greeting", [None, b"220 silent ESMTP\r\n"], ids=["no-greeting", "silent-after-greeting"])
+def test_trafficgen_never_hangs_on_a_silent_server(greeting):
     """A server that goes silent makes trafficgen give up after --timeout with a clear line, not hang."""
-    server = _Silent(greet)
-    try:
+    with GreetOnly(greeting) as target:
         started = time.monotonic()
         result = subprocess.run(
             [
@@ -117,7 +84,7 @@ def test_trafficgen_never_hangs_on_a_silent_server(greet):
                 "-m",
                 "trafficgen",
                 "--target",
-                server.target,
+                target,
                 "--message-count",
                 "3",
                 "--concurrency",
@@ -131,8 +98,6 @@ def test_trafficgen_never_hangs_on_a_silent_server(greet):
             timeout=60,
         )
         took = time.monotonic() - started
-    finally:
-        server.close()
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("trafficgen: error: timeout: no reply in 2 s")
     assert took < 15

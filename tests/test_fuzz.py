@@ -10,26 +10,12 @@ from hypothesis import strategies as st
 
 from smartsink.policy import PolicyError, parse_policy
 from smartsink.policy.decide import decide
+from smartsink.policy.loader import LISTENER_KEYS, RULE_KEYS
 from smartsink.policy.model import Reply
 from smartsink.replies import render
 from trafficgen.smtp.replies import ReplyParser
 
-KEYS = [
-    "bounce",
-    "defer",
-    "reject_at",
-    "latency",
-    "max_concurrency",
-    "rate",
-    "greylist",
-    "max_messages_per_connection",
-    "disconnect",
-    "max_connections",
-    "banner_delay",
-    "code",
-    "msg",
-    "bouncee",
-]
+KEYS = sorted(RULE_KEYS | LISTENER_KEYS | {"code", "msg", "bouncee"})  # the known keys, and a typo
 VALUES = st.one_of(
     st.integers(-5, 200).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(lambda f: repr(f).replace("inf", "inf").replace("nan", "nan")),

@@ -9,13 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import ACCEPT_ALL, running_sink, wait_for
-from tghelpers import ROOT, CaptureServer, clean_env, error_lines, refusing_port, run_report, run_trafficgen
+from tghelpers import (
+    ROOT,
+    CaptureServer,
+    GreetOnly,
+    clean_env,
+    error_lines,
+    refusing_port,
+    run_report,
+    run_trafficgen,
+)
 
 # (arguments, words the one error line must hold)
 BAD_INPUT = [
@@ -131,33 +139,6 @@ class _SilentListener:
         self.sock.close()
 
 
-class _WrongService:
-    """A TCP server on 127.0.0.1 that greets like an IMAP server: not SMTP at all."""
-
-    def __enter__(self) -> str:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.clients: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            self.clients.append(client)
-            client.sendall(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(5)
-        for client in self.clients:
-            client.close()
-
-
 class TestDeadTarget:
     """A target that cannot be used: one clear line, exit 1 (the run started, then stopped)."""
 
@@ -193,7 +174,7 @@ class TestDeadTarget:
 
     def test_not_smtp(self):
         """A server that is not SMTP (an IMAP greeting): exit 1, one line calling it a protocol violation."""
-        with _WrongService() as target:
+        with GreetOnly(b"* OK [CAPABILITY IMAP4rev1] ready\r\n") as target:
             done = run_trafficgen("--target", target, "--message-count", "1", "-q")
         assert done.returncode == 1
         (line,) = error_lines(done)

@@ -373,3 +373,38 @@ def split_message(content: bytes) -> tuple[list[bytes], bytes]:
     """(header lines, body) of CRLF message content."""
     head, _, body = content.partition(b"\r\n\r\n")
     return head.split(b"\r\n"), body
+
+
+class GreetOnly:
+    """A TCP server on 127.0.0.1 that accepts connections, sends `greeting` (or nothing) and then stays silent:
+    a dead server, or a service that is not SMTP. `with GreetOnly(b"...") as target:` gives HOST:PORT."""
+
+    def __init__(self, greeting: bytes | None = None):
+        self.greeting = greeting
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.clients: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.clients.append(client)
+            if self.greeting:
+                client.sendall(self.greeting)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
+        for client in self.clients:
+            client.close()
