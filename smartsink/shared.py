@@ -41,7 +41,6 @@ class RunLedger:
     marks: bytearray = field(default_factory=bytearray)
     overflow: int = 0
     duplicates: list[int] = field(default_factory=list)
-    last_seen: float = 0.0
 
     def record(self, seq: int, outcome: Outcome) -> int:
         """Note one answer; returns the bytes the ledger grew by."""
@@ -167,7 +166,6 @@ class SharedState:
         if ledger is None:
             ledger = self.runs[run_id] = RunLedger()
         self.runs.move_to_end(run_id)
-        ledger.last_seen = time.time()
         self.ledger_bytes += ledger.record(seq, outcome)
         # Bounded memory: forget the runs heard from least recently, never the one being recorded.
         while len(self.runs) > 1 and (self.ledger_bytes > LEDGER_BUDGET or len(self.runs) > LEDGER_MAX_RUNS):

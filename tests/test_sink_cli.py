@@ -317,6 +317,20 @@ class TestEnvironmentSink:
         finally:
             close(client)
 
+    def test_empty_domain_suffix_strips_nothing(self, env_policy):
+        """SMARTSINK_DOMAIN_SUFFIX='' turns the default sink.test suffix off, as --domain-suffix '' does."""
+        env = {"SMARTSINK_LISTEN": "127.0.0.1:0", "SMARTSINK_HTTP": "off", "SMARTSINK_POLICY": str(env_policy)}
+        for suffix, expected in ((None, 452), ("", 451)):  # 451: the sink's own defer for an unknown domain
+            sink = start_sink_from_env(env if suffix is None else {**env, "SMARTSINK_DOMAIN_SUFFIX": suffix})
+            try:
+                with smtplib.SMTP(*sink.address, timeout=10) as client:
+                    client.ehlo()
+                    client.mail(SENDER)
+                    client.rcpt("tempfail@gmail.com.sink.test")
+                    assert client.data(b"Subject: x\r\n\r\nhi\r\n")[0] == expected
+            finally:
+                sink.stop()
+
     def test_max_message_size(self, env_sink):
         """SMARTSINK_MAX_MESSAGE_SIZE sets the advertised and enforced limit."""
         client = logged_in(env_sink)

@@ -20,18 +20,6 @@ from smartsink.policy.model import DomainRules, Latency, ListenerRules, Policy, 
 
 DEFAULT_NAME = "default"
 OTHER_LABEL = "other"
-RULE_KEYS = {
-    "bounce",
-    "defer",
-    "reject_at",
-    "latency",
-    "max_concurrency",
-    "rate",
-    "greylist",
-    "max_messages_per_connection",
-    "disconnect",
-}
-LISTENER_KEYS = {"max_connections", "banner_delay"}
 LIST_KINDS = ("bounce", "defer", "throttle")
 TOP_KEYS = {"default", "domain", "listener", "domain_suffix", *LIST_KINDS}
 
@@ -194,6 +182,8 @@ _RULE_PARSERS = {
     "greylist": _duration,
 }
 _LISTENER_PARSERS = {"max_connections": _count, "banner_delay": _latency}
+RULE_KEYS = frozenset(_RULE_PARSERS)  # the keys of [default] and [domain."NAME"]
+LISTENER_KEYS = frozenset(_LISTENER_PARSERS)
 _ENHANCED = re.compile(r"^\s*(?:\d{3}[ ,-])?\s*([245])\.\d{1,3}\.\d{1,3}\b")
 
 

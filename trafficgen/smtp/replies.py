@@ -29,7 +29,6 @@ class Reply(NamedTuple):
 
 
 ACCEPTED, TEMPFAILED, PERMFAILED, ERROR = 0, 1, 2, 3
-KIND_NAMES = ("accepted", "tempfailed", "permfailed", "errors")
 
 
 def kind_of(code: int) -> int:

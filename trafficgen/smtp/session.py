@@ -166,7 +166,6 @@ class Session:
         self.ahead: Message | None = None  # sent with the previous message's content, not yet answered
         self.ahead_sent = 0.0
         self.last_end = 0.0
-        self.sent = 0
         self.connect_s = self.banner_s = self.ehlo_s = 0.0
 
     @property
@@ -393,7 +392,6 @@ class Session:
             self.ahead, self.ahead_sent = following, monotonic()
         final = await protocol.reply()
         self.last_end = final.at
-        self.sent += 1
         kind = final.kind
         kinds = tuple(kind if ok else r.kind for ok, r in zip(accepted, rcpts, strict=True))
         if final.code == 421:
