@@ -26,6 +26,20 @@ BODY = b"From: sender@client.test\r\nTo: someone@example.test\r\nSubject: test\r
 CLI_TIMEOUT = 30.0
 
 needs_swaks = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)")
+
+
+def swaks_supports(feature: str) -> bool:
+    """Whether this swaks can do `feature` (its --support list: "=== TLS supported" or "*** TLS not available")."""
+    if shutil.which("swaks") is None:
+        return False
+    result = subprocess.run(["swaks", "--support"], capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    return f"=== {feature} supported" in result.stdout + result.stderr
+
+
+needs_swaks_tls = pytest.mark.skipif(
+    not swaks_supports("TLS"),
+    reason="swaks cannot do TLS here (apt-get install swaks libnet-ssleay-perl libio-socket-ssl-perl)",
+)
 needs_smtp_source = pytest.mark.skipif(
     shutil.which("smtp-source") is None,
     reason="Postfix's smtp-source is not installed (apt-get install postfix)",

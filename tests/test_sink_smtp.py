@@ -22,6 +22,7 @@ from sinkhelpers import (
     connect,
     connected,
     needs_swaks,
+    needs_swaks_tls,
     parse_replies,
     read_reply,
     read_until_closed,
@@ -289,7 +290,7 @@ class TestStartTLS:
             errors, _ = await client.sendmail(SENDER, ["user@gmail.com"], BODY)
         assert errors == {}
 
-    @needs_swaks
+    @needs_swaks_tls
     def test_swaks_tls(self, tls_sink):
         """swaks --tls negotiates STARTTLS and delivers."""
         result = swaks(tls_sink, "--to", "user@gmail.com", "--tls")
