@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import logging
-import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -18,15 +17,16 @@ from typing import Any
 
 from aiohttp import web
 
+from mailload import contract
 from smartsink import metrics
+from smartsink.policy.decide import strip_suffix
 from smartsink.policy.model import Outcome
-from smartsink.session import Session, SinkContext, trace_of
+from smartsink.session import Session, SinkContext
 from smartsink.shared import RunLedger
 
 log = logging.getLogger("smartsink.admin")
 
 INJECT_MAX_BODY = 64 * 1024 * 1024
-_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class AdminSource:
@@ -73,10 +73,16 @@ def make_app(source: AdminSource) -> web.Application:
             *(_inject_one(source.ctx, peer, sender, r["email"], len(raw)) for r in body["recipients"])
         )
         metrics.INJECTED.inc(len(results))
-        trace = trace_of(raw[:8192])
+        trace = contract.trace_of(raw[: contract.HEAD_BYTES])
         if trace is not None:  # one message to several recipients: delivered if any of them took it
             outcomes = [Outcome.ACCEPTED if err is None else Outcome.of_code(int(err[:3])) for err in results]
-            source.ctx.limits.record(trace[0], trace[1], min(outcomes))
+            outcome = min(outcomes)
+            transit = None
+            if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
+                transit = int(time.time() * 1000) - trace.sent_ms
+            domain = body["recipients"][0]["email"].rpartition("@")[2].lower()
+            domain = strip_suffix(domain, source.ctx.suffixes)
+            source.ctx.limits.record(trace.run_id, trace.seq, outcome, domain, transit)
         failed = [
             (email, err) for email, err in zip((r["email"] for r in body["recipients"]), results, strict=True) if err
         ]
@@ -91,8 +97,8 @@ def make_app(source: AdminSource) -> web.Application:
 
     async def run(request: web.Request) -> web.Response:
         run_id = request.match_info["run_id"]
-        if not _RUN_ID.match(run_id):
-            return _bad("a run id is 1 to 64 letters, digits, '-' or '_'")
+        if not contract.RUN_ID.match(run_id):
+            return _bad(f"a run id is 1 to {contract.RUN_ID_MAX} letters, digits, '-' or '_'")
         ledger = await source.ledger(run_id)
         if ledger is None:
             return web.json_response(
@@ -102,12 +108,13 @@ def make_app(source: AdminSource) -> web.Application:
         if request.query.get("marks") == "1":
             # One byte per id (see smartsink.shared), compressed: lets trafficgen reconcile id by id.
             body["marks"] = base64.b64encode(zlib.compress(bytes(ledger.marks), 6)).decode("ascii")
+            body["transit"] = ledger.transit_histograms()
         return web.json_response(body)
 
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_post("/api/inject/v1", inject)
-    app.router.add_get("/runs/{run_id}", run)
+    app.router.add_get(contract.runs_path("{run_id}"), run)
     return app
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from climain import ExitStatus, event_loop_factory, fail, run_app, set_empty_in_environment
+from mailload.cli import ExitStatus, event_loop_factory, fail, run_app, set_empty_in_environment
 from smartsink.config import (
     DEFAULT_HTTP,
     DEFAULT_LISTEN,

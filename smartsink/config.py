@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import mailunits
+from mailload import contract, units
 
 DEFAULT_LISTEN = "127.0.0.1:2026"
 DEFAULT_HTTP = "127.0.0.1:8000"
 DEFAULT_POLICY = "policy/responses.toml"
-DEFAULT_SUFFIX = "sink.test"
+DEFAULT_SUFFIX = contract.DEFAULT_SUFFIX
 DEFAULT_MAX_MESSAGE_SIZE = "50MB"
 AUTH_MODES = ("off", "any", "required")
 ENGINES = ("fast", "aiosmtpd")
@@ -74,9 +74,9 @@ def build(
 ) -> SinkConfig:
     """Validate options as a user writes them and build the config; ConfigError names the bad one."""
     try:
-        listen_addr = mailunits.parse_hostport(listen, "--listen")
-        http_addr = None if http.strip().lower() in ("", "off", "none") else mailunits.parse_hostport(http, "--http")
-        size = mailunits.parse_size(max_message_size)
+        listen_addr = units.parse_hostport(listen, "--listen")
+        http_addr = None if http.strip().lower() in ("", "off", "none") else units.parse_hostport(http, "--http")
+        size = units.parse_size(max_message_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if size < 1024:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from smartsink.policy.model import Outcome, Policy, Rate
-from smartsink.shared import SharedState
+from smartsink.shared import Answered, LedgerEntry, RefusedAtRcpt, ReturnedInDsn, SharedState
 
 log = logging.getLogger("smartsink.coordinator")
 
@@ -129,8 +129,8 @@ class Coordinator:
             state.end_transaction(message[1])
             holdings.transactions[message[1]] -= 1
         elif op == "records":
-            for run_id, seq, outcome in message[1]:
-                state.record(run_id, seq, Outcome(outcome))
+            for entry in message[1]:
+                entry.apply(state)
         elif op == "pong":
             waiter = self._pings.pop(message[1], None)
             if waiter is not None and not waiter.done():
@@ -170,7 +170,7 @@ class RemoteLimits:
         self.channel: Channel | None = None
         self._calls: dict[int, asyncio.Future[bool]] = {}
         self._call_ids = itertools.count(1)
-        self._records: list[tuple[str, int, int]] = []
+        self._records: list[LedgerEntry] = []
         self._flush_scheduled = False
 
     async def connect(self) -> None:
@@ -234,9 +234,20 @@ class RemoteLimits:
     async def greylist_passes(self, key: str, delay: float) -> bool:
         return await self._call("greylist_passes", key, delay)
 
-    def record(self, run_id: str, seq: int, outcome: Outcome) -> None:
+    def record(
+        self, run_id: str, seq: int, outcome: Outcome, domain: str = "", transit_ms: int | None = None, rcpt: str = ""
+    ) -> None:
+        self._queue(Answered(run_id, seq, int(outcome), domain, transit_ms, rcpt))
+
+    def record_dsn(self, run_id: str, seq: int, rcpt: str = "") -> None:
+        self._queue(ReturnedInDsn(run_id, seq, rcpt))
+
+    def refused_at_rcpt(self, rcpt: str, outcome: Outcome) -> None:
+        self._queue(RefusedAtRcpt(rcpt, int(outcome)))
+
+    def _queue(self, record: LedgerEntry) -> None:
         # Batched: one write per turn of the event loop, however many messages ended in it.
-        self._records.append((run_id, seq, int(outcome)))
+        self._records.append(record)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_records)

@@ -15,6 +15,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope
 from aiosmtpd.smtp import Session as AioSession
 
+from mailload import contract
 from smartsink.session import Action, Session, SinkContext
 
 
@@ -47,7 +48,7 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
         content = envelope.original_content or b""
-        action = await self.session.data_end(len(content), content[:8192])
+        action = await self.session.data_end(len(content), content[: contract.HEAD_BYTES])
         return self._after(server, action)
 
     async def handle_RSET(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:

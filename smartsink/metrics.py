@@ -69,6 +69,7 @@ REPLY_DELAY = Histogram(
     ["domain"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+DSNS = Counter("smartsink_dsns", "Failure DSNs (RFC 3464) received that return a trafficgen message")
 INJECTED = Counter("smartsink_injected_messages", "Messages received on the HTTP inject API")
 
 _children: dict[tuple[str, tuple[str, ...]], Any] = {}

@@ -20,13 +20,14 @@ import ssl
 import struct
 from typing import Any
 
+from mailload import contract
 from smartsink import metrics
 from smartsink.replies import render_text
 from smartsink.session import Action, Session, SinkContext
 
 log = logging.getLogger("smartsink.smtp")
 
-HEAD_MAX = 8192  # bytes of a message kept to find its trace header
+HEAD_MAX = contract.HEAD_BYTES  # bytes of a message kept to find its trace header, or a DSN's
 BUFFER_HIGH = 256 * 1024  # stop reading from a client that sends faster than we parse
 BODY_DISCARD = 64 * 1024  # a body's bytes beyond this are counted and dropped as they arrive
 LINE_LIMITS = {b"MAIL": 1024, b"AUTH": 12288}

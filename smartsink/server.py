@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from climain import raise_open_files_limit
+from mailload.cli import raise_open_files_limit
 from smartsink import admin, metrics, tls
 from smartsink.config import SinkConfig
 from smartsink.policy.watcher import PolicyStore

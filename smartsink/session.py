@@ -13,9 +13,10 @@ import asyncio
 import itertools
 import os
 import random
-import re
+import time
 from typing import NamedTuple, Protocol
 
+from mailload import contract
 from smartsink import metrics
 from smartsink.config import SinkConfig
 from smartsink.policy import decide as policy
@@ -24,15 +25,6 @@ from smartsink.policy.model import DomainRules, Outcome, Policy, Rate, Reply
 from smartsink.replies import render, render_text
 
 _RULES_CACHE_MAX = 10_000
-_TRACE_ID = re.compile(rb"(?im)^x-trafficgen-id:[ \t]*([A-Za-z0-9_-]{1,64})\.([0-9]{1,12})[ \t]*\r?$")
-
-
-def trace_of(head: bytes) -> tuple[str, int] | None:
-    """(run_id, seq) from trafficgen's X-Trafficgen-Id header in the first bytes of a message."""
-    if b"rafficgen" not in head and b"RAFFICGEN" not in head:
-        return None
-    m = _TRACE_ID.search(head)
-    return (m.group(1).decode("ascii"), int(m.group(2))) if m else None
 
 
 class Action(NamedTuple):
@@ -53,7 +45,11 @@ class Limits(Protocol):
     def end_transaction(self, domain: str) -> None: ...
     async def take_rate(self, domain: str, rate: Rate) -> bool: ...
     async def greylist_passes(self, key: str, delay: float) -> bool: ...
-    def record(self, run_id: str, seq: int, outcome: Outcome) -> None: ...
+    def record(
+        self, run_id: str, seq: int, outcome: Outcome, domain: str = "", transit_ms: int | None = None, rcpt: str = ""
+    ) -> None: ...
+    def record_dsn(self, run_id: str, seq: int, rcpt: str = "") -> None: ...
+    def refused_at_rcpt(self, rcpt: str, outcome: Outcome) -> None: ...
     async def barrier(self) -> None: ...
 
 
@@ -114,6 +110,8 @@ class Session:
         "drop_at",
         "active",
         "begun",
+        "first",
+        "exempt",
     )
 
     def __init__(self, ctx: SinkContext, client: str):
@@ -126,6 +124,8 @@ class Session:
         self.drop_at: str | None = None
         self.active = False
         self.begun = False  # the transaction's own rules (limits, disconnect roll) have been applied
+        self.first = ""  # the transaction's first recipient (lower-cased), as the ledger keys RCPT-time refusals
+        self.exempt = False  # a null-sender transaction the policy lets through ([listener] null_sender)
 
     # --- connection -----------------------------------------------------------------------------------
 
@@ -156,12 +156,14 @@ class Session:
     def mail(self, sender: str) -> None:
         self.reset()
         self.sender = sender
+        self.exempt = not sender and self.ctx.policy.listener.null_sender == "accept"
 
     def reset(self) -> None:
         """End the transaction (RSET, a new MAIL, the end of DATA, a lost connection)."""
         self.recipients = []
         self.drop_at = None
         self.begun = False
+        self.first = ""
         if self.holding is not None:
             self.ctx.limits.end_transaction(self.holding)
             self.holding = None
@@ -171,9 +173,23 @@ class Session:
 
     async def rcpt(self, address: str) -> Action:
         """The answer to RCPT TO:<address> (an address with an @, without brackets)."""
+        action = await self._rcpt(address)
+        reply = action.reply
+        if reply is not self.ctx.ok_rcpt and reply is not None and reply[:1] in b"45":
+            # The ledger cannot name this message yet (its trace header comes with DATA): it counts the attempt
+            # against the recipient, and adds it to the message when the MTA brings it to DATA or returns it.
+            self.ctx.limits.refused_at_rcpt(address.lower(), Outcome.of_code(int(reply[:3])))
+        return action
+
+    async def _rcpt(self, address: str) -> Action:
         ctx = self.ctx
         local, domain = policy.split_address(address)
         rules = ctx.rules_for(domain)
+        if not self.first:
+            self.first = address.lower()
+        if self.exempt:  # a DSN: measurement, not load
+            self.recipients.append(_Recipient(rules, None, True))
+            return Action(ctx.ok_rcpt)
         if not self.begun:
             action = await self._first_recipient(rules)
             if action is not None:
@@ -246,21 +262,34 @@ class Session:
             if verdict is None:
                 verdict = await self._take_rates(recipients)
         first = recipients[0].rules if recipients else ctx.policy.default
-        if first.latency is not None and not too_big:
+        if first.latency is not None and not too_big and not self.exempt:
             delay = policy.sample_latency(first.latency, ctx.rng)
             metrics.child(metrics.REPLY_DELAY, first.name).observe(delay)
             await asyncio.sleep(delay)
         outcome = Outcome.ACCEPTED if verdict is None else verdict.outcome
         for recipient in recipients:
             self._count(recipient.rules, outcome)
-        trace = trace_of(head)
-        if trace is not None:
-            ctx.limits.record(trace[0], trace[1], outcome)
+        self._record(head, outcome)
         self.completed += 1
         self.reset()
         if verdict is None:
             return Action(ctx.accepted_reply())
         return _answer(verdict)
+
+    def _record(self, head: bytes, outcome: Outcome) -> None:
+        """Note a trafficgen message's answer (and transit time) in the run's ledger, or a DSN returning one."""
+        trace = contract.trace_of(head)
+        if trace is not None:
+            transit = None
+            if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
+                transit = int(time.time() * 1000) - trace.sent_ms
+            domain = policy.strip_suffix(policy.split_address(self.first)[1], self.ctx.suffixes)
+            self.ctx.limits.record(trace.run_id, trace.seq, outcome, domain, transit, self.first)
+            return
+        returned = contract.returned_message(head)
+        if returned is not None:
+            metrics.DSNS.inc()
+            self.ctx.limits.record_dsn(returned.trace.run_id, returned.trace.seq, returned.recipient)
 
     async def _take_rates(self, recipients: list[_Recipient]) -> Reply | None:
         """Each rated domain of the transaction must have room for one more accepted message."""

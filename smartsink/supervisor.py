@@ -23,7 +23,7 @@ import tempfile
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from climain import ExitStatus, event_loop_factory
+from mailload.cli import ExitStatus, event_loop_factory
 from smartsink import admin, metrics
 from smartsink.config import SinkConfig
 from smartsink.coordinator import Coordinator, RemoteLimits

@@ -20,7 +20,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from conftest import ACCEPT_ALL, running_sink
 
-TRACE = re.compile(rb"X-Trafficgen-Id: (\S+)\r\n")
+TRACE = re.compile(rb"X-Trafficgen-Id: ([^;\s]+)")
 
 
 class LossyRelay:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-import mailunits
+from mailload import units
 from trafficgen.config import ConfigError, DomainWeight, RunConfig, build
 
 
@@ -117,7 +117,7 @@ class TestThrottle:
     def test_burst_only_where_allowed(self):
         """max_burst belongs to trafficgen's throttle; a plain rate parser refuses it."""
         with pytest.raises(ValueError, match="max_burst is not allowed"):
-            mailunits.parse_rate("300/s,max_burst=2")
+            units.parse_rate("300/s,max_burst=2")
 
 
 class TestHeaders:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import email.policy
 import random
 import re
+import time
 from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
 from tghelpers import MESSAGE_ID, crlf, stuffed
 
+from mailload import contract
 from trafficgen.config import build
 from trafficgen.messages import BLOCK_SIZE, LINE_MAX, Body, MessageFactory, dot_stuff, load_message_file, readable_block
 
@@ -128,7 +130,9 @@ class TestFactory:
         assert parsed["From"] == "noreply@yahoo.com.sink.test"
         assert parsed["To"] == "user-4@yahoo.com.sink.test"
         assert parsed["Message-ID"] == "<hdr.4@yahoo.com.sink.test>" and MESSAGE_ID.match(parsed["Message-ID"])
-        assert parsed["X-Trafficgen-Id"] == "hdr.4"
+        trace = contract.trace_of(data)
+        assert trace is not None and (trace.run_id, trace.seq) == ("hdr", 4)
+        assert trace.sent_ms is not None and abs(trace.sent_ms / 1000 - time.time()) < 60
         assert parsed["X-Campaign"] == "spring"
         assert parsed["Subject"] and parsed["Date"] and parsed["X-Mailer"].startswith("trafficgen/")
 
@@ -156,7 +160,10 @@ class TestFactory:
         path = tmp_path / "m.eml"
         path.write_bytes(b"Subject: file\n\n.hello\n")
         factory = MessageFactory(build(body_file=str(path), run_id="bf", headers=["X-A: 1"]), random.Random(1))
-        assert self.content(factory, 2) == b"X-Trafficgen-Id: bf.2\r\nX-A: 1\r\nSubject: file\r\n\r\n..hello\r\n"
+        content = self.content(factory, 2)
+        assert re.fullmatch(
+            rb"X-Trafficgen-Id: bf\.2; t=\d{13}\r\nX-A: 1\r\nSubject: file\r\n\r\n\.\.hello\r\n", content
+        )
 
     def test_fixed_recipient(self):
         """--recipient fixes every RCPT (no suffix, no numbering); --sender the MAIL FROM."""

@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from mailunits import RateSpec
+from mailload.units import RateSpec
 from trafficgen.ratelimit import Throttle
 
 

@@ -192,7 +192,7 @@ class TestContent:
             assert MESSAGE_ID.match(str(message["Message-ID"])), message["Message-ID"]
             ids.add(str(message["Message-ID"]))
             assert message["X-Mailer"].startswith("trafficgen/")
-            assert message["X-Trafficgen-Id"] == f"wire1.{number}"
+            assert re.fullmatch(rf"wire1\.{number}; t=\d{{13}}", message["X-Trafficgen-Id"])
             assert message["X-Campaign"] == "spring sale"
             assert message["X-Priority"] == "3"
         assert len(ids) == 10
@@ -253,8 +253,10 @@ class TestContent:
         path.write_bytes(text)
         with CaptureServer() as server:
             send(server, "--body-file", str(path), "--run-id", "dots", "--header", "X-Extra: 1", count=1)
-        head = b"X-Trafficgen-Id: dots.0\r\nX-Extra: 1\r\n"
         (message,) = server.messages
+        trace = re.match(rb"X-Trafficgen-Id: dots\.0; t=\d{13}\r\n", message.content)
+        assert trace is not None
+        head = trace.group() + b"X-Extra: 1\r\n"
         assert message.content == head + crlf(text)
         (transaction,) = list(server.all_transactions())
         assert transaction.content == head + stuffed(crlf(text))

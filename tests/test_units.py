@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import mailunits
+from mailload import units
 from smartsink import shared
 from smartsink.policy import PolicyError, parse_policy
 from smartsink.policy.model import Outcome
@@ -15,14 +15,14 @@ from trafficgen.reconcile import Ledger, combine, reconcile
 def test_rates_must_be_finite(text):
     """A rate that is not a finite number is refused (nan would silently disable a throttle)."""
     with pytest.raises(ValueError, match="finite|more than zero"):
-        mailunits.parse_rate(text)
+        units.parse_rate(text)
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
 def test_durations_must_be_finite(value):
     """A duration (from TOML, where inf and nan are numbers) must be finite."""
     with pytest.raises(ValueError, match="finite"):
-        mailunits.parse_duration(value)
+        units.parse_duration(value)
 
 
 def test_policy_check_refuses_a_nan_rate():

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from climain import ExitStatus, fail, run_app, set_empty_in_environment
+from mailload.cli import ExitStatus, fail, run_app, set_empty_in_environment
 from trafficgen.config import DEFAULT_SUFFIX, DEFAULT_TARGET, ConfigError, RunConfig, build
 
 PROG = "trafficgen"
@@ -284,3 +284,59 @@ def report_compare(
 
     with _damaged(f"{before} or {after}"):
         compare(_load(before), _load(after), sys.stdout)
+
+
+@report_app.command(
+    "reconcile",
+    help="Ask the sinks again what became of a saved run's messages (the MTA may have delivered more since). "
+    "The report must come from a run with --reconcile.",
+)
+def report_reconcile(
+    path: Annotated[str, typer.Argument(help="A report written with --json by a run with --reconcile")],
+    sink: Annotated[
+        str | None, typer.Option(help="The sinks' admin URLs, comma-separated [default: the run's --reconcile]")
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Ask each second for up to this many seconds until nothing is pending")
+    ] = 0.0,
+    json_path: Annotated[
+        str | None, typer.Option("--json", help="Write the report with the new reconciliation here ('-': stdout)")
+    ] = None,
+) -> None:
+    import asyncio
+
+    from mailload.cli import event_loop_factory
+    from trafficgen.config import parse_sink_urls
+    from trafficgen.reconcile import ask_sinks, decode_marks
+    from trafficgen.stats.report import print_reconciliation
+
+    document = _load(path)
+    previous = document.get("reconciliation") or {}
+    if "marks" not in previous:
+        fail(PROG, f"{path}: this run was not made with --reconcile, so the report does not say what the target took")
+    if wait < 0:
+        fail(PROG, f"--wait cannot be negative, got {wait}")
+    with _damaged(path):
+        ours = decode_marks(previous["marks"])
+        index, _, count = str(document["config"].get("shard", "0/1")).partition("/")
+        urls = document["config"].get("reconcile") or []
+        try:
+            sinks = parse_sink_urls(sink, "--sink") if sink else tuple(urls)
+        except ConfigError as e:
+            fail(PROG, str(e))
+        if not sinks:
+            fail(PROG, f"{path}: no sink URL in the report: give --sink")
+        ask = ask_sinks(sinks, document["run_id"], ours, shards=int(count), shard=int(index), wait_s=wait)
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            reconciliation = runner.run(ask)
+    if "error" in reconciliation:
+        fail(PROG, f"reconciliation: {reconciliation['error']}", ExitStatus.ERROR)
+    reconciliation["marks"] = previous["marks"]
+    document["reconciliation"] = reconciliation
+    if json_path:
+        write_json(document, json_path)
+    from rich.console import Console
+
+    human = sys.stderr if json_path == "-" else sys.stdout
+    console = Console(file=human, width=120, highlight=False)
+    print_reconciliation(console, reconciliation, document["totals"]["accepted"])

@@ -14,14 +14,12 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mailunits
-from mailunits import RateSpec
+from mailload import contract, units
+from mailload.units import RateSpec
 
 DEFAULT_TARGET = "127.0.0.1:2025"
 DEFAULT_DOMAINS = ("aol.com", "gmail.com", "hotmail.com", "yahoo.com")
-# RFC 2606 reserves .test: no public DNS name ends in it, so generated mail can never reach a real mailbox.
-# smartsink strips the same suffix by default, so user@gmail.com.sink.test gets gmail.com's rules.
-DEFAULT_SUFFIX = "sink.test"
+DEFAULT_SUFFIX = contract.DEFAULT_SUFFIX
 DEFAULT_DURATION = 60.0
 DEFAULT_TIMEOUT = 60.0
 MAX_BODY = 512 * 1024 * 1024
@@ -154,6 +152,16 @@ def parse_header(text: str) -> tuple[str, str]:
     return name, value
 
 
+def parse_sink_urls(text: str, option: str = "--reconcile") -> tuple[str, ...]:
+    """Sinks' admin URLs, comma-separated."""
+    sinks = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
+    if not sinks or not all(re.match(r"^https?://[^/\s]+$", u) for u in sinks):
+        raise ConfigError(
+            f"{option} {text!r}: give each sink's admin URL, like http://127.0.0.1:8000 (comma-separated)"
+        )
+    return sinks
+
+
 def _positive(value: int | None, option: str) -> None:
     if value is not None and value < 1:
         raise ConfigError(f"{option} must be at least 1, got {value}")
@@ -220,7 +228,7 @@ def build(
         raise ConfigError(f"--target {target!r} is a URL: add --http to submit through the injection API")
     else:
         try:
-            host, port = mailunits.parse_hostport(target, "--target")
+            host, port = units.parse_hostport(target, "--target")
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if port == 0:
@@ -250,7 +258,7 @@ def build(
     if suffix and not _DOMAIN.match(suffix):
         raise ConfigError(f"--domain-suffix {domain_suffix!r} is not a domain name")
     try:
-        size = mailunits.parse_size_range(body_size)
+        size = units.parse_size_range(body_size)
     except ValueError as e:
         raise ConfigError(f"--body-size: {e}") from None
     if size[1] > MAX_BODY:
@@ -266,7 +274,7 @@ def build(
     throttle_spec = None
     if throttle:
         try:
-            throttle_spec = mailunits.parse_rate(throttle, allow_burst=True)
+            throttle_spec = units.parse_rate(throttle, allow_burst=True)
         except ValueError as e:
             raise ConfigError(f"--throttle: {e}") from None
     for address, option in ((sender, "--sender"), (recipient, "--recipient")):
@@ -289,24 +297,18 @@ def build(
     metrics_addr = None
     if metrics:
         try:
-            metrics_addr = mailunits.parse_hostport(metrics, "--metrics")
+            metrics_addr = units.parse_hostport(metrics, "--metrics")
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    sinks = None
-    if reconcile is not None:
-        sinks = tuple(u.strip().rstrip("/") for u in reconcile.split(",") if u.strip())
-        if not sinks or not all(re.match(r"^https?://[^/\s]+$", u) for u in sinks):
-            raise ConfigError(
-                f"--reconcile {reconcile!r}: give each sink's admin URL, like http://127.0.0.1:8000 (comma-separated)"
-            )
+    sinks = parse_sink_urls(reconcile) if reconcile is not None else None
     shard_index, shard_count = 0, 1
     if shard:
         m = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", shard)
         if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
             raise ConfigError(f"--shard {shard!r} must be INDEX/COUNT with 0 <= INDEX < COUNT, like 0/4")
         shard_index, shard_count = int(m.group(1)), int(m.group(2))
-    if run_id is not None and not re.match(r"^[A-Za-z0-9_-]{1,32}$", run_id):
-        raise ConfigError(f"--run-id {run_id!r}: use 1 to 32 letters, digits, '-' or '_'")
+    if run_id is not None and not contract.RUN_ID.match(run_id):
+        raise ConfigError(f"--run-id {run_id!r}: use 1 to {contract.RUN_ID_MAX} letters, digits, '-' or '_'")
     return RunConfig(
         host=host,
         port=port,

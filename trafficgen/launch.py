@@ -23,9 +23,9 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from climain import event_loop_factory
+from mailload.cli import event_loop_factory
 from trafficgen.config import ConfigError, RunConfig
-from trafficgen.reconcile import ReconcileError, combine, fetch_marks, reconcile
+from trafficgen.reconcile import ask_sinks, encode_marks
 from trafficgen.runner import RunEnd, Runner, Share, raise_file_limit
 from trafficgen.stats import exporter, report
 from trafficgen.stats.exporter import RunCollector
@@ -338,23 +338,28 @@ async def run_async(config: RunConfig) -> Result:
 
 
 async def _reconcile(config: RunConfig, recorder: Recorder) -> dict[str, Any]:
-    """Ask the sink what became of each message the target accepted (after --reconcile-wait)."""
+    """Ask the sinks what became of each message the target accepted, for up to --reconcile-wait seconds
+    while the MTA may still be delivering."""
     assert config.reconcile is not None
-    if config.reconcile_wait:
-        if not config.quiet:
-            print(
-                f"trafficgen: waiting {config.reconcile_wait:g} s for the MTA to deliver, then asking the sink",
-                file=sys.stderr,
-            )
-        await asyncio.sleep(config.reconcile_wait)
-    sinks = ", ".join(config.reconcile)
-    try:
-        theirs = combine([await fetch_marks(url, config.run_id, config.timeout) for url in config.reconcile])
-    except ReconcileError as e:
-        return {"sink": sinks, "error": str(e)}
+    if config.reconcile_wait and not config.quiet:
+        print(
+            f"trafficgen: asking the sink each second, for up to {config.reconcile_wait:g} s, until every message "
+            "the target accepted has its final answer",
+            file=sys.stderr,
+        )
     ours = bytes(recorder.marks or b"")
-    counts = reconcile(ours, theirs, config.run_id, config.shard_count, config.shard_index)
-    return {"sink": sinks, "waited_s": config.reconcile_wait, **counts}
+    document = await ask_sinks(
+        config.reconcile,
+        config.run_id,
+        ours,
+        shards=config.shard_count,
+        shard=config.shard_index,
+        wait_s=config.reconcile_wait,
+        request_s=config.timeout,
+    )
+    # What the target accepted, kept so that `trafficgen report reconcile` can ask again later.
+    document["marks"] = encode_marks(ours)
+    return document
 
 
 def run(config: RunConfig) -> Result:

@@ -3,7 +3,8 @@
 Everything that can be built once is built once: the body text (readable words, lines of at most 78
 characters plus CRLF, RFC 5322 2.1.1) is generated at start and each message takes a prefix of it that
 ends on a line boundary; header lines that never change are joined in advance. Per message only the
-recipient, Date (once a second), Message-ID, trace id and Subject are formatted.
+recipient, Date (once a second), Message-ID, trace header (with the time it was sent) and Subject are
+formatted.
 
 Content is kept dot-stuffed (RFC 5321 4.5.2) and CRLF-terminated, without the final ".\r\n".
 """
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from mailload import contract
 from trafficgen import __version__
 from trafficgen.config import RunConfig
 from trafficgen.domains import DomainPicker
@@ -193,7 +195,7 @@ class MessageFactory:
         else:
             full = self.full_domains[domain]
             recipients = tuple(f"user-{seq * count + j}@{full}" for j in range(count))
-        trace = f"X-Trafficgen-Id: {self.run_id}.{seq}\r\n"
+        trace = contract.trace_header(self.run_id, seq, int(time.time() * 1000))
         if self.file_content is not None:
             head = trace.encode("ascii") + self.file_extra
             return Message(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mailunits import RateSpec
+from mailload.units import RateSpec
 
 
 class Throttle:

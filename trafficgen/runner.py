@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from climain import raise_open_files_limit
+from mailload.cli import raise_open_files_limit
 from trafficgen import inject
 from trafficgen.config import ConfigError, RunConfig
 from trafficgen.messages import Message, MessageFactory

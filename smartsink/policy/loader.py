@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import mailunits
+from mailload import units
 from smartsink.policy import fallback
 from smartsink.policy.model import DomainRules, Latency, ListenerRules, Policy, Rate, Reply
 
@@ -137,7 +137,7 @@ def _count(value: Any) -> int:
 
 def _duration(value: Any) -> float:
     try:
-        return mailunits.parse_duration(value)
+        return units.parse_duration(value)
     except ValueError as e:
         raise _Bad(str(e)) from None
 
@@ -158,7 +158,7 @@ def _latency(value: Any) -> Latency:
 
 def _rate(value: Any) -> Rate:
     try:
-        spec = mailunits.parse_rate(value)
+        spec = units.parse_rate(value)
     except ValueError as e:
         raise _Bad(str(e)) from None
     return Rate(spec.count, spec.per)
@@ -181,7 +181,15 @@ _RULE_PARSERS = {
     "rate": _rate,
     "greylist": _duration,
 }
-_LISTENER_PARSERS = {"max_connections": _count, "banner_delay": _latency}
+
+
+def _null_sender(value: Any) -> str:
+    if value not in ("accept", "policy"):
+        raise _Bad(f'must be "accept" or "policy", got {value!r}')
+    return str(value)
+
+
+_LISTENER_PARSERS = {"max_connections": _count, "banner_delay": _latency, "null_sender": _null_sender}
 RULE_KEYS = frozenset(_RULE_PARSERS)  # the keys of [default] and [domain."NAME"]
 LISTENER_KEYS = frozenset(_LISTENER_PARSERS)
 _ENHANCED = re.compile(r"^\s*(?:\d{3}[ ,-])?\s*([245])\.\d{1,3}\.\d{1,3}\b")

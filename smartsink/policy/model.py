@@ -98,6 +98,9 @@ class ListenerRules:
 
     max_connections: int | None = None
     banner_delay: Latency | None = None
+    # Mail from the null sender (<>: DSNs) is accepted whatever the domain's rules, so every bounce the MTA
+    # under test returns reaches the ledger; "policy" answers it like any other mail.
+    null_sender: str = "accept"
 
 
 @dataclass(frozen=True)

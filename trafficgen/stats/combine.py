@@ -15,10 +15,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from mailload import contract
 from trafficgen.stats import report as reports
 from trafficgen.stats.recorder import Recorder
-
-RECONCILED = ("delivered", "bounced", "deferred_pending", "lost", "duplicated", "unexpected", "unknown")
 
 
 class ReportError(ValueError):
@@ -95,10 +94,17 @@ def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
     parts = [d.get("reconciliation") for d in documents]
     if parts and all(p and "error" not in p for p in parts):
         combined: dict[str, Any] = {"sink": ", ".join(sorted({p["sink"] for p in parts}))}  # type: ignore[index]
-        for key in RECONCILED:
+        for key in contract.RECONCILE_COUNTS:
             combined[key] = sum(p.get(key, 0) for p in parts)  # type: ignore[union-attr]
-        for key in ("lost_ids", "duplicated_ids"):
-            combined[key] = [i for p in parts for i in p[key]][:100]  # type: ignore[index]
+        combined["attempts"] = {
+            bucket: sum((p.get("attempts") or {}).get(bucket, 0) for p in parts)  # type: ignore[union-attr]
+            for bucket in contract.ATTEMPT_BUCKETS
+        }
+        for key in ("lost_ids", "duplicated_ids", "bounced_without_dsn_ids", "dsn_after_delivery_ids"):
+            combined[key] = [i for p in parts for i in p.get(key, [])][:100]  # type: ignore[union-attr]
+        # Instances of one run (shards) share its run id, so each sink's transit times are the whole run's.
+        if len(run_ids) == 1:
+            combined["transit_ms"] = parts[0].get("transit_ms")  # type: ignore[union-attr]
         document["reconciliation"] = combined
     return document
 

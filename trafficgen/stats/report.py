@@ -176,17 +176,7 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
         console.print(replies)
     reconciliation = report.get("reconciliation")
     if reconciliation and "error" not in reconciliation:
-        console.print(
-            f"reconciliation with {reconciliation['sink']}: of {totals['accepted']:,} accepted by the target, "
-            f"delivered {reconciliation['delivered']:,}, bounced {reconciliation['bounced']:,}, "
-            f"deferred {reconciliation['deferred_pending']:,}, [bold]lost {reconciliation['lost']:,}[/bold], "
-            f"[bold]duplicated {reconciliation['duplicated']:,}[/bold]"
-            + (f", unexpected {reconciliation['unexpected']:,}" if reconciliation["unexpected"] else "")
-            + (f", unknown {reconciliation['unknown']:,}" if reconciliation.get("unknown") else "")
-        )
-        for kind in ("lost", "duplicated"):
-            if reconciliation[f"{kind}_ids"]:
-                console.print(f"  {kind}: {' '.join(reconciliation[f'{kind}_ids'][:10])}")
+        print_reconciliation(console, reconciliation, totals["accepted"])
     if report["errors"]:
         errors = Table(box=box.SIMPLE, title="errors", title_justify="left", pad_edge=False)
         errors.add_column("count", justify="right")
@@ -194,3 +184,47 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
         for e in report["errors"][:TOP_REPLIES]:
             errors.add_row(f"{e['count']:,}", e["text"])
         console.print(errors)
+
+
+def print_reconciliation(console: Console, r: dict[str, Any], accepted: int) -> None:
+    """What became of the messages the target accepted, as the sinks saw them."""
+    waited = f" after {r['waited_s']:g} s" if r.get("waited_s") else ""
+    console.print(f"reconciliation with {r['sink']}{waited}: of {accepted:,} accepted by the target")
+    bounced = f"bounced {r['bounced']:,}"
+    if r["bounced"]:
+        bounced += f" (DSN returned {r.get('dsn_returned', 0):,}, without DSN {r.get('bounced_without_dsn', 0):,})"
+    line = (
+        f"  delivered {r['delivered']:,}  {bounced}  deferred {r['deferred_pending']:,}"
+        + (f"  expired {r['expired']:,}" if r.get("expired") else "")
+        + f"  [bold]lost {r['lost']:,}  duplicated {r['duplicated']:,}[/bold]"
+    )
+    for key in ("dsn_after_delivery", "unexpected", "unknown"):
+        if r.get(key):
+            line += f"  {key.replace('_', ' ')} {r[key]:,}"
+    console.print(line)
+    tries = {k: v for k, v in (r.get("attempts") or {}).items() if v}
+    if tries:
+        console.print("  attempts each delivered message took: " + "  ".join(f"{k}: {v:,}" for k, v in tries.items()))
+    for kind in ("lost", "duplicated", "bounced_without_dsn", "dsn_after_delivery"):
+        if r.get(f"{kind}_ids"):
+            console.print(f"  {kind.replace('_', ' ')}: {' '.join(r[f'{kind}_ids'][:10])}")
+    transit = r.get("transit_ms") or {}
+    if transit.get("all"):
+        table = Table(
+            box=box.SIMPLE,
+            title="transit through the target to the sink's final answer (ms)",
+            title_justify="left",
+            pad_edge=False,
+        )
+        columns = ("count", "min", "p50", "p90", "p99", "max")
+        table.add_column("domain")
+        for c in columns:
+            table.add_column(c, justify="right")
+        for name, stats in (("all", transit["all"]), *transit["domains"].items()):
+            table.add_row(name, *(_n(stats[c]) for c in columns))
+        console.print(table)
+        if transit.get("clock_skew"):
+            console.print(
+                f"  {transit['clock_skew']:,} messages arrived before they were sent: the clocks of trafficgen's "
+                "and the sink's hosts disagree (run both on one host, or keep them in sync with NTP)"
+            )
