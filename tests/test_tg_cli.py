@@ -117,15 +117,17 @@ class TestFileLimit:
         assert "--concurrency needs 564 open files" in line and "limit is 200" in line
 
     def test_soft_limit_is_raised(self, tmp_path: Path):
-        """300 connections with a soft limit of 128 (hard 1024) work: the soft limit is raised to the hard one."""
+        """300 connections held at once with a soft limit of 128 (hard 1024): the soft limit is raised to the hard."""
         with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as sink:
             done = run_trafficgen(
-                "--target", sink.target, "--concurrency", "300", "--message-count", "300", "-q", "--json", "-",
+                "--target", sink.target, "--concurrency", "300", "--duration", "2", "--throttle", "1000/s", "-q",
+                "--json", "-",
                 argv0=with_file_limit(128, 1024),
             )  # fmt: skip
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
-        assert report["totals"]["accepted"] == 300 and report["connections"]["opened"] == 300
+        assert report["totals"]["accepted"] == report["totals"]["attempted"] == 2000
+        assert report["connections"]["opened"] == report["connections"]["peak"] == 300
 
 
 class _SilentListener:
@@ -153,14 +155,18 @@ class TestDeadTarget:
         assert done.stdout == ""
 
     def test_refused_with_keep_going_counts_errors(self):
-        """--keep-going against a closed port counts every message as an error and still ends."""
+        """--keep-going against a closed port counts every message as an error, still ends, and fails (exit 1):
+        a run in which no message got an answer did not test the target, whatever the flags."""
         with refusing_port() as sock:
-            report, _ = run_report(
-                "--target", f"127.0.0.1:{sock.getsockname()[1]}", "--message-count", "6", "--concurrency", "6",
-                "--keep-going",
+            target = f"127.0.0.1:{sock.getsockname()[1]}"
+            report, done = run_report(
+                "--target", target, "--message-count", "6", "--concurrency", "6", "--keep-going", expect=1
             )  # fmt: skip
         assert report["totals"] == {"attempted": 6, "accepted": 0, "tempfailed": 0, "permfailed": 0, "errors": 6}
         assert "refused" in report["errors"][0]["text"]
+        assert report["connections"]["failed"] == 6 and report["connections"]["opened"] == 0
+        line = error_lines(done)[-1]
+        assert line == f"trafficgen: error: no message got an answer from {target}: {report['errors'][0]['text']}"
 
     def test_silent_server_times_out(self):
         """A server that never greets: exit 1 after --timeout with one line saying no reply came."""

@@ -40,7 +40,14 @@ GOLDEN: dict[str, Any] = {
     "domains": "domains",
     "replies": [{"code": "int", "text": "str", "count": "int"}],
     "errors": [{"text": "str", "count": "int"}],
-    "connections": {"opened": "int"},
+    "connections": {"opened": "int", "peak": "int", "failed": "int", "errors": "list"},
+    "schedule": {
+        "asked_per_s": "number",
+        "achieved_per_s": "number",
+        "due": "int",
+        "never_sent": "int",
+        "behind": "bool",
+    },
     "histogram": "str",
     "histograms": {
         "latency_from_intended": "str",
@@ -70,6 +77,7 @@ TYPES = {
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
+    "list": lambda v: isinstance(v, list),
 }
 
 

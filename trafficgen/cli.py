@@ -153,6 +153,14 @@ def main_command(
         str | None,
         typer.Option(envvar=_env("SHARD"), help="INDEX/COUNT: this instance's share of a run over several machines"),
     ] = None,
+    connect_rate: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("CONNECT_RATE"),
+            help="How fast the connections are first opened, in all: 500/s [default: 2000/s]",
+            show_default=False,
+        ),
+    ] = None,
     run_id: Annotated[
         str | None, typer.Option(envvar=_env("RUN_ID"), help="Run id for the trace header [default: random]")
     ] = None,
@@ -207,6 +215,12 @@ def execute(config: RunConfig) -> int:
         report.summary(document, human)
     if end.error:
         print(f"{PROG}: error: {end.error}", file=sys.stderr)
+        return ExitStatus.ERROR
+    if reached == 0 and not end.interrupted:
+        # Nothing accepted, deferred or refused: whatever the flags, the run did not test the target.
+        errors = document["errors"] or document["connections"]["errors"]
+        why = f": {errors[0]['text']}" if errors else ""
+        print(f"{PROG}: error: no message got an answer from {config.target}{why}", file=sys.stderr)
         return ExitStatus.ERROR
     if "error" in document.get("reconciliation", {}):
         print(f"{PROG}: error: reconciliation: {document['reconciliation']['error']}", file=sys.stderr)

@@ -22,6 +22,7 @@ DEFAULT_DOMAINS = ("aol.com", "gmail.com", "hotmail.com", "yahoo.com")
 DEFAULT_SUFFIX = contract.DEFAULT_SUFFIX
 DEFAULT_DURATION = 60.0
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_CONNECT_RATE = 2000.0
 MAX_BODY = 512 * 1024 * 1024
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9_])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
@@ -80,6 +81,7 @@ class RunConfig:
     shard_count: int = 1
     hdr_log: str | None = None
     metrics: tuple[str, int] | None = None
+    connect_rate: float = DEFAULT_CONNECT_RATE  # new connections per second while the first ones open
 
     @property
     def target(self) -> str:
@@ -122,6 +124,7 @@ class RunConfig:
             "http_defer_generation": self.http_defer_generation,
             "shard": f"{self.shard_index}/{self.shard_count}",
             "reconcile": list(self.reconcile) if self.reconcile else None,
+            "connect_rate_per_s": self.connect_rate,
         }
 
 
@@ -205,6 +208,7 @@ def build(
     shard: str | None = None,
     hdr_log: str | None = None,
     metrics: str | None = None,
+    connect_rate: str | None = None,
 ) -> RunConfig:
     """Validate options as a user writes them; ConfigError names the first bad one."""
     host, port, http_url = "", 0, ""
@@ -294,6 +298,12 @@ def build(
                 raise ConfigError(f"{option} {output}: is a directory")
             if not directory.is_dir() or not os.access(directory, os.W_OK):
                 raise ConfigError(f"{option} {output}: cannot write in {directory}")
+    connections_per_s = DEFAULT_CONNECT_RATE
+    if connect_rate:
+        try:
+            connections_per_s = units.parse_rate(connect_rate).per_second
+        except ValueError as e:
+            raise ConfigError(f"--connect-rate: {e}") from None
     metrics_addr = None
     if metrics:
         try:
@@ -349,4 +359,5 @@ def build(
         shard_count=shard_count,
         hdr_log=hdr_log,
         metrics=metrics_addr,
+        connect_rate=connections_per_s,
     )

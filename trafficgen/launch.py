@@ -109,7 +109,8 @@ class Observers:
 
     async def start(self) -> None:
         config = self.config
-        self.tasks.append(asyncio.create_task(Progress(self.read, config.quiet).run()))
+        asked = config.throttle.per_second if config.throttle else None
+        self.tasks.append(asyncio.create_task(Progress(self.read, config.quiet, asked=asked).run()))
         if config.hdr_log:
             try:
                 self.log = IntervalLog(config.hdr_log)

@@ -35,6 +35,20 @@ class Throttle:
     def _start(self, now: float) -> float:
         return now - (self.burst - 1) * self.interval
 
+    def begin(self, now: float | None = None) -> float:
+        """Start the schedule now (the run's start), unless another process of the run started it already:
+        message k is then due at start + k / rate however long the first connection takes to open.
+        Returns the schedule's start, which every process of the run shares."""
+        now = self.clock() if now is None else now
+        if self.shared is None:
+            if not self._next:
+                self._next = self._start(now)
+            return self._next + (self.burst - 1) * self.interval
+        with self.shared.get_lock():
+            if not self.shared.value:
+                self.shared.value = self._start(now)
+            return float(self.shared.value) + (self.burst - 1) * self.interval
+
     def reserve(self, only_if_due: bool = False) -> float | None:
         """The due time of the next message (possibly in the past: then it is due now).
 

@@ -77,6 +77,20 @@ class Outcome:
     def error(cls, kind_text: str, recipients: int, started: float, end: float) -> Outcome:
         return cls(ERROR, 0, kind_text, (ERROR,) * recipients, True, started, end=end)
 
+    def for_message(self, recipients: int) -> Outcome:
+        """This outcome (of a connection that failed) for a message of `recipients` recipients."""
+        return Outcome(
+            self.kind,
+            self.code,
+            self.text,
+            (self.kind,) * recipients,
+            True,
+            self.started,
+            self.mail,
+            self.rcpt,
+            self.end,
+        )
+
     @classmethod
     def of_reply(cls, reply: Reply, recipients: int, started: float) -> Outcome:
         """An outcome decided by one reply (a refused greeting, say), for every recipient alike."""

@@ -28,16 +28,30 @@ class Snapshot(NamedTuple):
     connections: int = 0
 
 
-def line(snapshot: Snapshot, per_second: float, elapsed: float) -> str:
-    return (
+BEHIND = 0.98  # the whole run's rate below this share of --throttle's: said at once, not only in the summary
+SETTLE_S = 2.0  # seconds before a run can be called behind (connections are still opening)
+
+
+def behind(snapshot: Snapshot, asked: float | None, elapsed: float) -> bool:
+    """True when a --throttle run has sent less than 98% of what has fallen due so far."""
+    return bool(asked) and elapsed >= SETTLE_S and snapshot.attempted < asked * elapsed * BEHIND  # type: ignore[operator]
+
+
+def line(snapshot: Snapshot, per_second: float, elapsed: float, asked: float | None = None) -> str:
+    text = (
         f"{elapsed:6.0f} s  {per_second:10,.1f} msg/s {per_second * 60:12,.0f} msg/min {per_second * 3600:14,.0f} msg/h"
         f"  sent {snapshot.attempted:,}  accepted {snapshot.accepted:,}  tempfailed {snapshot.tempfailed:,}"
         f"  permfailed {snapshot.permfailed:,}  errors {snapshot.errors:,}  connections {snapshot.connections:,}"
     )
+    if behind(snapshot, asked, elapsed):
+        text += f"  BEHIND: asked {asked:,.1f}/s, achieved {snapshot.attempted / elapsed:,.1f}/s"
+    return text
 
 
-def _table(snapshot: Snapshot, per_second: float, elapsed: float) -> Table:
-    table = Table(title=f"trafficgen  {elapsed:,.0f} s", title_justify="left", show_edge=False)
+def _table(snapshot: Snapshot, per_second: float, elapsed: float, asked: float | None = None) -> Table:
+    late = behind(snapshot, asked, elapsed)
+    title = f"trafficgen  {elapsed:,.0f} s" + (f"  BEHIND SCHEDULE (asked {asked:,.1f}/s)" if late else "")
+    table = Table(title=title, title_justify="left", show_edge=False)
     for column in ("msg/s", "msg/min", "msg/h", "sent", "accepted", "tempfailed", "permfailed", "errors", "conns"):
         table.add_column(column, justify="right")
     table.add_row(
@@ -50,10 +64,17 @@ def _table(snapshot: Snapshot, per_second: float, elapsed: float) -> Table:
 
 
 class Progress:
-    def __init__(self, read: Callable[[], Snapshot], quiet: bool = False, out: IO[str] | None = None):
+    def __init__(
+        self,
+        read: Callable[[], Snapshot],
+        quiet: bool = False,
+        out: IO[str] | None = None,
+        asked: float | None = None,
+    ):
         self.read = read
         self.quiet = quiet
         self.out = out or sys.stderr
+        self.asked = asked  # --throttle's rate, to say when the run falls behind it
 
     async def run(self) -> None:
         """Show progress until cancelled."""
@@ -71,9 +92,9 @@ class Progress:
                 now, current = time.monotonic(), self.read()
                 per_second = (current.attempted - last.attempted) / (now - last_time)
                 if live is not None:
-                    live.update(_table(current, per_second, now - started), refresh=True)
+                    live.update(_table(current, per_second, now - started, self.asked), refresh=True)
                 else:
-                    print(line(current, per_second, now - started), file=self.out, flush=True)
+                    print(line(current, per_second, now - started, self.asked), file=self.out, flush=True)
                 last, last_time = current, now
         finally:
             if live is not None:

@@ -104,6 +104,8 @@ class Recorder:
         self.phases = {name: new_histogram() for name in PHASES}
         self.connections_opened = 0
         self.connections_open = 0
+        self.connections_peak = 0  # the most open at once (summed over processes when merged)
+        self.connection_errors: Counter[str] = Counter()  # connections that could not be opened, by why
         self._keys: dict[tuple[int, str], tuple[int, str]] = {}
         self._heads: dict[tuple[int, str], tuple[int, str]] = {}
         # For --reconcile: one byte per message of this instance (seq // shards): 1 accepted, 2 not.
@@ -184,6 +186,8 @@ class Recorder:
     def connection_opened(self, connect_s: float, banner_s: float, ehlo_s: float) -> None:
         self.connections_opened += 1
         self.connections_open += 1
+        if self.connections_open > self.connections_peak:
+            self.connections_peak = self.connections_open
         phases = self.phases
         phases["connect"].record(max(1, int(connect_s * 1e6)))
         phases["banner"].record(max(1, int(banner_s * 1e6)))
@@ -192,6 +196,9 @@ class Recorder:
 
     def connection_closed(self) -> None:
         self.connections_open -= 1
+
+    def connection_failed(self, text: str) -> None:
+        self.connection_errors[text] += 1
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -221,6 +228,8 @@ class Recorder:
             "phases": {name: h.encode().decode("ascii") for name, h in self.phases.items()},
             "connections_opened": self.connections_opened,
             "connections_open": self.connections_open,
+            "connections_peak": self.connections_peak,
+            "connection_errors": dict(self.connection_errors),
             "marks": bytes(self.marks) if self.marks is not None and marks else None,
         }
 
@@ -243,6 +252,8 @@ class Recorder:
             self.phases[name].add(HdrHistogram.decode(encoded))
         self.connections_opened += state["connections_opened"]
         self.connections_open += state["connections_open"]
+        self.connections_peak += state.get("connections_peak", 0)
+        self.connection_errors.update(state.get("connection_errors") or {})
         if state.get("marks") is not None and self.marks is not None:
             # Processes mark disjoint messages: a byte-wise OR merges them.
             ours, theirs = bytes(self.marks), state["marks"]

@@ -8,6 +8,7 @@ base64 form, so reports of several processes or machines merge exactly (trafficg
 from __future__ import annotations
 
 import datetime
+import math
 from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
@@ -38,6 +39,27 @@ def latency_ms(histogram: HdrHistogram | None) -> dict[str, float | int | None] 
         out[key] = round(histogram.get_value_at_percentile(p) / 1000, 3)
     out["max"] = round(histogram.get_max_value() / 1000, 3)
     return out
+
+
+BEHIND = 0.98  # an achieved rate below this share of the asked one is reported as behind schedule
+
+
+def schedule(config: dict[str, Any], attempted: int, window: float) -> dict[str, Any] | None:
+    """With --throttle: the rate asked and achieved, and how many messages fell due but were never sent."""
+    asked = config.get("throttle_per_s")
+    if not asked:
+        return None
+    due = max(0, math.ceil(window * asked - 1e-9)) + (config.get("max_burst") or 1) - 1
+    if config.get("message_count"):
+        due = min(due, config["message_count"])
+    achieved = attempted / window if window > 0 else 0.0
+    return {
+        "asked_per_s": asked,
+        "achieved_per_s": round(achieved, 3),
+        "due": due,
+        "never_sent": max(0, due - attempted),
+        "behind": achieved < asked * BEHIND and due > attempted,
+    }
 
 
 def build(
@@ -74,13 +96,19 @@ def build(
             "per_minute": round(per_second * 60, 1),
             "per_hour": round(per_second * 3600),
         },
+        "schedule": schedule(config, attempted, window),
         "latency_ms": latency_ms(recorder.latency),
         "latency_from_intended_ms": latency_ms(recorder.corrected),
         "phases_ms": {name: latency_ms(recorder.phases[name]) for name in PHASES},
         "domains": recorder.domain_totals(),
         "replies": [{"code": code, "text": text, "count": n} for (code, text), n in replies],
         "errors": [{"text": text, "count": n} for text, n in recorder.errors.most_common()],
-        "connections": {"opened": recorder.connections_opened},
+        "connections": {
+            "opened": recorder.connections_opened,
+            "peak": recorder.connections_peak,
+            "failed": sum(recorder.connection_errors.values()),
+            "errors": [{"text": text, "count": n} for text, n in recorder.connection_errors.most_common()],
+        },
         "histogram": recorder.latency.encode().decode("ascii"),
         "histograms": {
             "latency_from_intended": recorder.corrected.encode().decode("ascii") if recorder.corrected else None,
@@ -108,6 +136,8 @@ def recorder_of(report: dict[str, Any]) -> Recorder:
             "phases": histograms.get("phases") or {},
             "connections_opened": report.get("connections", {}).get("opened", 0),
             "connections_open": 0,
+            "connections_peak": report.get("connections", {}).get("peak", 0),
+            "connection_errors": {e["text"]: e["count"] for e in report.get("connections", {}).get("errors", [])},
         }
     )
     return recorder
@@ -140,6 +170,17 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
     )
     t = report["throughput"]
     console.print(f"  throughput {_n(t['per_second'], 1)}/s  {_n(t['per_minute'])}/min  {_n(t['per_hour'])}/h")
+    plan = report.get("schedule")
+    if plan and plan["behind"]:
+        console.print(
+            f"  [bold]behind schedule[/bold]: asked {_n(plan['asked_per_s'], 1)}/s, achieved "
+            f"{_n(plan['achieved_per_s'], 1)}/s; {plan['never_sent']:,} of {plan['due']:,} messages due were never "
+            "sent (the target answers too slowly for --concurrency connections, or this host is saturated)"
+        )
+    connections = report.get("connections") or {}
+    if connections.get("failed"):
+        worst = connections["errors"][0]["text"] if connections.get("errors") else ""
+        console.print(f"  connections that could not be opened: {connections['failed']:,} ({worst})")
 
     latency = Table(box=box.SIMPLE, title="latency (ms)", title_justify="left", pad_edge=False)
     columns = ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
