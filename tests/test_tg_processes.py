@@ -105,3 +105,22 @@ class TestProcesses:
         assert done.returncode == 1
         (line,) = error_lines(done)
         assert line.startswith("trafficgen: error: ") and "refused" in line and target in line
+
+
+def test_a_large_process_report_reaches_the_parent(tmp_path):
+    """A process's final state larger than a pipe's buffer (hundreds of distinct reply texts) still reaches the
+    parent whole: every message is counted, none reported as from a process that "died"."""
+    from conftest import running_sink
+
+    texts = "".join(
+        f'[[defer."default"]]\ncode = 451\nmsg = "4.7.1 deferral text number {n:04d} {"padding " * 30}"\n\n'
+        for n in range(800)
+    )
+    policy = f"[default]\nbounce = 0\ndefer = 100\n\n{texts}"
+    with running_sink("--seed", "5", policy=policy, tmp=tmp_path) as sink:
+        report, done = run_report(
+            "--target", sink.target, "--message-count", "4000", "--concurrency", "20", "--processes", "2"
+        )  # fmt: skip
+    assert report["stopped_by"] is None, done.stderr
+    assert report["totals"]["attempted"] == report["totals"]["tempfailed"] == 4000
+    assert len(report["replies"]) > 700

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -228,6 +229,9 @@ async def _run_processes(config: RunConfig, interrupts: _Interrupts) -> tuple[Re
 
     def receive(conn: Connection) -> None:
         try:
+            # The event loop's reader made the pipe non-blocking; a message larger than the pipe's buffer arrives
+            # in parts, and recv() must wait for the rest rather than fail half-way.
+            os.set_blocking(conn.fileno(), True)
             while conn.poll():
                 message = conn.recv()
                 if message[0] == "progress":

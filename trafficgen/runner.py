@@ -253,8 +253,8 @@ class Runner:
         try:
             while not self.stopping:
                 if session is None:
-                    if self.over.is_set() or (retry is None and not opening and self._claims_over()):
-                        break  # nothing left to send: no new connection
+                    if self.over.is_set() or (retry is None and not opening and self.remaining == 0):
+                        break  # every message of a --message-count run is on its way: no new connection
                     opened = await self._connect()
                     if isinstance(opened, Outcome):
                         # The failure is the outcome of the message that would have gone over this connection,
