@@ -126,11 +126,14 @@ class TestThroughPostfix:
         assert r["lost"] == r["duplicated"] == r["dsn_after_delivery"] == r["expired"] == r["unexpected"] == 0
 
     def test_greylisted_mail_is_delivered_once_on_postfix_retry(self, scene):
-        """Each greylisted message took two attempts, every other delivered one a single attempt."""
+        """Each greylisted message took two attempts or more, every other delivered one a single attempt.
+
+        (Postfix keeps retry times in whole seconds, so a retry may come before the 1 s greylist delay is over
+        and be greylisted again: two or three attempts, not exactly two.)"""
         attempts, accepted = scene["reconciled"]["attempts"], scene["accepted"]
         assert accepted["grey.test"] > 0
         assert attempts["1"] == accepted["ok.test"]
-        assert attempts["2"] == accepted["grey.test"]
+        assert sum(n for bucket, n in attempts.items() if bucket != "1") == accepted["grey.test"]
         assert sum(attempts.values()) == scene["reconciled"]["delivered"]
 
     def test_transit_times_per_domain(self, scene):
