@@ -13,7 +13,7 @@ from conftest import running_sink
 
 from trafficgen.inject import outcome_of
 from trafficgen.messages import Message
-from trafficgen.smtp.replies import ACCEPTED, PERMFAILED, TEMPFAILED
+from trafficgen.outcome import ACCEPTED, PERMFAILED, TEMPFAILED
 
 POLICY = """
 [default]

@@ -9,8 +9,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from trafficgen.messages import Message
-from trafficgen.smtp.replies import ACCEPTED, ERROR, PERMFAILED, TEMPFAILED
-from trafficgen.smtp.session import Outcome
+from trafficgen.outcome import ACCEPTED, ERROR, PERMFAILED, TEMPFAILED, Outcome
 from trafficgen.stats import report
 from trafficgen.stats.recorder import HIGHEST_US, LOWEST_US, SIGNIFICANT_DIGITS, Histogram, Recorder, reply_key
 

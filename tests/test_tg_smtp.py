@@ -14,7 +14,8 @@ from aiosmtpd.smtp import Session as SMTPSession
 
 from trafficgen.config import RunConfig, build
 from trafficgen.messages import MessageFactory
-from trafficgen.smtp.replies import ACCEPTED, ERROR, MAX_LINE, PERMFAILED, TEMPFAILED, ProtocolError, Reply, ReplyParser
+from trafficgen.outcome import ACCEPTED, ERROR, PERMFAILED, TEMPFAILED
+from trafficgen.smtp.replies import MAX_LINE, ProtocolError, Reply, ReplyParser
 from trafficgen.smtp.session import Refused, Session, SessionError
 
 DEADLINE = 5.0

@@ -6,7 +6,7 @@ with the body KumoMTA documents: {"envelope_sender", "content", "recipients": [{
 ("550 5.1.1 ...", as smartsink writes them) decides temporary or permanent, otherwise the refusal is
 permanent. An HTTP 429 or 503 is a temporary refusal of the whole request; any other failure is an error.
 
-HttpSession has Session's face (send, usable, take_ahead, quit), so the run loop does not care which it has.
+HttpSession is a Transport (trafficgen.transport), like the SMTP Session: the run loop does not care which it has.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 
+from trafficgen.config import RunConfig
 from trafficgen.messages import Message
-from trafficgen.smtp.replies import ACCEPTED, PERMFAILED, TEMPFAILED, kind_of
-from trafficgen.smtp.session import Outcome
+from trafficgen.outcome import ACCEPTED, PERMFAILED, TEMPFAILED, Kind, Outcome
 
 _CODE = re.compile(r"^\s*([245]\d\d)[ -](.*)$", re.S)
 ACCEPTED_CODE, ACCEPTED_TEXT = 250, "injected"
@@ -29,23 +29,19 @@ ACCEPTED_CODE, ACCEPTED_TEXT = 250, "injected"
 class HttpSession:
     """Requests to one injection endpoint, over a connection pool shared by the process."""
 
-    connect_s = banner_s = ehlo_s = 0.0
-    ahead = None
     usable = True
+    holds_connection = False
 
-    def __init__(self, client: aiohttp.ClientSession, url: str, config: Any):
+    def __init__(self, client: aiohttp.ClientSession, url: str, config: RunConfig):
         self.client = client
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=config.timeout)
         self.extra = {"deferred_spool": config.http_defer_spool, "deferred_generation": config.http_defer_generation}
 
-    def take_ahead(self) -> None:
-        return None
-
     async def quit(self) -> None:
         """Nothing to close: the pool belongs to the run."""
 
-    async def send(self, message: Message, ahead: Any = None) -> Outcome:
+    async def send(self, message: Message, following: Message | None = None) -> Outcome:
         started = monotonic()
         count = len(message.recipients)
         body = {
@@ -79,8 +75,8 @@ def outcome_of(answer: dict[str, Any], message: Message, started: float, end: fl
     """The message's outcome from an inject API answer (pure: no I/O)."""
     failed = set(answer.get("failed_recipients") or [])
     errors = [str(e) for e in answer.get("errors") or []]
-    kinds: list[int] = []
-    refusals: list[tuple[int, int, str]] = []  # (kind, code, text)
+    kinds: list[Kind] = []
+    refusals: list[tuple[Kind, int, str]] = []  # (kind, code, text)
     for recipient in message.recipients:
         if recipient not in failed:
             kinds.append(ACCEPTED)
@@ -89,7 +85,7 @@ def outcome_of(answer: dict[str, Any], message: Message, started: float, end: fl
         reason = error[len(recipient) + 1 :].strip() if error else "refused by the injection API"
         m = _CODE.match(reason)
         code, text = (int(m.group(1)), m.group(2)) if m else (550, reason)
-        kind = kind_of(code) if code >= 400 else PERMFAILED
+        kind = Kind.of_code(code) if code >= 400 else PERMFAILED
         kinds.append(kind)
         refusals.append((kind, code, text))
     if ACCEPTED in kinds:

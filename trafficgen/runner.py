@@ -24,10 +24,11 @@ from mailload.cli import raise_open_files_limit
 from trafficgen import inject
 from trafficgen.config import ConfigError, RunConfig
 from trafficgen.messages import Message, MessageFactory
+from trafficgen.outcome import ERROR, Outcome
 from trafficgen.ratelimit import Throttle
-from trafficgen.smtp.replies import ERROR
-from trafficgen.smtp.session import ClientProtocol, Outcome, Refused, Session, SessionError, client_tls_context
+from trafficgen.smtp.session import ClientProtocol, Refused, Session, SessionError, client_tls_context
 from trafficgen.stats.recorder import Recorder
+from trafficgen.transport import Transport
 
 log = logging.getLogger("trafficgen")
 
@@ -58,6 +59,18 @@ class Share:
                 count = config.message_count // n + (i < config.message_count % n)
             shares.append(cls(i, n, conc, count))
         return shares
+
+
+def new_recorder(config: RunConfig) -> Recorder:
+    """A Recorder for this run's domains and options."""
+    domains = [config.recipient.rpartition("@")[2]] if config.recipient else [d.name for d in config.domains]
+    return Recorder(
+        domains,
+        corrected=config.throttle is not None,
+        marks=config.reconcile is not None,
+        shards=config.shard_count,
+        intervals=config.hdr_log is not None,
+    )
 
 
 def raise_file_limit(connections: int) -> None:
@@ -104,7 +117,6 @@ class Runner:
         self.exhausted = False  # the throttle's schedule reached the end of --duration
         self.error: str | None = None
         self.interrupted = False
-        self.inflight: dict[int, Message] = {}
         self.outstanding = 0  # messages claimed and not yet given their outcome
         self.over = asyncio.Event()  # the run is over: --duration passed, every message answered, or a stop
         self.started = time.monotonic()
@@ -112,11 +124,11 @@ class Runner:
 
     # --- claims ---------------------------------------------------------------------------------------------
 
-    def _claim_now(self) -> Message | None:
+    def claim_now(self) -> Message | None:
         """The next message if one is due now (never waits); None otherwise."""
         return self._take(only_if_due=True)
 
-    async def _claim(self) -> Message | None:
+    async def claim(self) -> Message | None:
         """The next message for a worker, once it is due; None when the run is over."""
         message = self._take(only_if_due=False)
         if message is not None:
@@ -128,7 +140,7 @@ class Runner:
                     return None
         return message
 
-    def _claims_over(self) -> bool:
+    def claims_over(self) -> bool:
         """No message will be claimed any more in this process."""
         return (
             self.stopping
@@ -169,41 +181,41 @@ class Runner:
 
     # --- workers ------------------------------------------------------------------------------------------
 
-    def _stop_on(self, text: str) -> None:
+    def stop_on(self, text: str) -> None:
+        """An error: without --keep-going it ends the run."""
         if not self.config.keep_going and self.error is None:
             self.error = text
             self.stopping = True
             self.over.set()
 
-    def _recorded(self, message: Message, outcome: Outcome) -> None:
+    def recorded(self, message: Message, outcome: Outcome) -> None:
         self.recorder.record(message, outcome)
         self.outstanding -= 1
         if self.remaining == 0 and self.outstanding == 0:
             self.over.set()  # every message of a --message-count run has its outcome: the run is over
 
-    async def _backoff(self, attempt: int) -> None:
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**attempt) * (0.5 + random.random() / 2)
-        await asyncio.sleep(delay)
+    def dropped(self) -> None:
+        """A claimed message that will never be sent (the run stopped)."""
+        self.outstanding -= 1
 
-    async def _ramp(self, number: int) -> None:
+    async def ramp(self, number: int) -> None:
         """Wait for this worker's turn to open its first connection: --connect-rate spreads them out, so
         20,000 connections do not arrive in one burst. Workers of all processes interleave on one schedule."""
         share = self.share
         slot = number * share.count + share.index
-        due = self.started + slot / self.config.connect_rate
-        wait = due - time.monotonic()
+        wait = self.started + slot / self.config.connect_rate - time.monotonic()
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.over.wait(), wait)
 
-    async def _connect(self) -> Session | Outcome:
-        """A new session, or the Outcome its failure gives the message that could not be sent over it."""
-        config, recorder = self.config, self.recorder
-        started = time.monotonic()
+    async def connect(self) -> Transport | Outcome:
+        """A new transport, or the Outcome its failure gives the message that could not be sent over it."""
+        config = self.config
         if config.http:
             if self.http_pool is None:
                 self.http_pool = inject.pool(self.share.concurrency or config.concurrency)
-            return inject.HttpSession(self.http_pool, config.http_url, config)  # type: ignore[return-value]
+            return inject.HttpSession(self.http_pool, config.http_url, config)
+        started = time.monotonic()
         opening = asyncio.ensure_future(Session.open(config, self.tls, self.protocols))
         over = asyncio.ensure_future(self.over.wait())
         try:
@@ -211,125 +223,42 @@ class Runner:
         finally:
             over.cancel()
         if not opening.done():  # the run ended while this connection was still being opened
-            opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SessionError, Refused):
-                await opening
-            waited = time.monotonic() - started
-            text = f"timeout: {config.target} sent no SMTP greeting in {waited:.1f} s, before the run ended"
-            if not (recorder.connections_opened or recorder.connection_errors):
-                # Not one connection of the run was greeted, and none failed otherwise: the target is silent.
-                recorder.connection_failed(text)
-                if not self.stopping and self.error is None:
-                    self.error = f"{text} (is it an SMTP server?)"
-            return Outcome.error(text, 0, started, time.monotonic())
+            return await self._abandon(opening, started)
         try:
             session = opening.result()
         except Refused as e:
-            failure = Outcome.of_reply(e.reply, 0, started)
-            recorder.connection_failed(f"{e.reply.code} {e.reply.one_line()}")
+            self.recorder.connection_failed(f"{e.reply.code} {e.reply.one_line()}")
+            failure = Outcome.refused(e.reply.code, e.reply.one_line(), 0, started, e.reply.at)
             if failure.kind == ERROR:  # not a refusal but a greeting that is not SMTP's
-                self._stop_on(f"{config.target} answered {e}")
+                self.stop_on(f"{config.target} answered {e}")
             return failure
         except SessionError as e:
             text = f"{e.kind}: {e.message}"
-            recorder.connection_failed(text)
+            self.recorder.connection_failed(text)
             where = "" if config.target in e.message else f" (talking to {config.target})"
-            self._stop_on(f"{text}{where}")
+            self.stop_on(f"{text}{where}")
             return Outcome.error(text, 0, started, time.monotonic())
-        recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
+        self.recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
         return session
 
-    async def _worker(self, number: int) -> None:
-        """Open a connection (at this worker's turn), then send whatever is due over it, reconnecting when the
-        server closes it; hold it open until the run is over."""
-        config = self.config
-        limit = config.messages_per_connection
-        session: Session | None = None
-        retry: Message | None = None  # sent ahead on a connection that closed: not attempted yet
-        on_session = 0
-        failures = 0
-        opening = True  # the worker's first connection is opened and held even if it will send nothing
-        await self._ramp(number)
-        try:
-            while not self.stopping:
-                if session is None:
-                    if self.over.is_set() or (retry is None and not opening and self.remaining == 0):
-                        break  # every message of a --message-count run is on its way: no new connection
-                    opened = await self._connect()
-                    if isinstance(opened, Outcome):
-                        # The failure is the outcome of the message that would have gone over this connection,
-                        # so a --message-count run still ends however the target behaves.
-                        message = retry or await self._claim()
-                        retry = None
-                        if message is None:
-                            break
-                        self.inflight[number] = message
-                        self._recorded(message, opened.for_message(len(message.recipients)))
-                        del self.inflight[number]
-                        failures += 1
-                        if not self.stopping:
-                            await self._backoff(failures)
-                        continue
-                    session, on_session, opening = opened, 0, False
-                message = retry or session.ahead or await self._claim()
-                retry = None
-                if message is None:
-                    break
-                if not session.usable and message is not session.ahead:
-                    # The server closed the connection while it was idle (an idle timeout): not an error.
-                    closing, session = session, None
-                    await self._close(closing)
-                    retry = message
-                    continue
-                self.inflight[number] = message
-                last_here = limit is not None and on_session + 1 >= limit
-                outcome = await session.send(message, None if last_here else self._claim_now)
-                del self.inflight[number]
-                self._recorded(message, outcome)
-                on_session += 1
-                if outcome.kind == ERROR:
-                    self._stop_on(f"{outcome.text} (talking to {config.target})")
-                    failures += 1
-                else:
-                    failures = 0
-                if outcome.close or not session.usable or last_here:
-                    retry = session.take_ahead()
-                    closing, session = session, None
-                    await self._close(closing)
-                    if outcome.kind == ERROR and not self.stopping:
-                        await self._backoff(failures)
-            if retry is not None:
-                self.outstanding -= 1  # claimed, never attempted: dropped like any claimed message at a stop
-            if session is not None and session.usable and not self.stopping:
-                await self.over.wait()  # hold the connection for the whole run, as a real sender's pool does
-        except asyncio.CancelledError:
-            # The end of the grace period: what was sent and not answered gets its one outcome.
-            now = time.monotonic()
-            for message in (self.inflight.pop(number, None), session.ahead if session is not None else None):
-                if message is not None:
-                    cut = Outcome.error("cut: the run ended before the reply", len(message.recipients), now, now)
-                    self.recorder.record(message, cut)
-            raise
-        except Exception as e:  # a bug, not the server: never lose a worker silently
-            log.exception("trafficgen worker %d failed", number)
-            message = self.inflight.pop(number, None)
-            if message is not None:
-                now = time.monotonic()
-                self.recorder.record(message, Outcome.error(f"internal: {e!r}", len(message.recipients), now, now))
-            if self.error is None:
-                self.error = f"internal error in a connection worker: {e!r}"
-            self.stopping = True
-            self.over.set()
-        finally:
-            if session is not None:
-                closing, session = session, None
-                await self._close(closing)
+    async def _abandon(self, opening: asyncio.Future[Session], started: float) -> Outcome:
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SessionError, Refused):
+            await opening
+        waited = time.monotonic() - started
+        text = f"timeout: {self.config.target} sent no SMTP greeting in {waited:.1f} s, before the run ended"
+        recorder = self.recorder
+        if not (recorder.connections_opened or recorder.connection_errors):
+            # Not one connection of the run was greeted, and none failed otherwise: the target is silent.
+            recorder.connection_failed(text)
+            if not self.stopping and self.error is None:
+                self.error = f"{text} (is it an SMTP server?)"
+        return Outcome.error(text, 0, started, time.monotonic())
 
-    async def _close(self, session: Session) -> None:
-        if isinstance(session, Session):  # an HttpSession holds no connection of its own
+    async def close(self, transport: Transport) -> None:
+        if transport.holds_connection:
             self.recorder.connection_closed()
-            self.protocols.discard(session.protocol)
-        await session.quit()
+        await transport.quit()
 
     async def _sweep(self) -> None:
         """Time out any reply wait longer than --timeout (once a second; no timer per read)."""
@@ -362,7 +291,7 @@ class Runner:
         if self.remaining == 0:
             self.over.set()
         concurrency = self.share.concurrency or config.concurrency
-        workers = [asyncio.create_task(self._worker(i)) for i in range(concurrency)]
+        workers = [asyncio.create_task(Worker(self, i).run()) for i in range(concurrency)]
         sweeper = asyncio.create_task(self._sweep())
         soft_wait = asyncio.create_task((soft or asyncio.Event()).wait())
         hard_wait = asyncio.create_task((hard or asyncio.Event()).wait())
@@ -392,3 +321,130 @@ class Runner:
         if config.duration is not None:
             window = config.duration if not (self.interrupted or self.error) else min(elapsed, config.duration)
         return RunEnd(wall, elapsed, window, self.error, self.interrupted)
+
+
+class Worker:
+    """One connection's loop: open it at its turn, send what is due over it, reconnect when it closes, hold it
+    until the run is over. The worker owns the messages it claimed: the one being sent, and the next (which
+    the transport may pipeline behind it) or one to send again on a new connection."""
+
+    def __init__(self, runner: Runner, number: int):
+        self.runner = runner
+        self.number = number
+        self.transport: Transport | None = None
+        self.sending: Message | None = None  # sent, its outcome not recorded yet
+        self.pending: Message | None = None  # claimed, not sent yet: the next one, or one to send again
+        self.on_transport = 0
+        self.failures = 0
+        self.first = True  # the first connection is opened and held even if it will send nothing
+
+    async def run(self) -> None:
+        runner = self.runner
+        await runner.ramp(self.number)
+        try:
+            while not runner.stopping:
+                if self.transport is None and not await self._open():
+                    if self._finished():
+                        break
+                    continue
+                message = self.pending or await runner.claim()
+                self.pending = None
+                if message is None:
+                    break
+                assert self.transport is not None
+                if not self.transport.usable:
+                    # The server closed the connection while it was idle (an idle timeout): not an error.
+                    await self._drop_transport()
+                    self.pending = message
+                    continue
+                await self._send(message)
+            if self.pending is not None:
+                runner.dropped()  # claimed, never sent: dropped like any claimed message at a stop
+                self.pending = None
+            if self.transport is not None and self.transport.usable and not runner.stopping:
+                await runner.over.wait()  # hold the connection for the whole run, as a real sender's pool does
+        except asyncio.CancelledError:
+            self._cut()
+            raise
+        except Exception as e:  # a bug, not the server: never lose a worker silently
+            self._crashed(e)
+        finally:
+            await self._drop_transport()
+
+    def _finished(self) -> bool:
+        runner = self.runner
+        return runner.stopping or (self.pending is None and (runner.over.is_set() or runner.claims_over()))
+
+    async def _open(self) -> bool:
+        """A transport for the next message; False when there is none (the failure is recorded)."""
+        runner = self.runner
+        if runner.over.is_set() or (self.pending is None and not self.first and runner.remaining == 0):
+            return False  # the run is over, or every message of a --message-count run is on its way
+        opened = await runner.connect()
+        if not isinstance(opened, Outcome):
+            self.transport, self.on_transport, self.first = opened, 0, False
+            return True
+        # The failure is the outcome of the message that would have gone over this connection, so a
+        # --message-count run still ends however the target behaves.
+        message = self.pending or await runner.claim()
+        self.pending = None
+        if message is not None:
+            runner.recorded(message, opened.for_message(len(message.recipients)))
+            self.failures += 1
+            if not runner.stopping:
+                await self._backoff()
+        return False
+
+    async def _send(self, message: Message) -> None:
+        runner = self.runner
+        transport = self.transport
+        assert transport is not None
+        limit = runner.config.messages_per_connection
+        last_here = limit is not None and self.on_transport + 1 >= limit
+        self.pending = None if last_here else runner.claim_now()
+        self.sending = message
+        outcome = await transport.send(message, self.pending)
+        self.sending = None
+        runner.recorded(message, outcome)
+        self.on_transport += 1
+        if outcome.kind == ERROR:
+            runner.stop_on(f"{outcome.text} (talking to {runner.config.target})")
+            self.failures += 1
+        else:
+            self.failures = 0
+        if outcome.close or not transport.usable or last_here:
+            # A message pipelined behind this one was not answered here: it goes over the next connection.
+            await self._drop_transport()
+            if outcome.kind == ERROR and not runner.stopping:
+                await self._backoff()
+
+    async def _backoff(self) -> None:
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**self.failures) * (0.5 + random.random() / 2)
+        await asyncio.sleep(delay)
+
+    async def _drop_transport(self) -> None:
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            await self.runner.close(transport)
+
+    def _cut(self) -> None:
+        """The end of the grace period: what was sent and not answered gets its one outcome."""
+        now = time.monotonic()
+        for message in (self.sending, self.pending):
+            if message is not None:
+                cut = Outcome.error("cut: the run ended before the reply", len(message.recipients), now, now)
+                self.runner.recorder.record(message, cut)
+        self.sending = self.pending = None
+
+    def _crashed(self, e: Exception) -> None:
+        runner = self.runner
+        log.exception("trafficgen worker %d failed", self.number)
+        if self.sending is not None:
+            now = time.monotonic()
+            failed = Outcome.error(f"internal: {e!r}", len(self.sending.recipients), now, now)
+            runner.recorder.record(self.sending, failed)
+            self.sending = None
+        if runner.error is None:
+            runner.error = f"internal error in a connection worker: {e!r}"
+        runner.stopping = True
+        runner.over.set()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from trafficgen.outcome import Kind
+
 MAX_LINE = 64 * 1024  # a server line longer than this is not SMTP
 
 
@@ -21,22 +23,11 @@ class Reply(NamedTuple):
     at: float  # loop time when the reply was complete
 
     @property
-    def kind(self) -> int:
-        return kind_of(self.code)
+    def kind(self) -> Kind:
+        return Kind.of_code(self.code)
 
     def one_line(self) -> str:
         return " ".join(self.text.split("\n"))
-
-
-ACCEPTED, TEMPFAILED, PERMFAILED, ERROR = 0, 1, 2, 3
-
-
-def kind_of(code: int) -> int:
-    if code >= 500:
-        return PERMFAILED
-    if code >= 400:
-        return TEMPFAILED
-    return ACCEPTED
 
 
 class ReplyParser:

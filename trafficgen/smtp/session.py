@@ -6,7 +6,9 @@ connection is an asyncio.Protocol that parses replies as bytes arrive, and with 
 MAIL, every RCPT and DATA leave in one write and their replies are read together: two round trips a
 message instead of four.
 
-A Session never decides what to do next; it reports an Outcome and whether the connection is still usable.
+A Session never decides what to do next: the run loop hands it each message (and the one after, which it may
+pipeline), and it reports an Outcome and whether the connection is still usable. It is a Transport
+(trafficgen.transport).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import base64
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
 from trafficgen.messages import Message
-from trafficgen.smtp.replies import ACCEPTED, ERROR, PERMFAILED, TEMPFAILED, ProtocolError, Reply, ReplyParser
+from trafficgen.outcome import ACCEPTED, ERROR, PERMFAILED, TEMPFAILED, Outcome
+from trafficgen.smtp.replies import ProtocolError, Reply, ReplyParser
 
 
 class SessionError(Exception):
@@ -39,63 +41,6 @@ class Refused(Exception):
     def __init__(self, reply: Reply):
         super().__init__(f"{reply.code} {reply.one_line()}")
         self.reply = reply
-
-
-class Outcome:
-    """What happened to one message.
-
-    Times are time.monotonic() (uvloop's loop.time() is only millisecond-precise): when the transaction
-    started, when its MAIL and last RCPT replies arrived (0 when none), and when the deciding reply arrived
-    (`end`). The recorder turns them into per-step durations.
-    """
-
-    __slots__ = ("kind", "code", "text", "recipient_kinds", "close", "started", "mail", "rcpt", "end")
-
-    def __init__(
-        self,
-        kind: int,
-        code: int,
-        text: str,
-        recipient_kinds: tuple[int, ...],
-        close: bool,
-        started: float,
-        mail: float = 0.0,
-        rcpt: float = 0.0,
-        end: float = 0.0,
-    ):
-        self.kind = kind
-        self.code = code
-        self.text = text
-        self.recipient_kinds = recipient_kinds
-        self.close = close
-        self.started = started
-        self.mail = mail
-        self.rcpt = rcpt
-        self.end = end  # the reply that decided the outcome
-
-    @classmethod
-    def error(cls, kind_text: str, recipients: int, started: float, end: float) -> Outcome:
-        return cls(ERROR, 0, kind_text, (ERROR,) * recipients, True, started, end=end)
-
-    def for_message(self, recipients: int) -> Outcome:
-        """This outcome (of a connection that failed) for a message of `recipients` recipients."""
-        return Outcome(
-            self.kind,
-            self.code,
-            self.text,
-            (self.kind,) * recipients,
-            True,
-            self.started,
-            self.mail,
-            self.rcpt,
-            self.end,
-        )
-
-    @classmethod
-    def of_reply(cls, reply: Reply, recipients: int, started: float) -> Outcome:
-        """An outcome decided by one reply (a refused greeting, say), for every recipient alike."""
-        kind = reply.kind if reply.kind != ACCEPTED else ERROR
-        return cls(kind, reply.code, reply.one_line(), (kind,) * recipients, True, started, end=reply.at)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -171,14 +116,16 @@ def _b64(text: str) -> str:
 class Session:
     """One open, greeted SMTP connection that messages can be sent on."""
 
+    holds_connection = True
+
     def __init__(self, protocol: ClientProtocol, pipelining: bool):
         self.protocol = protocol
         self.pipelining = pipelining
         self.extensions: dict[str, str] = {}
         self.needs_rset = False
         self.rset_sent = False
-        self.ahead: Message | None = None  # sent with the previous message's content, not yet answered
-        self.ahead_sent = 0.0
+        self._ahead: Message | None = None  # its envelope is on the wire, behind the previous message's content
+        self._ahead_sent = 0.0
         self.last_end = 0.0
         self.connect_s = self.banner_s = self.ehlo_s = 0.0
 
@@ -286,20 +233,21 @@ class Session:
 
     # --- sending ------------------------------------------------------------------------------------------
 
-    async def send(self, message: Message, ahead: Callable[[], Message | None] | None = None) -> Outcome:
+    async def send(self, message: Message, following: Message | None = None) -> Outcome:
         """One transaction. Never raises for the server's answers; an Outcome of kind ERROR for failures.
 
-        With pipelining, `ahead` may hand over the next message when it is due now: its MAIL, RCPT and DATA
-        then leave in the same write as this message's content (RFC 2920 3.1 lets message content start a
-        group), and it becomes `self.ahead`, to be passed to the next send(). That halves the writes and
-        reads of a busy connection on both sides.
+        With pipelining, `following` (the next message the run loop will send here, already due) has its MAIL,
+        RCPT and DATA written in the same write as this message's content (RFC 2920 3.1 lets message content
+        start a group). That halves the writes and reads of a busy connection on both sides.
         """
         count = len(message.recipients)
-        if message is self.ahead:
-            # The server starts on it once it has answered the previous message.
-            started = max(self.ahead_sent, self.last_end)
-            self.ahead = None
+        if message is self._ahead:
+            # Its envelope left with the previous message's content; the server starts on it once it has
+            # answered that one.
+            started = max(self._ahead_sent, self.last_end)
+            self._ahead = None
         else:
+            self._ahead = None
             started = monotonic()
             if self.pipelining:
                 try:
@@ -308,15 +256,10 @@ class Session:
                     return Outcome.error(f"{e.kind}: {e.message}", count, started, monotonic())
         try:
             if self.pipelining:
-                return await self._send_pipelined(message, started, ahead)
+                return await self._send_pipelined(message, started, following)
             return await self._send_stepwise(message, started)
         except SessionError as e:
             return Outcome.error(f"{e.kind}: {e.message}", count, started, monotonic())
-
-    def take_ahead(self) -> Message | None:
-        """The message sent ahead that this connection will not answer (it is closing): send it elsewhere."""
-        message, self.ahead = self.ahead, None
-        return message
 
     def _envelope(self, message: Message) -> list[bytes]:
         lines = [b"RSET\r\n"] if self.needs_rset else []
@@ -327,9 +270,7 @@ class Session:
         lines.append(b"DATA\r\n")
         return lines
 
-    async def _send_pipelined(
-        self, message: Message, started: float, ahead: Callable[[], Message | None] | None
-    ) -> Outcome:
+    async def _send_pipelined(self, message: Message, started: float, following: Message | None) -> Outcome:
         reply = self.protocol.reply
         if self.rset_sent:
             self.rset_sent = False
@@ -346,7 +287,7 @@ class Session:
                 return self._closed_by(answer, message, started)
             rcpts.append(answer)
         data = await reply()
-        return await self._after_data(message, started, mail, rcpts, data, ahead)
+        return await self._after_data(message, started, mail, rcpts, data, following)
 
     async def _send_stepwise(self, message: Message, started: float) -> Outcome:
         protocol = self.protocol
@@ -378,7 +319,7 @@ class Session:
         mail: Reply,
         rcpts: list[Reply],
         data: Reply,
-        ahead: Callable[[], Message | None] | None,
+        following: Message | None,
     ) -> Outcome:
         protocol = self.protocol
         accepted = [r.code // 100 == 2 for r in rcpts]
@@ -398,12 +339,11 @@ class Session:
             # RFC 2920 3.1: a server may say 354 even though every recipient failed; end the empty message.
             await self._abort_data()
             return self._all_refused(rcpts, message, started, mail, data.at)
-        following = ahead() if ahead is not None else None
         if following is None:
             protocol.write(*message.content, b".\r\n")
         else:
             protocol.write(*message.content, b".\r\n", *self._envelope(following))
-            self.ahead, self.ahead_sent = following, monotonic()
+            self._ahead, self._ahead_sent = following, monotonic()
         final = await protocol.reply()
         self.last_end = final.at
         kind = final.kind
@@ -419,8 +359,7 @@ class Session:
     def _closed_by(self, reply: Reply, message: Message, started: float) -> Outcome:
         """421: the server is closing the connection (RFC 5321 3.8)."""
         self.protocol.transport.close()
-        count = len(message.recipients)
-        return Outcome(TEMPFAILED, reply.code, reply.text, (TEMPFAILED,) * count, True, started, end=reply.at)
+        return Outcome.refused(reply.code, reply.text, len(message.recipients), started, reply.at)
 
     def _rejected(
         self,

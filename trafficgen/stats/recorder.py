@@ -15,8 +15,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from trafficgen.messages import Message
-from trafficgen.smtp.replies import ACCEPTED, ERROR
-from trafficgen.smtp.session import Outcome
+from trafficgen.outcome import ACCEPTED, ERROR, Outcome
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour

@@ -1,0 +1,79 @@
+"""What watches a run as it goes: live progress, the --hdr-log interval log, the --metrics exporter.
+
+They read the counts through functions they are given, so the same observers serve one process or the merged
+counts of several (trafficgen.supervisor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from trafficgen.config import ConfigError, RunConfig
+from trafficgen.stats import exporter
+from trafficgen.stats.exporter import RunCollector
+from trafficgen.stats.hdrlog import IntervalLog
+from trafficgen.stats.progress import INTERVAL, Progress, Snapshot
+from trafficgen.stats.recorder import Recorder
+
+
+def snapshot(recorder: Recorder) -> Snapshot:
+    t = recorder.totals()
+    return Snapshot(t.attempted, t.accepted, t.tempfailed, t.permfailed, t.errors, recorder.connections_open)
+
+
+class Observers:
+    """What watches a run as it goes: progress, the --hdr-log interval log, the --metrics exporter.
+
+    `view` gives a Recorder with everything counted so far; `take_interval` the latency since its last call.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        read: Callable[[], Snapshot],
+        view: Callable[[], Recorder],
+        take_interval: Callable[[], HdrHistogram] | None,
+    ):
+        self.config = config
+        self.read = read
+        self.view = view
+        self.take_interval = take_interval
+        self.tasks: list[asyncio.Task[None]] = []
+        self.log: IntervalLog | None = None
+        self.exporter: Any = None
+
+    async def start(self) -> None:
+        config = self.config
+        asked = config.throttle.per_second if config.throttle else None
+        self.tasks.append(asyncio.create_task(Progress(self.read, config.quiet, asked=asked).run()))
+        if config.hdr_log:
+            try:
+                self.log = IntervalLog(config.hdr_log)
+            except OSError as e:
+                raise ConfigError(f"--hdr-log {config.hdr_log}: cannot write: {e.strerror}") from None
+            self.tasks.append(asyncio.create_task(self._log_intervals()))
+        if config.metrics:
+            collector = RunCollector(self.view, config.run_id, config.target)
+            try:
+                self.exporter = await exporter.serve(*config.metrics, collector)
+            except OSError as e:
+                raise ConfigError(f"--metrics {config.metrics[0]}:{config.metrics[1]}: {e.strerror}") from None
+
+    async def _log_intervals(self) -> None:
+        assert self.log is not None and self.take_interval is not None
+        while True:
+            await asyncio.sleep(INTERVAL)
+            self.log.write(self.take_interval())
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.log is not None and self.take_interval is not None:
+            self.log.write(self.take_interval())
+            self.log.close()
+        if self.exporter is not None:
+            await self.exporter.cleanup()
