@@ -62,24 +62,13 @@ def _time(document: dict[str, Any]) -> float:
 
 def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """One report for all: as if one generator had sent every message of every report."""
-    domains: list[str] = []
-    for document in documents:
-        domains += [d for d in document["domains"] if d not in domains]
-    merged = Recorder(domains)
-    for document in documents:
-        part = reports.recorder_of(document)
-        state = part.state()
-        state["counts"] = [
-            part.counts[part.domains.index(d)] if d in part.domains else [0, 0, 0, 0, 0] for d in domains
-        ]
-        merged.merge(state)
     starts = [_time(d) for d in documents]
     started = min(starts)
     ends = [s + d["elapsed_s"] for s, d in zip(starts, documents, strict=True)]
     sending_ends = [s + d.get("sending_s", d["elapsed_s"]) for s, d in zip(starts, documents, strict=True)]
     run_ids = sorted({d["run_id"] for d in documents})
     document = reports.build(
-        merged,
+        _merged_recorder(documents),
         run_id=run_ids[0] if len(run_ids) == 1 else "merged",
         target=", ".join(sorted({d["target"] for d in documents})),
         started=started,
@@ -93,20 +82,40 @@ def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
     )
     parts = [d.get("reconciliation") for d in documents]
     if parts and all(p and "error" not in p for p in parts):
-        combined: dict[str, Any] = {"sink": ", ".join(sorted({p["sink"] for p in parts}))}  # type: ignore[index]
-        for key in contract.RECONCILE_COUNTS:
-            combined[key] = sum(p.get(key, 0) for p in parts)  # type: ignore[union-attr]
-        combined["attempts"] = {
-            bucket: sum((p.get("attempts") or {}).get(bucket, 0) for p in parts)  # type: ignore[union-attr]
-            for bucket in contract.ATTEMPT_BUCKETS
-        }
-        for key in ("lost_ids", "duplicated_ids", "bounced_without_dsn_ids", "dsn_after_delivery_ids"):
-            combined[key] = [i for p in parts for i in p.get(key, [])][:100]  # type: ignore[union-attr]
-        # Instances of one run (shards) share its run id, so each sink's transit times are the whole run's.
-        if len(run_ids) == 1:
-            combined["transit_ms"] = parts[0].get("transit_ms")  # type: ignore[union-attr]
-        document["reconciliation"] = combined
+        document["reconciliation"] = _merged_reconciliation([p for p in parts if p], single_run=len(run_ids) == 1)
     return document
+
+
+def _merged_recorder(documents: list[dict[str, Any]]) -> Recorder:
+    """Every report's counts and histograms in one Recorder, over the union of their domains."""
+    domains: list[str] = []
+    for document in documents:
+        domains += [d for d in document["domains"] if d not in domains]
+    merged = Recorder(domains)
+    for document in documents:
+        part = reports.recorder_of(document)
+        state = part.state()
+        state["counts"] = [
+            part.counts[part.domains.index(d)] if d in part.domains else [0, 0, 0, 0, 0] for d in domains
+        ]
+        merged.merge(state)
+    return merged
+
+
+def _merged_reconciliation(parts: list[dict[str, Any]], single_run: bool) -> dict[str, Any]:
+    """The reconciliations of instances (shards) added up."""
+    combined: dict[str, Any] = {"sink": ", ".join(sorted({p["sink"] for p in parts}))}
+    for key in contract.RECONCILE_COUNTS:
+        combined[key] = sum(p.get(key, 0) for p in parts)
+    combined["attempts"] = {
+        bucket: sum((p.get("attempts") or {}).get(bucket, 0) for p in parts) for bucket in contract.ATTEMPT_BUCKETS
+    }
+    for key in ("lost_ids", "duplicated_ids", "bounced_without_dsn_ids", "dsn_after_delivery_ids"):
+        combined[key] = [i for p in parts for i in p.get(key, [])][:100]
+    # Instances of one run (shards) share its run id, so each sink's transit times are the whole run's.
+    if single_run:
+        combined["transit_ms"] = parts[0].get("transit_ms")
+    return combined
 
 
 def _percent_change(before: float | None, after: float | None) -> str:

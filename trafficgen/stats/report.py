@@ -152,6 +152,19 @@ def _n(value: float | int | None, digits: int = 0) -> str:
 def summary(report: dict[str, Any], out: IO[str]) -> None:
     """The human-readable report."""
     console = Console(file=out, width=120, highlight=False, soft_wrap=False)
+    _print_headline(console, report)
+    console.print(_latency_table(report))
+    console.print(_domains_table(report))
+    if report["replies"]:
+        console.print(_replies_table(report))
+    reconciliation = report.get("reconciliation")
+    if reconciliation and "error" not in reconciliation:
+        print_reconciliation(console, reconciliation, report["totals"]["accepted"])
+    if report["errors"]:
+        console.print(_errors_table(report))
+
+
+def _print_headline(console: Console, report: dict[str, Any]) -> None:
     totals = report["totals"]
     attempted = totals["attempted"]
     config = report["config"]
@@ -182,6 +195,8 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
         worst = connections["errors"][0]["text"] if connections.get("errors") else ""
         console.print(f"  connections that could not be opened: {connections['failed']:,} ({worst})")
 
+
+def _latency_table(report: dict[str, Any]) -> Table:
     latency = Table(box=box.SIMPLE, title="latency (ms)", title_justify="left", pad_edge=False)
     columns = ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
     latency.add_column("")
@@ -193,8 +208,10 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
     rows += [(f"  {name}", stats) for name, stats in report["phases_ms"].items() if stats and stats["count"]]
     for label, stats in rows:
         latency.add_row(label, *(_n(stats.get(c) if stats else None, 3) for c in columns))
-    console.print(latency)
+    return latency
 
+
+def _domains_table(report: dict[str, Any]) -> Table:
     domains = Table(box=box.SIMPLE, title="domains", title_justify="left", pad_edge=False)
     for c in ("domain", "attempted", "accepted", "tempfailed", "permfailed", "errors", "accepted %"):
         domains.add_column(c, justify="left" if c == "domain" else "right")
@@ -205,26 +222,26 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
             *(f"{row[k]:,}" for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")),
             _n(share, 1),
         )
-    console.print(domains)
+    return domains
 
-    if report["replies"]:
-        replies = Table(box=box.SIMPLE, title="most frequent replies", title_justify="left", pad_edge=False)
-        replies.add_column("count", justify="right")
-        replies.add_column("code", justify="right")
-        replies.add_column("text", overflow="ellipsis", no_wrap=True, max_width=96)
-        for r in report["replies"][:TOP_REPLIES]:
-            replies.add_row(f"{r['count']:,}", str(r["code"]), r["text"])
-        console.print(replies)
-    reconciliation = report.get("reconciliation")
-    if reconciliation and "error" not in reconciliation:
-        print_reconciliation(console, reconciliation, totals["accepted"])
-    if report["errors"]:
-        errors = Table(box=box.SIMPLE, title="errors", title_justify="left", pad_edge=False)
-        errors.add_column("count", justify="right")
-        errors.add_column("error", overflow="ellipsis", no_wrap=True, max_width=100)
-        for e in report["errors"][:TOP_REPLIES]:
-            errors.add_row(f"{e['count']:,}", e["text"])
-        console.print(errors)
+
+def _replies_table(report: dict[str, Any]) -> Table:
+    replies = Table(box=box.SIMPLE, title="most frequent replies", title_justify="left", pad_edge=False)
+    replies.add_column("count", justify="right")
+    replies.add_column("code", justify="right")
+    replies.add_column("text", overflow="ellipsis", no_wrap=True, max_width=96)
+    for r in report["replies"][:TOP_REPLIES]:
+        replies.add_row(f"{r['count']:,}", str(r["code"]), r["text"])
+    return replies
+
+
+def _errors_table(report: dict[str, Any]) -> Table:
+    errors = Table(box=box.SIMPLE, title="errors", title_justify="left", pad_edge=False)
+    errors.add_column("count", justify="right")
+    errors.add_column("error", overflow="ellipsis", no_wrap=True, max_width=100)
+    for e in report["errors"][:TOP_REPLIES]:
+        errors.add_row(f"{e['count']:,}", e["text"])
+    return errors
 
 
 def print_reconciliation(console: Console, r: dict[str, Any], accepted: int) -> None:
