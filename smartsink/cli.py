@@ -6,6 +6,7 @@ The only module that knows Typer. Everything it starts takes the one SinkConfig 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import shutil
@@ -16,92 +17,75 @@ from typing import Annotated, Any
 
 import typer
 
+from mailload import options
 from mailload.cli import ExitStatus, event_loop_factory, fail, run_app, set_empty_in_environment
-from smartsink.config import (
-    DEFAULT_HTTP,
-    DEFAULT_LISTEN,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_SUFFIX,
-    ConfigError,
-    SinkConfig,
-    build,
-)
+from smartsink import __version__
+from smartsink.config import ConfigError, SinkConfig, build
 
 PROG = "smartsink"
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+ENV = "SMARTSINK"
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
-def _env(name: str) -> str:
-    return f"SMARTSINK_{name}"
+def _version(value: bool) -> None:
+    if value:
+        print(f"{PROG} {__version__}")
+        raise typer.Exit()
 
 
-@app.command(help="An SMTP sink that answers like real mailbox providers, from a KumoMTA-style responses.toml.")
-def main_command(
-    ctx: typer.Context,
-    listen: Annotated[str, typer.Option(envvar=_env("LISTEN"), help="SMTP address HOST:PORT")] = DEFAULT_LISTEN,
-    policy: Annotated[
-        str | None,
-        typer.Option(
-            envvar=_env("POLICY"),
-            help="Policy file [default: ./policy/responses.toml, else the copy inside the package]",
-            show_default=False,
-        ),
-    ] = None,
-    http: Annotated[
-        str, typer.Option(envvar=_env("HTTP"), help="Admin HTTP address HOST:PORT (/health, /metrics); 'off' for none")
-    ] = DEFAULT_HTTP,
-    workers: Annotated[
-        int, typer.Option(envvar=_env("WORKERS"), help="Processes serving the SMTP port (SO_REUSEPORT)")
-    ] = 1,
-    seed: Annotated[
-        int | None, typer.Option(envvar=_env("SEED"), help="Seed every random choice, for reproducible answers")
-    ] = None,
-    domain_suffix: Annotated[
-        str,
-        typer.Option(
-            envvar=_env("DOMAIN_SUFFIX"),
-            help="Suffix stripped from recipient domains before the policy lookup (comma-separated; '' for none)",
-        ),
-    ] = DEFAULT_SUFFIX,
-    max_message_size: Annotated[
-        str, typer.Option(envvar=_env("MAX_MESSAGE_SIZE"), help="Larger messages get 552 (e.g. 10MB, 25MiB)")
-    ] = DEFAULT_MAX_MESSAGE_SIZE,
-    tls_cert: Annotated[str | None, typer.Option(envvar=_env("TLS_CERT"), help="PEM certificate for STARTTLS")] = None,
-    tls_key: Annotated[str | None, typer.Option(envvar=_env("TLS_KEY"), help="PEM key for STARTTLS")] = None,
-    tls_self_signed: Annotated[
-        bool, typer.Option(envvar=_env("TLS_SELF_SIGNED"), help="Offer STARTTLS with a certificate made at start")
-    ] = False,
-    auth: Annotated[
-        str,
-        typer.Option(
-            envvar=_env("AUTH"), help="AUTH PLAIN/LOGIN: off, any (accept any credentials), required (and demand it)"
-        ),
-    ] = "off",
-    hostname: Annotated[
-        str | None, typer.Option(envvar=_env("HOSTNAME"), help="Name in the greeting [default: this host's name]")
-    ] = None,
-    engine: Annotated[
-        str, typer.Option(envvar=_env("ENGINE"), help="SMTP engine: fast, or aiosmtpd (the slower reference)")
-    ] = "fast",
-    timeout: Annotated[
-        float, typer.Option(envvar=_env("TIMEOUT"), help="Seconds a connection may stay silent before 421")
-    ] = 300.0,
-    log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"), help="debug, info, warning or error")] = "info",
-    check: Annotated[
-        bool, typer.Option("--check", help="Validate the policy file and exit: 0 when good, 2 with its problems")
-    ] = False,
-) -> int:
-    options = dict(ctx.params)
-    check = options.pop("check")
-    if set_empty_in_environment(ctx, "domain_suffix", _env("DOMAIN_SUFFIX")):
-        options["domain_suffix"] = ""  # SMARTSINK_DOMAIN_SUFFIX='' strips nothing, like --domain-suffix
+def main_command(ctx: typer.Context, **given: Any) -> int:
+    """Every option of SinkConfig (mailload.options derives them), --check and --version."""
+    check = given.pop("check")
+    given.pop("version", None)
+    if set_empty_in_environment(ctx, "domain_suffixes", f"{ENV}_DOMAIN_SUFFIX"):
+        given["domain_suffixes"] = ""  # SMARTSINK_DOMAIN_SUFFIX='' strips nothing, like --domain-suffix ''
     try:
-        config = build(**options)  # the options' names are build()'s
+        config = build(**given)
     except ConfigError as e:
         fail(PROG, str(e))
     if check:
         return check_policy(config.policy_path)
     return serve(config)
+
+
+def _signature() -> inspect.Signature:
+    declared = options.signature(SinkConfig, ENV, typer.Option, typer.Context)
+    actions = [
+        inspect.Parameter(
+            "check",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[
+                bool,
+                typer.Option(
+                    "--check", help="Validate the policy file and exit: 0 when good, 2 with its problems", metavar=""
+                ),
+            ],
+        ),
+        inspect.Parameter(
+            "version",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[
+                bool,
+                typer.Option(
+                    "--version", help="Print the version and exit", callback=_version, is_eager=True, metavar=""
+                ),
+            ],
+        ),
+    ]
+    return declared.replace(parameters=[*declared.parameters.values(), *actions])
+
+
+main_command.__signature__ = _signature()  # type: ignore[attr-defined]
+app.command(help="An SMTP sink that answers like real mailbox providers, from a KumoMTA-style responses.toml.")(
+    main_command
+)
 
 
 def check_policy(path: str) -> int:

@@ -1,14 +1,20 @@
-"""SinkConfig: every option of a sink, built once (by the CLI or a program) and then only read."""
+"""SinkConfig: every option of a sink, declared once, built once (by the CLI or a program), then only read.
+
+Each field is an option (mailload.options): its help, --help panel, metavar, environment variable and how the
+text a user writes becomes its value are declared on the field; the command line and docs/cli.md come from them.
+"""
 
 from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from mailload import contract, units
+from mailload.options import OptionError, option, values
 
 DEFAULT_LISTEN = "127.0.0.1:2026"
 DEFAULT_HTTP = "127.0.0.1:8000"
@@ -17,6 +23,8 @@ DEFAULT_SUFFIX = contract.DEFAULT_SUFFIX
 DEFAULT_MAX_MESSAGE_SIZE = "50MB"
 AUTH_MODES = ("off", "any", "required")
 ENGINES = ("fast", "aiosmtpd")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LISTEN, POLICY, SMTP, RUN = "Listeners", "Policy", "SMTP", "Running"
 
 
 class ConfigError(ValueError):
@@ -30,91 +38,244 @@ def default_policy_path() -> str:
     return str(resources.files("smartsink").joinpath("data/responses.toml"))
 
 
+# --- reading one option ------------------------------------------------------------------------------------------
+
+
+def _hostport(flag: str) -> Any:
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return units.parse_hostport(text, flag)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    return parse
+
+
+def _admin(text: str) -> tuple[str, int] | None:
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    parsed: tuple[str, int] = _hostport("--http")(text)
+    return parsed
+
+
+def _suffixes(text: str) -> tuple[str, ...]:
+    return tuple(s.strip().strip(".").lower() for s in text.split(",") if s.strip().strip("."))
+
+
+def _size(text: str) -> int:
+    try:
+        size = units.parse_size(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if size < 1024:
+        raise ConfigError(f"--max-message-size {text!r} is below 1 KiB")
+    return size
+
+
+def _one_of(flag: str, choices: tuple[str, ...]) -> Any:
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {text!r}")
+        return text.lower()
+
+    return parse
+
+
+def _file(flag: str) -> Any:
+    def parse(text: str) -> str:
+        if not Path(text).is_file():
+            raise ConfigError(f"{flag} {text}: no such file")
+        return text
+
+    return parse
+
+
+def _hostname(text: str) -> str:
+    if not re.match(r"^[\x21-\x7e]{1,255}$", text):
+        raise ConfigError(f"--hostname {text!r} must be a name without spaces or control characters")
+    return text
+
+
 @dataclass(frozen=True)
 class SinkConfig:
-    listen: tuple[str, int] = ("127.0.0.1", 2026)
-    http: tuple[str, int] | None = ("127.0.0.1", 8000)
-    policy_path: str = field(default_factory=default_policy_path)
-    workers: int = 1
-    seed: int | None = None
-    domain_suffixes: tuple[str, ...] = (DEFAULT_SUFFIX,)
-    max_message_size: int = 50_000_000
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_self_signed: bool = False
-    auth: str = "off"
-    hostname: str = field(default_factory=socket.gethostname)
-    engine: str = "fast"
-    timeout: float = 300.0  # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for the next command
-    max_recipients: int = 1000
-    log_level: str = "info"
+    """Every option of a sink. A field's default is what the sink does when the option is not given."""
+
+    # Listeners
+    listen: tuple[str, int] = option(
+        ("127.0.0.1", 2026),
+        help="The SMTP listener HOST:PORT (port 0: a free one)",
+        doc="the SMTP listener (2026 is where the iptables recipe sends port 25); port 0 picks a free one",
+        panel=LISTEN,
+        metavar="HOST:PORT",
+        parse=_hostport("--listen"),
+        shown_default=DEFAULT_LISTEN,
+    )
+    http: tuple[str, int] | None = option(
+        ("127.0.0.1", 8000),
+        help="The admin listener HOST:PORT (/health, /metrics, /runs, the inject API); 'off' for none",
+        doc="the admin listener: `/health`, `/metrics`, `/api/inject/v1`, `/runs/<id>`; `off` for none",
+        panel=LISTEN,
+        metavar="HOST:PORT",
+        parse=_admin,
+        shown_default=DEFAULT_HTTP,
+    )
+    workers: int = option(
+        1,
+        help="Processes serving the SMTP port (SO_REUSEPORT)",
+        doc=(
+            "processes serving the SMTP port (SO_REUSEPORT) under a supervisor; use one per core for the most "
+            "throughput"
+        ),
+        panel=LISTEN,
+        metavar="N",
+        given_as=int,
+    )
+    # Policy
+    policy_path: str = option(
+        factory=default_policy_path,
+        help="The policy file, watched and reloaded",
+        doc="the policy ([policy.md](policy.md)); watched and reloaded",
+        panel=POLICY,
+        metavar="PATH",
+        flags=("--policy",),
+        shown_default="./policy/responses.toml, else the copy inside the package",
+    )
+    domain_suffixes: tuple[str, ...] = option(
+        (DEFAULT_SUFFIX,),
+        help="Suffixes stripped from recipient domains before the policy lookup, comma-separated; '' for none",
+        doc=(
+            "stripped from recipient domains before the policy lookup, so `user@gmail.com.sink.test` gets "
+            "gmail.com's rules; `''` for none. A policy's `domain_suffix` key adds more"
+        ),
+        panel=POLICY,
+        metavar="SUFFIX[,SUFFIX]",
+        flags=("--domain-suffix",),
+        parse=_suffixes,
+        shown_default=DEFAULT_SUFFIX,
+    )
+    seed: int | None = option(
+        None,
+        shown_default="random",
+        help="Seed every random choice, for reproducible answers",
+        doc=(
+            "seed every random choice (worker `i` uses N + i), so one worker answers a given sequence of "
+            "recipients the same way each time"
+        ),
+        panel=POLICY,
+        metavar="N",
+        given_as=int,
+    )
+    # SMTP
+    max_message_size: int = option(
+        50_000_000,
+        help="Advertised as SIZE; larger messages get 552: 10MB, 25MiB",
+        doc="advertised as SIZE; a larger message (or `SIZE=` at MAIL) gets 552",
+        panel=SMTP,
+        metavar="SIZE",
+        parse=_size,
+        shown_default=DEFAULT_MAX_MESSAGE_SIZE,
+    )
+    tls_cert: str | None = option(
+        None,
+        help="PEM certificate for STARTTLS",
+        doc="offer STARTTLS with this certificate",
+        panel=SMTP,
+        metavar="PATH",
+        parse=_file("--tls-cert"),
+    )
+    tls_key: str | None = option(
+        None, help="PEM key for STARTTLS", panel=SMTP, metavar="PATH", parse=_file("--tls-key")
+    )
+    tls_self_signed: bool = option(
+        False,
+        help="Offer STARTTLS with a certificate made at start",
+        doc="offer STARTTLS with a certificate made at start",
+        panel=SMTP,
+        given_as=bool,
+    )
+    auth: str = option(
+        "off",
+        help="AUTH PLAIN/LOGIN: off, any (accept any credentials), required (and demand it)",
+        doc=(
+            "`any`: offer AUTH PLAIN and LOGIN and accept any credentials (submission-port testing); `required`: "
+            "the same, and MAIL without AUTH gets 530"
+        ),
+        panel=SMTP,
+        metavar="MODE",
+        parse=_one_of("--auth", AUTH_MODES),
+    )
+    hostname: str = option(
+        factory=socket.gethostname,
+        help="The name in the greeting and the EHLO reply",
+        doc="the name in the greeting and EHLO reply",
+        panel=SMTP,
+        metavar="NAME",
+        parse=_hostname,
+        shown_default="this host's name",
+    )
+    engine: str = option(
+        "fast",
+        help="SMTP engine: fast, or aiosmtpd (the slower reference)",
+        doc=(
+            "`aiosmtpd` serves with aiosmtpd, the slower reference the fast engine is tested against "
+            "([performance.md](performance.md))"
+        ),
+        panel=SMTP,
+        metavar="ENGINE",
+        parse=_one_of("--engine", ENGINES),
+    )
+    timeout: float = option(
+        300.0,  # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for the next command
+        help="Seconds a client may stay silent (then 421) or leave the replies unread (then cut)",
+        doc=(
+            "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes); one "
+            "that stops reading the replies this long is cut"
+        ),
+        panel=SMTP,
+        metavar="SECONDS",
+        given_as=float,
+    )
+    # Running
+    log_level: str = option(
+        "info",
+        help="debug, info, warning or error",
+        doc="debug, info, warning, error (to stderr)",
+        panel=RUN,
+        metavar="LEVEL",
+        parse=_one_of("--log-level", LOG_LEVELS),
+    )
+    max_recipients: int = 1000  # RCPTs per transaction before 452 (not an option)
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert or self.tls_self_signed)
 
 
-def build(
-    *,
-    listen: str = DEFAULT_LISTEN,
-    http: str = DEFAULT_HTTP,
-    policy: str | None = None,
-    workers: int = 1,
-    seed: int | None = None,
-    domain_suffix: str | None = DEFAULT_SUFFIX,
-    max_message_size: str = DEFAULT_MAX_MESSAGE_SIZE,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-    tls_self_signed: bool = False,
-    auth: str = "off",
-    hostname: str | None = None,
-    engine: str = "fast",
-    timeout: float = 300.0,
-    log_level: str = "info",
-) -> SinkConfig:
-    """Validate options as a user writes them and build the config; ConfigError names the bad one."""
-    try:
-        listen_addr = units.parse_hostport(listen, "--listen")
-        http_addr = None if http.strip().lower() in ("", "off", "none") else units.parse_hostport(http, "--http")
-        size = units.parse_size(max_message_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if size < 1024:
-        raise ConfigError(f"--max-message-size {max_message_size!r} is below 1 KiB")
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    if auth not in AUTH_MODES:
-        raise ConfigError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if timeout <= 0:
-        raise ConfigError(f"--timeout must be more than 0 seconds, got {timeout}")
-    if bool(tls_cert) != bool(tls_key):
+def _check_tls(fields: dict[str, Any]) -> None:
+    if bool(fields.get("tls_cert")) != bool(fields.get("tls_key")):
         raise ConfigError("--tls-cert and --tls-key go together: give both")
-    if tls_cert and tls_self_signed:
+    if fields.get("tls_cert") and fields.get("tls_self_signed"):
         raise ConfigError("--tls-self-signed makes its own certificate: do not give --tls-cert with it")
-    for path, name in ((tls_cert, "--tls-cert"), (tls_key, "--tls-key")):
-        if path and not Path(path).is_file():
-            raise ConfigError(f"{name} {path}: no such file")
-    if log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
-    if hostname is not None and not re.match(r"^[\x21-\x7e]{1,255}$", hostname):
-        raise ConfigError(f"--hostname {hostname!r} must be a name without spaces or control characters")
-    suffixes = tuple(s.strip().strip(".").lower() for s in (domain_suffix or "").split(",") if s.strip().strip("."))
-    return SinkConfig(
-        listen=listen_addr,
-        http=http_addr,
-        policy_path=policy or default_policy_path(),
-        workers=workers,
-        seed=seed,
-        domain_suffixes=suffixes,
-        max_message_size=size,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_self_signed=tls_self_signed,
-        auth=auth,
-        hostname=hostname or socket.gethostname(),
-        engine=engine,
-        timeout=timeout,
-        log_level=log_level.lower(),
-    )
+
+
+def _check_numbers(fields: dict[str, Any]) -> None:
+    if fields.get("workers", 1) < 1:
+        raise ConfigError(f"--workers must be at least 1, got {fields['workers']}")
+    timeout = fields.get("timeout", 300.0)
+    if not timeout > 0:
+        raise ConfigError(f"--timeout must be more than 0 seconds, got {timeout}")
+
+
+CHECKS = (_check_tls, _check_numbers)
+
+
+def build(**given: Any) -> SinkConfig:
+    """Validate options as a user writes them (by field name; None or absent: the default) and build the config;
+    ConfigError names the bad one."""
+    try:
+        fields = values(SinkConfig, given)
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
+    for check in CHECKS:
+        check(fields)
+    return SinkConfig(**fields)

@@ -225,12 +225,13 @@ class TestCheck:
 class TestEnvironment:
     def test_every_option_has_an_environment_variable(self):
         """--help names SMARTSINK_<OPTION> for every option (but the --check and --help actions)."""
-        text = run_cli("--help").stdout.split("Options:", 1)[1]
-        entries = [" ".join(entry.split()) for entry in re.split(r"\n  (?=--)", text) if entry.strip()]
+        text = run_cli("--help", env={"COLUMNS": "250"}).stdout
+        # Each option's entry starts with "│ --name" and runs on over lines that start "│" and spaces.
+        entries = [" ".join(e.replace("│", " ").split()) for e in re.split(r"\n(?=│ --)", text)[1:]]
         names = [entry.split()[0] for entry in entries]
         assert len(names) >= 16, names
         for name, entry in zip(names, entries, strict=True):
-            if name in ("--check", "--help"):
+            if name in ("--check", "--help", "--version"):
                 continue
             variable = "SMARTSINK_" + name[2:].upper().replace("-", "_")
             assert re.search(rf"\[env var: {variable}[;\]]", entry), entry

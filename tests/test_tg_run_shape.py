@@ -45,9 +45,11 @@ class TestHeldConnections:
             out, err = generator.communicate()
         assert generator.returncode == 0, err
         report = json.loads(out)
-        # From 1.5 s (the connections open at 2,000/s, after the processes start) until the sending ends.
-        window = [active for at, active in samples if 1.5 <= at <= 5.5]
-        assert window and min(window) == 600, samples
+        # The connections open at 2,000/s once the processes have started (0.3 s nominal, a few seconds on a
+        # loaded machine), then all 600 are held until the sending ends at 6 s.
+        reached = next((at for at, active in samples if active == 600), None)
+        assert reached is not None and reached < 4.0, samples
+        assert all(active == 600 for at, active in samples if reached <= at <= 5.5), samples
         assert report["connections"] == {"opened": 600, "peak": 600, "failed": 0, "errors": []}
         assert report["totals"]["accepted"] == report["totals"]["attempted"] == 300
 

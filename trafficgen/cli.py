@@ -7,6 +7,7 @@ reports. Exit codes: 0 completed, 1 stopped by an error, 2 bad usage, 130 interr
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -15,172 +16,67 @@ from typing import Annotated, Any
 
 import typer
 
+from mailload import options
 from mailload.cli import ExitStatus, fail, run_app, set_empty_in_environment
-from trafficgen.config import DEFAULT_SUFFIX, DEFAULT_TARGET, ConfigError, RunConfig, build
+from trafficgen import __version__
+from trafficgen.config import ConfigError, RunConfig, build
 
 PROG = "trafficgen"
 INTERRUPTED = 130
+ENV = "TRAFFICGEN"
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
     invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Send weighted SMTP traffic to a mail server and report every outcome. "
     "Run with options; `trafficgen report --help` for saved reports.",
 )
 
 
-def _env(name: str) -> str:
-    return f"TRAFFICGEN_{name}"
+def _version(value: bool) -> None:
+    if value:
+        print(f"{PROG} {__version__}")
+        raise typer.Exit()
 
 
-@app.callback()
-def main_command(
-    ctx: typer.Context,
-    target: Annotated[
-        str, typer.Option(envvar=_env("TARGET"), help="Where to send: HOST:PORT (with --http, the MTA's URL)")
-    ] = DEFAULT_TARGET,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(envvar=_env("CONCURRENCY"), help="Connections in all [default: 10 x CPUs]", show_default=False),
-    ] = None,
-    duration: Annotated[
-        float | None,
-        typer.Option(
-            envvar=_env("DURATION"),
-            help="Seconds to send for [default: 60, or none with --message-count]",
-            show_default=False,
-        ),
-    ] = None,
-    message_count: Annotated[
-        int | None, typer.Option(envvar=_env("MESSAGE_COUNT"), help="Send exactly this many messages")
-    ] = None,
-    domain: Annotated[
-        list[str] | None,
-        typer.Option(
-            envvar=_env("DOMAIN"),
-            help="NAME[:WEIGHT], repeatable [default: aol.com gmail.com hotmail.com yahoo.com]",
-            show_default=False,
-        ),
-    ] = None,
-    domain_suffix: Annotated[
-        str,
-        typer.Option(
-            envvar=_env("DOMAIN_SUFFIX"),
-            help="Appended to every generated domain so no mail can reach a real mailbox; '' for none",
-        ),
-    ] = DEFAULT_SUFFIX,
-    body_size: Annotated[
-        str, typer.Option(envvar=_env("BODY_SIZE"), help="Body size: 1024, 60kb, 1MiB, or a range 10kb..200kb")
-    ] = "1024",
-    body_file: Annotated[
-        str | None, typer.Option(envvar=_env("BODY_FILE"), help="Send this whole message (headers and body)")
-    ] = None,
-    header: Annotated[
-        list[str] | None,
-        typer.Option(envvar=_env("HEADER"), help='Extra header "Name: value", repeatable (variable: one per line)'),
-    ] = None,
-    throttle: Annotated[
-        str | None,
-        typer.Option(envvar=_env("THROTTLE"), help="One rate for the whole run: 300/s, 6000/m, 1,000/hr[,max_burst=N]"),
-    ] = None,
-    starttls: Annotated[bool, typer.Option(envvar=_env("STARTTLS"), help="Use STARTTLS when offered")] = False,
-    keep_going: Annotated[
-        bool, typer.Option(envvar=_env("KEEP_GOING"), help="Count errors and reconnect instead of stopping")
-    ] = False,
-    sender: Annotated[str | None, typer.Option(envvar=_env("SENDER"), help="Fixed envelope sender")] = None,
-    recipient: Annotated[
-        str | None, typer.Option(envvar=_env("RECIPIENT"), help="Fixed envelope recipient (no weights, no suffix)")
-    ] = None,
-    auth_user: Annotated[str | None, typer.Option(envvar=_env("AUTH_USER"), help="AUTH PLAIN/LOGIN user")] = None,
-    auth_password: Annotated[str | None, typer.Option(envvar=_env("AUTH_PASSWORD"), help="AUTH password")] = None,
-    recipients_per_message: Annotated[
-        int, typer.Option(envvar=_env("RECIPIENTS_PER_MESSAGE"), help="RCPT commands per message")
-    ] = 1,
-    messages_per_connection: Annotated[
-        int | None,
-        typer.Option(envvar=_env("MESSAGES_PER_CONNECTION"), help="Reconnect after this many [default: never]"),
-    ] = None,
-    source_address: Annotated[
-        str | None, typer.Option(envvar=_env("SOURCE_ADDRESS"), help="Local IP address to connect from")
-    ] = None,
-    pipelining: Annotated[
-        bool,
-        typer.Option("--pipelining/--no-pipelining", envvar=_env("PIPELINING"), help="Use PIPELINING when offered"),
-    ] = True,
-    seed: Annotated[int | None, typer.Option(envvar=_env("SEED"), help="Seed the random choices")] = None,
-    json_path: Annotated[
-        str | None, typer.Option("--json", envvar=_env("JSON"), help="Write the JSON report here ('-': stdout)")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("QUIET"), help="No live progress")] = False,
-    processes: Annotated[
-        int, typer.Option(envvar=_env("PROCESSES"), help="Processes to spread the connections over")
-    ] = 1,
-    timeout: Annotated[
-        float, typer.Option(envvar=_env("TIMEOUT"), help="Seconds to wait for any connect or reply")
-    ] = 60.0,
-    ehlo: Annotated[
-        str | None, typer.Option(envvar=_env("EHLO"), help="EHLO name [default: trafficgen.<suffix>]")
-    ] = None,
-    http: Annotated[
-        bool, typer.Option(envvar=_env("HTTP"), help="Submit through KumoMTA's HTTP injection API at --target URL")
-    ] = False,
-    http_batch_size: Annotated[
-        int, typer.Option(envvar=_env("HTTP_BATCH_SIZE"), help="Recipients per injected message (with --http)")
-    ] = 1,
-    http_defer_spool: Annotated[
-        bool, typer.Option(envvar=_env("HTTP_DEFER_SPOOL"), help="Ask the MTA to defer spooling (with --http)")
-    ] = False,
-    http_defer_generation: Annotated[
-        bool, typer.Option(envvar=_env("HTTP_DEFER_GENERATION"), help="Ask the MTA to defer generation (with --http)")
-    ] = False,
-    reconcile: Annotated[
-        str | None,
-        typer.Option(envvar=_env("RECONCILE"), help="At the end, ask the sink at this admin URL what it received"),
-    ] = None,
-    reconcile_wait: Annotated[
-        float, typer.Option(envvar=_env("RECONCILE_WAIT"), help="Seconds to let the MTA deliver before asking")
-    ] = 0.0,
-    hdr_log: Annotated[
-        str | None, typer.Option(envvar=_env("HDR_LOG"), help="Write each second's latency as an HdrHistogram log")
-    ] = None,
-    metrics: Annotated[
-        str | None,
-        typer.Option(envvar=_env("METRICS"), help="Serve live counters and latency for Prometheus at HOST:PORT"),
-    ] = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(envvar=_env("SHARD"), help="INDEX/COUNT: this instance's share of a run over several machines"),
-    ] = None,
-    connect_rate: Annotated[
-        str | None,
-        typer.Option(
-            envvar=_env("CONNECT_RATE"),
-            help="How fast the connections are first opened, in all: 500/s [default: 2000/s]",
-            show_default=False,
-        ),
-    ] = None,
-    run_id: Annotated[
-        str | None, typer.Option(envvar=_env("RUN_ID"), help="Run id for the trace header [default: random]")
-    ] = None,
-) -> None:
+def main_command(ctx: typer.Context, **given: Any) -> None:
+    """Every option of RunConfig (mailload.options derives them), and --version."""
     if ctx.invoked_subcommand is not None:
         return
-    options = dict(ctx.params)
+    given.pop("version", None)
     # Click splits a list variable on whitespace and skips an empty variable: TRAFFICGEN_HEADER holds one
     # header per line ("X-A: b" stays whole), and TRAFFICGEN_DOMAIN_SUFFIX='' turns the suffix off.
     source = ctx.get_parameter_source
-    if header is not None and getattr(source("header"), "name", "") == "ENVIRONMENT":
-        options["header"] = [line for line in os.environ[_env("HEADER")].splitlines() if line.strip()]
-    if set_empty_in_environment(ctx, "domain_suffix", _env("DOMAIN_SUFFIX")):
-        options["domain_suffix"] = ""
-    options["domains"], options["headers"] = options.pop("domain"), options.pop("header")
+    if given.get("headers") is not None and getattr(source("headers"), "name", "") == "ENVIRONMENT":
+        given["headers"] = [line for line in os.environ[f"{ENV}_HEADER"].splitlines() if line.strip()]
+    if set_empty_in_environment(ctx, "domain_suffix", f"{ENV}_DOMAIN_SUFFIX"):
+        given["domain_suffix"] = ""
     try:
-        config = build(**options)  # the options' names are build()'s
+        config = build(**given)
     except ConfigError as e:
         fail(PROG, str(e))
     raise typer.Exit(execute(config))
+
+
+def _signature() -> inspect.Signature:
+    declared = options.signature(RunConfig, ENV, typer.Option, typer.Context)
+    version = inspect.Parameter(
+        "version",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool,
+            typer.Option("--version", help="Print the version and exit", callback=_version, is_eager=True, metavar=""),
+        ],
+    )
+    return declared.replace(parameters=[*declared.parameters.values(), version])
+
+
+main_command.__signature__ = _signature()  # type: ignore[attr-defined]
+app.callback()(main_command)
 
 
 def write_json(document: dict[str, Any], path: str) -> None:
@@ -235,7 +131,10 @@ def main() -> None:
 
 
 report_app = typer.Typer(
-    help="Work on saved JSON reports: show, merge, compare.", no_args_is_help=True, rich_markup_mode=None
+    help="Work on saved JSON reports: show, merge, compare, reconcile again.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(report_app, name="report")
 

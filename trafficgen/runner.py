@@ -346,7 +346,7 @@ class Worker:
                 if self.transport is None and not await self._open():
                     if self._finished():
                         break
-                    continue
+                    continue  # the failure was recorded (and waited for with backoff): try again
                 message = self.pending or await runner.claim()
                 self.pending = None
                 if message is None:
@@ -373,7 +373,7 @@ class Worker:
 
     def _finished(self) -> bool:
         runner = self.runner
-        return runner.stopping or (self.pending is None and (runner.over.is_set() or runner.claims_over()))
+        return runner.stopping or runner.over.is_set() or (self.pending is None and runner.claims_over())
 
     async def _open(self) -> bool:
         """A transport for the next message; False when there is none (the failure is recorded)."""
@@ -384,6 +384,8 @@ class Worker:
         if not isinstance(opened, Outcome):
             self.transport, self.on_transport, self.first = opened, 0, False
             return True
+        if runner.over.is_set():
+            return False  # the run ended while connecting: no message of its failed
         # The failure is the outcome of the message that would have gone over this connection, so a
         # --message-count run still ends however the target behaves.
         message = self.pending or await runner.claim()
