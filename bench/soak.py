@@ -381,7 +381,7 @@ def verdict(samples: list[Sample], mail: bool) -> list[str]:
     third = len(samples) // 3
     middle, last = samples[third : 2 * third], samples[2 * third :]
     # Memory and open connections: the middle third's highest sample against the last third's median (a level
-    # quantity has as many samples above its median as below). Accepted messages: how many in each third.
+    # quantity has as many samples above its median as below). Accepted messages: how many a second in each third.
     print(f"\n{'':18} {'middle third':>13} {'last third':>11} {'allowed':>8}")
     problems = []
     watched: list[tuple[str, Callable[[Sample], float], float, float]] = [
@@ -396,9 +396,10 @@ def verdict(samples: list[Sample], mail: bool) -> list[str]:
         print(f"{name:18} {ceiling:>13,.1f} {median:>11,.1f} {allowed:>8,.1f}  {state}")
         if median > allowed:
             problems.append(f"{name} grew: the last third's median {median:,.1f} is above {allowed:,.1f}")
-    accepted = last[-1].accepted - middle[-1].accepted
-    print(f"{'accepted messages':18} {middle[-1].accepted - samples[third - 1].accepted:>13,.0f} {accepted:>11,.0f}")
-    if mail and accepted <= 0:
+    spans = ((samples[third - 1], middle[-1]), (middle[-1], last[-1]))
+    rates = [(end.accepted - start.accepted) / (end.t - start.t) for start, end in spans]
+    print(f"{'accepted a second':18} {rates[0]:>13,.1f} {rates[1]:>11,.1f}")
+    if mail and rates[1] <= 0:
         problems.append("no mail was accepted in the last third")
     return problems
 
