@@ -1,12 +1,14 @@
-"""The sink's SMTP engine: an asyncio.Protocol that reads the wire in bulk and answers pipelined commands
-in one write.
+"""The sink's SMTP engine: an asyncio.BufferedProtocol that reads the wire in bulk and answers pipelined
+commands in one write.
 
 Why not aiosmtpd on this path (measured in docs/performance.md): aiosmtpd reads DATA line by line through
 a StreamReader and awaits a drain after every reply. Here each connection is one coroutine over a byte
 buffer: commands are split from the buffer without copies beyond the line itself, the end of DATA is found
 with one bytes.find per packet, a message body is never kept (only its first 8 KiB, for the trace header),
-and replies are gathered and written once each time the input runs dry. aiosmtpd stays as the reference
-engine (smartsink.handler); tests drive the same conversations through both and compare the answers.
+and replies are gathered and written once each time the input runs dry (or every OUT_BATCH replies). A client
+that does not read its replies is answered no further, and not read either, while WRITE_HIGH of them wait, so
+what any client can make the sink hold is bounded. aiosmtpd stays as the reference engine (smartsink.handler);
+tests drive the same conversations through both and compare the answers.
 """
 
 from __future__ import annotations
