@@ -47,6 +47,7 @@ READY = re.compile(r"listening on smtp://\S+:(\d+) .*?admin http://([^ ,]+)")
 DOMAINS = ["gmail.com:60", "yahoo.com:10", "hotmail.com:10", "aol.com:5", "comcast.net:5", "orange.fr:5"]
 DOMAINS += ["greylist.test:5"]
 CLIENT_WAIT = 30.0  # the longest a hostile client waits for the sink to answer or close (beyond --timeout)
+TRAFFICGEN_WAIT = 60.0  # trafficgen ends within 10 s of its --duration (messages in flight); this is plenty
 # Noise allowed before a quantity counts as grown: the last third's median above the middle third's maximum by more
 # than this much. The sink's memory rises for its first minutes (the allocator's arenas, the greylist, the ledger)
 # and then stays within a MiB (a 10-minute run on the 2-core development machine: 182 MiB at the start, 188.5 from
@@ -306,20 +307,40 @@ class Sample:
     hostile: int
 
 
+def trafficgen_totals(report: Path) -> dict[str, int] | None:
+    """The totals of trafficgen's JSON report (attempted, accepted...), None when it wrote none."""
+    if not report.exists():
+        return None
+    totals: dict[str, int] = json.loads(report.read_text())["totals"]
+    return totals
+
+
 async def soak(args: argparse.Namespace, sink: Sink, workdir: Path) -> tuple[list[Sample], list[str]]:
-    seconds = args.minutes * 60
+    """The whole run: normal mail (unless --rate 0), the hostile crowd, the samples; what went wrong."""
     report = workdir / "trafficgen.json"
     generator = None
     if args.rate:
         generator = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "trafficgen", "--target", f"{HOST}:{sink.port}", "--concurrency", "20"],
-            *["--duration", f"{seconds:g}", "--throttle", f"{args.rate}/s", "--keep-going", "--quiet", "--seed", "1"],
-            *[arg for domain in DOMAINS for arg in ("--domain", domain)],
+            *["--duration", f"{args.minutes * 60:g}", "--throttle", f"{args.rate}/s", "--keep-going", "--quiet"],
+            *["--seed", "1", *[arg for domain in DOMAINS for arg in ("--domain", domain)]],
             *["--body-size", "1kb..20kb", "--json", str(report)],
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             cwd=ROOT,
         )
+    try:
+        return await watch(args, sink, generator, report)
+    finally:
+        if generator is not None and generator.returncode is None:
+            generator.kill()
+            await generator.wait()
+
+
+async def watch(
+    args: argparse.Namespace, sink: Sink, generator: asyncio.subprocess.Process | None, report: Path
+) -> tuple[list[Sample], list[str]]:
+    seconds = args.minutes * 60
     crowd = Crowd(sink.address, args.timeout)
     tasks = [
         asyncio.create_task(hostile_loop(crowd, kind, seed=1000 * n + i))
@@ -353,9 +374,14 @@ async def soak(args: argparse.Namespace, sink: Sink, workdir: Path) -> tuple[lis
         await asyncio.gather(*tasks, return_exceptions=True)
     problems = []
     if generator is not None:
-        _, err = await asyncio.wait_for(generator.communicate(), 60)
-        if report.exists():
-            totals = json.loads(report.read_text())["totals"]
+        try:
+            _, err = await asyncio.wait_for(generator.communicate(), TRAFFICGEN_WAIT)
+        except TimeoutError:
+            generator.kill()
+            _, err = await generator.communicate()
+            problems.append(f"trafficgen was still running {TRAFFICGEN_WAIT:g} s after its --duration: {err!r:.300}")
+        totals = trafficgen_totals(report)
+        if totals is not None:
             print("trafficgen: " + ", ".join(f"{key} {value:,}" for key, value in totals.items()))
         else:
             problems.append(f"trafficgen wrote no report (exit {generator.returncode}): {err.decode()[-300:]}")
@@ -404,6 +430,10 @@ def verdict(samples: list[Sample], mail: bool) -> list[str]:
     return problems
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: the sink and trafficgen are stopped too
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
@@ -421,6 +451,7 @@ def main() -> int:
         f"{args.hostile} clients of each of {len(KINDS)} hostile kinds at a time; {os.cpu_count()} CPUs",
         flush=True,
     )
+    signal.signal(signal.SIGTERM, _terminate)
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     sink = start_sink(args.policy, args.workers, args.timeout)
     try:

@@ -14,17 +14,23 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_short_soak_completes_with_its_table():
     """Half a minute sampled every 3 s: a header, 11 rows, every connection given back, OK."""
-    result = subprocess.run(
+    soak = subprocess.Popen(
         [sys.executable, "-m", "bench.soak", "--minutes", "0.5", "--interval", "3"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        timeout=180,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    try:
+        out, err = soak.communicate(timeout=180)  # 30 s of soak, then up to --timeout + 5 s for the connections
+    finally:
+        if soak.poll() is None:
+            soak.terminate()  # it stops its sink and trafficgen on the way out
+            soak.communicate(timeout=30)
+    assert soak.returncode == 0, out + err
+    lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["t", "(s)", "RSS"])
     rows = [line for line in lines[header + 1 :] if re.fullmatch(r"\s*\d+( +[\d.,]+){5}", line)]
-    assert len(rows) == 11, result.stdout
-    assert "every connection given back" in result.stdout
+    assert len(rows) == 11, out
+    assert "every connection given back" in out
     assert lines[-1].startswith("OK:")
