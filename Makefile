@@ -2,6 +2,7 @@
 # make test:    the whole suite (builds .venv first when needed)
 # make demo:    a smartsink on loopback, trafficgen against it for ten seconds, the report
 # make bench:   trafficgen and smartsink side by side with Postfix's smtp-source and smtp-sink
+# make soak:    smartsink for 10 minutes under normal mail and hostile clients, watched for growth (SOAK_ARGS=--minutes 2)
 # make lint:    ruff and mypy
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench soak lint clean
 
 install: $(STAMP)
 
@@ -27,6 +28,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

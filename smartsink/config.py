@@ -228,8 +228,10 @@ class SinkConfig:
         300.0,  # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for the next command
         help="Seconds a client may stay silent (then 421) or leave the replies unread (then cut)",
         doc=(
-            "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes); one "
-            "that stops reading the replies this long is cut"
+            "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes). A client "
+            "that stops reading the replies gets no more answers once 64 KiB of them wait for it (its further "
+            "commands are not read either), and is cut (a TCP reset, no reply) when it has taken nothing for this "
+            "long; one that closes or resets its connection gives its place back at once"
         ),
         panel=SMTP,
         metavar="SECONDS",

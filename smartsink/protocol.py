@@ -1,12 +1,14 @@
-"""The sink's SMTP engine: an asyncio.Protocol that reads the wire in bulk and answers pipelined commands
-in one write.
+"""The sink's SMTP engine: an asyncio.BufferedProtocol that reads the wire in bulk and answers pipelined
+commands in one write.
 
 Why not aiosmtpd on this path (measured in docs/performance.md): aiosmtpd reads DATA line by line through
 a StreamReader and awaits a drain after every reply. Here each connection is one coroutine over a byte
 buffer: commands are split from the buffer without copies beyond the line itself, the end of DATA is found
 with one bytes.find per packet, a message body is never kept (only its first 8 KiB, for the trace header),
-and replies are gathered and written once each time the input runs dry. aiosmtpd stays as the reference
-engine (smartsink.handler); tests drive the same conversations through both and compare the answers.
+and replies are gathered and written once each time the input runs dry (or every OUT_BATCH replies). A client
+that does not read its replies is answered no further, and not read either, while WRITE_HIGH of them wait, so
+what any client can make the sink hold is bounded. aiosmtpd stays as the reference engine (smartsink.handler);
+tests drive the same conversations through both and compare the answers.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from smartsink.session import Action, Session, SinkContext
 log = logging.getLogger("smartsink.smtp")
 
 HEAD_MAX = contract.HEAD_BYTES  # bytes of a message kept to find its trace header, or a DSN's
-BUFFER_HIGH = 256 * 1024  # stop reading from a client that sends faster than we parse
+# What one client can make the sink hold, whatever it sends (issue 17): its unparsed input, at most BUFFER_HIGH
+# and one read of READ_SIZE, and the replies it has not taken, at most WRITE_HIGH and OUT_BATCH replies.
+READ_SIZE = 64 * 1024  # bytes read from a client at a time, into one buffer all connections share
+BUFFER_HIGH = 64 * 1024  # stop reading from a client that sends faster than we parse
+WRITE_HIGH = 64 * 1024  # stop answering (and reading) a client that does not take our replies
+OUT_BATCH = 64  # replies gathered before they are handed to the transport, however much input is pipelined
 BODY_DISCARD = 64 * 1024  # a body's bytes beyond this are counted and dropped as they arrive
 LINE_LIMITS = {b"MAIL": 1024, b"AUTH": 12288}
 LINE_LIMIT = 512  # RFC 5321 4.5.3.1.4, including CRLF
@@ -138,12 +145,13 @@ def _parse_path(arg: bytes, keyword: bytes) -> tuple[str, list[bytes]] | None:
     return address.decode("utf-8", "replace"), params
 
 
-class SMTPProtocol(asyncio.Protocol):
+class SMTPProtocol(asyncio.BufferedProtocol):
     """One SMTP connection of the sink."""
 
     def __init__(self, ctx: SinkContext, server: SMTPServer):
         self.ctx = ctx
         self.server = server
+        self.read_buffer = server.read_buffer
         self.loop = asyncio.get_running_loop()
         self.transport: Any = None
         self.buf = bytearray()
@@ -164,11 +172,17 @@ class SMTPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.server.connections.add(self)
         self.task = self.loop.create_task(self._run())
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # A buffer of our own size, not the loop's (uvloop reads 250 KB at a time): what one read may add to a
+        # connection's input is READ_SIZE. Shared: buffer_updated() copies it out before the next read.
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buf += self.read_buffer[:nbytes]
         self.last_active = self.loop.time()
         if len(self.buf) - self.pos > BUFFER_HIGH and not self.reading_paused:
             self.reading_paused = True
@@ -238,18 +252,37 @@ class SMTPProtocol(asyncio.Protocol):
             if not self.transport.is_closing():
                 self.transport.write(data)
 
-    async def _wait(self) -> None:
-        """Send what is pending, then wait for more input (or the idle timeout)."""
+    async def _drain(self) -> None:
+        """Send what is pending; while the client does not take it (the transport is above WRITE_HIGH), read
+        nothing more from it and wait. The sweep cuts a client that stays so for --timeout; a lost connection
+        ends the wait at once."""
         self._flush()
-        if self.writing_paused and not self.closing:
+        if not self.writing_paused or self.closing:
+            return
+        paused_here = not self.reading_paused
+        if paused_here:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        while self.writing_paused and not self.closing:
             self.drain_waiter = self.loop.create_future()
             await self.drain_waiter
+        if paused_here and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    async def _wait(self) -> None:
+        """Send what is pending, then wait for more input (or the idle timeout); at once when the peer is gone."""
+        await self._drain()
+        if self.closing:
+            return  # connection_lost came while we waited for the drain: no input will ever come
         if self.pos:
             del self.buf[: self.pos]
             self.pos = 0
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
+        if self.eof:
+            return
         self.waiter = self.loop.create_future()
         try:
             await self.waiter
@@ -262,6 +295,12 @@ class SMTPProtocol(asyncio.Protocol):
         while True:
             end = self.buf.find(b"\n", self.pos)
             if end >= 0:
+                if len(self.out) >= OUT_BATCH:
+                    # A long pipeline: answer what was asked so far before parsing more (the drain keeps the
+                    # buffer's offsets: only _wait and _read_body move them).
+                    await self._drain()
+                    if self.closing:
+                        return None
                 start, self.pos = self.pos, end + 1
                 if discarding or end + 1 - start > limit:
                     return _TOO_LONG
@@ -274,6 +313,8 @@ class SMTPProtocol(asyncio.Protocol):
                 del self.buf[:]
                 self.pos = 0
             await self._wait()
+            if self.closing:
+                return None
 
     async def _read_body(self) -> tuple[int, bytes] | None:
         """(size, first bytes) of a message up to CRLF.CRLF, not keeping the rest; None at EOF."""
@@ -303,6 +344,8 @@ class SMTPProtocol(asyncio.Protocol):
                 self.pos = start = 0
             checked = max(0, len(buf) - start - 4)
             await self._wait()
+            if self.closing:
+                return None
 
     def _send(self, action: Action) -> bool:
         """Queue an action's reply; close when it says so. False when the connection is done."""
@@ -534,6 +577,7 @@ class SMTPProtocol(asyncio.Protocol):
             self.closing = True
             return False
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.tls_active = True
         return True
 
@@ -592,6 +636,7 @@ class SMTPServer:
         self.ctx = ctx
         self.tls_context = tls_context
         self.connections: set[SMTPProtocol] = set()
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._sweeper: asyncio.Task[None] | None = None
 
     def protocol(self) -> SMTPProtocol:

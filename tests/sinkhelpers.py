@@ -282,6 +282,37 @@ def gone(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (a supervisor and its workers), in MiB."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, AssertionError):
+            total += rss_mb(current)
+            todo += children(current)
+    return total
+
+
+def tcp_queues() -> dict[tuple[int, int], tuple[int, int]]:
+    """Every IPv4 TCP socket on 127.0.0.1 as {(local port, remote port): (send queue, receive queue)} in bytes,
+    from /proc/net/tcp: bytes the socket's owner wrote that the peer has not taken, and bytes it has not read."""
+    queues = {}
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        local, remote, (tx, _, rx) = fields[1], fields[2], fields[4].partition(":")
+        if local.startswith("0100007F:") and remote.startswith("0100007F:"):
+            queues[(int(local[9:], 16), int(remote[9:], 16))] = (int(tx, 16), int(rx, 16))
+    return queues
+
+
 def listening(address: tuple[str, int]) -> bool:
     """Something accepts TCP connections at this address."""
     with contextlib.suppress(OSError), socket.create_connection(address, timeout=2):

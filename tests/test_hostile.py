@@ -11,16 +11,9 @@ import time
 
 import pytest
 from conftest import ACCEPT_ALL, running_sink, wait_for
+from sinkhelpers import rss_mb
 
 MESSAGE = b"Subject: still here\r\n\r\nhello\r\n"
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def still_serving(sink) -> None:  # type: ignore[no-untyped-def]

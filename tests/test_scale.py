@@ -9,29 +9,13 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ACCEPT_ALL, running_sink, wait_for
+from sinkhelpers import tree_rss_mb
 
 CONNECTIONS = 20_000
 SINK_MEMORY_LIMIT_MB = 1024
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants."""
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return total
 
 
 @pytest.mark.slow
