@@ -378,8 +378,14 @@ class Worker:
     async def _open(self) -> bool:
         """A transport for the next message; False when there is none (the failure is recorded)."""
         runner = self.runner
-        if runner.over.is_set() or (self.pending is None and not self.first and runner.remaining == 0):
-            return False  # the run is over, or every message of a --message-count run is on its way
+        if runner.over.is_set():
+            return False
+        if self.pending is None and not self.first and runner.remaining is not None:
+            # A --message-count run reconnects for a message it holds, so no connection opens for nothing when
+            # another worker takes the last one.
+            self.pending = await runner.claim()
+            if self.pending is None:
+                return False
         opened = await runner.connect()
         if not isinstance(opened, Outcome):
             self.transport, self.on_transport, self.first = opened, 0, False
