@@ -19,10 +19,10 @@ from aiohttp import web
 
 from mailload import contract
 from smartsink import metrics
+from smartsink.ledger import Answered, RunLedger
 from smartsink.policy.decide import strip_suffix
 from smartsink.policy.model import Outcome
-from smartsink.session import Session, SinkContext
-from smartsink.shared import RunLedger
+from smartsink.responder import Responder, SinkContext
 
 log = logging.getLogger("smartsink.admin")
 
@@ -82,7 +82,7 @@ def make_app(source: AdminSource) -> web.Application:
                 transit = int(time.time() * 1000) - trace.sent_ms
             domain = body["recipients"][0]["email"].rpartition("@")[2].lower()
             domain = strip_suffix(domain, source.ctx.suffixes)
-            source.ctx.limits.record(trace.run_id, trace.seq, outcome, domain, transit)
+            source.ctx.limits.report(Answered(trace.run_id, trace.seq, int(outcome), domain, transit, ""))
         failed = [
             (email, err) for email, err in zip((r["email"] for r in body["recipients"]), results, strict=True) if err
         ]
@@ -106,7 +106,7 @@ def make_app(source: AdminSource) -> web.Application:
             )
         body: dict[str, Any] = {"run_id": run_id, **ledger.summary()}
         if request.query.get("marks") == "1":
-            # One byte per id (see smartsink.shared), compressed: lets trafficgen reconcile id by id.
+            # One byte per id (see mailload.contract), compressed: lets trafficgen reconcile id by id.
             body["marks"] = base64.b64encode(zlib.compress(bytes(ledger.marks), 6)).decode("ascii")
             body["transit"] = ledger.transit_histograms()
         return web.json_response(body)
@@ -140,21 +140,20 @@ def _check_inject(body: Any) -> str | None:
 
 async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int) -> str | None:
     """The policy's answer for one injected recipient: None when accepted, else the reply as text."""
-    session = Session(ctx, peer)
-    session.mail(sender)
+    responder = Responder(ctx, peer)
+    responder.mail(sender)
     try:
-        action = await session.rcpt(email)
-        if action.reply is ctx.ok_rcpt:
-            action = await session.data_end(size, b"")  # the trace is recorded once per request
+        action = await responder.rcpt(email)
+        if action.accepted:
+            action = await responder.data_end(size, b"")  # the trace is recorded once per request
     finally:
-        session.closed()
-    if action.reply is None:
+        responder.closed()
+    reply = action.reply
+    if reply is None:
         return "451 4.4.2 the policy cut this transaction (disconnect)"
-    reply = action.reply.decode("ascii", "replace")
-    if reply.startswith("2"):
+    if action.accepted:
         return None
-    lines = reply.splitlines()
-    return reply[:3] + "".join(" " + line[4:] for line in lines if len(line) > 4)
+    return f"{reply.code} " + " ".join(reply.text.split("\n"))
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:

@@ -1,4 +1,4 @@
-"""Rendering SMTP replies to the wire: the one place a Reply becomes bytes.
+"""SMTP replies on the wire: the one place a Reply becomes bytes, and the catalogue of the sink's own replies.
 
 RFC 5321 4.2.1: a multi-line reply repeats the code on every line, with "-" after it on every line but
 the last, which has a space. 4.5.3.1.5: a reply line is at most 512 octets including CRLF.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from smartsink.policy import fallback
 from smartsink.policy.model import Reply
 
 MAX_LINE = 512
@@ -78,3 +79,78 @@ def render(reply: Reply) -> bytes:
 def render_text(code: int, text: str) -> bytes:
     """Shorthand for the sink's own fixed replies."""
     return render(Reply(code, text))
+
+
+# --- the catalogue: every reply of the sink's own (the policy's come from its file and smartsink.policy.fallback) ---
+
+OK = render_text(250, "2.0.0 Ok")
+MAIL_OK = render_text(250, "2.1.0 Ok")
+BYE = render_text(221, "2.0.0 Bye")
+TIMEOUT = render_text(421, "4.4.2 Error: timeout exceeded")
+SHUTDOWN = render_text(421, "4.3.2 Service shutting down, closing connection")
+TOO_MANY_ERRORS = render_text(421, "4.7.0 Too many errors, closing connection")
+INTERNAL = render_text(421, "4.3.0 Internal error, closing connection")
+UNKNOWN = render_text(500, "5.5.2 Error: command not recognized")
+LINE_TOO_LONG = render_text(500, "5.5.2 Error: line too long")
+NEED_HELO = render_text(503, "5.5.1 Error: send HELO first")
+NESTED_MAIL = render_text(503, "5.5.1 Error: nested MAIL command")
+NEED_MAIL = render_text(503, "5.5.1 Error: need MAIL command")
+NEED_RCPT = render_text(503, "5.5.1 Error: need RCPT command")
+NO_VALID_RCPT = render_text(554, "5.5.1 Error: no valid recipients")
+MAIL_SYNTAX = render_text(501, "5.5.4 Syntax: MAIL FROM:<address>")
+RCPT_SYNTAX = render_text(501, "5.5.4 Syntax: RCPT TO:<address>")
+BAD_RCPT = render_text(501, "5.1.3 Bad recipient address syntax")
+PARAM_SYNTAX = render_text(501, "5.5.4 Syntax error in parameters")
+PARAM_UNKNOWN = render_text(555, "5.5.4 Unsupported parameter")
+SIZE_EXCEEDED = render(fallback.SIZE_EXCEEDED)
+TOO_MANY_RCPTS = render_text(452, "4.5.3 Error: too many recipients")
+DATA_SYNTAX = render_text(501, "5.5.4 Syntax: DATA")
+ARG_SYNTAX = render_text(501, "5.5.4 Syntax error in arguments")
+VRFY = render_text(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+VRFY_SYNTAX = render_text(501, "5.5.4 Syntax: VRFY <address>")
+EXPN = render_text(502, "5.5.1 Error: EXPN not implemented")
+HELP = render_text(214, "2.0.0 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY")
+TLS_READY = render_text(220, "2.0.0 Ready to start TLS")
+TLS_UNAVAILABLE = render_text(454, "4.7.0 TLS not available")
+TLS_ACTIVE = render_text(503, "5.5.1 Error: TLS already active")
+AUTH_DISABLED = render_text(502, "5.5.1 Error: authentication not enabled")
+AUTH_DONE = render_text(503, "5.5.1 Error: already authenticated")
+AUTH_IN_MAIL = render_text(503, "5.5.1 Error: AUTH not allowed during a mail transaction")
+AUTH_MECH = render_text(504, "5.5.4 Unrecognized authentication type")
+AUTH_OK = render_text(235, "2.7.0 Authentication successful")
+AUTH_BAD = render_text(501, "5.5.2 Cannot decode response")
+AUTH_CANCELLED = render_text(501, "5.7.0 Authentication cancelled")
+AUTH_REQUIRED = render_text(530, "5.7.0 Authentication required")
+AUTH_PLAIN = b"334 \r\n"
+AUTH_USER = b"334 VXNlcm5hbWU6\r\n"  # "Username:"
+AUTH_PASS = b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
+RCPT_OK = render_text(250, "2.1.5 Ok")
+DATA_GO = render_text(354, "End data with <CR><LF>.<CR><LF>")
+
+
+def banner(hostname: str) -> bytes:
+    return render_text(220, f"{hostname} ESMTP smartsink")
+
+
+def queued(queue_id: int) -> bytes:
+    """The acceptance of one message; built without render(): it differs for every message."""
+    return b"250 2.0.0 Ok: queued as %X\r\n" % queue_id
+
+
+def helo(hostname: str) -> bytes:
+    return render_text(250, hostname)
+
+
+def helo_syntax(verb: str) -> bytes:
+    return render_text(501, f"5.5.4 Syntax: {verb} hostname")
+
+
+def ehlo(hostname: str, max_message_size: int, tls_offered: bool, auth_offered: bool) -> bytes:
+    """The EHLO reply: the extensions the sink serves."""
+    lines = [hostname, "PIPELINING", f"SIZE {max_message_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+    if tls_offered:
+        lines.append("STARTTLS")
+    if auth_offered:
+        lines.append("AUTH PLAIN LOGIN")
+    lines.append("HELP")
+    return "".join(f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n" for i, line in enumerate(lines)).encode()

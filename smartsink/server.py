@@ -16,10 +16,13 @@ from typing import Any
 from mailload.cli import raise_open_files_limit
 from smartsink import admin, metrics, tls
 from smartsink.config import SinkConfig
+from smartsink.engines.fast import FastServer
+from smartsink.ledger import RunLedger
+from smartsink.limits import Limits
+from smartsink.limits.local import LocalLimits
+from smartsink.limits.state import SharedState
 from smartsink.policy.watcher import PolicyStore
-from smartsink.protocol import SMTPServer
-from smartsink.session import Limits, SinkContext
-from smartsink.shared import LocalLimits, RunLedger, SharedState
+from smartsink.responder import SinkContext
 
 log = logging.getLogger("smartsink")
 
@@ -55,7 +58,7 @@ class SMTPListener:
 
     def __init__(self, ctx: SinkContext, context: ssl.SSLContext | None):
         self.ctx = ctx
-        self.smtp = SMTPServer(ctx, context)
+        self.smtp = FastServer(ctx, context)
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] = ctx.config.listen
 
@@ -65,7 +68,7 @@ class SMTPListener:
         host, port = self.ctx.config.listen
         factory: Callable[[], Any]
         if self.ctx.config.engine == "aiosmtpd":
-            from smartsink.handler import aiosmtpd_factory
+            from smartsink.engines.reference import aiosmtpd_factory
 
             factory = aiosmtpd_factory(self.ctx, self.smtp.tls_context)
         else:
@@ -145,7 +148,7 @@ class Sink:
 
     async def ledger(self, run_id: str) -> RunLedger | None:
         await self.limits.barrier()
-        return self.state.run(run_id)
+        return self.state.ledgers.run(run_id)
 
     async def start(self) -> None:
         await self.listener.start()

@@ -4,7 +4,7 @@ The supervisor's shape follows uvicorn's: a signal handler per signal (TERM/INT 
 liveness check that restarts a dead worker, and a clean shutdown. Unlike uvicorn's workers, ours each bind
 the port themselves; the supervisor holds a bound, non-listening socket so the port (even port 0) stays
 theirs across restarts. The supervisor also owns what belongs to the sink as a whole: the policy file and
-its watcher (new policies are pushed to workers), the shared limits (smartsink.coordinator), and the admin
+its watcher (new policies are pushed to workers), the shared limits (smartsink.limits.remote), and the admin
 listener, whose /metrics sums every worker (prometheus-client's multiprocess files).
 """
 
@@ -26,9 +26,13 @@ from typing import Any
 from mailload.cli import ExitStatus, event_loop_factory
 from smartsink import admin, metrics
 from smartsink.config import SinkConfig
-from smartsink.coordinator import Coordinator, RemoteLimits
+from smartsink.ledger import RunLedger
+from smartsink.limits.local import LocalLimits
+from smartsink.limits.remote import Coordinator, Ready, RemoteLimits
+from smartsink.limits.state import SharedState
 from smartsink.policy.model import Policy
 from smartsink.policy.watcher import PolicyStore
+from smartsink.responder import SinkContext
 from smartsink.server import (
     SinkStartError,
     SMTPListener,
@@ -38,8 +42,6 @@ from smartsink.server import (
     on_reload,
     tls_context,
 )
-from smartsink.session import SinkContext
-from smartsink.shared import LocalLimits, RunLedger, SharedState
 
 log = logging.getLogger("smartsink.supervisor")
 
@@ -214,7 +216,7 @@ class Supervisor:
 
     async def ledger(self, run_id: str) -> RunLedger | None:
         await self.coordinator.barrier()
-        return self.state.run(run_id)
+        return self.state.ledgers.run(run_id)
 
 
 def worker_main(config: SinkConfig, index: int, coordinator_path: str, policy: Policy) -> None:
@@ -243,7 +245,7 @@ async def _serve_worker(config: SinkConfig, index: int, coordinator_path: str, p
     limits.on_policy = ctx.set_policy
     listener = SMTPListener(ctx, tls_context(config))
     address = await listener.start(reuse_port=True)
-    limits.send(("ready", index, os.getpid(), address))
+    limits.send(Ready(index, os.getpid(), address))
     await stop.wait()
     await listener.stop()
     await limits.barrier()  # send what the last sessions recorded

@@ -13,3 +13,4 @@ GREYLISTED = Reply(451, "4.7.1 Greylisted: the recipient's server asks you to tr
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0 Too many connections, please try again later")
 TOO_MANY_TRANSACTIONS = Reply(421, "4.7.0 Too many concurrent transactions for this domain, closing connection")
 TOO_MANY_MESSAGES = Reply(421, "4.7.0 Maximum number of messages per connection reached, closing connection")
+SIZE_EXCEEDED = Reply(552, "5.3.4 Message size exceeds fixed maximum message size")

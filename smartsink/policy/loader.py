@@ -286,14 +286,43 @@ def _suffixes(value: Any, reader: _Reader) -> tuple[str, ...]:
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Build a Policy from the text of a responses.toml; raise PolicyError naming every problem."""
+    data = _toml(text, source)
+    reader = _Reader(text, source)
+    _check_top_keys(reader, data)
+    lists = _reply_lists(reader, data)
+    default = replace(
+        DomainRules(name=OTHER_LABEL),
+        **reader.settings(data.get("default", {}), ("default",), _RULE_PARSERS),
+        bounces=lists["bounce"].get(DEFAULT_NAME) or fallback.BOUNCES,
+        defers=lists["defer"].get(DEFAULT_NAME) or fallback.DEFERS,
+        throttles=lists["throttle"].get(DEFAULT_NAME) or fallback.THROTTLES,
+    )
+    _check_sum(reader, default, ("default",))
+    domains = _domains(reader, data, default, lists)
+    listener_settings = reader.settings(data.get("listener", {}), ("listener",), _LISTENER_PARSERS)
+    suffixes = _suffixes(data["domain_suffix"], reader) if "domain_suffix" in data else ()
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    return Policy(
+        source=source,
+        default=default,
+        domains=domains,
+        suffixes=suffixes,
+        listener=ListenerRules(**listener_settings),
+        warnings=tuple(reader.warnings),
+    )
+
+
+def _toml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise PolicyError([Problem(source, int(m.group(1)) if m else None, "", f"not valid TOML: {message}")]) from None
 
-    reader = _Reader(text, source)
+
+def _check_top_keys(reader: _Reader, data: dict[str, Any]) -> None:
     for key in data:
         if key not in TOP_KEYS:
             reader.bad(
@@ -302,16 +331,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                 f"unknown top-level key (known: {', '.join(sorted(TOP_KEYS))})",
             )
 
-    default_settings = reader.settings(data.get("default", {}), ("default",), _RULE_PARSERS)
-    domain_tables = data.get("domain", {})
-    if not isinstance(domain_tables, dict):
-        reader.bad(reader.where.key((), "domain"), "domain", 'must hold tables: write [domain."NAME"]')
-        domain_tables = {}
-    per_domain = {
-        name.lower(): reader.settings(table, ("domain", name), _RULE_PARSERS) for name, table in domain_tables.items()
-    }
 
-    lists: dict[str, dict[str, tuple[Reply, ...]]] = {kind: {} for kind in LIST_KINDS}
+ReplyLists = dict[str, dict[str, tuple[Reply, ...]]]
+
+
+def _reply_lists(reader: _Reader, data: dict[str, Any]) -> ReplyLists:
+    """[[bounce."NAME"]], [[defer."NAME"]], [[throttle."NAME"]]: each kind's replies by lower-cased name."""
+    lists: ReplyLists = {kind: {} for kind in LIST_KINDS}
     for kind in LIST_KINDS:
         by_name = data.get(kind, {})
         if not isinstance(by_name, dict):
@@ -320,19 +346,18 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         for name, entries in by_name.items():
             replies = reader.replies(kind, name, entries)
             lists[kind][name.lower()] = lists[kind].get(name.lower(), ()) + replies
+    return lists
 
-    listener_settings = reader.settings(data.get("listener", {}), ("listener",), _LISTENER_PARSERS)
-    suffixes = _suffixes(data["domain_suffix"], reader) if "domain_suffix" in data else ()
 
-    default = replace(
-        DomainRules(name=OTHER_LABEL),
-        **default_settings,
-        bounces=lists["bounce"].get(DEFAULT_NAME) or fallback.BOUNCES,
-        defers=lists["defer"].get(DEFAULT_NAME) or fallback.DEFERS,
-        throttles=lists["throttle"].get(DEFAULT_NAME) or fallback.THROTTLES,
-    )
-    _check_sum(reader, default, ("default",))
-
+def _domains(reader: _Reader, data: dict[str, Any], default: DomainRules, lists: ReplyLists) -> dict[str, DomainRules]:
+    """Every domain a table or a list names: its own settings and lists over the default's."""
+    domain_tables = data.get("domain", {})
+    if not isinstance(domain_tables, dict):
+        reader.bad(reader.where.key((), "domain"), "domain", 'must hold tables: write [domain."NAME"]')
+        domain_tables = {}
+    per_domain = {
+        name.lower(): reader.settings(table, ("domain", name), _RULE_PARSERS) for name, table in domain_tables.items()
+    }
     names = set(per_domain) | {n for kind in LIST_KINDS for n in lists[kind]}
     names.discard(DEFAULT_NAME)
     domains: dict[str, DomainRules] = {}
@@ -347,17 +372,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         )
         _check_sum(reader, rules, ("domain", name))
         domains[name] = rules
-
-    if reader.problems:
-        raise PolicyError(reader.problems)
-    return Policy(
-        source=source,
-        default=default,
-        domains=domains,
-        suffixes=suffixes,
-        listener=ListenerRules(**listener_settings),
-        warnings=tuple(reader.warnings),
-    )
+    return domains
 
 
 def _check_sum(reader: _Reader, rules: DomainRules, path: tuple[str, ...]) -> None:

@@ -1,10 +1,10 @@
-"""What the sink answers, step by step, for one SMTP connection: the policy applied to a conversation.
+"""What the sink answers, step by step: the policy applied to a conversation. The seam every front-end calls.
 
-Both SMTP engines (the fast protocol in smartsink.protocol and the aiosmtpd reference in smartsink.handler)
-parse the wire themselves and call a Session at the steps the policy cares about: the greeting, each RCPT,
-DATA, the end of DATA, a reset, the close. A Session returns an Action (reply bytes, then close or not;
-no reply at all means cut the connection) and never touches a socket. Decisions come from the pure
-smartsink.policy.decide; sink-wide limits from the Limits object (shared across workers).
+The two SMTP engines (smartsink.engines.fast and the aiosmtpd reference, smartsink.engines.reference) parse the
+wire themselves, and the inject API (smartsink.admin) parses JSON; all three ask a Responder at the steps the
+policy cares about: the greeting, each RCPT, DATA, the end of DATA, a reset, the close. A Responder returns an
+Action (what to say, whether the recipient or message was taken, whether to close) and never touches a socket.
+Decisions come from the pure smartsink.policy.decide; sink-wide limits from smartsink.limits.
 """
 
 from __future__ import annotations
@@ -14,43 +14,39 @@ import itertools
 import os
 import random
 import time
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from mailload import contract
-from smartsink import metrics
+from smartsink import metrics, replies
 from smartsink.config import SinkConfig
+from smartsink.ledger import Answered, RefusedAtRcpt, ReturnedInDsn
+from smartsink.limits import Limits
 from smartsink.policy import decide as policy
 from smartsink.policy import fallback
-from smartsink.policy.model import DomainRules, Outcome, Policy, Rate, Reply
-from smartsink.replies import render, render_text
+from smartsink.policy.model import DomainRules, Outcome, Policy, Reply
 
 _RULES_CACHE_MAX = 10_000
 
 
 class Action(NamedTuple):
-    """What to do on the wire: send `reply` (None: send nothing), then close when `close`."""
+    """What to do: send `wire` (the reply as it goes on the wire; None: send nothing and cut the connection),
+    then close when `close`. `accepted`: the greeting let the client in, the recipient or the message was taken."""
 
-    reply: bytes | None
+    wire: bytes | None
     close: bool = False
+    accepted: bool = False
+
+    @property
+    def reply(self) -> Reply | None:
+        """The reply as a code and its text lines (the code prefixes removed), for front-ends that write their
+        own replies (aiosmtpd) or report them in JSON (the inject API)."""
+        if self.wire is None:
+            return None
+        lines = self.wire.decode("ascii", "replace").split("\r\n")[:-1]
+        return Reply(int(lines[0][:3]), "\n".join(line[4:] for line in lines))
 
 
 DROP = Action(None, True)
-SIZE_EXCEEDED = Reply(552, "5.3.4 Message size exceeds fixed maximum message size")
-
-
-class Limits(Protocol):
-    async def open_connection(self, limit: int | None) -> bool: ...
-    def close_connection(self) -> None: ...
-    async def begin_transaction(self, domain: str, limit: int) -> bool: ...
-    def end_transaction(self, domain: str) -> None: ...
-    async def take_rate(self, domain: str, rate: Rate) -> bool: ...
-    async def greylist_passes(self, key: str, delay: float) -> bool: ...
-    def record(
-        self, run_id: str, seq: int, outcome: Outcome, domain: str = "", transit_ms: int | None = None, rcpt: str = ""
-    ) -> None: ...
-    def record_dsn(self, run_id: str, seq: int, rcpt: str = "") -> None: ...
-    def refused_at_rcpt(self, rcpt: str, outcome: Outcome) -> None: ...
-    async def barrier(self) -> None: ...
 
 
 class SinkContext:
@@ -64,9 +60,7 @@ class SinkContext:
         self._rules: dict[str, DomainRules] = {}
         self.set_policy(policy_in_force)
         self._queue_ids = itertools.count((os.getpid() << 20) if seed is None else worker << 24)
-        self.ok_rcpt = render_text(250, "2.1.5 Ok")
-        self.ok_data = render_text(354, "End data with <CR><LF>.<CR><LF>")
-        self.banner = render_text(220, f"{config.hostname} ESMTP smartsink")
+        self.welcome = Action(replies.banner(config.hostname), accepted=True)
 
     def set_policy(self, new: Policy) -> None:
         self.policy = new
@@ -82,8 +76,9 @@ class SinkContext:
             rules = self._rules[domain] = policy.resolve(self.policy, domain, self.suffixes)
         return rules
 
-    def accepted_reply(self) -> bytes:
-        return b"250 2.0.0 Ok: queued as %X\r\n" % next(self._queue_ids)
+    def queued(self) -> Action:
+        """The message is taken: 250 with a queue id of its own."""
+        return Action(replies.queued(next(self._queue_ids)), accepted=True)
 
 
 class _Recipient(NamedTuple):
@@ -94,10 +89,13 @@ class _Recipient(NamedTuple):
 
 def _answer(reply: Reply) -> Action:
     # RFC 5321 3.8: 421 means the server is closing the channel, so it does.
-    return Action(render(reply), reply.code == 421)
+    return Action(replies.render(reply), reply.code == 421)
 
 
-class Session:
+RCPT_OK = Action(replies.RCPT_OK, accepted=True)
+
+
+class Responder:
     """One connection's policy state: the transaction in progress and what the connection has done."""
 
     __slots__ = (
@@ -141,7 +139,7 @@ class Session:
         metrics.CONNECTIONS_ACTIVE.inc()
         if listener.banner_delay is not None:
             await asyncio.sleep(policy.sample_latency(listener.banner_delay, self.ctx.rng))
-        return Action(self.ctx.banner)
+        return self.ctx.welcome
 
     def closed(self) -> None:
         """The connection is gone: give back what it held."""
@@ -174,11 +172,11 @@ class Session:
     async def rcpt(self, address: str) -> Action:
         """The answer to RCPT TO:<address> (an address with an @, without brackets)."""
         action = await self._rcpt(address)
-        reply = action.reply
-        if reply is not self.ctx.ok_rcpt and reply is not None and reply[:1] in b"45":
+        wire = action.wire
+        if not action.accepted and wire is not None and wire[:1] in b"45":
             # The ledger cannot name this message yet (its trace header comes with DATA): it counts the attempt
             # against the recipient, and adds it to the message when the MTA brings it to DATA or returns it.
-            self.ctx.limits.refused_at_rcpt(address.lower(), Outcome.of_code(int(reply[:3])))
+            self.ctx.limits.report(RefusedAtRcpt(address.lower(), Outcome.of_code(int(wire[:3]))))
         return action
 
     async def _rcpt(self, address: str) -> Action:
@@ -189,7 +187,7 @@ class Session:
             self.first = address.lower()
         if self.exempt:  # a DSN: measurement, not load
             self.recipients.append(_Recipient(rules, None, True))
-            return Action(ctx.ok_rcpt)
+            return RCPT_OK
         if not self.begun:
             action = await self._first_recipient(rules)
             if action is not None:
@@ -210,9 +208,9 @@ class Session:
                 if not await ctx.limits.take_rate(rules.name, rules.rate):
                     return self._throttled_rcpt(rules)
                 self.recipients.append(_Recipient(rules, None, True))
-                return Action(ctx.ok_rcpt)
+                return RCPT_OK
         self.recipients.append(_Recipient(rules, verdict, False))
-        return Action(ctx.ok_rcpt)
+        return RCPT_OK
 
     def _throttled_rcpt(self, rules: DomainRules) -> Action:
         metrics.child(metrics.THROTTLED, rules.name).inc()
@@ -256,7 +254,7 @@ class Session:
             return DROP
         metrics.BYTES.inc(size)
         if too_big:
-            verdict: Reply | None = SIZE_EXCEEDED
+            verdict: Reply | None = fallback.SIZE_EXCEEDED
         else:
             verdict = policy.worst(r.verdict for r in recipients)
             if verdict is None:
@@ -273,7 +271,7 @@ class Session:
         self.completed += 1
         self.reset()
         if verdict is None:
-            return Action(ctx.accepted_reply())
+            return ctx.queued()
         return _answer(verdict)
 
     def _record(self, head: bytes, outcome: Outcome) -> None:
@@ -284,12 +282,12 @@ class Session:
             if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
                 transit = int(time.time() * 1000) - trace.sent_ms
             domain = policy.strip_suffix(policy.split_address(self.first)[1], self.ctx.suffixes)
-            self.ctx.limits.record(trace.run_id, trace.seq, outcome, domain, transit, self.first)
+            self.ctx.limits.report(Answered(trace.run_id, trace.seq, int(outcome), domain, transit, self.first))
             return
         returned = contract.returned_message(head)
         if returned is not None:
             metrics.DSNS.inc()
-            self.ctx.limits.record_dsn(returned.trace.run_id, returned.trace.seq, returned.recipient)
+            self.ctx.limits.report(ReturnedInDsn(returned.trace.run_id, returned.trace.seq, returned.recipient))
 
     async def _take_rates(self, recipients: list[_Recipient]) -> Reply | None:
         """Each rated domain of the transaction must have room for one more accepted message."""

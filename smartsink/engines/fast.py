@@ -1,14 +1,19 @@
-"""The sink's SMTP engine: an asyncio.BufferedProtocol that reads the wire in bulk and answers pipelined
+"""The sink's fast SMTP engine: an asyncio.BufferedProtocol that reads the wire in bulk and answers pipelined
 commands in one write.
 
 Why not aiosmtpd on this path (measured in docs/performance.md): aiosmtpd reads DATA line by line through
 a StreamReader and awaits a drain after every reply. Here each connection is one coroutine over a byte
 buffer: commands are split from the buffer without copies beyond the line itself, the end of DATA is found
-with one bytes.find per packet, a message body is never kept (only its first 8 KiB, for the trace header),
+with one bytes.find per packet, a message body is never kept (only its first 16 KiB, for the trace header),
 and replies are gathered and written once each time the input runs dry (or every OUT_BATCH replies). A client
 that does not read its replies is answered no further, and not read either, while WRITE_HIGH of them wait, so
-what any client can make the sink hold is bounded. aiosmtpd stays as the reference engine (smartsink.handler);
+what any client can make the sink hold is bounded. aiosmtpd stays as the reference engine (smartsink.engines.reference);
 tests drive the same conversations through both and compare the answers.
+
+Two parts: FastConnection owns the socket (buffers, waits, timeouts, flow control); Conversation owns the SMTP
+state of one connection (HELO seen, AUTH, a transaction in progress) and answers each verb with a method of its
+own, found in a table as aiosmtpd finds its smtp_* methods. Neither decides what the policy says: they ask the
+connection's Responder.
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailload import contract
-from smartsink import metrics
-from smartsink.replies import render_text
-from smartsink.session import Action, Session, SinkContext
+from smartsink import metrics, replies
+from smartsink.responder import Action, Responder, SinkContext
 
 log = logging.getLogger("smartsink.smtp")
 
@@ -49,59 +54,6 @@ class _Timeout(Exception):
 
 
 _TOO_LONG = object()
-_R = render_text
-R_OK = _R(250, "2.0.0 Ok")
-R_MAIL_OK = _R(250, "2.1.0 Ok")
-R_BYE = _R(221, "2.0.0 Bye")
-R_TIMEOUT = _R(421, "4.4.2 Error: timeout exceeded")
-R_SHUTDOWN = _R(421, "4.3.2 Service shutting down, closing connection")
-R_TOO_MANY_ERRORS = _R(421, "4.7.0 Too many errors, closing connection")
-R_INTERNAL = _R(421, "4.3.0 Internal error, closing connection")
-R_UNKNOWN = _R(500, "5.5.2 Error: command not recognized")
-R_LINE_TOO_LONG = _R(500, "5.5.2 Error: line too long")
-R_NEED_HELO = _R(503, "5.5.1 Error: send HELO first")
-R_NESTED_MAIL = _R(503, "5.5.1 Error: nested MAIL command")
-R_NEED_MAIL = _R(503, "5.5.1 Error: need MAIL command")
-R_NEED_RCPT = _R(503, "5.5.1 Error: need RCPT command")
-R_NO_VALID_RCPT = _R(554, "5.5.1 Error: no valid recipients")
-R_MAIL_SYNTAX = _R(501, "5.5.4 Syntax: MAIL FROM:<address>")
-R_RCPT_SYNTAX = _R(501, "5.5.4 Syntax: RCPT TO:<address>")
-R_BAD_RCPT = _R(501, "5.1.3 Bad recipient address syntax")
-R_PARAM_SYNTAX = _R(501, "5.5.4 Syntax error in parameters")
-R_PARAM_UNKNOWN = _R(555, "5.5.4 Unsupported parameter")
-R_SIZE_EXCEEDED = _R(552, "5.3.4 Message size exceeds fixed maximum message size")
-R_TOO_MANY_RCPTS = _R(452, "4.5.3 Error: too many recipients")
-R_DATA_SYNTAX = _R(501, "5.5.4 Syntax: DATA")
-R_ARG_SYNTAX = _R(501, "5.5.4 Syntax error in arguments")
-R_VRFY = _R(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
-R_VRFY_SYNTAX = _R(501, "5.5.4 Syntax: VRFY <address>")
-R_EXPN = _R(502, "5.5.1 Error: EXPN not implemented")
-R_HELP = _R(214, "2.0.0 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY")
-R_TLS_READY = _R(220, "2.0.0 Ready to start TLS")
-R_TLS_UNAVAILABLE = _R(454, "4.7.0 TLS not available")
-R_TLS_ACTIVE = _R(503, "5.5.1 Error: TLS already active")
-R_AUTH_DISABLED = _R(502, "5.5.1 Error: authentication not enabled")
-R_AUTH_DONE = _R(503, "5.5.1 Error: already authenticated")
-R_AUTH_IN_MAIL = _R(503, "5.5.1 Error: AUTH not allowed during a mail transaction")
-R_AUTH_MECH = _R(504, "5.5.4 Unrecognized authentication type")
-R_AUTH_OK = _R(235, "2.7.0 Authentication successful")
-R_AUTH_BAD = _R(501, "5.5.2 Cannot decode response")
-R_AUTH_CANCELLED = _R(501, "5.7.0 Authentication cancelled")
-R_AUTH_REQUIRED = _R(530, "5.7.0 Authentication required")
-R_AUTH_PLAIN = b"334 \r\n"
-R_AUTH_USER = b"334 VXNlcm5hbWU6\r\n"  # "Username:"
-R_AUTH_PASS = b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
-
-
-def ehlo_reply(ctx: SinkContext, tls_offered: bool) -> bytes:
-    lines = [ctx.config.hostname, "PIPELINING", f"SIZE {ctx.config.max_message_size}", "8BITMIME", "SMTPUTF8"]
-    lines.append("ENHANCEDSTATUSCODES")
-    if tls_offered:
-        lines.append("STARTTLS")
-    if ctx.config.auth != "off":
-        lines.append("AUTH PLAIN LOGIN")
-    lines.append("HELP")
-    return "".join(f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n" for i, line in enumerate(lines)).encode()
 
 
 def original_destination(sock: socket.socket | None) -> tuple[str, int] | None:
@@ -145,10 +97,10 @@ def _parse_path(arg: bytes, keyword: bytes) -> tuple[str, list[bytes]] | None:
     return address.decode("utf-8", "replace"), params
 
 
-class SMTPProtocol(asyncio.BufferedProtocol):
-    """One SMTP connection of the sink."""
+class FastConnection(asyncio.BufferedProtocol):
+    """One SMTP connection of the sink: its buffers, waits and timeouts; the SMTP dialogue is its Conversation."""
 
-    def __init__(self, ctx: SinkContext, server: SMTPServer):
+    def __init__(self, ctx: SinkContext, server: FastServer):
         self.ctx = ctx
         self.server = server
         self.read_buffer = server.read_buffer
@@ -237,15 +189,15 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """The sink is stopping: say so and close."""
         if not self.closing:
             self.closing = True
-            self.out.append(R_SHUTDOWN)
-            self._flush()
+            self.out.append(replies.SHUTDOWN)
+            self.flush()
             self.transport.close()
         if self.task is not None:
             self.task.cancel()
 
     # --- buffered I/O -----------------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self.out:
             data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             self.out.clear()
@@ -256,7 +208,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         """Send what is pending; while the client does not take it (the transport is above WRITE_HIGH), read
         nothing more from it and wait. The sweep cuts a client that stays so for --timeout; a lost connection
         ends the wait at once."""
-        self._flush()
+        self.flush()
         if not self.writing_paused or self.closing:
             return
         paused_here = not self.reading_paused
@@ -289,7 +241,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         finally:
             self.waiter = None
 
-    async def _readline(self, limit: int = LINE_LIMIT) -> bytes | object | None:
+    async def readline(self, limit: int = LINE_LIMIT) -> bytes | object | None:
         """The next line without its CRLF; _TOO_LONG for an over-long one (read and dropped); None at EOF."""
         discarding = False
         while True:
@@ -316,7 +268,7 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if self.closing:
                 return None
 
-    async def _read_body(self) -> tuple[int, bytes] | None:
+    async def read_body(self) -> tuple[int, bytes] | None:
         """(size, first bytes) of a message up to CRLF.CRLF, not keeping the rest; None at EOF."""
         dropped = 0
         head = b""
@@ -347,41 +299,41 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             if self.closing:
                 return None
 
-    def _send(self, action: Action) -> bool:
+    def send(self, action: Action) -> bool:
         """Queue an action's reply; close when it says so. False when the connection is done."""
-        if action.reply is not None:
-            self.out.append(action.reply)
+        if action.wire is not None:
+            self.out.append(action.wire)
         if action.close:
-            self._flush()
+            self.flush()
             self.closing = True
-            if action.reply is None:
+            if action.wire is None:
                 self.transport.abort()  # cut without a reply: no FIN-after-flush politeness
             else:
                 self.transport.close()
             return False
         return True
 
-    # --- the conversation -------------------------------------------------------------------------------
+    # --- the connection's life -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         peer = self.transport.get_extra_info("peername")
         client = peer[0] if isinstance(peer, tuple) else "unix"
         self._check_redirect(client)
-        session = Session(self.ctx, client)
+        responder = Responder(self.ctx, client)
         try:
-            if self._send(await session.greet()):
-                await self._conversation(session)
+            if self.send(await responder.greet()):
+                await Conversation(self, responder).run()
         except _Timeout:
-            self.out.append(R_TIMEOUT)
+            self.out.append(replies.TIMEOUT)
         except (asyncio.CancelledError, ConnectionError):
             pass
         except Exception:  # a sink never dies on bad input: log, answer, close this one connection
             log.exception("error in SMTP session with %s", client)
-            self.out.append(R_INTERNAL)
+            self.out.append(replies.INTERNAL)
         finally:
-            session.closed()
+            responder.closed()
             if not self.transport.is_closing():
-                self._flush()
+                self.flush()
                 self.transport.close()
 
     def _check_redirect(self, client: str) -> None:
@@ -393,178 +345,9 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             metrics.REDIRECTED.inc()
             log.info("redirected connection from %s: meant for %s:%d", client, original[0], original[1])
 
-    async def _conversation(self, session: Session) -> None:
-        ctx = self.ctx
-        config = ctx.config
-        helo = False
-        authenticated = config.auth != "required"
-        auth_done = False
-        in_mail = False
-        recipients = tried = 0
-        errors = 0
-        while not self.closing:
-            line = await self._readline(COMMAND_LINE_MAX)  # each verb's own limit is checked below
-            if line is None:
-                return
-            if line is _TOO_LONG:
-                self.out.append(R_LINE_TOO_LONG)
-                errors += 1
-                if errors >= MAX_ERRORS:
-                    self._send(Action(R_TOO_MANY_ERRORS, True))
-                    return
-                continue
-            assert isinstance(line, bytes)
-            verb = line[:4].upper()
-            arg = line[5:]
-            if len(line) > 4 and line[4:5] != b" ":
-                # Every verb has four letters but STARTTLS (RFC 3207).
-                word, _, arg = line.partition(b" ")
-                verb = b"STARTTLS" if word.upper() == b"STARTTLS" else b""
-            if len(line) > LINE_LIMITS.get(verb, LINE_LIMIT) - 2:
-                self.out.append(R_LINE_TOO_LONG)
-                continue
-
-            if verb == b"MAIL":
-                if not helo:
-                    reply = R_NEED_HELO
-                elif not authenticated:
-                    reply = R_AUTH_REQUIRED
-                elif in_mail:
-                    reply = R_NESTED_MAIL
-                else:
-                    reply = self._mail(session, arg)
-                    in_mail = reply is R_MAIL_OK
-                    recipients = tried = 0
-                self.out.append(reply)
-            elif verb == b"RCPT":
-                if not in_mail:
-                    self.out.append(R_NEED_MAIL)
-                    continue
-                path = _parse_path(arg, b"TO:")
-                if path is None:
-                    self.out.append(R_RCPT_SYNTAX)
-                elif "@" not in path[0] or path[0].startswith("@") or path[0].endswith("@"):
-                    self.out.append(R_BAD_RCPT)
-                elif recipients >= config.max_recipients:
-                    self.out.append(R_TOO_MANY_RCPTS)
-                else:
-                    tried += 1
-                    action = await session.rcpt(path[0])
-                    if not self._send(action):
-                        return
-                    if action.reply is ctx.ok_rcpt:
-                        recipients += 1
-            elif verb == b"DATA":
-                if arg:
-                    self.out.append(R_DATA_SYNTAX)
-                elif not in_mail:
-                    self.out.append(R_NEED_MAIL)
-                elif not session.recipients:
-                    # RFC 2920 3.1: when every RCPT of a pipelined group failed, DATA gets 554.
-                    self.out.append(R_NO_VALID_RCPT if tried else R_NEED_RCPT)
-                else:
-                    if not await self._data(session):
-                        return
-                    in_mail = False
-            elif verb == b"RSET":
-                session.reset()
-                in_mail = False
-                self.out.append(R_OK)
-            elif verb == b"EHLO" or verb == b"HELO":
-                if not arg.strip():
-                    self.out.append(_R(501, f"5.5.4 Syntax: {verb.decode()} hostname"))
-                    continue
-                session.reset()
-                helo, in_mail = True, False
-                offer_tls = self.server.tls_context is not None and not self.tls_active
-                self.out.append(ehlo_reply(ctx, offer_tls) if verb == b"EHLO" else _R(250, config.hostname))
-            elif verb == b"NOOP":
-                self.out.append(R_OK)
-            elif verb == b"QUIT":
-                self._send(Action(R_BYE, True))
-                return
-            elif verb == b"STARTTLS":
-                if not await self._starttls(arg):
-                    continue
-                helo, in_mail = False, False
-                session.reset()
-            elif verb == b"AUTH":
-                if config.auth == "off":
-                    self.out.append(R_AUTH_DISABLED)
-                elif auth_done:
-                    self.out.append(R_AUTH_DONE)
-                elif in_mail:
-                    self.out.append(R_AUTH_IN_MAIL)
-                else:
-                    result = await self._auth(arg)
-                    if result is None:
-                        return
-                    auth_done = authenticated = result or authenticated
-            elif verb == b"VRFY":
-                self.out.append(R_VRFY if arg.strip() else R_VRFY_SYNTAX)
-            elif verb == b"EXPN":
-                self.out.append(R_EXPN)
-            elif verb == b"HELP":
-                self.out.append(R_HELP)
-            else:
-                errors += 1
-                if errors >= MAX_ERRORS:
-                    self._send(Action(R_TOO_MANY_ERRORS, True))
-                    return
-                self.out.append(R_UNKNOWN)
-
-    def _mail(self, session: Session, arg: bytes) -> bytes:
-        path = _parse_path(arg, b"FROM:")
-        if path is None:
-            return R_MAIL_SYNTAX
-        sender, params = path
-        for param in params:
-            key, _, value = param.partition(b"=")
-            key = key.upper()
-            if key == b"SIZE":
-                if not value.isdigit() or len(value) > 20:
-                    return R_PARAM_SYNTAX
-                if int(value) > self.ctx.config.max_message_size:
-                    return R_SIZE_EXCEEDED
-            elif key == b"BODY":
-                if value.upper() not in (b"7BIT", b"8BITMIME"):
-                    return R_PARAM_SYNTAX
-            elif key not in (b"SMTPUTF8", b"AUTH", b"RET", b"ENVID"):
-                return R_PARAM_UNKNOWN
-        session.mail(sender)
-        return R_MAIL_OK
-
-    async def _data(self, session: Session) -> bool:
-        """DATA: 354, the body, the policy's answer. False when the connection is done."""
-        drop = session.data()
-        if drop is not None:
-            self._send(drop)
-            return False
-        self.out.append(self.ctx.ok_data)
-        body = await self._read_body()
-        if body is None:
-            return False
-        size, head = body
-        self._flush()  # earlier pipelined replies go out before any latency the policy adds
-        too_big = size > self.ctx.config.max_message_size
-        action = await session.data_end(size, head, too_big)
-        return self._send(action)
-
-    async def _starttls(self, arg: bytes) -> bool:
-        """STARTTLS; True when the connection is now encrypted."""
-        context: ssl.SSLContext | None = self.server.tls_context
-        if arg.strip():
-            self.out.append(R_ARG_SYNTAX)
-            return False
-        if context is None:
-            self.out.append(R_TLS_UNAVAILABLE)
-            return False
-        if self.tls_active:
-            self.out.append(R_TLS_ACTIVE)
-            return False
-        self.out.append(R_TLS_READY)
-        self._flush()
-        # RFC 3207 6: anything the client pipelined after STARTTLS must be discarded.
+    async def start_tls(self, context: ssl.SSLContext) -> bool:
+        """Upgrade the connection (RFC 3207); False when the handshake failed (the connection is done)."""
+        # Anything the client pipelined after STARTTLS must be discarded (RFC 3207 6).
         del self.buf[:]
         self.pos = 0
         try:
@@ -577,8 +360,180 @@ class SMTPProtocol(asyncio.BufferedProtocol):
             self.closing = True
             return False
         self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.tls_active = True
+        return True
+
+
+class Conversation:
+    """The SMTP state of one connection, and a method for each verb (VERBS)."""
+
+    def __init__(self, wire: FastConnection, responder: Responder):
+        self.wire = wire
+        self.responder = responder
+        self.ctx = wire.ctx
+        self.config = wire.ctx.config
+        self.helo = False
+        self.authenticated = self.config.auth != "required"
+        self.auth_done = False
+        self.in_mail = False
+        self.recipients = 0  # recipients taken in this transaction
+        self.tried = 0  # RCPT commands tried in this transaction
+        self.errors = 0
+
+    def say(self, reply: bytes) -> bool:
+        self.wire.out.append(reply)
+        return True
+
+    async def run(self) -> None:
+        wire = self.wire
+        while not wire.closing:
+            line = await wire.readline(COMMAND_LINE_MAX)  # each verb's own limit is checked below
+            if line is None:
+                return
+            if line is _TOO_LONG:
+                if not self._error(replies.LINE_TOO_LONG):
+                    return
+                continue
+            assert isinstance(line, bytes)
+            verb, arg = _split_command(line)
+            if len(line) > LINE_LIMITS.get(verb, LINE_LIMIT) - 2:
+                self.say(replies.LINE_TOO_LONG)
+                continue
+            handler = VERBS.get(verb)
+            if handler is None:
+                if not self._error(replies.UNKNOWN):
+                    return
+                continue
+            if not await handler(self, arg):
+                return
+
+    def _error(self, reply: bytes) -> bool:
+        """An error of the client's; after MAX_ERRORS of them the connection is closed. False: it is."""
+        self.errors += 1
+        if self.errors >= MAX_ERRORS:
+            self.wire.send(Action(replies.TOO_MANY_ERRORS, True))
+            return False
+        return self.say(reply)
+
+    # --- the verbs: each answers, and returns False when the connection is done ------------------------------
+
+    async def smtp_helo(self, arg: bytes, verb: bytes = b"HELO") -> bool:
+        if not arg.strip():
+            return self.say(replies.helo_syntax(verb.decode()))
+        self.responder.reset()
+        self.helo, self.in_mail = True, False
+        if verb == b"HELO":
+            return self.say(replies.helo(self.config.hostname))
+        offer_tls = self.wire.server.tls_context is not None and not self.wire.tls_active
+        return self.say(
+            replies.ehlo(self.config.hostname, self.config.max_message_size, offer_tls, self.config.auth != "off")
+        )
+
+    async def smtp_ehlo(self, arg: bytes) -> bool:
+        return await self.smtp_helo(arg, b"EHLO")
+
+    async def smtp_mail(self, arg: bytes) -> bool:
+        if not self.helo:
+            return self.say(replies.NEED_HELO)
+        if not self.authenticated:
+            return self.say(replies.AUTH_REQUIRED)
+        if self.in_mail:
+            return self.say(replies.NESTED_MAIL)
+        reply = self._mail(arg)
+        self.in_mail = reply is replies.MAIL_OK
+        self.recipients = self.tried = 0
+        return self.say(reply)
+
+    def _mail(self, arg: bytes) -> bytes:
+        path = _parse_path(arg, b"FROM:")
+        if path is None:
+            return replies.MAIL_SYNTAX
+        sender, params = path
+        for param in params:
+            problem = _mail_parameter(param, self.config.max_message_size)
+            if problem is not None:
+                return problem
+        self.responder.mail(sender)
+        return replies.MAIL_OK
+
+    async def smtp_rcpt(self, arg: bytes) -> bool:
+        if not self.in_mail:
+            return self.say(replies.NEED_MAIL)
+        path = _parse_path(arg, b"TO:")
+        if path is None:
+            return self.say(replies.RCPT_SYNTAX)
+        address = path[0]
+        if "@" not in address or address.startswith("@") or address.endswith("@"):
+            return self.say(replies.BAD_RCPT)
+        if self.recipients >= self.config.max_recipients:
+            return self.say(replies.TOO_MANY_RCPTS)
+        self.tried += 1
+        action = await self.responder.rcpt(address)
+        self.recipients += action.accepted
+        return self.wire.send(action)
+
+    async def smtp_data(self, arg: bytes) -> bool:
+        if arg:
+            return self.say(replies.DATA_SYNTAX)
+        if not self.in_mail:
+            return self.say(replies.NEED_MAIL)
+        if not self.responder.recipients:
+            # RFC 2920 3.1: when every RCPT of a pipelined group failed, DATA gets 554.
+            return self.say(replies.NO_VALID_RCPT if self.tried else replies.NEED_RCPT)
+        self.in_mail = False
+        wire, responder = self.wire, self.responder
+        drop = responder.data()
+        if drop is not None:
+            wire.send(drop)
+            return False
+        self.say(replies.DATA_GO)
+        body = await wire.read_body()
+        if body is None:
+            return False
+        size, head = body
+        wire.flush()  # earlier pipelined replies go out before any latency the policy adds
+        action = await responder.data_end(size, head, size > self.config.max_message_size)
+        return wire.send(action)
+
+    async def smtp_rset(self, arg: bytes) -> bool:
+        self.responder.reset()
+        self.in_mail = False
+        return self.say(replies.OK)
+
+    async def smtp_noop(self, arg: bytes) -> bool:
+        return self.say(replies.OK)
+
+    async def smtp_quit(self, arg: bytes) -> bool:
+        self.wire.send(Action(replies.BYE, True))
+        return False
+
+    async def smtp_starttls(self, arg: bytes) -> bool:
+        context: ssl.SSLContext | None = self.wire.server.tls_context
+        if arg.strip():
+            return self.say(replies.ARG_SYNTAX)
+        if context is None:
+            return self.say(replies.TLS_UNAVAILABLE)
+        if self.wire.tls_active:
+            return self.say(replies.TLS_ACTIVE)
+        self.say(replies.TLS_READY)
+        self.wire.flush()
+        if not await self.wire.start_tls(context):
+            return False
+        self.helo = self.in_mail = False
+        self.responder.reset()
+        return True
+
+    async def smtp_auth(self, arg: bytes) -> bool:
+        if self.config.auth == "off":
+            return self.say(replies.AUTH_DISABLED)
+        if self.auth_done:
+            return self.say(replies.AUTH_DONE)
+        if self.in_mail:
+            return self.say(replies.AUTH_IN_MAIL)
+        result = await self._auth(arg)
+        if result is None:
+            return False
+        self.auth_done = self.authenticated = result or self.authenticated
         return True
 
     async def _auth(self, arg: bytes) -> bool | None:
@@ -586,40 +541,89 @@ class SMTPProtocol(asyncio.BufferedProtocol):
         mechanism, _, initial = arg.strip().partition(b" ")
         mechanism = mechanism.upper()
         if mechanism == b"PLAIN":
-            response = initial.strip()
-            if not response:
-                self.out.append(R_AUTH_PLAIN)
-                line = await self._readline(LINE_LIMITS[b"AUTH"])
-                if line is None:
-                    return None
-                response = line if isinstance(line, bytes) else b"!"
-            if response == b"*":
-                self.out.append(R_AUTH_CANCELLED)
-                return False
-            decoded = _b64(response)
-            if decoded is None or decoded.count(b"\x00") != 2:
-                self.out.append(R_AUTH_BAD)
-                return False
+            answers = await self._auth_answers([replies.AUTH_PLAIN], initial.strip())
+            valid = answers is not None and _plain_valid(answers[0])
         elif mechanism == b"LOGIN":
-            answers = [initial.strip()] if initial.strip() else []
-            prompts = [R_AUTH_USER, R_AUTH_PASS][len(answers) :]
-            for prompt in prompts:
-                self.out.append(prompt)
-                line = await self._readline(LINE_LIMITS[b"AUTH"])
-                if line is None:
-                    return None
-                answers.append(line if isinstance(line, bytes) else b"!")
-            if b"*" in answers:
-                self.out.append(R_AUTH_CANCELLED)
-                return False
-            if any(_b64(a) is None for a in answers):
-                self.out.append(R_AUTH_BAD)
-                return False
+            answers = await self._auth_answers([replies.AUTH_USER, replies.AUTH_PASS], initial.strip())
+            valid = answers is not None and all(_b64(a) is not None for a in answers)
         else:
-            self.out.append(R_AUTH_MECH)
+            self.say(replies.AUTH_MECH)
             return False
-        self.out.append(R_AUTH_OK)
-        return True
+        if answers is None:
+            return None
+        if b"*" in answers:
+            self.say(replies.AUTH_CANCELLED)
+            return False
+        self.say(replies.AUTH_OK if valid else replies.AUTH_BAD)
+        return valid
+
+    async def _auth_answers(self, prompts: list[bytes], initial: bytes) -> list[bytes] | None:
+        """The client's answer to each prompt (an initial response answers the first); None when it left."""
+        answers = [initial] if initial else []
+        for prompt in prompts[len(answers) :]:
+            self.say(prompt)
+            line = await self.wire.readline(LINE_LIMITS[b"AUTH"])
+            if line is None:
+                return None
+            answers.append(line if isinstance(line, bytes) else b"!")
+        return answers
+
+    async def smtp_vrfy(self, arg: bytes) -> bool:
+        return self.say(replies.VRFY if arg.strip() else replies.VRFY_SYNTAX)
+
+    async def smtp_expn(self, arg: bytes) -> bool:
+        return self.say(replies.EXPN)
+
+    async def smtp_help(self, arg: bytes) -> bool:
+        return self.say(replies.HELP)
+
+
+Verb = Callable[[Conversation, bytes], Awaitable[bool]]
+VERBS: dict[bytes, Verb] = {
+    b"HELO": Conversation.smtp_helo,
+    b"EHLO": Conversation.smtp_ehlo,
+    b"MAIL": Conversation.smtp_mail,
+    b"RCPT": Conversation.smtp_rcpt,
+    b"DATA": Conversation.smtp_data,
+    b"RSET": Conversation.smtp_rset,
+    b"NOOP": Conversation.smtp_noop,
+    b"QUIT": Conversation.smtp_quit,
+    b"STARTTLS": Conversation.smtp_starttls,
+    b"AUTH": Conversation.smtp_auth,
+    b"VRFY": Conversation.smtp_vrfy,
+    b"EXPN": Conversation.smtp_expn,
+    b"HELP": Conversation.smtp_help,
+}
+
+
+def _split_command(line: bytes) -> tuple[bytes, bytes]:
+    """(VERB, argument) of a command line; every verb has four letters but STARTTLS (RFC 3207)."""
+    if len(line) > 4 and line[4:5] != b" ":
+        word, _, arg = line.partition(b" ")
+        return (b"STARTTLS" if word.upper() == b"STARTTLS" else b""), arg
+    return line[:4].upper(), line[5:]
+
+
+def _mail_parameter(param: bytes, max_size: int) -> bytes | None:
+    """The refusal a MAIL parameter earns (RFC 1870 SIZE, RFC 6152 BODY, ...), or None when it is fine."""
+    key, _, value = param.partition(b"=")
+    key = key.upper()
+    if key == b"SIZE":
+        if not value.isdigit() or len(value) > 20:
+            return replies.PARAM_SYNTAX
+        if int(value) > max_size:
+            return replies.SIZE_EXCEEDED
+        return None
+    if key == b"BODY":
+        return None if value.upper() in (b"7BIT", b"8BITMIME") else replies.PARAM_SYNTAX
+    if key not in (b"SMTPUTF8", b"AUTH", b"RET", b"ENVID"):
+        return replies.PARAM_UNKNOWN
+    return None
+
+
+def _plain_valid(response: bytes) -> bool:
+    decoded = _b64(response)
+    return decoded is not None and decoded.count(b"\x00") == 2
 
 
 def _b64(data: bytes) -> bytes | None:
@@ -629,18 +633,18 @@ def _b64(data: bytes) -> bytes | None:
         return None
 
 
-class SMTPServer:
+class FastServer:
     """The connections of one listener, their idle sweep, and the TLS context they may upgrade with."""
 
     def __init__(self, ctx: SinkContext, tls_context: ssl.SSLContext | None):
         self.ctx = ctx
         self.tls_context = tls_context
-        self.connections: set[SMTPProtocol] = set()
+        self.connections: set[FastConnection] = set()
         self.read_buffer = memoryview(bytearray(READ_SIZE))
         self._sweeper: asyncio.Task[None] | None = None
 
-    def protocol(self) -> SMTPProtocol:
-        return SMTPProtocol(self.ctx, self)
+    def protocol(self) -> FastConnection:
+        return FastConnection(self.ctx, self)
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())

@@ -1,38 +1,32 @@
-"""State that must hold for the sink as a whole: connection and transaction counts, rate buckets, the
-greylist, and the reconciliation ledger.
+"""The reconciliation ledger: per trafficgen run, what the sink answered each message id, and transit times.
 
-SharedState is plain, synchronous, single-owner data with an injected clock. With one worker it lives in
-that worker (LocalLimits); with several it lives in the supervisor and workers reach it over a Unix socket
-(smartsink.coordinator), so "40 connections" means 40 in all and a greylist retry may reach any worker.
+One byte per message id, as mailload.contract encodes it (how often accepted, refused temporarily or
+permanently, returned in a DSN, attempts), and an HDR histogram of transit times per recipient domain. Ledgers
+keep bounded memory: ids up to LEDGER_MAX_IDS a run, LEDGER_BUDGET bytes for all runs, the runs heard from least
+recently forgotten first. Refusals at RCPT time (before the message's trace header is known) are kept by
+recipient until the message reaches DATA or comes back in a DSN.
+
+The sink's workers report to it with LedgerEntry values (Answered, ReturnedInDsn, RefusedAtRcpt), applied in
+order by whoever owns the sink-wide state (smartsink.limits).
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from hdrh.histogram import HdrHistogram
 
 from mailload import contract
-from smartsink.policy.model import Outcome, Rate
+from smartsink.policy.model import Outcome
 
-GREYLIST_MAX_ENTRIES = 500_000
-GREYLIST_KEEP = 36 * 3600.0  # an entry is forgotten this long after it was last seen
 LEDGER_MAX_RUNS = 64
 LEDGER_MAX_IDS = 16 * 1024 * 1024  # per run: one byte per message id, ids from 0; larger ids are "overflow"
 LEDGER_BUDGET = 64 * 1024 * 1024  # bytes for all runs together; the oldest runs are forgotten beyond it
 LEDGER_DUPLICATES_LISTED = 1000
 RCPT_REFUSALS_MAX = 500_000  # recipients refused at RCPT whose message has not reached DATA yet
 TRANSIT_BYTES = 25_600  # what one transit histogram holds in memory (3,072 eight-byte counters)
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
 
 
 def new_transit_histogram() -> HdrHistogram:
@@ -148,78 +142,14 @@ class RunLedger:
         return {domain: h.encode().decode("ascii") for domain, h in self.transit.items()}
 
 
-class SharedState:
-    """The sink-wide counters; every method is quick and never blocks."""
+class Ledgers:
+    """The ledgers of every run the sink has heard from, within a memory budget."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self.connections = 0
-        self.transactions: dict[str, int] = {}
-        self.buckets: dict[str, _Bucket] = {}
-        self.greylist: OrderedDict[str, float] = OrderedDict()
+    def __init__(self) -> None:
         self.runs: OrderedDict[str, RunLedger] = OrderedDict()
-        self.ledger_bytes = 0
+        self.size = 0
         self.rcpt_refusals: OrderedDict[str, int] = OrderedDict()  # recipient -> a ledger mark of its refusals
 
-    # connections ([listener] max_connections)
-    def open_connection(self, limit: int | None) -> bool:
-        if limit is not None and self.connections >= limit:
-            return False
-        self.connections += 1
-        return True
-
-    def close_connection(self) -> None:
-        self.connections = max(0, self.connections - 1)
-
-    # transactions in flight per domain (max_concurrency)
-    def begin_transaction(self, domain: str, limit: int) -> bool:
-        current = self.transactions.get(domain, 0)
-        if current >= limit:
-            return False
-        self.transactions[domain] = current + 1
-        return True
-
-    def end_transaction(self, domain: str) -> None:
-        current = self.transactions.get(domain, 0)
-        if current <= 1:
-            self.transactions.pop(domain, None)
-        else:
-            self.transactions[domain] = current - 1
-
-    # accepted messages per time per domain (rate): a token bucket holding one period's worth
-    def take_rate(self, domain: str, rate: Rate) -> bool:
-        now = self.clock()
-        bucket = self.buckets.get(domain)
-        if bucket is None:
-            bucket = self.buckets[domain] = _Bucket(rate.count, now)
-        else:
-            bucket.tokens = min(rate.count, bucket.tokens + (now - bucket.updated) * rate.per_second)
-            bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return True
-        return False
-
-    # greylisting: the first attempt of a triplet is refused; one after `delay` passes
-    def greylist_passes(self, key: str, delay: float) -> bool:
-        now = self.clock()
-        first = self.greylist.get(key)
-        if first is None:
-            self.greylist[key] = now
-            self._trim_greylist(now)
-            return False
-        self.greylist.move_to_end(key)
-        return now - first >= delay
-
-    def _trim_greylist(self, now: float) -> None:
-        while self.greylist:
-            key, first = next(iter(self.greylist.items()))
-            if len(self.greylist) > GREYLIST_MAX_ENTRIES or now - first > GREYLIST_KEEP:
-                self.greylist.popitem(last=False)
-            else:
-                break
-
-    # reconciliation ledger
     def _ledger(self, run_id: str) -> RunLedger:
         ledger = self.runs.get(run_id)
         if ledger is None:
@@ -227,23 +157,26 @@ class SharedState:
         self.runs.move_to_end(run_id)
         return ledger
 
-    def _trim_runs(self) -> None:
+    def _trim(self) -> None:
         # Bounded memory: forget the runs heard from least recently, never the one being recorded.
-        while len(self.runs) > 1 and (self.ledger_bytes > LEDGER_BUDGET or len(self.runs) > LEDGER_MAX_RUNS):
+        while len(self.runs) > 1 and (self.size > LEDGER_BUDGET or len(self.runs) > LEDGER_MAX_RUNS):
             _, forgotten = self.runs.popitem(last=False)
-            self.ledger_bytes -= forgotten.size
+            self.size -= forgotten.size
+
+    def _earlier(self, rcpt: str) -> int:
+        return self.rcpt_refusals.pop(rcpt, 0) if rcpt and self.rcpt_refusals else 0
 
     def record(
         self, run_id: str, seq: int, outcome: Outcome, domain: str = "", transit_ms: int | None = None, rcpt: str = ""
     ) -> None:
-        earlier = self.rcpt_refusals.pop(rcpt, 0) if rcpt and self.rcpt_refusals else 0
-        self.ledger_bytes += self._ledger(run_id).record(seq, outcome, domain, transit_ms, earlier)
-        self._trim_runs()
+        """The sink answered the end of DATA of message `seq` of run `run_id`."""
+        self.size += self._ledger(run_id).record(seq, outcome, domain, transit_ms, self._earlier(rcpt))
+        self._trim()
 
     def record_dsn(self, run_id: str, seq: int, rcpt: str = "") -> None:
-        earlier = self.rcpt_refusals.pop(rcpt, 0) if rcpt and self.rcpt_refusals else 0
-        self.ledger_bytes += self._ledger(run_id).record_dsn(seq, earlier)
-        self._trim_runs()
+        """The MTA returned message `seq` in a failure DSN (to `rcpt`, when the DSN says)."""
+        self.size += self._ledger(run_id).record_dsn(seq, self._earlier(rcpt))
+        self._trim()
 
     def refused_at_rcpt(self, rcpt: str, outcome: Outcome) -> None:
         """A recipient refused at RCPT time: its message is not known yet, so the attempt is kept by recipient."""
@@ -256,46 +189,7 @@ class SharedState:
         return self.runs.get(run_id)
 
 
-class LocalLimits:
-    """The async face of a SharedState in this process (one worker): every call answers at once."""
-
-    def __init__(self, state: SharedState):
-        self.state = state
-
-    async def open_connection(self, limit: int | None) -> bool:
-        return self.state.open_connection(limit)
-
-    def close_connection(self) -> None:
-        self.state.close_connection()
-
-    async def begin_transaction(self, domain: str, limit: int) -> bool:
-        return self.state.begin_transaction(domain, limit)
-
-    def end_transaction(self, domain: str) -> None:
-        self.state.end_transaction(domain)
-
-    async def take_rate(self, domain: str, rate: Rate) -> bool:
-        return self.state.take_rate(domain, rate)
-
-    async def greylist_passes(self, key: str, delay: float) -> bool:
-        return self.state.greylist_passes(key, delay)
-
-    def record(
-        self, run_id: str, seq: int, outcome: Outcome, domain: str = "", transit_ms: int | None = None, rcpt: str = ""
-    ) -> None:
-        self.state.record(run_id, seq, outcome, domain, transit_ms, rcpt)
-
-    def record_dsn(self, run_id: str, seq: int, rcpt: str = "") -> None:
-        self.state.record_dsn(run_id, seq, rcpt)
-
-    def refused_at_rcpt(self, rcpt: str, outcome: Outcome) -> None:
-        self.state.refused_at_rcpt(rcpt, outcome)
-
-    async def barrier(self) -> None:
-        """Everything recorded so far is visible in the state (trivially, here)."""
-
-
-# --- what workers send the supervisor for the ledger (batched; applied in order) ------------------------------
+# --- what workers send the owner of the ledgers (batched; applied in order) ------------------------------------
 
 
 class Answered(NamedTuple):
@@ -308,8 +202,8 @@ class Answered(NamedTuple):
     transit_ms: int | None
     rcpt: str
 
-    def apply(self, state: SharedState) -> None:
-        state.record(self.run_id, self.seq, Outcome(self.outcome), self.domain, self.transit_ms, self.rcpt)
+    def apply(self, ledgers: Ledgers) -> None:
+        ledgers.record(self.run_id, self.seq, Outcome(self.outcome), self.domain, self.transit_ms, self.rcpt)
 
 
 class ReturnedInDsn(NamedTuple):
@@ -319,8 +213,8 @@ class ReturnedInDsn(NamedTuple):
     seq: int
     rcpt: str
 
-    def apply(self, state: SharedState) -> None:
-        state.record_dsn(self.run_id, self.seq, self.rcpt)
+    def apply(self, ledgers: Ledgers) -> None:
+        ledgers.record_dsn(self.run_id, self.seq, self.rcpt)
 
 
 class RefusedAtRcpt(NamedTuple):
@@ -329,8 +223,8 @@ class RefusedAtRcpt(NamedTuple):
     rcpt: str
     outcome: int
 
-    def apply(self, state: SharedState) -> None:
-        state.refused_at_rcpt(self.rcpt, Outcome(self.outcome))
+    def apply(self, ledgers: Ledgers) -> None:
+        ledgers.refused_at_rcpt(self.rcpt, Outcome(self.outcome))
 
 
 LedgerEntry = Answered | ReturnedInDsn | RefusedAtRcpt

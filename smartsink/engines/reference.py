@@ -1,4 +1,4 @@
-"""The reference engine: aiosmtpd parses the wire, its handler hooks ask the same Session as the fast engine.
+"""The reference engine: aiosmtpd parses the wire, its handler hooks ask the same Responder as the fast engine.
 
 `smartsink --engine aiosmtpd` serves with it. It is slower (docs/performance.md) but written by others,
 so tests drive the same conversations through both engines and compare the answers.
@@ -16,49 +16,49 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope
 from aiosmtpd.smtp import Session as AioSession
 
 from mailload import contract
-from smartsink.session import Action, Session, SinkContext
+from smartsink.responder import Action, Responder, SinkContext
 
 
 def _text(action: Action) -> str:
-    assert action.reply is not None
-    return action.reply.decode("ascii").rstrip("\r\n")
+    assert action.wire is not None
+    return action.wire.decode("ascii").rstrip("\r\n")
 
 
 class SinkHandler:
-    """aiosmtpd hooks that ask this connection's Session."""
+    """aiosmtpd hooks that ask this connection's Responder."""
 
-    def __init__(self, session: Session):
-        self.session = session
+    def __init__(self, responder: Responder):
+        self.responder = responder
 
     async def handle_MAIL(
         self, server: SMTP, session: AioSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        self.session.mail(address)
+        self.responder.mail(address)
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
         self, server: SMTP, session: AioSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        action = await self.session.rcpt(address)
-        if action.reply is self.session.ctx.ok_rcpt:
+        action = await self.responder.rcpt(address)
+        if action.accepted:
             envelope.rcpt_tos.append(address)
         return self._after(server, action)
 
     async def handle_DATA(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
         content = envelope.original_content or b""
-        action = await self.session.data_end(len(content), content[: contract.HEAD_BYTES])
+        action = await self.responder.data_end(len(content), content[: contract.HEAD_BYTES])
         return self._after(server, action)
 
     async def handle_RSET(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
-        self.session.reset()
+        self.responder.reset()
         return "250 2.0.0 Ok"
 
     @staticmethod
     def _after(server: SMTP, action: Action) -> str:
         transport: Any = server.transport
-        if action.reply is None:
+        if action.wire is None:
             if transport is not None:
                 transport.abort()
             return "421 4.3.0 (connection already cut)"
@@ -76,10 +76,10 @@ class ReferenceSMTP(SMTP):
     """aiosmtpd's SMTP with the sink's greeting rules, DATA-time cuts and connection accounting."""
 
     def __init__(self, ctx: SinkContext, context: ssl.SSLContext | None):
-        self.sink_session = Session(ctx, "unknown")
+        self.sink_responder = Responder(ctx, "unknown")
         config = ctx.config
         super().__init__(
-            SinkHandler(self.sink_session),
+            SinkHandler(self.sink_responder),
             hostname=config.hostname,
             ident="ESMTP smartsink",
             data_size_limit=config.max_message_size,
@@ -95,27 +95,27 @@ class ReferenceSMTP(SMTP):
 
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
-        self.sink_session.client = peer[0] if isinstance(peer, tuple) else "unix"
+        self.sink_responder.client = peer[0] if isinstance(peer, tuple) else "unix"
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.sink_session.closed()
+        self.sink_responder.closed()
         super().connection_lost(exc)
 
     async def _handle_client(self) -> None:
-        action = await self.sink_session.greet()
+        action = await self.sink_responder.greet()
         transport: Any = self.transport
-        if action.reply is not self.sink_session.ctx.banner:
+        if not action.accepted:
             if transport is not None:
-                if action.reply is not None:
-                    transport.write(action.reply)
+                if action.wire is not None:
+                    transport.write(action.wire)
                 transport.close()
             return
         await super()._handle_client()
 
     async def smtp_DATA(self, arg: str) -> None:
         transport: Any = self.transport
-        if self.envelope is not None and self.envelope.rcpt_tos and self.sink_session.data() is not None:
+        if self.envelope is not None and self.envelope.rcpt_tos and self.sink_responder.data() is not None:
             if transport is not None:
                 transport.abort()
             return

@@ -1,0 +1,45 @@
+"""Sink-wide limits, as the responder asks for them: one protocol, a local and a remote implementation.
+
+- state: SharedState, the counters, buckets, greylist and ledgers themselves (synchronous, one owner);
+- local: LocalLimits, a SharedState in this process (one worker);
+- remote: RemoteLimits in each worker and the Coordinator in the supervisor, with typed messages between them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from smartsink.ledger import LedgerEntry
+from smartsink.policy.model import Rate
+
+
+class Limits(Protocol):
+    """What a responder asks of the sink as a whole."""
+
+    async def open_connection(self, limit: int | None) -> bool:
+        """Count one more connection; False when `limit` ([listener] max_connections) is reached."""
+        ...
+
+    def close_connection(self) -> None: ...
+
+    async def begin_transaction(self, domain: str, limit: int) -> bool:
+        """Count one more transaction in flight for `domain`; False when its max_concurrency is reached."""
+        ...
+
+    def end_transaction(self, domain: str) -> None: ...
+
+    async def take_rate(self, domain: str, rate: Rate) -> bool:
+        """Take one accepted message from `domain`'s rate; False when none is left."""
+        ...
+
+    async def greylist_passes(self, key: str, delay: float) -> bool:
+        """False for the first attempt of a triplet and for retries sooner than `delay`."""
+        ...
+
+    def report(self, entry: LedgerEntry) -> None:
+        """Note a ledger entry (a trafficgen message answered, returned in a DSN, or refused at RCPT)."""
+        ...
+
+    async def barrier(self) -> None:
+        """Everything reported so far is in the sink-wide state."""
+        ...

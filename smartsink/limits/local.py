@@ -1,0 +1,38 @@
+"""Sink-wide limits in this process: a SharedState answered at once (the sink has one worker)."""
+
+from __future__ import annotations
+
+from smartsink.ledger import LedgerEntry
+from smartsink.limits.state import SharedState
+from smartsink.policy.model import Rate
+
+
+class LocalLimits:
+    """The async face of a SharedState in this process: every call answers at once."""
+
+    def __init__(self, state: SharedState):
+        self.state = state
+
+    async def open_connection(self, limit: int | None) -> bool:
+        return self.state.open_connection(limit)
+
+    def close_connection(self) -> None:
+        self.state.close_connection()
+
+    async def begin_transaction(self, domain: str, limit: int) -> bool:
+        return self.state.begin_transaction(domain, limit)
+
+    def end_transaction(self, domain: str) -> None:
+        self.state.end_transaction(domain)
+
+    async def take_rate(self, domain: str, rate: Rate) -> bool:
+        return self.state.take_rate(domain, rate)
+
+    async def greylist_passes(self, key: str, delay: float) -> bool:
+        return self.state.greylist_passes(key, delay)
+
+    def report(self, entry: LedgerEntry) -> None:
+        entry.apply(self.state.ledgers)
+
+    async def barrier(self) -> None:
+        """Everything reported so far is visible in the state (trivially, here)."""

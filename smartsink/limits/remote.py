@@ -1,0 +1,355 @@
+"""Sink-wide limits for several workers: the supervisor's Coordinator serves a SharedState on a Unix socket, each
+worker reaches it through RemoteLimits, and the supervisor pushes each reloaded policy down the same socket.
+
+Messages are typed values (the NamedTuples below), framed as a 4-byte length and a pickle (both ends are this
+program, same user, a private directory). Requests carry a call id and are answered with an Answer; the rest
+are one-way. A worker's connection and transaction slots are given back when its channel closes, so a crashed
+worker does not leak them. A request that gets no answer in CALL_TIMEOUT fails open (the message goes through)
+and is logged: a sink must never hang its clients on its own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import pickle
+import struct
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from smartsink.ledger import LedgerEntry
+from smartsink.limits.state import SharedState
+from smartsink.policy.model import Policy, Rate
+
+log = logging.getLogger("smartsink.coordinator")
+
+CALL_TIMEOUT = 5.0
+_LENGTH = struct.Struct("!I")
+
+
+class _Holdings:
+    """What one worker holds in the shared state, to give back if it dies."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.transactions: Counter[str] = Counter()
+
+
+# --- requests: a worker asks, the coordinator answers ------------------------------------------------------------
+
+
+class OpenConnection(NamedTuple):
+    call_id: int
+    limit: int | None
+
+    def answer(self, state: SharedState, holdings: _Holdings) -> bool:
+        opened = state.open_connection(self.limit)
+        holdings.connections += opened
+        return opened
+
+
+class BeginTransaction(NamedTuple):
+    call_id: int
+    domain: str
+    limit: int
+
+    def answer(self, state: SharedState, holdings: _Holdings) -> bool:
+        begun = state.begin_transaction(self.domain, self.limit)
+        if begun:
+            holdings.transactions[self.domain] += 1
+        return begun
+
+
+class TakeRate(NamedTuple):
+    call_id: int
+    domain: str
+    rate: Rate
+
+    def answer(self, state: SharedState, holdings: _Holdings) -> bool:
+        return state.take_rate(self.domain, self.rate)
+
+
+class GreylistPasses(NamedTuple):
+    call_id: int
+    key: str
+    delay: float
+
+    def answer(self, state: SharedState, holdings: _Holdings) -> bool:
+        return state.greylist_passes(self.key, self.delay)
+
+
+Request = OpenConnection | BeginTransaction | TakeRate | GreylistPasses
+
+
+class Answer(NamedTuple):
+    call_id: int
+    result: bool
+
+
+# --- one-way messages ---------------------------------------------------------------------------------------------
+
+
+class Opened(NamedTuple):
+    """A connection opened where no limit applies: counted without waiting for an answer."""
+
+
+class ConnectionClosed(NamedTuple):
+    pass
+
+
+class TransactionEnded(NamedTuple):
+    domain: str
+
+
+class Records(NamedTuple):
+    """Ledger entries, in the order they happened."""
+
+    entries: list[LedgerEntry]
+
+
+class Ping(NamedTuple):
+    """Send everything recorded so far, then Pong."""
+
+    ping_id: int
+
+
+class Pong(NamedTuple):
+    ping_id: int
+
+
+class Ready(NamedTuple):
+    """A worker serves: its number, pid, and the address it bound."""
+
+    worker: int
+    pid: int
+    address: tuple[str, int]
+
+
+class PolicyUpdate(NamedTuple):
+    """The policy now in force (the supervisor's watcher reloaded it)."""
+
+    policy: Policy
+
+
+Message = Request | Answer | Opened | ConnectionClosed | TransactionEnded | Records | Ping | Pong | Ready | PolicyUpdate
+
+
+class Channel(asyncio.Protocol):
+    """A stream of messages in length-prefixed pickle frames."""
+
+    def __init__(self, on_message: Callable[[Channel, Any], None], on_lost: Callable[[Channel], None]):
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.transport: Any = None
+        self.buf = bytearray()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 4:
+            (size,) = _LENGTH.unpack_from(self.buf)
+            if len(self.buf) < 4 + size:
+                return
+            message = pickle.loads(self.buf[4 : 4 + size])
+            del self.buf[: 4 + size]
+            self.on_message(self, message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost(self)
+
+    def send(self, message: Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+            self.transport.write(_LENGTH.pack(len(payload)) + payload)
+
+
+class Coordinator:
+    """The supervisor's side: owns the SharedState, answers workers, broadcasts policies."""
+
+    def __init__(self, state: SharedState, path: str, current: Callable[[], Policy]):
+        self.state = state
+        self.path = path
+        self.current = current  # the policy in force, for a worker that started before the last reload
+        self.channels: dict[Channel, _Holdings] = {}
+        self.ready: dict[int, tuple[int, tuple[str, int]]] = {}  # worker index -> (pid, address)
+        self.ready_event = asyncio.Event()
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._ping_ids = itertools.count(1)
+        self.server: asyncio.AbstractServer | None = None
+        self._handlers: dict[type, Callable[[Channel, _Holdings, Any], None]] = {
+            Opened: self._opened,
+            ConnectionClosed: self._connection_closed,
+            TransactionEnded: self._transaction_ended,
+            Records: self._records,
+            Pong: self._pong,
+            Ready: self._ready,
+        }
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(lambda: Channel(self._handle, self._lost), self.path)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def _lost(self, channel: Channel) -> None:
+        holdings = self.channels.pop(channel, None)
+        if holdings is None:
+            return
+        for _ in range(holdings.connections):
+            self.state.close_connection()
+        for domain, count in holdings.transactions.items():
+            for _ in range(count):
+                self.state.end_transaction(domain)
+
+    def _handle(self, channel: Channel, message: Message) -> None:
+        holdings = self.channels.setdefault(channel, _Holdings())
+        if isinstance(message, OpenConnection | BeginTransaction | TakeRate | GreylistPasses):
+            channel.send(Answer(message.call_id, message.answer(self.state, holdings)))
+            return
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.error("unknown message %r from a worker", type(message).__name__)
+            return
+        handler(channel, holdings, message)
+
+    def _opened(self, channel: Channel, holdings: _Holdings, message: Opened) -> None:
+        self.state.open_connection(None)
+        holdings.connections += 1
+
+    def _connection_closed(self, channel: Channel, holdings: _Holdings, message: ConnectionClosed) -> None:
+        self.state.close_connection()
+        holdings.connections = max(0, holdings.connections - 1)
+
+    def _transaction_ended(self, channel: Channel, holdings: _Holdings, message: TransactionEnded) -> None:
+        self.state.end_transaction(message.domain)
+        holdings.transactions[message.domain] -= 1
+
+    def _records(self, channel: Channel, holdings: _Holdings, message: Records) -> None:
+        for entry in message.entries:
+            entry.apply(self.state.ledgers)
+
+    def _pong(self, channel: Channel, holdings: _Holdings, message: Pong) -> None:
+        waiter = self._pings.pop(message.ping_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _ready(self, channel: Channel, holdings: _Holdings, message: Ready) -> None:
+        self.ready[message.worker] = (message.pid, message.address)
+        self.ready_event.set()
+        channel.send(PolicyUpdate(self.current()))  # a reload during its start-up did not reach it
+
+    def broadcast_policy(self, policy: Policy) -> None:
+        for channel in list(self.channels):
+            channel.send(PolicyUpdate(policy))
+
+    async def barrier(self) -> None:
+        """Wait until every worker has sent all it recorded before now (a ping each, answered in order)."""
+        loop = asyncio.get_running_loop()
+        waiters = []
+        for channel in list(self.channels):
+            ping = next(self._ping_ids)
+            self._pings[ping] = waiter = loop.create_future()
+            waiters.append(waiter)
+            channel.send(Ping(ping))
+        if waiters:
+            _, pending = await asyncio.wait(waiters, timeout=CALL_TIMEOUT)
+            for waiter in pending:
+                waiter.cancel()
+
+
+class RemoteLimits:
+    """A worker's side: the Limits of smartsink.limits, answered by the supervisor's Coordinator."""
+
+    def __init__(self, path: str, on_policy: Callable[[Policy], None], on_lost: Callable[[], None]):
+        self.path = path
+        self.on_policy = on_policy
+        self.on_lost = on_lost
+        self.channel: Channel | None = None
+        self._calls: dict[int, asyncio.Future[bool]] = {}
+        self._call_ids = itertools.count(1)
+        self._records: list[LedgerEntry] = []
+        self._flush_scheduled = False
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, channel = await loop.create_unix_connection(lambda: Channel(self._handle, self._lost), self.path)
+        self.channel = channel
+
+    def _lost(self, channel: Channel) -> None:
+        for waiter in self._calls.values():
+            if not waiter.done():
+                waiter.set_result(True)
+        self._calls.clear()
+        self.on_lost()
+
+    def _handle(self, channel: Channel, message: Message) -> None:
+        if isinstance(message, Answer):
+            waiter = self._calls.pop(message.call_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message.result)
+        elif isinstance(message, Ping):
+            self._flush_records()
+            channel.send(Pong(message.ping_id))
+        elif isinstance(message, PolicyUpdate):
+            self.on_policy(message.policy)
+
+    def send(self, message: Message) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+    async def _ask(self, request: Callable[[int], Request]) -> bool:
+        call_id = next(self._call_ids)
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = waiter
+        message = request(call_id)
+        self.send(message)
+        try:
+            return await asyncio.wait_for(waiter, CALL_TIMEOUT)
+        except TimeoutError:
+            self._calls.pop(call_id, None)
+            name = type(message).__name__
+            log.error("the supervisor did not answer %s in %.0f s; letting it through", name, CALL_TIMEOUT)
+            return True
+
+    async def open_connection(self, limit: int | None) -> bool:
+        if limit is None:  # nothing to check: count it without waiting for an answer
+            self.send(Opened())
+            return True
+        return await self._ask(lambda call_id: OpenConnection(call_id, limit))
+
+    def close_connection(self) -> None:
+        self.send(ConnectionClosed())
+
+    async def begin_transaction(self, domain: str, limit: int) -> bool:
+        return await self._ask(lambda call_id: BeginTransaction(call_id, domain, limit))
+
+    def end_transaction(self, domain: str) -> None:
+        self.send(TransactionEnded(domain))
+
+    async def take_rate(self, domain: str, rate: Rate) -> bool:
+        return await self._ask(lambda call_id: TakeRate(call_id, domain, rate))
+
+    async def greylist_passes(self, key: str, delay: float) -> bool:
+        return await self._ask(lambda call_id: GreylistPasses(call_id, key, delay))
+
+    def report(self, entry: LedgerEntry) -> None:
+        # Batched: one write per turn of the event loop, however many messages ended in it.
+        self._records.append(entry)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_records)
+
+    def _flush_records(self) -> None:
+        self._flush_scheduled = False
+        if self._records:
+            records, self._records = self._records, []
+            self.send(Records(records))
+
+    async def barrier(self) -> None:
+        self._flush_records()
