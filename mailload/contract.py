@@ -162,7 +162,7 @@ RECONCILE_COUNTS = (
     "unexpected",  # the target refused it, yet the sink accepted it
     "unknown",  # beyond what the sink's ledger keeps
 )
-ATTEMPT_BUCKETS = tuple(str(n) for n in range(1, MARK_ATTEMPTS_MAX)) + (f"{MARK_ATTEMPTS_MAX}+",)
+ATTEMPT_BUCKETS = (*(str(n) for n in range(1, MARK_ATTEMPTS_MAX)), f"{MARK_ATTEMPTS_MAX}+")
 
 
 def runs_path(run_id: str) -> str:

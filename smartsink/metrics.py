@@ -12,6 +12,8 @@ import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# (prometheus-client's multiprocess helpers carry no annotations: their calls are marked below.)
 from prometheus_client import multiprocess as _mp
 from prometheus_client import values as _values
 
@@ -33,7 +35,7 @@ if MULTIPROC:
     # prometheus-client asks os.getpid() on every increment to notice a fork, and glibc no longer caches it:
     # a system call per count was a tenth of the sink's time. Our workers are spawned, and a fork updates it.
     os.register_at_fork(after_in_child=_forked)
-    _values.ValueClass = _values.MultiProcessValue(process_identifier=_process_id)
+    _values.ValueClass = _values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
 _LIVE = {"multiprocess_mode": "livesum"} if MULTIPROC else {}
 
 MESSAGES = Counter(
@@ -93,7 +95,7 @@ def exposition() -> bytes:
     """The text of /metrics: the sum over every process of this sink."""
     if MULTIPROC:
         registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
 
@@ -101,4 +103,4 @@ def exposition() -> bytes:
 def process_exited(pid: int) -> None:
     """Drop a dead worker's live gauges (its counters stay: what was counted is never lost)."""
     if MULTIPROC:
-        _mp.mark_process_dead(pid)
+        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -99,17 +99,17 @@ class Responder:
     """One connection's policy state: the transaction in progress and what the connection has done."""
 
     __slots__ = (
-        "ctx",
-        "client",
-        "sender",
-        "recipients",
-        "completed",
-        "holding",
-        "drop_at",
         "active",
         "begun",
-        "first",
+        "client",
+        "completed",
+        "ctx",
+        "drop_at",
         "exempt",
+        "first",
+        "holding",
+        "recipients",
+        "sender",
     )
 
     def __init__(self, ctx: SinkContext, client: str):

@@ -5,6 +5,7 @@ the sink, the admin listener and the policy watcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -37,7 +38,8 @@ def tls_context(config: SinkConfig, tls_dir: str | None = None) -> ssl.SSLContex
     cert, key = config.tls_cert, config.tls_key
     if config.tls_self_signed:
         cert, key = tls.self_signed(config.hostname, tls_dir)
-    assert cert and key
+    assert cert
+    assert key
     try:
         return tls.server_context(cert, key)
     except (ssl.SSLError, OSError) as e:
@@ -89,10 +91,8 @@ class SMTPListener:
             self.server.close()
         self.smtp.shutdown()
         if self.server is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 2.0)
-            except TimeoutError:
-                pass
 
 
 def install_signals(stop: asyncio.Event, reload: Callable[[], object] | None) -> None:

@@ -11,6 +11,7 @@ listener, whose /metrics sums every worker (prometheus-client's multiprocess fil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -169,10 +170,8 @@ class Supervisor:
                 print(f"smartsink: error: {reason} (see the log above)", file=sys.stderr)
                 return False
             self.coordinator.ready_event.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.coordinator.ready_event.wait(), CHECK_INTERVAL)
-            except TimeoutError:
-                pass
         return True
 
     async def _monitor(self) -> None:

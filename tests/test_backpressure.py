@@ -53,7 +53,8 @@ msg = "5.5.0 Requested action not taken: mailbox unavailable (S2017062302)"
             refused = c.sendmail("a@example.test", ["permfail@outlook.com", "ok@outlook.com"], MESSAGE)
             assert list(refused) == ["permfail@outlook.com"]
             code, text = refused["permfail@outlook.com"]
-            assert code == 550 and b"S2017062302" in text
+            assert code == 550
+            assert b"S2017062302" in text
 
     def test_trafficgen_counts_recipients_separately(self, tmp_path):
         """trafficgen counts an RCPT-time refusal per recipient while the message itself is accepted."""
@@ -93,10 +94,12 @@ class TestLatency:
                 started = time.monotonic()
                 code, _ = client.data(MESSAGE)
                 took = time.monotonic() - started
-            assert code == 250 and 0.3 <= took < 1.3
+            assert code == 250
+            assert 0.3 <= took < 1.3
             report = trafficgen(sink.target, "--message-count", "20", "--concurrency", "5")
             data = report["phases_ms"]["data"]
-            assert 300 <= data["p50"] < 800 and report["latency_ms"]["min"] >= 300
+            assert 300 <= data["p50"] < 800
+            assert report["latency_ms"]["min"] >= 300
             assert 'smartsink_reply_delay_seconds_count{domain="other"}' in sink.metrics()
 
     def test_lognormal_latency_has_its_median(self, tmp_path):
@@ -130,7 +133,8 @@ class TestGreylist:
                     return client.rcpt("user@greylist.test")
 
             first = attempt()
-            assert first[0] == 451 and first[1].startswith(b"4.7.1")
+            assert first[0] == 451
+            assert first[1].startswith(b"4.7.1")
             assert attempt()[0] == 451  # too early
             time.sleep(1.05)  # the greylisting delay itself, not a wait for readiness
             assert attempt()[0] == 250
@@ -146,7 +150,8 @@ class TestGreylist:
         """Every first attempt is greylisted: trafficgen reports them tempfailed, not errors."""
         with running_sink(policy=self.POLICY, tmp=tmp_path) as sink:
             report = trafficgen(sink.target, "--message-count", "50", "--domain", "greylist.test")
-        assert report["totals"]["tempfailed"] == 50 and report["totals"]["errors"] == 0
+        assert report["totals"]["tempfailed"] == 50
+        assert report["totals"]["errors"] == 0
         assert report["replies"][0]["code"] == 451
 
 
@@ -203,7 +208,8 @@ class TestMaxConnections:
             try:
                 with pytest.raises(smtplib.SMTPConnectError) as refused:
                     smtplib.SMTP(*sink.address, timeout=10)
-                assert refused.value.smtp_code == 421 and refused.value.smtp_error.startswith(b"4.7.0")
+                assert refused.value.smtp_code == 421
+                assert refused.value.smtp_error.startswith(b"4.7.0")
                 held.pop().quit()
                 wait_for(lambda: _greeting(sink.address).startswith(b"220"), what="a free connection slot")
             finally:
@@ -236,7 +242,8 @@ class TestConcurrency:
             report = trafficgen(sink.target, "--duration", "2", "--concurrency", "10")
             refused = sink.metrics()['smartsink_concurrency_refused_total{domain="other"}']
         codes = replies_of(report)
-        assert codes.get(421, 0) > 0 and codes.get(250, 0) > 0
+        assert codes.get(421, 0) > 0
+        assert codes.get(250, 0) > 0
         assert refused == codes[421]
         # Two at a time, 100 ms each: at most about 20 a second get through.
         assert report["totals"]["accepted"] <= 2 * 2 / 0.1 + 4
@@ -309,7 +316,8 @@ class TestCheck:
         result = subprocess.run(
             [sys.executable, "-m", "smartsink", "--check", "--policy", str(path)], capture_output=True, text=True
         )
-        assert result.returncode == 2 and ":2: [listener] max_conections: unknown key" in result.stderr
+        assert result.returncode == 2
+        assert ":2: [listener] max_conections: unknown key" in result.stderr
 
 
 def test_shipped_policy_models_providers_with_the_new_keys():
@@ -334,7 +342,8 @@ def test_shipped_policy_models_providers_with_the_new_keys():
     assert policy.domains["outlook.com"].reject_at == "rcpt"
     assert policy.domains["yahoo.com"].max_messages_per_connection is not None
     assert policy.domains["comcast.net"].max_concurrency is not None
-    assert policy.domains["gmail.com"].latency is not None and policy.domains["gmail.com"].rate is not None
+    assert policy.domains["gmail.com"].latency is not None
+    assert policy.domains["gmail.com"].rate is not None
     assert policy.domains["greylist.test"].greylist is not None
 
 

@@ -62,15 +62,18 @@ class TestTraceHeader:
         """What trafficgen's MessageFactory writes, the sink parses back: run id, number, and the send time."""
         before = int(time.time() * 1000)
         trace = contract.trace_of(generated("abc_DEF-9", 123456789))
-        assert trace is not None and (trace.run_id, trace.seq) == ("abc_DEF-9", 123456789)
-        assert trace.sent_ms is not None and before - 1000 <= trace.sent_ms <= int(time.time() * 1000)
+        assert trace is not None
+        assert (trace.run_id, trace.seq) == ("abc_DEF-9", 123456789)
+        assert trace.sent_ms is not None
+        assert before - 1000 <= trace.sent_ms <= int(time.time() * 1000)
 
     def test_longest_run_id_both_sides_accept(self):
         """Both tools take run ids up to RUN_ID_MAX characters, and no more."""
         longest = "r" * contract.RUN_ID_MAX
         assert build(run_id=longest).run_id == longest
         trace = contract.trace_of(generated(longest, 1))
-        assert trace is not None and (trace.run_id, trace.seq) == (longest, 1)
+        assert trace is not None
+        assert (trace.run_id, trace.seq) == (longest, 1)
         with pytest.raises(ValueError, match="run-id"):
             build(run_id=longest + "r")
 
@@ -137,15 +140,19 @@ class TestMarks:
         mark = 0
         for answer in (contract.ANSWER_TEMPFAILED, contract.ANSWER_TEMPFAILED, contract.ANSWER_ACCEPTED):
             mark = contract.mark_answer(mark, answer)
-        assert contract.attempts(mark) == 3 and contract.accepted(mark) == 1
-        assert mark & contract.MARK_TEMPFAILED and not mark & contract.MARK_PERMFAILED
+        assert contract.attempts(mark) == 3
+        assert contract.accepted(mark) == 1
+        assert mark & contract.MARK_TEMPFAILED
+        assert not mark & contract.MARK_PERMFAILED
 
     def test_saturation(self):
         """Attempts stop at 7 and acceptances at 3: a byte never overflows into the next field."""
         mark = 0
         for _ in range(20):
             mark = contract.mark_answer(mark, contract.ANSWER_ACCEPTED)
-        assert contract.attempts(mark) == MARK_ATTEMPTS_MAX and contract.accepted(mark) == 3 and mark < 256
+        assert contract.attempts(mark) == MARK_ATTEMPTS_MAX
+        assert contract.accepted(mark) == 3
+        assert mark < 256
         assert ATTEMPT_BUCKETS[-1] == "7+"
 
     def test_combine_adds_and_keeps_flags(self):
@@ -153,8 +160,11 @@ class TestMarks:
         a = contract.mark_dsn(contract.mark_answer(0, contract.ANSWER_PERMFAILED))
         b = contract.mark_answer(contract.mark_answer(0, contract.ANSWER_TEMPFAILED), contract.ANSWER_ACCEPTED)
         both = contract.combine_marks(a, b)
-        assert contract.attempts(both) == 3 and contract.accepted(both) == 1
-        assert both & contract.MARK_DSN and both & contract.MARK_PERMFAILED and both & contract.MARK_TEMPFAILED
+        assert contract.attempts(both) == 3
+        assert contract.accepted(both) == 1
+        assert both & contract.MARK_DSN
+        assert both & contract.MARK_PERMFAILED
+        assert both & contract.MARK_TEMPFAILED
 
     def test_runs_path(self):
         assert contract.runs_path("abc") == "/runs/abc"

@@ -56,7 +56,8 @@ class TestCompose:
         assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
         assert {"2525:25", "2026:25", "8000:8000"} <= {str(p).split()[0] for p in service["ports"]}
         source, target, *_ = service["volumes"][0].split(":")
-        assert (COMPOSE.parent / source).resolve() == ROOT / "policy" and target == "/etc/smartsink"
+        assert (COMPOSE.parent / source).resolve() == ROOT / "policy"
+        assert target == "/etc/smartsink"
         assert service["restart"] == "unless-stopped"
         assert service.get("pull_policy") == "build"
 
@@ -112,14 +113,15 @@ class TestDockerfile:
         user = [a for i, a in instructions if i == "USER"][-1]
         assert user not in ("root", "0")
         env = " ".join(a for i, a in instructions if i == "ENV")
-        assert "SMARTSINK_LISTEN=0.0.0.0:25" in env and "SMARTSINK_HTTP=0.0.0.0:8000" in env
+        assert "SMARTSINK_LISTEN=0.0.0.0:25" in env
+        assert "SMARTSINK_HTTP=0.0.0.0:8000" in env
         assert "SMARTSINK_POLICY=/etc/smartsink/responses.toml" in env
-        assert ["25", "8000"] == [a for i, a in instructions if i == "EXPOSE"][0].split()
+        assert next(a for i, a in instructions if i == "EXPOSE").split() == ["25", "8000"]
         assert [a for i, a in instructions if i == "ENTRYPOINT"] == ['["smartsink"]']
 
     def test_healthcheck_passes_against_a_real_sink(self, tmp_path):
         """The HEALTHCHECK command, run as the image would, succeeds against a running sink and fails without one."""
-        args = [a for i, a in dockerfile() if i == "HEALTHCHECK"][0]
+        args = next(a for i, a in dockerfile() if i == "HEALTHCHECK")
         exec_form = re.search(r"CMD (\[.*\])$", args)
         assert exec_form, "HEALTHCHECK should use the exec form"
         command = yaml.safe_load(exec_form.group(1))  # a JSON array is YAML too
@@ -147,7 +149,8 @@ class TestDockerfile:
         )
         with running_sink(env=env, cwd=tmp_path) as sink:
             health = sink.health()
-            assert health["status"] == "ok" and health["policy"]["path"] == str(policy_dir / "responses.toml")
+            assert health["status"] == "ok"
+            assert health["policy"]["path"] == str(policy_dir / "responses.toml")
 
 
 @pytest.mark.slow
@@ -187,7 +190,8 @@ def test_build_stage_makes_a_complete_wheel(tmp_path):
     ):
         assert needed in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "smartsink = smartsink.cli:main" in entry_points and "trafficgen = trafficgen.cli:main" in entry_points
+    assert "smartsink = smartsink.cli:main" in entry_points
+    assert "trafficgen = trafficgen.cli:main" in entry_points
     shipped = zipfile.ZipFile(wheel).read("smartsink/data/responses.toml")
     assert shipped == (ROOT / "policy" / "responses.toml").read_bytes()
 
@@ -197,7 +201,8 @@ class TestKubernetes:
         """The Job is Indexed; each pod's --shard is its index over the completions; every variable is an option."""
         job = yaml.safe_load((ROOT / "docker" / "k8s-trafficgen-job.yaml").read_text())
         spec = job["spec"]
-        assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+        assert job["kind"] == "Job"
+        assert spec["completionMode"] == "Indexed"
         env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
         assert "job-completion-index" in env["JOB_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
         assert env["TRAFFICGEN_SHARD"]["value"] == f"$(JOB_INDEX)/{spec['completions']}"
@@ -217,7 +222,8 @@ class TestKubernetes:
             for d in yaml.safe_load_all((ROOT / "docker" / "k8s-smartsink.yaml").read_text())
         }
         statefulset = documents["smartsink/StatefulSet"]
-        assert statefulset["spec"]["replicas"] >= 2 and statefulset["spec"]["serviceName"] == "smartsink"
+        assert statefulset["spec"]["replicas"] >= 2
+        assert statefulset["spec"]["serviceName"] == "smartsink"
         assert documents["smartsink/Service"]["spec"]["clusterIP"] == "None"
         assert documents["smartsink-smtp/Service"]["spec"]["ports"][0]["port"] == 25
         probe = statefulset["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]

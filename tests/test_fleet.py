@@ -60,7 +60,8 @@ class TestShards:
             assert done.returncode == 0, done.stderr
             reports.append(json.loads(path.read_text()))
         ledger = json.loads(sink.get("/runs/fleet1")[1])
-        assert ledger["seen"] == 300 and ledger["duplicated"] == 0
+        assert ledger["seen"] == 300
+        assert ledger["duplicated"] == 0
         for report in reports:
             reconciled = report["reconciliation"]
             assert reconciled["lost"] == reconciled["duplicated"] == 0
@@ -87,7 +88,9 @@ class TestShards:
     def test_bad_shard(self, shard):
         """A --shard that is not INDEX/COUNT with 0 <= INDEX < COUNT is one line and exit 2."""
         done = trafficgen("--shard", shard)
-        assert done.returncode == 2 and "--shard" in done.stderr and len(done.stderr.splitlines()) == 1
+        assert done.returncode == 2
+        assert "--shard" in done.stderr
+        assert len(done.stderr.splitlines()) == 1
 
 
 class TestMerge:
@@ -159,7 +162,9 @@ class TestMerge:
         done = subprocess.run(
             [sys.executable, "-m", "trafficgen", "report", "show", str(path)], capture_output=True, text=True
         )
-        assert done.returncode == 2 and problem in done.stderr and len(done.stderr.splitlines()) == 1
+        assert done.returncode == 2
+        assert problem in done.stderr
+        assert len(done.stderr.splitlines()) == 1
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
@@ -243,6 +248,7 @@ def test_metrics_are_served_while_running(tmp_path, processes):
             _, err = generator.communicate(timeout=60)
         assert generator.returncode == 0, err
     buckets = [v for k, v in samples.items() if k.startswith("trafficgen_latency_seconds_bucket")]
-    assert buckets == sorted(buckets) and buckets[-1] == samples["trafficgen_latency_seconds_count"] > 0
+    assert buckets == sorted(buckets)
+    assert buckets[-1] == samples["trafficgen_latency_seconds_count"] > 0
     assert any(k.startswith("trafficgen_run_info") for k in samples)
     assert "trafficgen_connections_open" in samples

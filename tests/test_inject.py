@@ -76,7 +76,8 @@ class TestSinkAPI:
             },
         )
         assert status == 200
-        assert answer["success_count"] == 1 and answer["fail_count"] == 2
+        assert answer["success_count"] == 1
+        assert answer["fail_count"] == 2
         assert answer["failed_recipients"] == ["permfail@gmail.com.sink.test", "tempfail@gmail.com"]
         assert answer["errors"] == [
             "permfail@gmail.com.sink.test: 550 5.1.1 The email account that you tried to reach does not exist.",
@@ -98,7 +99,8 @@ class TestSinkAPI:
     def test_bad_bodies_get_400_naming_the_problem(self, sink, body, problem):
         """A body the API does not take is refused with HTTP 400 and a JSON error; the sink keeps serving."""
         status, answer = post(sink, body)
-        assert status == 400 and problem in answer["error"]
+        assert status == 400
+        assert problem in answer["error"]
         assert sink.health()["status"] == "ok"
 
 
@@ -125,7 +127,8 @@ class TestTrafficgenHttp:
             metrics = sink.metrics()
             ledger = json.loads(sink.get(f"/runs/{report['run_id']}")[1])
         recipients = report["recipients"]
-        assert report["totals"]["attempted"] == 100 and sum(recipients.values()) == 300
+        assert report["totals"]["attempted"] == 100
+        assert sum(recipients.values()) == 300
         sink_counts = {
             o: sum(v for k, v in metrics.items() if k.startswith("smartsink_messages_total") and f'outcome="{o}"' in k)
             for o in ("accepted", "tempfailed", "permfailed")
@@ -133,7 +136,8 @@ class TestTrafficgenHttp:
         assert sink_counts == {k: recipients[k] for k in sink_counts}
         assert metrics["smartsink_injected_messages_total"] == 300
         # One trace per message, whatever the number of recipients: no false duplicates.
-        assert ledger["seen"] == 100 and ledger["duplicated"] == 0
+        assert ledger["seen"] == 100
+        assert ledger["duplicated"] == 0
         assert ledger["delivered"] == report["totals"]["accepted"]
 
     def test_unreachable_endpoint_is_one_clear_line(self):
@@ -159,7 +163,9 @@ class TestTrafficgenHttp:
     def test_bad_combinations(self, args, problem):
         """HTTP-only and SMTP-only options are refused in the wrong mode, in one line, exit 2."""
         result = trafficgen(*args)
-        assert result.returncode == 2 and problem in result.stderr and len(result.stderr.splitlines()) == 1
+        assert result.returncode == 2
+        assert problem in result.stderr
+        assert len(result.stderr.splitlines()) == 1
 
 
 def _message(*recipients: str) -> Message:

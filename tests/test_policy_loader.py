@@ -138,9 +138,11 @@ class TestGoodFiles:
     def test_fallback_replies_are_sensible(self):
         """Built-in replies have the right class: 5xx with 5.x.x for bounces, 4xx with 4.x.x for defers."""
         for reply in fallback.BOUNCES:
-            assert 500 <= reply.code < 600 and reply.text.startswith("5.")
+            assert 500 <= reply.code < 600
+            assert reply.text.startswith("5.")
         for reply in (*fallback.DEFERS, *fallback.THROTTLES):
-            assert 400 <= reply.code < 500 and reply.text.startswith("4.")
+            assert 400 <= reply.code < 500
+            assert reply.text.startswith("4.")
 
 
 # --- bad files ------------------------------------------------------------------------------------------

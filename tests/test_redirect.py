@@ -109,7 +109,8 @@ def test_port_25_redirected_to_the_sink(namespace, tmp_path):
         )
         assert generated.returncode == 0, generated.stderr
         report = json.loads(generated.stdout)
-        assert report["totals"]["accepted"] == 40 and report["target"] == "127.0.0.9:25"
+        assert report["totals"]["accepted"] == 40
+        assert report["target"] == "127.0.0.9:25"
 
         metrics = inside(namespace, sys.executable, "-c", METRICS, sink.http).stdout
         lines = metrics.splitlines()

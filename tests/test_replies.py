@@ -61,7 +61,8 @@ def check_well_formed(wire: bytes, code: int, texts_from_policies: bool = True) 
         assert len(line) + 2 <= MAX_LINE, len(line)
         assert re.fullmatch(rb"[\x20-\x7e]*", line), line
         sep = b" " if i == len(lines) - 1 else b"-"
-        assert line[:3] == str(code).encode() and (line[3:4] == sep or (len(lines) == 1 and len(line) == 3)), line
+        assert line[:3] == str(code).encode(), line
+        assert line[3:4] == sep or (len(lines) == 1 and len(line) == 3), line
         if texts_from_policies:  # (an arbitrary text may itself start with "421-421-")
             assert not re.match(rb"%d[ ,-]|%d$" % (code, code), line[4:]), f"code prefixed twice: {line!r}"
     return [line[4:].decode() for line in lines]
@@ -87,7 +88,8 @@ class TestRender:
         words = [f"word{i}" for i in range(400)]
         wire = render(Reply(421, "4.7.0 " + " ".join(words)))
         lines = check_well_formed(wire, 421)
-        assert len(lines) > 1 and all(line.startswith("4.7.0 ") for line in lines)
+        assert len(lines) > 1
+        assert all(line.startswith("4.7.0 ") for line in lines)
         assert " ".join(line.removeprefix("4.7.0 ") for line in lines).split() == words
 
     @settings(max_examples=300, deadline=None, derandomize=True)
@@ -197,7 +199,8 @@ class TestOnTheWire:
             code, text = transaction(client, ["tempfail@gmail.com"])
             assert code == 421
             assert text.split("\n") == expected_lines(Reply(421, KUMO_GMAIL_421))
-            assert len(text.split("\n")) == 5 and not any(line.startswith("421") for line in text.split("\n"))
+            assert len(text.split("\n")) == 5
+            assert not any(line.startswith("421") for line in text.split("\n"))
             # RFC 5321 3.8: after a 421 the server closes the connection
             with pytest.raises(smtplib.SMTPServerDisconnected):
                 client.noop()

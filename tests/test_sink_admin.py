@@ -62,7 +62,8 @@ class TestHealth:
     def test_health_json(self, admin):
         """GET /health: 200 JSON with status ok and the policy's path, load time and (no) error."""
         status, content_type, body = fetch(admin.sink, "/health")
-        assert status == 200 and content_type.startswith("application/json")
+        assert status == 200
+        assert content_type.startswith("application/json")
         health = json.loads(body)
         assert health["status"] == "ok"
         assert health["policy"]["path"] == str(admin.policy)
@@ -73,7 +74,8 @@ class TestHealth:
     def test_admin_listens_on_loopback_only(self, admin):
         """The admin listener is on the address it was given (127.0.0.1 here), on its own port."""
         host, port = admin.sink.http.rsplit(":", 1)
-        assert host == "127.0.0.1" and int(port) != admin.sink.port
+        assert host == "127.0.0.1"
+        assert int(port) != admin.sink.port
 
 
 class TestMetrics:
@@ -81,7 +83,8 @@ class TestMetrics:
         """GET /metrics is Prometheus text format declaring each metric issue 2 names, with its type."""
         assert send(admin.sink, ["user@gmail.com"])[0] == 250  # labelled series appear once used
         status, content_type, body = fetch(admin.sink, "/metrics")
-        assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+        assert status == 200
+        assert content_type.startswith("text/plain; version=0.0.4")
         text = body.decode()
         for name, kind in REQUIRED.items():
             assert re.search(rf"^# TYPE {name}(_total)? {kind}$", text, re.MULTILINE), name

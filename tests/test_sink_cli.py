@@ -151,7 +151,8 @@ class TestBadInput:
     def test_help_exits_0(self):
         """--help is not an error."""
         result = run_cli("--help")
-        assert result.returncode == 0 and "Usage: smartsink" in result.stdout
+        assert result.returncode == 0
+        assert "Usage: smartsink" in result.stdout
 
 
 class TestCheck:
@@ -195,7 +196,8 @@ class TestCheck:
     def test_default_policy_in_a_checkout(self):
         """Without --policy, a checkout's policy/responses.toml is used."""
         result = run_cli("--check", cwd=ROOT)
-        assert result.returncode == 0 and result.stdout.startswith("policy/responses.toml: OK, ")
+        assert result.returncode == 0
+        assert result.stdout.startswith("policy/responses.toml: OK, ")
         assert result.stderr == ""
 
     def test_default_policy_outside_a_checkout(self, tmp_path):
@@ -216,7 +218,8 @@ class TestCheck:
             text=True,
             timeout=30,
         )
-        assert result.returncode == 0 and result.stdout.startswith(f"{SHIPPED_POLICY}: OK")
+        assert result.returncode == 0
+        assert result.stdout.startswith(f"{SHIPPED_POLICY}: OK")
 
 
 # --- every option from its environment variable ---------------------------------------------------------
@@ -299,7 +302,8 @@ def rolls(client: smtplib.SMTP) -> list[int]:
 class TestEnvironmentSink:
     def test_listen_and_http(self, env_sink):
         """SMARTSINK_LISTEN and SMARTSINK_HTTP choose the addresses (port 0: free ones)."""
-        assert env_sink.host == "127.0.0.1" and env_sink.port > 0
+        assert env_sink.host == "127.0.0.1"
+        assert env_sink.port > 0
         assert env_sink.http.startswith("127.0.0.1:")
         assert env_sink.health()["status"] == "ok"
 

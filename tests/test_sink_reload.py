@@ -66,7 +66,8 @@ class TestValidEdit:
                 close(client)
             assert send(sink, ["user@gmail.com"]) == (554, "5.7.1 policy two")
             health = sink.health()
-            assert health["status"] == "ok" and health["policy"]["error"] is None
+            assert health["status"] == "ok"
+            assert health["policy"]["error"] is None
             assert health["policy"]["loaded_at"] > loaded_before
             assert reloads(sink, "success") == 1
 
@@ -99,7 +100,8 @@ class TestBrokenEdit:
                     timeout=RELOAD_WITHIN,
                     what="ok",
                 )
-                assert health["status"] == "ok" and health["policy"]["generation"] == 1
+                assert health["status"] == "ok"
+                assert health["policy"]["generation"] == 1
                 assert transaction(client, ["user@gmail.com"]) == (452, "4.2.2 policy three")
             finally:
                 close(client)

@@ -311,7 +311,8 @@ class TestAuth:
     def test_login_with_any_credentials(self, any_sink, user, password):
         """--auth any: smtplib.login succeeds whatever the credentials, then mail goes through."""
         with connected(any_sink) as client:
-            assert "PLAIN" in client.esmtp_features["auth"] and "LOGIN" in client.esmtp_features["auth"]
+            assert "PLAIN" in client.esmtp_features["auth"]
+            assert "LOGIN" in client.esmtp_features["auth"]
             assert client.login(user, password)[0] == 235
             assert accepted(transaction(client, ["user@gmail.com"]))
 

@@ -148,7 +148,9 @@ class TestRestart:
                 )
                 assert health["workers"]["restarts"] == 1
                 now = worker_pids(supervisor)
-                assert len(now) == 2 and victim not in now and (workers - {victim}) <= now
+                assert len(now) == 2
+                assert victim not in now
+                assert (workers - {victim}) <= now
                 assert listen_sockets(sink.port) == 2
                 assert Metrics.scrape(sink).messages() == expected
             finally:

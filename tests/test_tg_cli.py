@@ -114,7 +114,8 @@ class TestFileLimit:
             done = run_trafficgen("--target", target, "--concurrency", "500", argv0=with_file_limit(200, 200))
         assert done.returncode == 2
         (line,) = error_lines(done)
-        assert "--concurrency needs 564 open files" in line and "limit is 200" in line
+        assert "--concurrency needs 564 open files" in line
+        assert "limit is 200" in line
 
     def test_soft_limit_is_raised(self, tmp_path: Path):
         """300 connections held at once with a soft limit of 128 (hard 1024): the soft limit is raised to the hard."""
@@ -151,7 +152,9 @@ class TestDeadTarget:
             done = run_trafficgen("--target", target, "--message-count", "10")
         assert done.returncode == 1
         (line,) = error_lines(done)
-        assert line.startswith("trafficgen: error: ") and "refused" in line and target in line
+        assert line.startswith("trafficgen: error: ")
+        assert "refused" in line
+        assert target in line
         assert done.stdout == ""
 
     def test_refused_with_keep_going_counts_errors(self):
@@ -164,7 +167,8 @@ class TestDeadTarget:
             )  # fmt: skip
         assert report["totals"] == {"attempted": 6, "accepted": 0, "tempfailed": 0, "permfailed": 0, "errors": 6}
         assert "refused" in report["errors"][0]["text"]
-        assert report["connections"]["failed"] == 6 and report["connections"]["opened"] == 0
+        assert report["connections"]["failed"] == 6
+        assert report["connections"]["opened"] == 0
         line = error_lines(done)[-1]
         assert line == f"trafficgen: error: no message got an answer from {target}: {report['errors'][0]['text']}"
 
@@ -184,7 +188,8 @@ class TestDeadTarget:
             done = run_trafficgen("--target", target, "--message-count", "1", "-q")
         assert done.returncode == 1
         (line,) = error_lines(done)
-        assert "not an SMTP reply" in line and "IMAP4rev1" in line
+        assert "not an SMTP reply" in line
+        assert "IMAP4rev1" in line
 
 
 class TestEnvironment:
@@ -290,7 +295,8 @@ class TestEnvironment:
         done = run_trafficgen("--help", env={"COLUMNS": "250"})
         assert done.returncode == 0
         options = re.findall(r"^│ (--[a-z-]+)", done.stdout, re.M)
-        assert "--target" in options and "--throttle" in options
+        assert "--target" in options
+        assert "--throttle" in options
         for option in options:
             if option in ("--help", "--version"):
                 continue

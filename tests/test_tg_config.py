@@ -176,10 +176,15 @@ class TestDefaults:
         config = build()
         assert config.target == "127.0.0.1:2025"
         assert config.concurrency == 10 * (os.cpu_count() or 1)
-        assert config.duration == 60.0 and config.message_count is None
-        assert config.domain_suffix == "sink.test" and config.ehlo == "trafficgen.sink.test"
-        assert config.body_size == (1024, 1024) and config.recipients_per_message == 1
-        assert config.pipelining and not config.starttls and not config.keep_going
+        assert config.duration == 60.0
+        assert config.message_count is None
+        assert config.domain_suffix == "sink.test"
+        assert config.ehlo == "trafficgen.sink.test"
+        assert config.body_size == (1024, 1024)
+        assert config.recipients_per_message == 1
+        assert config.pipelining
+        assert not config.starttls
+        assert not config.keep_going
 
     @pytest.mark.parametrize(
         ("count", "duration", "expected"),

@@ -57,8 +57,10 @@ class TestThrottle:
         with CaptureServer() as server:
             report, _ = run_report("--target", server.target, "--throttle", "200/s", "--message-count", "100")
         intended = report["latency_from_intended_ms"]
-        assert intended is not None and intended["count"] == answered(report) == 100
-        assert intended["min"] >= 0 and intended["max"] >= report["latency_ms"]["min"]
+        assert intended is not None
+        assert intended["count"] == answered(report) == 100
+        assert intended["min"] >= 0
+        assert intended["max"] >= report["latency_ms"]["min"]
 
 
 class TestDuration:
@@ -92,7 +94,8 @@ class TestProcesses:
         assert numbers == list(range(301))
         assert HdrHistogram.decode(report["histogram"]).get_total_count() == 301 == report["latency_ms"]["count"]
         assert report["connections"]["opened"] == 4 == len(server.connections)
-        assert report["phases_ms"]["connect"]["count"] == 4 and report["phases_ms"]["data"]["count"] == 301
+        assert report["phases_ms"]["connect"]["count"] == 4
+        assert report["phases_ms"]["data"]["count"] == 301
         assert {c.number for c in server.connections} == set(range(4))
 
     def test_error_stops_every_process(self):
@@ -104,7 +107,9 @@ class TestProcesses:
             )
         assert done.returncode == 1
         (line,) = error_lines(done)
-        assert line.startswith("trafficgen: error: ") and "refused" in line and target in line
+        assert line.startswith("trafficgen: error: ")
+        assert "refused" in line
+        assert target in line
 
 
 def test_a_large_process_report_reaches_the_parent(tmp_path):

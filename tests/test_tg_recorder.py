@@ -21,7 +21,7 @@ def reference() -> HdrHistogram:
 class TestHistogram:
     """Histogram.record is HdrHistogram.record_value, only faster."""
 
-    EDGES = [1, 2, 1023, 1024, 2047, 2048, 2049, 4095, 4096, 65_535, 65_536, 10**6, 10**9, HIGHEST_US - 1, HIGHEST_US]
+    EDGES = (1, 2, 1023, 1024, 2047, 2048, 2049, 4095, 4096, 65_535, 65_536, 10**6, 10**9, HIGHEST_US - 1, HIGHEST_US)
 
     def test_same_buckets_as_record_value(self):
         """record() fills the same buckets, count, min and max as record_value()."""
@@ -43,7 +43,8 @@ class TestHistogram:
         fast, slow = Histogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS), reference()
         fast.record(HIGHEST_US * 10)
         slow.record_value(HIGHEST_US)
-        assert list(fast.counts) == list(slow.counts) and fast.get_total_count() == 1
+        assert list(fast.counts) == list(slow.counts)
+        assert fast.get_total_count() == 1
 
     def test_encodes_in_the_standard_form(self):
         """encode() gives HdrHistogram's compressed base64, which decode() reads back."""
@@ -51,7 +52,8 @@ class TestHistogram:
         for value in (5, 500, 50_000):
             fast.record(value)
         decoded = HdrHistogram.decode(fast.encode())
-        assert decoded.get_total_count() == 3 and decoded.get_max_value() == fast.get_max_value()
+        assert decoded.get_total_count() == 3
+        assert decoded.get_max_value() == fast.get_max_value()
 
 
 def message(domain: int, recipients: int = 1, intended: float = 0.0) -> Message:
@@ -146,7 +148,8 @@ class TestMerge:
         merged.merge(second.state())
         assert merged.counts == whole.counts
         assert merged.recipients == whole.recipients
-        assert merged.replies == whole.replies and merged.errors == whole.errors
+        assert merged.replies == whole.replies
+        assert merged.errors == whole.errors
         assert list(merged.latency.counts) == list(whole.latency.counts)
         for name, histogram in whole.phases.items():
             assert list(merged.phases[name].counts) == list(histogram.counts), name

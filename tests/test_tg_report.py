@@ -89,18 +89,21 @@ def conforms(value: Any, spec: Any, where: str = "report") -> None:
         for key, sub in CONFIG.items():
             conforms(value[key], sub, f"{where}.{key}")
     elif spec == "domains":
-        assert isinstance(value, dict) and value, where
+        assert isinstance(value, dict), where
+        assert value, where
         for name, row in value.items():
             conforms(row, FIVE, f"{where}.{name}")
     elif spec == "weights":
-        assert isinstance(value, dict) and all(TYPES["number"](w) for w in value.values()), where
+        assert isinstance(value, dict), where
+        assert all(TYPES["number"](w) for w in value.values()), where
     elif isinstance(spec, dict):
         assert isinstance(value, dict), where
         assert set(value) == set(spec), f"{where}: extra {set(value) - set(spec)}, missing {set(spec) - set(value)}"
         for key, sub in spec.items():
             conforms(value[key], sub, f"{where}.{key}")
     elif isinstance(spec, list):
-        assert isinstance(value, list) and value, f"{where} should be a non-empty list"
+        assert isinstance(value, list), f"{where} should be a list"
+        assert value, f"{where} should not be empty"
         for i, item in enumerate(value):
             conforms(item, spec[0], f"{where}[{i}]")
     else:
@@ -140,14 +143,18 @@ class TestStructure:
     def test_identity(self, runs):
         """schema 1, the run id given, the target, a UTC start time of this run, and the options used."""
         report = runs["report"]
-        assert report["schema"] == 1 and report["run_id"] == "golden" and report["target"] == runs["target"]
+        assert report["schema"] == 1
+        assert report["run_id"] == "golden"
+        assert report["target"] == runs["target"]
         started = datetime.datetime.fromisoformat(report["started_at"])
         assert started.utcoffset() == datetime.timedelta(0)
         assert abs((datetime.datetime.now(datetime.UTC) - started).total_seconds()) < 300
-        assert report["elapsed_s"] > 0 and report["stopped_by"] is None
+        assert report["elapsed_s"] > 0
+        assert report["stopped_by"] is None
         config = report["config"]
         assert (config["message_count"], config["concurrency"], config["throttle_per_s"]) == (300, 4, 3000.0)
-        assert config["keep_going"] is True and config["duration_s"] is None
+        assert config["keep_going"] is True
+        assert config["duration_s"] is None
 
     def test_domains_are_named_without_suffix(self, runs):
         """domains{} is keyed by the names as given, not the suffixed ones on the wire."""
@@ -183,7 +190,8 @@ class TestInvariants:
         blocks = [report["latency_ms"], report["latency_from_intended_ms"], *report["phases_ms"].values()]
         for stats in blocks:
             values = [stats[k] for k in ("min", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")]
-            assert values == sorted(values) and stats["min"] <= stats["mean"] <= stats["max"], stats
+            assert values == sorted(values), stats
+            assert stats["min"] <= stats["mean"] <= stats["max"], stats
 
     def test_throughput_units_agree(self, runs):
         """per_minute and per_hour are per_second times 60 and 3600; per_second is attempts over sending time."""
@@ -226,7 +234,8 @@ class TestOutputs:
         done = runs["to_stdout"]
         assert done.stdout.lstrip().startswith("{")
         assert json.loads(done.stdout)["totals"]["attempted"] == 200
-        assert "latency (ms)" in done.stderr and "success rate" in done.stderr
+        assert "latency (ms)" in done.stderr
+        assert "success rate" in done.stderr
 
     def test_unwritable_json_path(self, runs, tmp_path: Path):
         """A --json path that cannot be written is refused before anything is sent: exit 2, one line naming it."""
@@ -236,7 +245,9 @@ class TestOutputs:
         )
         assert done.returncode == 2
         (line,) = error_lines(done)
-        assert line.startswith("trafficgen: error: ") and str(path) in line and "cannot write" in line
+        assert line.startswith("trafficgen: error: ")
+        assert str(path) in line
+        assert "cannot write" in line
         assert not done.stdout
 
     def test_report_show_prints_the_same_summary(self, runs):
@@ -272,6 +283,8 @@ class TestBuild:
         """A run with no messages: zero counts, no success rate, latency counts 0 with null statistics."""
         document = reports.build(Recorder(["a.test"]), run_id="e", target="t", started=0.0, elapsed=0.0, config={})
         assert document["totals"] == dict.fromkeys(COUNTS, 0)
-        assert document["success_rate"] is None and document["throughput"]["per_second"] == 0
-        assert document["latency_ms"]["count"] == 0 and document["latency_ms"]["p99"] is None
+        assert document["success_rate"] is None
+        assert document["throughput"]["per_second"] == 0
+        assert document["latency_ms"]["count"] == 0
+        assert document["latency_ms"]["p99"] is None
         assert document["latency_from_intended_ms"] is None

@@ -48,7 +48,8 @@ class TestHeldConnections:
         # The connections open at 2,000/s once the processes have started (0.3 s nominal, a few seconds on a
         # loaded machine), then all 600 are held until the sending ends at 6 s.
         reached = next((at for at, active in samples if active == 600), None)
-        assert reached is not None and reached < 4.0, samples
+        assert reached is not None, samples
+        assert reached < 4.0, samples
         assert all(active == 600 for at, active in samples if reached <= at <= 5.5), samples
         assert report["connections"] == {"opened": 600, "peak": 600, "failed": 0, "errors": []}
         assert report["totals"]["accepted"] == report["totals"]["attempted"] == 300
@@ -74,7 +75,8 @@ class TestHeldConnections:
                 time.sleep(0.01)  # a sampling period
             out, err = generator.communicate()
         assert generator.returncode == 0, err
-        assert first_ten is not None and all_hundred is not None
+        assert first_ten is not None
+        assert all_hundred is not None
         # Nominally 0.45 s from the 10th to the 100th (slot k opens at k / 200 s); a burst would take ~0.
         assert 0.3 < all_hundred - first_ten < 2.0
         assert json.loads(out)["connections"]["peak"] == 100
@@ -86,7 +88,8 @@ class TestHeldConnections:
                 "--target", sink.target, "--message-count", "4", "--messages-per-connection", "1",
                 "--concurrency", "2",
             )  # fmt: skip
-        assert report["connections"]["opened"] == 4 and report["totals"]["accepted"] == 4
+        assert report["connections"]["opened"] == 4
+        assert report["totals"]["accepted"] == 4
 
 
 class TestSaysWhatWentWrong:
@@ -100,8 +103,10 @@ class TestSaysWhatWentWrong:
             )  # fmt: skip
         assert done.returncode == 0, done.stderr
         plan = json.loads((tmp_path / "r.json").read_text())["schedule"]
-        assert plan["behind"] is True and plan["asked_per_s"] == 2000.0
-        assert plan["due"] == 6000 and plan["achieved_per_s"] < 100
+        assert plan["behind"] is True
+        assert plan["asked_per_s"] == 2000.0
+        assert plan["due"] == 6000
+        assert plan["achieved_per_s"] < 100
         assert plan["never_sent"] == 6000 - json.loads((tmp_path / "r.json").read_text())["totals"]["attempted"]
         assert "behind schedule: asked 2,000.0/s" in done.stdout
         assert "BEHIND: asked 2,000.0/s" in done.stderr, "the live progress lines say it as it happens"
@@ -121,7 +126,8 @@ class TestSaysWhatWentWrong:
         assert done.returncode == 1
         (line,) = error_lines(done)
         assert line.startswith(f"trafficgen: error: timeout: {target} sent no SMTP greeting in 2.")
-        assert "is it an SMTP server?" in line and "cut:" not in done.stderr
+        assert "is it an SMTP server?" in line
+        assert "cut:" not in done.stderr
 
     def test_http_server_is_not_smtp(self):
         """python3 -m http.server as the target: exit 1, no greeting named as the problem."""
@@ -145,6 +151,7 @@ class TestSaysWhatWentWrong:
         """--throttle 1,000/hr --duration 3: the sending window is 3 s and the rate is counted over it."""
         with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as sink:
             report, _ = run_report("--target", sink.target, "--throttle", "1,000/hr", "--duration", "3")
-        assert report["sending_s"] == 3.0 and report["elapsed_s"] >= 3.0
+        assert report["sending_s"] == 3.0
+        assert report["elapsed_s"] >= 3.0
         assert report["totals"]["attempted"] == 1  # due at 0 s; the next at 3.6 s
         assert report["throughput"]["per_hour"] == 1200

@@ -99,18 +99,18 @@ class Rules:
         self.data = data
         self.delivered: list[list[str]] = []
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         responses.insert(-1, "250-PIPELINING")
         return responses
 
-    async def handle_MAIL(self, server, session, envelope: Envelope, address, options):  # noqa: N802
+    async def handle_MAIL(self, server, session, envelope: Envelope, address, options):
         if self.mail:
             return self.mail
         envelope.mail_from = address
         return "250 OK"
 
-    async def handle_RCPT(self, server, session, envelope: Envelope, address: str, options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope: Envelope, address: str, options):
         number = int(address.split("@")[0].removeprefix("user-"))
         answer = self.rcpt.get(number)
         if answer:
@@ -118,7 +118,7 @@ class Rules:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session: SMTPSession, envelope: Envelope):  # noqa: N802
+    async def handle_DATA(self, server, session: SMTPSession, envelope: Envelope):
         if self.data:
             return self.data
         self.delivered.append(list(envelope.rcpt_tos))
@@ -196,7 +196,8 @@ class TestSession:
         async with server(rules) as port:
             config = config_for(port, pipelining=pipelining)
             session = await open_session(config)
-            assert session.pipelining is pipelining and "PIPELINING" in session.extensions
+            assert session.pipelining is pipelining
+            assert "PIPELINING" in session.extensions
             message = MessageFactory(config, random.Random(1)).build(0, 0.0)
             outcome = await session.send(message)
             await session.quit()
@@ -305,6 +306,7 @@ class TestSession:
             session = await open_session(config)
             outcome = await session.send(MessageFactory(config, random.Random(1)).build(0, 0.0))
             await session.quit()
-        assert outcome.kind == ERROR and "closed the connection" in outcome.text
+        assert outcome.kind == ERROR
+        assert "closed the connection" in outcome.text
         assert outcome.recipient_kinds == (ERROR,)
         assert not session.usable

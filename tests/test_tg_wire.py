@@ -61,7 +61,8 @@ class TestEnvelope:
             (recipient,) = message.rcpt_tos
             local, _, domain = recipient.partition("@")
             assert re.fullmatch(r"user-\d+", local)
-            assert domain.removesuffix(suffix) in DEFAULT_DOMAINS and domain.endswith(suffix)
+            assert domain.removesuffix(suffix) in DEFAULT_DOMAINS
+            assert domain.endswith(suffix)
             assert message.mail_from == f"noreply@{domain}"
 
     def test_recipients_are_unique_and_numbered_from_zero(self):
@@ -214,7 +215,8 @@ class TestContent:
             send(server, "--body-size", "10kb..200kb", "--seed", "5", count=30)
         sizes = [len(split_message(m.content)[1]) for m in server.messages]
         assert all(10_000 <= s < 200_000 + LINE_MAX + 2 for s in sizes), sizes
-        assert max(sizes) - min(sizes) > 100_000 and len(set(sizes)) == 30
+        assert max(sizes) - min(sizes) > 100_000
+        assert len(set(sizes)) == 30
 
     @pytest.mark.parametrize(
         "args",
@@ -260,7 +262,8 @@ class TestContent:
         assert message.content == head + crlf(text)
         (transaction,) = list(server.all_transactions())
         assert transaction.content == head + stuffed(crlf(text))
-        assert b"\r\n..\r\n" in transaction.content and b"\r\n...two dots" in transaction.content
+        assert b"\r\n..\r\n" in transaction.content
+        assert b"\r\n...two dots" in transaction.content
 
 
 @pytest.mark.filterwarnings(AUTH_WARNING)
@@ -287,7 +290,8 @@ class TestAuth:
             )  # fmt: skip
         assert done.returncode == 1
         (line,) = error_lines(done)
-        assert line.startswith("trafficgen: error:") and "authentication failed: 535" in line
+        assert line.startswith("trafficgen: error:")
+        assert "authentication failed: 535" in line
         assert server.messages == []
 
     def test_server_without_auth(self):
@@ -321,7 +325,8 @@ class TestStartTLS:
         with CaptureServer(tls_context=tls, require_starttls=True) as server:
             report = send(server, "--starttls", "--concurrency", "2", count=6)
         assert report["totals"]["accepted"] == 6
-        assert all(m.tls for m in server.messages) and all(c.tls for c in server.connections)
+        assert all(m.tls for m in server.messages)
+        assert all(c.tls for c in server.connections)
         for connection in server.connections:
             plain = connection.stream.split(b"STARTTLS\r\n")[0]
             assert b"MAIL FROM" not in plain
@@ -330,7 +335,8 @@ class TestStartTLS:
         """Without --starttls, a server that requires it answers 530 to MAIL: permfailed, never sent in clear."""
         with CaptureServer(tls_context=tls, require_starttls=True) as server:
             report = send(server, count=3)
-        assert report["totals"]["permfailed"] == 3 and server.messages == []
+        assert report["totals"]["permfailed"] == 3
+        assert server.messages == []
 
     def test_auth_after_starttls(self, tls):
         """AUTH offered only over TLS: --starttls with credentials upgrades, then authenticates."""
@@ -344,4 +350,5 @@ class TestStartTLS:
         with CaptureServer() as server:
             report = send(server, "--starttls", count=2)
         check_invariants(report)
-        assert report["totals"]["accepted"] == 2 and not any(m.tls for m in server.messages)
+        assert report["totals"]["accepted"] == 2
+        assert not any(m.tls for m in server.messages)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailload import units
-from smartsink import shared
+from smartsink import ledger
 from smartsink.policy import PolicyError, parse_policy
 from smartsink.policy.model import Outcome
 from trafficgen.reconcile import Ledger, combine, reconcile
@@ -14,7 +14,7 @@ from trafficgen.reconcile import Ledger, combine, reconcile
 @pytest.mark.parametrize("text", ["nan/s", "inf/min", "-inf/h"], ids=["nan", "inf", "minus-inf"])
 def test_rates_must_be_finite(text):
     """A rate that is not a finite number is refused (nan would silently disable a throttle)."""
-    with pytest.raises(ValueError, match="finite|more than zero"):
+    with pytest.raises(ValueError, match=r"finite|more than zero"):
         units.parse_rate(text)
 
 
@@ -35,23 +35,26 @@ def test_policy_check_refuses_a_nan_rate():
 class TestLedger:
     def test_memory_is_bounded_across_runs(self, monkeypatch):
         """Runs beyond the byte budget are forgotten, least recently heard from first; the one recording stays."""
-        monkeypatch.setattr(shared, "LEDGER_BUDGET", 200_000)
-        state = shared.SharedState()
+        monkeypatch.setattr(ledger, "LEDGER_BUDGET", 200_000)
+        ledgers = ledger.Ledgers()
         for run in range(10):
-            state.record(f"run{run}", 99_999, Outcome.ACCEPTED)  # 100,000 bytes each
-            assert state.ledger_bytes <= 200_000
-            assert f"run{run}" in state.runs
-        assert list(state.runs) == ["run9"] or list(state.runs) == ["run8", "run9"]
-        assert state.ledger_bytes == sum(len(r.marks) for r in state.runs.values())
+            ledgers.record(f"run{run}", 99_999, Outcome.ACCEPTED)  # 100,000 bytes each
+            assert ledgers.size <= 200_000
+            assert f"run{run}" in ledgers.runs
+        assert list(ledgers.runs) == ["run9"] or list(ledgers.runs) == ["run8", "run9"]
+        assert ledgers.size == sum(r.size for r in ledgers.runs.values())
 
     def test_ids_beyond_the_capacity_are_overflow(self):
         """An absurd id costs nothing: it is counted as overflow, and the summary says the capacity."""
-        state = shared.SharedState()
-        state.record("r", shared.LEDGER_MAX_IDS + 5, Outcome.ACCEPTED)
-        ledger = state.run("r")
-        assert ledger is not None and len(ledger.marks) == 0 and state.ledger_bytes == 0
-        summary = ledger.summary()
-        assert summary["overflow"] == 1 and summary["capacity"] == shared.LEDGER_MAX_IDS
+        ledgers = ledger.Ledgers()
+        ledgers.record("r", ledger.LEDGER_MAX_IDS + 5, Outcome.ACCEPTED)
+        run = ledgers.run("r")
+        assert run is not None
+        assert len(run.marks) == 0
+        assert ledgers.size == 0
+        summary = run.summary()
+        assert summary["overflow"] == 1
+        assert summary["capacity"] == ledger.LEDGER_MAX_IDS
 
 
 class TestReconcile:
@@ -73,12 +76,15 @@ class TestReconcile:
             "deferred_pending": 1,
             "lost": 1,
         }
-        assert result["unexpected"] == 1 and result["unknown"] == 1
-        assert result["lost_ids"] == ["r.4"] and result["duplicated_ids"] == ["r.1"]
+        assert result["unexpected"] == 1
+        assert result["unknown"] == 1
+        assert result["lost_ids"] == ["r.4"]
+        assert result["duplicated_ids"] == ["r.1"]
 
     def test_shards_map_to_global_ids(self):
         """With --shard 1/3, our index i is the run's message id 3 i + 1."""
         ours = bytes([1, 1])  # ids 1 and 4
         theirs = Ledger(bytes([0, 1, 0, 0, 0]), None)
         result = reconcile(ours, theirs, "r", shards=3, shard=1)
-        assert result["delivered"] == 1 and result["lost_ids"] == ["r.4"]
+        assert result["delivered"] == 1
+        assert result["lost_ids"] == ["r.4"]

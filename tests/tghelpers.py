@@ -9,6 +9,7 @@ visible) and every message as aiosmtpd understood it. Nobody here wrote the SMTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -181,7 +182,7 @@ class _Handler:
     def __init__(self, server: CaptureServer):
         self.server = server
 
-    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
+    async def handle_EHLO(
         self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
@@ -189,7 +190,7 @@ class _Handler:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
-    async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
         login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
         self.server.messages.append(
             Received(
@@ -400,10 +401,8 @@ class GreetOnly:
                 client.sendall(self.greeting)
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
         self.thread.join(5)
         for client in self.clients:

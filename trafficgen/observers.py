@@ -64,7 +64,8 @@ class Observers:
                 raise ConfigError(f"--metrics {config.metrics[0]}:{config.metrics[1]}: {e.strerror}") from None
 
     async def _log_intervals(self) -> None:
-        assert self.log is not None and self.take_interval is not None
+        assert self.log is not None
+        assert self.take_interval is not None
         while True:
             await asyncio.sleep(INTERVAL)
             self.log.write(self.take_interval())

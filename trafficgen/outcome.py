@@ -38,7 +38,7 @@ class Outcome:
     (`end`). The recorder turns them into per-step durations. `close`: the connection is done (a 421, an error).
     """
 
-    __slots__ = ("kind", "code", "text", "recipient_kinds", "close", "started", "mail", "rcpt", "end")
+    __slots__ = ("close", "code", "end", "kind", "mail", "rcpt", "recipient_kinds", "started", "text")
 
     def __init__(
         self,

@@ -49,13 +49,15 @@ async def fetch_marks(url: str, run_id: str, wait_s: float) -> Ledger:
     """The sink's ledger for this run (empty when it saw none of its messages)."""
     address = f"{url}{contract.runs_path(run_id)}?marks=1"
     try:
-        async with aiohttp.ClientSession() as client:
-            async with client.get(address, timeout=aiohttp.ClientTimeout(total=wait_s)) as response:
-                if response.status == 404:
-                    return Ledger(b"", None)
-                if response.status != 200:
-                    raise ReconcileError(f"{address} answered HTTP {response.status}")
-                body = json.loads(await response.text())
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(address, timeout=aiohttp.ClientTimeout(total=wait_s)) as response,
+        ):
+            if response.status == 404:
+                return Ledger(b"", None)
+            if response.status != 200:
+                raise ReconcileError(f"{address} answered HTTP {response.status}")
+            body = json.loads(await response.text())
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise ReconcileError(f"cannot read the sink's ledger at {address}: {e or type(e).__name__}") from None
     try:

@@ -10,6 +10,7 @@ end (Done), which the supervisor merges (histograms included, so percentiles are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -86,10 +87,9 @@ async def _child_run(config: RunConfig, share: Share, controls: Controls, conn: 
 
     # Processes spawn one after another: they start their runs together, or one that started later would go on
     # past the others' --duration, drawing more due times from the shared --throttle schedule than the run allows.
-    try:
+    # A sibling that died before it was ready breaks the barrier: run anyway (its absence is reported at the end).
+    with contextlib.suppress(threading.BrokenBarrierError):
         controls.ready.wait(START_TOGETHER_TIMEOUT)  # nothing runs on this loop yet: blocking here delays nothing
-    except threading.BrokenBarrierError:
-        pass  # a sibling died before it was ready: run anyway (its absence is reported at the end)
     relayer = asyncio.create_task(relay())
     try:
         end = await runner.run(soft)

@@ -89,7 +89,7 @@ class SharedState:
 
     def _trim_greylist(self, now: float) -> None:
         while self.greylist:
-            key, first = next(iter(self.greylist.items()))
+            first = next(iter(self.greylist.values()))
             if len(self.greylist) > GREYLIST_MAX_ENTRIES or now - first > GREYLIST_KEEP:
                 self.greylist.popitem(last=False)
             else:

@@ -42,7 +42,7 @@ def pick(replies: tuple[Reply, ...], rng: random.Random) -> Reply:
     return replies[0] if len(replies) == 1 else replies[int(rng.random() * len(replies))]
 
 
-def forced(rules: DomainRules, local: str, rng: random.Random) -> Reply | None | bool:
+def forced(rules: DomainRules, local: str, rng: random.Random) -> Reply | bool | None:
     """The answer a special user part asks for, True for a forced accept, or None when it asks nothing.
 
     `250-...` is accepted whatever the percentages say; `450-...` gets "450 you said <user>";

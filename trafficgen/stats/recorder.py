@@ -28,7 +28,7 @@ OTHER_TEXTS = "(other texts)"
 _VARYING = re.compile(r"(?<!\S)(?:\S*\d\S*|[0-9A-F]+)(?!\S)")
 
 
-class Histogram(HdrHistogram):
+class Histogram(HdrHistogram):  # type: ignore[misc]  # hdrhistogram has no annotations
     """HdrHistogram with a faster record() for the hot path: the same bucket arithmetic as
     record_value (exact, tested against it) in one expression instead of five method calls."""
 
