@@ -1,16 +1,18 @@
 # make install: build .venv with the package (editable) and its test tools
 # make test:    the whole suite (builds .venv first when needed)
+# make test-fast: the suite without the tests marked slow (a minute or two)
 # make demo:    a smartsink on loopback, trafficgen against it for ten seconds, the report
 # make bench:   trafficgen and smartsink side by side with Postfix's smtp-source and smtp-sink
 # make soak:    smartsink for 10 minutes under normal mail and hostile clients, watched for growth (SOAK_ARGS=--minutes 2)
-# make lint:    ruff and mypy
+# make lint:    ruff, mypy --strict, radon (no function rated D), docs/cli.md's option tables current
+# make docs:    rewrite docs/cli.md's option tables from the options' declarations
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench soak lint clean
+.PHONY: install test test-fast demo bench soak lint docs clean
 
 install: $(STAMP)
 
@@ -22,6 +24,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
@@ -36,6 +41,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/radon cc -n D -s mailload smartsink trafficgen bench
+	$(BIN)/python -m pytest -q tests/test_options.py tests/test_architecture.py
+
+docs: $(STAMP)
+	$(BIN)/python -m mailload.options docs/cli.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,6 @@ class DomainPicker:
     def __init__(self, domains: Sequence[DomainWeight], rng: random.Random):
         if not domains:
             raise ValueError("at least one domain is needed")
-        self.names = [d.name for d in domains]
         self._cumulative = list(itertools.accumulate(d.weight for d in domains))
         self._total = self._cumulative[-1]
         self._random = rng.random

@@ -151,11 +151,8 @@ class MessageFactory:
         self.rng = rng
         self.run_id = config.run_id
         if config.recipient:
-            domain = config.recipient.rpartition("@")[2]
-            self.domain_names = [domain]
-            self.full_domains = [domain]
+            self.full_domains = [config.recipient.rpartition("@")[2]]
         else:
-            self.domain_names = [d.name for d in config.domains]
             self.full_domains = [config.domain_with_suffix(d.name) for d in config.domains]
         self.picker = DomainPicker(config.domains, rng) if not config.recipient else None
         self.senders = [config.sender or f"noreply@{d}" for d in self.full_domains]
