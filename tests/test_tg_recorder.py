@@ -27,7 +27,7 @@ class TestHistogram:
         """record() fills the same buckets, count, min and max as record_value()."""
         # edge values and 20,000 log-spread values with seed 1.
         rng = random.Random(1)
-        values = self.EDGES + [int(10 ** rng.uniform(0, 9.5)) or 1 for _ in range(20_000)]
+        values = [*self.EDGES, *(int(10 ** rng.uniform(0, 9.5)) or 1 for _ in range(20_000))]
         fast, slow = Histogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS), reference()
         for value in values:
             fast.record(value)
