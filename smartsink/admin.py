@@ -20,7 +20,9 @@ from aiohttp import web
 from mailload import contract
 from smartsink import metrics
 from smartsink.ledger import Answered, RunLedger
+from smartsink.overrides import OverrideKeeper
 from smartsink.policy.decide import strip_suffix
+from smartsink.policy.loader import rule_settings, window_timing
 from smartsink.policy.model import Outcome
 from smartsink.responder import Responder, SinkContext
 
@@ -37,10 +39,12 @@ class AdminSource:
         ctx: SinkContext,
         health: Callable[[], dict[str, Any]],
         ledger: Callable[[str], Awaitable[RunLedger | None]],
+        keeper: OverrideKeeper | None = None,
     ):
         self.ctx = ctx
         self.health = health
         self.ledger = ledger
+        self.keeper = keeper  # the policy's windows and the API's overrides
         self.started = time.time()
 
 
@@ -115,7 +119,66 @@ def make_app(source: AdminSource) -> web.Application:
     app.router.add_get("/metrics", metrics_text)
     app.router.add_post("/api/inject/v1", inject)
     app.router.add_get(contract.runs_path("{run_id}"), run)
+    if source.keeper is not None:
+        OverrideRoutes(source.keeper).add_to(app)
     return app
+
+
+class OverrideRoutes:
+    """/policy/overrides: change a domain's rules now, for a while, across every worker (smartsink.overrides).
+
+    POST {"domain": "gmail.com", "defer": 100, "length": "5m"} (any rule key a schedule window takes; "start":
+    a delay, or "at": a time) answers 201 and the override; GET lists them with the policy's schedule; DELETE
+    /policy/overrides/{id} removes one, DELETE /policy/overrides every one the API added."""
+
+    def __init__(self, keeper: OverrideKeeper):
+        self.keeper = keeper
+        self.overrides = keeper.overrides
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/policy/overrides", self.list)
+        app.router.add_post("/policy/overrides", self.create)
+        app.router.add_delete("/policy/overrides", self.clear)
+        app.router.add_delete("/policy/overrides/{override_id}", self.delete)
+
+    async def list(self, request: web.Request) -> web.Response:
+        return web.json_response({"overrides": self.overrides.public()})
+
+    async def create(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _bad("the body is not JSON")
+        if not isinstance(body, dict):
+            return _bad("the body must be a JSON object")
+        domain = body.pop("domain", None)
+        if not isinstance(domain, str) or not domain.strip():
+            return _bad('domain must be a domain name, like "gmail.com"')
+        timing = {k: body.pop(k) for k in ("start", "at", "length") if k in body}
+        try:
+            start, length, relative = window_timing(timing)
+            settings = rule_settings(body)
+            if not settings:
+                raise ValueError("changes nothing: give a rule key, like defer = 100")
+            delay = start if relative else start - time.time()
+            override = self.overrides.add(domain.strip(), settings, max(0.0, delay), length)
+        except ValueError as e:
+            return _bad(str(e))
+        self.keeper.changed()
+        return web.json_response({"override": override.public(time.time())}, status=201)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        if not self.overrides.remove(request.match_info["override_id"]):
+            return web.json_response(
+                {"error": "no such override (the policy's schedule is changed in its file)"}, status=404
+            )
+        self.keeper.changed()
+        return web.Response(status=204)
+
+    async def clear(self, request: web.Request) -> web.Response:
+        removed = self.overrides.clear()
+        self.keeper.changed()
+        return web.json_response({"removed": removed})
 
 
 def _bad(message: str) -> web.Response:

@@ -71,6 +71,14 @@ REPLY_DELAY = Histogram(
     ["domain"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+ESCALATED = Counter(
+    "smartsink_escalated", "Recipients refused outright because their client's reputation escalated", ["domain"]
+)
+OVERRIDES_ACTIVE = Gauge(
+    "smartsink_policy_overrides_active",
+    "Windows of changed rules in force now (the policy's schedule and the admin API's overrides)",
+    **_LIVE,  # type: ignore[arg-type]
+)
 DSNS = Counter("smartsink_dsns", "Failure DSNs (RFC 3464) received that return a trafficgen message")
 INJECTED = Counter("smartsink_injected_messages", "Messages received on the HTTP inject API")
 

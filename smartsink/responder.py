@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import os
 import random
+import re
 import time
 from typing import NamedTuple
 
@@ -21,11 +22,13 @@ from smartsink import metrics, replies
 from smartsink.config import SinkConfig
 from smartsink.ledger import Answered, RefusedAtRcpt, ReturnedInDsn
 from smartsink.limits import Limits
+from smartsink.limits.state import limit_key
 from smartsink.policy import decide as policy
 from smartsink.policy import fallback
 from smartsink.policy.model import DomainRules, Outcome, Policy, Reply
 
 _RULES_CACHE_MAX = 10_000
+_HEADER_NAME = re.compile(rb"(?m)^([!-9;-~]+):")
 
 
 class Action(NamedTuple):
@@ -109,7 +112,9 @@ class Responder:
         "first",
         "holding",
         "recipients",
+        "scope",
         "sender",
+        "tls",
     )
 
     def __init__(self, ctx: SinkContext, client: str):
@@ -124,6 +129,8 @@ class Responder:
         self.begun = False  # the transaction's own rules (limits, disconnect roll) have been applied
         self.first = ""  # the transaction's first recipient (lower-cased), as the ledger keys RCPT-time refusals
         self.exempt = False  # a null-sender transaction the policy lets through ([listener] null_sender)
+        self.scope = ""  # what [listener] max_connections counted this connection as
+        self.tls = False  # the engine sets it once STARTTLS is done
 
     # --- connection -----------------------------------------------------------------------------------
 
@@ -132,7 +139,8 @@ class Responder:
         metrics.CONNECTIONS.inc()
         listener = self.ctx.policy.listener
         # Every connection is counted sink-wide, so a max_connections added by a reload sees them all.
-        if not await self.ctx.limits.open_connection(listener.max_connections):
+        self.scope = policy.scope(self.client, listener.per)
+        if not await self.ctx.limits.open_connection(listener.max_connections, self.scope):
             metrics.CONNECTIONS_REFUSED.inc()
             return _answer(fallback.TOO_MANY_CONNECTIONS)
         self.active = True
@@ -146,7 +154,7 @@ class Responder:
         self.reset()
         if self.active:
             self.active = False
-            self.ctx.limits.close_connection()
+            self.ctx.limits.close_connection(self.scope)
             metrics.CONNECTIONS_ACTIVE.dec()
 
     # --- transaction ----------------------------------------------------------------------------------
@@ -188,35 +196,69 @@ class Responder:
         if self.exempt:  # a DSN: measurement, not load
             self.recipients.append(_Recipient(rules, None, True))
             return RCPT_OK
+        refused = await self._requirements(rules)
+        if refused is not None:
+            return refused
         if not self.begun:
             action = await self._first_recipient(rules)
             if action is not None:
                 return action
             self.begun = True
         if rules.greylist is not None:
-            key = policy.greylist_key(self.client, self.sender, address)
-            if not await ctx.limits.greylist_passes(key, rules.greylist):
+            # Greylisters key on the client: its address, or its /24 with per = "net24".
+            where = policy.scope(self.client, "net24" if rules.per == "net24" else "ip")
+            if not await ctx.limits.greylist_passes(policy.greylist_key(where, self.sender, address), rules.greylist):
                 metrics.child(metrics.GREYLISTED, rules.name).inc()
-                self._count(rules, Outcome.TEMPFAILED)
-                return _answer(fallback.GREYLISTED)
+                return self._refuse(rules, fallback.GREYLISTED, address)
+        unknown = policy.unknown_user(rules, local, ctx.rng)
+        if unknown is not None:
+            return self._refuse(rules, unknown, address)
         verdict = policy.decide(rules, local, ctx.rng)
+        if verdict is not None:
+            verdict = policy.personal(verdict, self.client, address)
         if rules.reject_at == "rcpt":
             if verdict is not None:
-                self._count(rules, verdict.outcome)
-                return _answer(verdict)
+                return self._refuse(rules, verdict, address)
             if rules.rate is not None:
-                if not await ctx.limits.take_rate(rules.name, rules.rate):
-                    return self._throttled_rcpt(rules)
+                if not await ctx.limits.take_rate(self._key(rules), rules.rate):
+                    metrics.child(metrics.THROTTLED, rules.name).inc()
+                    return self._refuse(rules, policy.pick(rules.throttles, ctx.rng), address)
                 self.recipients.append(_Recipient(rules, None, True))
                 return RCPT_OK
         self.recipients.append(_Recipient(rules, verdict, False))
         return RCPT_OK
 
-    def _throttled_rcpt(self, rules: DomainRules) -> Action:
-        metrics.child(metrics.THROTTLED, rules.name).inc()
-        reply = policy.pick(rules.throttles, self.ctx.rng)
+    def _key(self, rules: DomainRules) -> str:
+        """What this domain's max_concurrency and rate count this client under."""
+        return limit_key(rules.name, policy.scope(self.client, rules.per))
+
+    def _refuse(self, rules: DomainRules, reply: Reply, address: str) -> Action:
+        """A recipient refused at RCPT time: counted, noted against the client's reputation, answered."""
+        reply = policy.personal(reply, self.client, address)
         self._count(rules, reply.outcome)
+        self._note_deferral(rules, reply)
         return _answer(reply)
+
+    def _note_deferral(self, rules: DomainRules, reply: Reply | None) -> None:
+        if rules.escalate is not None and reply is not None and reply.outcome is Outcome.TEMPFAILED:
+            self.ctx.limits.deferred(self._reputation_key(rules), rules.escalate)
+
+    def _reputation_key(self, rules: DomainRules) -> str:
+        # A provider judges the sending address (or its /24): never the whole sink.
+        return limit_key(rules.name, policy.scope(self.client, "net24" if rules.per == "net24" else "ip"))
+
+    async def _requirements(self, rules: DomainRules) -> Action | None:
+        """What a domain demands of the client before any recipient: STARTTLS first, a good reputation."""
+        if rules.require_tls and not self.tls:
+            return self._refuse(rules, fallback.TLS_REQUIRED, self.first)
+        if rules.escalate is not None and await self.ctx.limits.escalated(self._reputation_key(rules)):
+            metrics.child(metrics.ESCALATED, rules.name).inc()
+            answers = rules.blocks if rules.escalate.to == "block" else rules.defers
+            reply = policy.pick(answers, self.ctx.rng)
+            reply = policy.personal(reply, self.client, self.first)
+            self._count(rules, reply.outcome)
+            return _answer(reply)
+        return None
 
     async def _first_recipient(self, rules: DomainRules) -> Action | None:
         """Rules of the transaction as a whole, keyed by its first recipient's domain."""
@@ -232,11 +274,12 @@ class Responder:
                 if self.drop_at == "rcpt":
                     return DROP
         if rules.max_concurrency is not None:
-            if not await self.ctx.limits.begin_transaction(rules.name, rules.max_concurrency):
+            key = self._key(rules)
+            if not await self.ctx.limits.begin_transaction(key, rules.max_concurrency):
                 metrics.child(metrics.CONCURRENCY_REFUSED, rules.name).inc()
                 self._count(rules, Outcome.TEMPFAILED)
                 return _answer(fallback.TOO_MANY_TRANSACTIONS)
-            self.holding = rules.name
+            self.holding = key
         return None
 
     def data(self) -> Action | None:
@@ -253,13 +296,15 @@ class Responder:
             self.reset()
             return DROP
         metrics.BYTES.inc(size)
-        if too_big:
-            verdict: Reply | None = fallback.SIZE_EXCEEDED
-        else:
+        first = recipients[0].rules if recipients else ctx.policy.default
+        verdict = self._content_verdict(first, size, head, too_big)
+        if verdict is None:
             verdict = policy.worst(r.verdict for r in recipients)
             if verdict is None:
                 verdict = await self._take_rates(recipients)
-        first = recipients[0].rules if recipients else ctx.policy.default
+        if verdict is not None:
+            verdict = policy.personal(verdict, self.client, self.first)
+        self._note_deferral(first, verdict)
         if first.latency is not None and not too_big and not self.exempt:
             delay = policy.sample_latency(first.latency, ctx.rng)
             metrics.child(metrics.REPLY_DELAY, first.name).observe(delay)
@@ -289,6 +334,17 @@ class Responder:
             metrics.DSNS.inc()
             self.ctx.limits.report(ReturnedInDsn(returned.trace.run_id, returned.trace.seq, returned.recipient))
 
+    def _content_verdict(self, rules: DomainRules, size: int, head: bytes, too_big: bool) -> Reply | None:
+        """What the message itself earns: too big for the sink or the domain, or a header the domain requires."""
+        if too_big or (rules.max_message_size is not None and size > rules.max_message_size and not self.exempt):
+            return fallback.SIZE_EXCEEDED
+        if rules.require_headers and not self.exempt:
+            present = {m.lower() for m in _HEADER_NAME.findall(contract.header_section(head))}
+            for name in rules.require_headers:
+                if name.lower().encode() not in present:
+                    return fallback.missing_header(name)
+        return None
+
     async def _take_rates(self, recipients: list[_Recipient]) -> Reply | None:
         """Each rated domain of the transaction must have room for one more accepted message."""
         taken: set[str] = set()
@@ -297,7 +353,7 @@ class Responder:
             if rules.rate is None or recipient.rate_taken or rules.name in taken:
                 continue
             taken.add(rules.name)
-            if not await self.ctx.limits.take_rate(rules.name, rules.rate):
+            if not await self.ctx.limits.take_rate(self._key(rules), rules.rate):
                 metrics.child(metrics.THROTTLED, rules.name).inc()
                 return policy.pick(rules.throttles, self.ctx.rng)
         return None

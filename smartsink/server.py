@@ -11,6 +11,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from smartsink.ledger import RunLedger
 from smartsink.limits import Limits
 from smartsink.limits.local import LocalLimits
 from smartsink.limits.state import SharedState
+from smartsink.overrides import OverrideKeeper, Overrides
 from smartsink.policy.watcher import PolicyStore
 from smartsink.responder import SinkContext
 
@@ -128,7 +130,9 @@ class Sink:
         self.state = SharedState()
         self.limits: Limits = LocalLimits(self.state)
         self.ctx = SinkContext(config, self.store.policy, self.limits)
-        self.store.listeners.append(self.ctx.set_policy)
+        self.overrides = Overrides()
+        self.keeper = OverrideKeeper(self.overrides, lambda: self.store.policy, self.ctx.set_policy)
+        self.store.listeners.append(self.keeper.reloaded)
         self.listener = SMTPListener(self.ctx, tls_context(config))
         self.runner: Any = None
         self.http_address: tuple[str, int] | None = None
@@ -144,6 +148,7 @@ class Sink:
             "policy": self.store.health(),
             "workers": {"configured": 1, "alive": 1},
             "engine": self.config.engine,
+            "overrides": [o.public(time.time()) for o in self.overrides.active()],
         }
 
     async def ledger(self, run_id: str) -> RunLedger | None:
@@ -153,13 +158,14 @@ class Sink:
     async def start(self) -> None:
         await self.listener.start()
         if self.config.http is not None:
-            app = admin.make_app(admin.AdminSource(self.ctx, self.health, self.ledger))
+            app = admin.make_app(admin.AdminSource(self.ctx, self.health, self.ledger, self.keeper))
             try:
                 self.runner, self.http_address = await admin.start(app, *self.config.http)
             except OSError as e:
                 await self.listener.stop()
                 raise _describe_bind_error(e, "admin HTTP", *self.config.http) from None
         self._tasks.append(asyncio.get_running_loop().create_task(self.store.watch()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self.keeper.run()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -31,6 +32,7 @@ from smartsink.ledger import RunLedger
 from smartsink.limits.local import LocalLimits
 from smartsink.limits.remote import Coordinator, Ready, RemoteLimits
 from smartsink.limits.state import SharedState
+from smartsink.overrides import OverrideKeeper, Overrides
 from smartsink.policy.model import Policy
 from smartsink.policy.watcher import PolicyStore
 from smartsink.responder import SinkContext
@@ -83,9 +85,12 @@ class Supervisor:
         self.store = PolicyStore(config.policy_path, on_reload)
         self.state = SharedState()
         self.workdir = tempfile.mkdtemp(prefix="smartsink-")
+        self.overrides = Overrides()
+        self.keeper = OverrideKeeper(self.overrides, lambda: self.store.policy, self._push)
         self.coordinator = Coordinator(
-            self.state, os.path.join(self.workdir, "coordinator.sock"), lambda: self.store.policy
+            self.state, os.path.join(self.workdir, "coordinator.sock"), lambda: self.keeper.in_force
         )
+        self.ctx: SinkContext | None = None
         self.processes: dict[int, BaseProcess] = {}
         self.restarts: dict[int, int] = {}
         self.stopping = False
@@ -114,12 +119,12 @@ class Supervisor:
         self.worker_config = worker_config
 
         # The supervisor's own context answers the inject API with the same policy and shared limits.
-        ctx = SinkContext(config, self.store.policy, LocalLimits(self.state), worker=config.workers)
-        self.store.listeners += [ctx.set_policy, self.coordinator.broadcast_policy]
+        ctx = self.ctx = SinkContext(config, self.keeper.in_force, LocalLimits(self.state), worker=config.workers)
+        self.store.listeners.append(self.keeper.reloaded)
         await self.coordinator.start()
         runner = None
         if config.http is not None:
-            app = admin.make_app(admin.AdminSource(ctx, self.health, self.ledger))
+            app = admin.make_app(admin.AdminSource(ctx, self.health, self.ledger, self.keeper))
             try:
                 runner, self.http_address = await admin.start(app, *config.http)
             except OSError as e:
@@ -128,6 +133,7 @@ class Supervisor:
         stop = asyncio.Event()
         install_signals(stop, lambda: self.store.reload("SIGHUP"))
         watcher = asyncio.get_running_loop().create_task(self.store.watch())
+        keeper = asyncio.get_running_loop().create_task(self.keeper.run())
         try:
             for index in range(config.workers):
                 self._spawn(index)
@@ -141,6 +147,7 @@ class Supervisor:
             log.info("stopping %d workers", len(self.processes))
             self.stopping = True
             watcher.cancel()
+            keeper.cancel()
             await self._stop_workers()
             self.coordinator.close()
             if runner is not None:
@@ -151,7 +158,7 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         process = self.mp.Process(
             target=worker_main,
-            args=(self.worker_config, index, self.coordinator.path, self.store.policy),
+            args=(self.worker_config, index, self.coordinator.path, self.keeper.in_force),
             name=f"smartsink-worker-{index}",
             daemon=True,
         )
@@ -203,6 +210,12 @@ class Supervisor:
             process.join(1)
             metrics.process_exited(process.pid or 0)
 
+    def _push(self, policy: Policy) -> None:
+        """The policy in force changed (a reload, a window of the schedule, the admin API): to everyone."""
+        if self.ctx is not None:
+            self.ctx.set_policy(policy)
+        self.coordinator.broadcast_policy(policy)
+
     def health(self) -> dict[str, Any]:
         # A worker counts once it serves: a restarted one is alive a moment before it has bound the port.
         alive = sum(p.is_alive() and i in self.coordinator.ready for i, p in self.processes.items())
@@ -211,6 +224,7 @@ class Supervisor:
             "policy": self.store.health(),
             "workers": {"configured": self.config.workers, "alive": alive, "restarts": sum(self.restarts.values())},
             "engine": self.config.engine,
+            "overrides": [o.public(time.time()) for o in self.overrides.active()],
         }
 
     async def ledger(self, run_id: str) -> RunLedger | None:

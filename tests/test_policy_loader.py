@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from importlib import resources
 
@@ -9,7 +10,7 @@ import pytest
 from conftest import KUMO_POLICY, SHIPPED_POLICY, needs_kumo_policy
 
 from smartsink.policy import PolicyError, fallback, load_policy, parse_policy
-from smartsink.policy.model import Latency, Reply
+from smartsink.policy.model import Escalation, Latency, Reply, Window
 
 SOURCE = "x.toml"
 
@@ -95,6 +96,25 @@ GOOD = {
     "domain-names-case-insensitive": (
         '[domain."GMail.COM"]\nbounce = 4\n\n[[bounce."GMAIL.com"]]\ncode = 550\nmsg = "5.1.1 gone"\n',
         {("gmail.com", "bounce"): 4.0, ("gmail.com", "bounces"): (Reply(550, "5.1.1 gone"),)},
+    ),
+    "weights-and-new-lists": (
+        '[domain."m.test"]\nunknown = 2.5\nper = "ip"\nrequire_tls = true\nmax_message_size = "10MB"\n'
+        'require_headers = ["Message-ID"]\nescalate = { after = 5, within = "1m", to = "defer", for = "2m" }\n\n'
+        '[[defer."m.test"]]\ncode = 451\nmsg = "4.7.650 a"\nweight = 4\n\n'
+        '[[block."m.test"]]\ncode = 550\nmsg = "5.7.1 S3150"\n\n'
+        '[[unknown."m.test"]]\ncode = 550\nmsg = "5.5.0 mailbox unavailable"\n',
+        {
+            ("m.test", "unknown"): 2.5,
+            ("m.test", "per"): "ip",
+            ("m.test", "require_tls"): True,
+            ("m.test", "max_message_size"): 10_000_000,
+            ("m.test", "require_headers"): ("Message-ID",),
+            ("m.test", "escalate"): Escalation(5, 60.0, "defer", 120.0),
+            ("m.test", "defers"): (Reply(451, "4.7.650 a", 4.0),),
+            ("m.test", "blocks"): (Reply(550, "5.7.1 S3150"),),
+            ("m.test", "unknowns"): (Reply(550, "5.5.0 mailbox unavailable"),),
+            (None, "blocks"): fallback.BLOCKS,
+        },
     ),
     "inline-table-domain": (
         '[domain]\n"gmail.com" = { bounce = 4, defer = 6 }\n',
@@ -263,6 +283,55 @@ BAD = {
         "x.toml:2: [listener] max_conections: ",
         "unknown key",
     ),
+    "per-unknown": ('[domain."c.test"]\nper = "host"\n', 'x.toml:2: [domain."c.test"] per: ', "must be one of"),
+    "listener-per-unknown": ('[listener]\nper = "everyone"\n', "x.toml:2: [listener] per: ", "must be one of"),
+    "escalate-not-a-table": (
+        '[domain."m.test"]\nescalate = 50\n',
+        'x.toml:2: [domain."m.test"] escalate: ',
+        "must be a table",
+    ),
+    "escalate-bad-to": (
+        '[domain."m.test"]\nescalate = { after = 5, within = "1m", to = "ban" }\n',
+        'x.toml:2: [domain."m.test"] escalate: ',
+        'to must be "block" or "defer"',
+    ),
+    "escalate-bad-within": (
+        '[domain."m.test"]\nescalate = { after = 5, within = "soon" }\n',
+        'x.toml:2: [domain."m.test"] escalate: ',
+        "duration",
+    ),
+    "require-tls-not-bool": (
+        '[domain."t.test"]\nrequire_tls = "yes"\n',
+        'x.toml:2: [domain."t.test"] require_tls: ',
+        "true or false",
+    ),
+    "max-message-size-bad": (
+        '[domain."t.test"]\nmax_message_size = "big"\n',
+        'x.toml:2: [domain."t.test"] max_message_size: ',
+        "size",
+    ),
+    "require-headers-bad-name": (
+        '[domain."t.test"]\nrequire_headers = ["Message ID"]\n',
+        'x.toml:2: [domain."t.test"] require_headers: ',
+        "not a header name",
+    ),
+    "unknown-percent": ("[default]\nunknown = 101\n", "x.toml:2: [default] unknown: ", "from 0 to 100"),
+    "weight-zero": (
+        '[[defer."g.test"]]\ncode = 451\nmsg = "4.7.0 x"\nweight = 0\n',
+        'x.toml:4: [[defer."g.test"]] weight: ',
+        "must be more than 0",
+    ),
+    "schedule-unknown-key": (
+        '[[schedule."y.test"]]\nstart = "1m"\ndefr = 100\n',
+        'x.toml:3: [[schedule."y.test"]] defr: ',
+        "unknown key",
+    ),
+    "schedule-empty": ('[[schedule."y.test"]]\nstart = "1m"\n', 'x.toml:1: [[schedule."y.test"]]: ', "changes nothing"),
+    "schedule-at-without-zone": (
+        '[[schedule."y.test"]]\nat = 2026-12-02T10:00:00\ndefer = 100\n',
+        'x.toml:1: [[schedule."y.test"]]: ',
+        "with its zone",
+    ),
     "not-toml": ("[default]\nbounce = 1\ndefer = \n", "x.toml:3: ", "not valid TOML"),
     "duplicate-key": ("[default]\nbounce = 1\nbounce = 2\n", "x.toml:3: ", "not valid TOML"),
 }
@@ -407,3 +476,18 @@ class TestShippedPolicy:
         """The copy inside the package (used outside a checkout) is the shipped policy, byte for byte."""
         packaged = resources.files("smartsink").joinpath("data/responses.toml")
         assert packaged.read_bytes() == SHIPPED_POLICY.read_bytes()
+
+
+class TestSchedule:
+    def test_windows_relative_and_at_a_time(self):
+        """start is counted from the sink's start; at is a time with its zone; length is optional."""
+        text = (
+            '[[schedule."yahoo.com"]]\nstart = "2m"\nlength = "5m"\ndefer = 100\n\n'
+            '[[schedule."Gmail.com"]]\nat = 2026-12-02T10:00:00Z\nrate = "10/min"\n'
+        )
+        first, second = parse_policy(text, SOURCE).schedule
+        assert first == Window("yahoo.com", (("defer", 100.0),), 120.0, 300.0, True)
+        assert second.domain == "gmail.com"
+        assert second.relative is False
+        assert second.length is None
+        assert second.start == datetime.datetime(2026, 12, 2, 10, tzinfo=datetime.UTC).timestamp()

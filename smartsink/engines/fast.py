@@ -521,6 +521,7 @@ class Conversation:
             return False
         self.helo = self.in_mail = False
         self.responder.reset()
+        self.responder.tls = True
         return True
 
     async def smtp_auth(self, arg: bytes) -> bool:

@@ -8,14 +8,16 @@ Per aiosmtpd's contract, handle_MAIL sets envelope.mail_from and handle_RCPT app
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope
 from aiosmtpd.smtp import Session as AioSession
 
 from mailload import contract
+from smartsink import replies
 from smartsink.responder import Action, Responder, SinkContext
 
 
@@ -41,6 +43,7 @@ class SinkHandler:
     async def handle_RCPT(
         self, server: SMTP, session: AioSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        self.responder.tls = session.ssl is not None
         action = await self.responder.rcpt(address)
         if action.accepted:
             envelope.rcpt_tos.append(address)
@@ -50,6 +53,15 @@ class SinkHandler:
         content = envelope.original_content or b""
         action = await self.responder.data_end(len(content), content[: contract.HEAD_BYTES])
         return self._after(server, action)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: AioSession, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd offers AUTH whenever it can parse it; the sink offers it only with --auth any|required.
+        session.host_name = hostname
+        if self.responder.ctx.config.auth == "off":
+            return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+        return responses
 
     async def handle_RSET(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
         self.responder.reset()
@@ -72,8 +84,25 @@ def _any_credentials(server: SMTP, session: AioSession, envelope: Envelope, mech
     return AuthResult(success=True)
 
 
+# What aiosmtpd's own failure replies lack: an enhanced status code (RFC 2034), as EHLO's ENHANCEDSTATUSCODES
+# promises and the fast engine gives; by reply code.
+_ENHANCED_BY_CODE = {421: "4.3.0", 500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4"}
+_HAS_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
+
+
+def with_enhanced_code(status: str) -> str:
+    """A failure reply of aiosmtpd's with an enhanced status code of its class in front, when it has none."""
+    code, separator, text = status[:3], status[3:4], status[4:]
+    if not code.isdigit() or code[0] not in "45" or _HAS_ENHANCED.match(text):
+        return status
+    enhanced = _ENHANCED_BY_CODE.get(int(code), f"{code[0]}.0.0")
+    return f"{code}{separator or ' '}{enhanced} {text}".rstrip()
+
+
 class ReferenceSMTP(SMTP):
-    """aiosmtpd's SMTP with the sink's greeting rules, DATA-time cuts and connection accounting."""
+    """aiosmtpd's SMTP with the sink's greeting rules, DATA-time cuts, connection accounting, and its answers
+    made to match the fast engine's where aiosmtpd's own differ: enhanced status codes on failures, no AUTH
+    offered with --auth off, 421 to a client that stays silent past --timeout."""
 
     def __init__(self, ctx: SinkContext, context: ssl.SSLContext | None):
         self.sink_responder = Responder(ctx, "unknown")
@@ -92,6 +121,23 @@ class ReferenceSMTP(SMTP):
             auth_require_tls=False,
             authenticator=_any_credentials if config.auth != "off" else None,
         )
+
+    async def push(self, status: AnyStr) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        await super().push("\r\n".join(with_enhanced_code(line) for line in text.split("\r\n")))
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.sink_responder.ctx.config.auth == "off":
+            await self.push(replies.AUTH_DISABLED.decode("ascii").rstrip("\r\n"))
+            return
+        await super().smtp_AUTH(arg)
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 4.2: a server closing the connection says so first (aiosmtpd closes in silence).
+        transport: Any = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(replies.TIMEOUT)
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")

@@ -10,26 +10,36 @@ from __future__ import annotations
 from typing import Protocol
 
 from smartsink.ledger import LedgerEntry
-from smartsink.policy.model import Rate
+from smartsink.policy.model import Escalation, Rate
 
 
 class Limits(Protocol):
     """What a responder asks of the sink as a whole."""
 
-    async def open_connection(self, limit: int | None) -> bool:
-        """Count one more connection; False when `limit` ([listener] max_connections) is reached."""
+    async def open_connection(self, limit: int | None, scope: str = "") -> bool:
+        """Count one more connection of `scope` (a client address, a /24, or "" for the whole sink); False when
+        `limit` ([listener] max_connections) is reached."""
         ...
 
-    def close_connection(self) -> None: ...
+    def close_connection(self, scope: str = "") -> None: ...
 
-    async def begin_transaction(self, domain: str, limit: int) -> bool:
-        """Count one more transaction in flight for `domain`; False when its max_concurrency is reached."""
+    async def begin_transaction(self, key: str, limit: int) -> bool:
+        """Count one more transaction in flight under `key` (state.limit_key: a domain, and a client scope when
+        the limit is per client); False when its max_concurrency is reached."""
         ...
 
-    def end_transaction(self, domain: str) -> None: ...
+    def end_transaction(self, key: str) -> None: ...
 
-    async def take_rate(self, domain: str, rate: Rate) -> bool:
-        """Take one accepted message from `domain`'s rate; False when none is left."""
+    async def take_rate(self, key: str, rate: Rate) -> bool:
+        """Take one accepted message from the rate counted under `key`; False when none is left."""
+        ...
+
+    async def escalated(self, key: str) -> bool:
+        """True while the domain refuses this client outright (its escalation is in force)."""
+        ...
+
+    def deferred(self, key: str, escalation: Escalation) -> None:
+        """Note that the domain deferred this client: enough of them in a while escalate (escalate)."""
         ...
 
     async def greylist_passes(self, key: str, delay: float) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from smartsink.ledger import LedgerEntry
 from smartsink.limits.state import SharedState
-from smartsink.policy.model import Rate
+from smartsink.policy.model import Escalation, Rate
 
 
 class LocalLimits:
@@ -13,20 +13,26 @@ class LocalLimits:
     def __init__(self, state: SharedState):
         self.state = state
 
-    async def open_connection(self, limit: int | None) -> bool:
-        return self.state.open_connection(limit)
+    async def open_connection(self, limit: int | None, scope: str = "") -> bool:
+        return self.state.open_connection(limit, scope)
 
-    def close_connection(self) -> None:
-        self.state.close_connection()
+    def close_connection(self, scope: str = "") -> None:
+        self.state.close_connection(scope)
 
-    async def begin_transaction(self, domain: str, limit: int) -> bool:
-        return self.state.begin_transaction(domain, limit)
+    async def begin_transaction(self, key: str, limit: int) -> bool:
+        return self.state.begin_transaction(key, limit)
 
-    def end_transaction(self, domain: str) -> None:
-        self.state.end_transaction(domain)
+    def end_transaction(self, key: str) -> None:
+        self.state.end_transaction(key)
 
-    async def take_rate(self, domain: str, rate: Rate) -> bool:
-        return self.state.take_rate(domain, rate)
+    async def take_rate(self, key: str, rate: Rate) -> bool:
+        return self.state.take_rate(key, rate)
+
+    async def escalated(self, key: str) -> bool:
+        return self.state.escalated(key)
+
+    def deferred(self, key: str, escalation: Escalation) -> None:
+        self.state.deferred(key, escalation)
 
     async def greylist_passes(self, key: str, delay: float) -> bool:
         return self.state.greylist_passes(key, delay)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from smartsink.ledger import LedgerEntry
 from smartsink.limits.state import SharedState
-from smartsink.policy.model import Policy, Rate
+from smartsink.policy.model import Escalation, Policy, Rate
 
 log = logging.getLogger("smartsink.coordinator")
 
@@ -33,7 +33,7 @@ class _Holdings:
     """What one worker holds in the shared state, to give back if it dies."""
 
     def __init__(self) -> None:
-        self.connections = 0
+        self.connections: Counter[str] = Counter()  # by scope
         self.transactions: Counter[str] = Counter()
 
 
@@ -43,32 +43,41 @@ class _Holdings:
 class OpenConnection(NamedTuple):
     call_id: int
     limit: int | None
+    scope: str
 
     def answer(self, state: SharedState, holdings: _Holdings) -> bool:
-        opened = state.open_connection(self.limit)
-        holdings.connections += opened
+        opened = state.open_connection(self.limit, self.scope)
+        holdings.connections[self.scope] += opened
         return opened
 
 
 class BeginTransaction(NamedTuple):
     call_id: int
-    domain: str
+    key: str
     limit: int
 
     def answer(self, state: SharedState, holdings: _Holdings) -> bool:
-        begun = state.begin_transaction(self.domain, self.limit)
+        begun = state.begin_transaction(self.key, self.limit)
         if begun:
-            holdings.transactions[self.domain] += 1
+            holdings.transactions[self.key] += 1
         return begun
 
 
 class TakeRate(NamedTuple):
     call_id: int
-    domain: str
+    key: str
     rate: Rate
 
     def answer(self, state: SharedState, holdings: _Holdings) -> bool:
-        return state.take_rate(self.domain, self.rate)
+        return state.take_rate(self.key, self.rate)
+
+
+class Escalated(NamedTuple):
+    call_id: int
+    key: str
+
+    def answer(self, state: SharedState, holdings: _Holdings) -> bool:
+        return state.escalated(self.key)
 
 
 class GreylistPasses(NamedTuple):
@@ -80,7 +89,7 @@ class GreylistPasses(NamedTuple):
         return state.greylist_passes(self.key, self.delay)
 
 
-Request = OpenConnection | BeginTransaction | TakeRate | GreylistPasses
+Request = OpenConnection | BeginTransaction | TakeRate | GreylistPasses | Escalated
 
 
 class Answer(NamedTuple):
@@ -94,13 +103,22 @@ class Answer(NamedTuple):
 class Opened(NamedTuple):
     """A connection opened where no limit applies: counted without waiting for an answer."""
 
+    scope: str
+
 
 class ConnectionClosed(NamedTuple):
-    pass
+    scope: str
 
 
 class TransactionEnded(NamedTuple):
-    domain: str
+    key: str
+
+
+class Deferred(NamedTuple):
+    """A domain deferred a client: counted towards its escalation."""
+
+    key: str
+    escalation: Escalation
 
 
 class Records(NamedTuple):
@@ -133,7 +151,19 @@ class PolicyUpdate(NamedTuple):
     policy: Policy
 
 
-Message = Request | Answer | Opened | ConnectionClosed | TransactionEnded | Records | Ping | Pong | Ready | PolicyUpdate
+Message = (
+    Request
+    | Answer
+    | Opened
+    | ConnectionClosed
+    | TransactionEnded
+    | Deferred
+    | Records
+    | Ping
+    | Pong
+    | Ready
+    | PolicyUpdate
+)
 
 
 class Channel(asyncio.Protocol):
@@ -184,6 +214,7 @@ class Coordinator:
             Opened: self._opened,
             ConnectionClosed: self._connection_closed,
             TransactionEnded: self._transaction_ended,
+            Deferred: self._deferred,
             Records: self._records,
             Pong: self._pong,
             Ready: self._ready,
@@ -201,15 +232,16 @@ class Coordinator:
         holdings = self.channels.pop(channel, None)
         if holdings is None:
             return
-        for _ in range(holdings.connections):
-            self.state.close_connection()
-        for domain, count in holdings.transactions.items():
+        for scope, count in holdings.connections.items():
             for _ in range(count):
-                self.state.end_transaction(domain)
+                self.state.close_connection(scope)
+        for key, count in holdings.transactions.items():
+            for _ in range(count):
+                self.state.end_transaction(key)
 
     def _handle(self, channel: Channel, message: Message) -> None:
         holdings = self.channels.setdefault(channel, _Holdings())
-        if isinstance(message, OpenConnection | BeginTransaction | TakeRate | GreylistPasses):
+        if isinstance(message, OpenConnection | BeginTransaction | TakeRate | GreylistPasses | Escalated):
             channel.send(Answer(message.call_id, message.answer(self.state, holdings)))
             return
         handler = self._handlers.get(type(message))
@@ -219,16 +251,19 @@ class Coordinator:
         handler(channel, holdings, message)
 
     def _opened(self, channel: Channel, holdings: _Holdings, message: Opened) -> None:
-        self.state.open_connection(None)
-        holdings.connections += 1
+        self.state.open_connection(None, message.scope)
+        holdings.connections[message.scope] += 1
 
     def _connection_closed(self, channel: Channel, holdings: _Holdings, message: ConnectionClosed) -> None:
-        self.state.close_connection()
-        holdings.connections = max(0, holdings.connections - 1)
+        self.state.close_connection(message.scope)
+        holdings.connections[message.scope] = max(0, holdings.connections[message.scope] - 1)
 
     def _transaction_ended(self, channel: Channel, holdings: _Holdings, message: TransactionEnded) -> None:
-        self.state.end_transaction(message.domain)
-        holdings.transactions[message.domain] -= 1
+        self.state.end_transaction(message.key)
+        holdings.transactions[message.key] -= 1
+
+    def _deferred(self, channel: Channel, holdings: _Holdings, message: Deferred) -> None:
+        self.state.deferred(message.key, message.escalation)
 
     def _records(self, channel: Channel, holdings: _Holdings, message: Records) -> None:
         for entry in message.entries:
@@ -284,7 +319,7 @@ class RemoteLimits:
     def _lost(self, channel: Channel) -> None:
         for waiter in self._calls.values():
             if not waiter.done():
-                waiter.set_result(True)
+                waiter.set_result(True)  # let the mail through (an escalation check then refuses it: rare)
         self._calls.clear()
         self.on_lost()
 
@@ -303,7 +338,8 @@ class RemoteLimits:
         if self.channel is not None:
             self.channel.send(message)
 
-    async def _ask(self, request: Callable[[int], Request]) -> bool:
+    async def _ask(self, request: Callable[[int], Request], unanswered: bool = True) -> bool:
+        """The coordinator's answer; `unanswered` (letting the mail through) when none comes in time."""
         call_id = next(self._call_ids)
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = waiter
@@ -315,25 +351,31 @@ class RemoteLimits:
             self._calls.pop(call_id, None)
             name = type(message).__name__
             log.error("the supervisor did not answer %s in %.0f s; letting it through", name, CALL_TIMEOUT)
-            return True
+            return unanswered
 
-    async def open_connection(self, limit: int | None) -> bool:
+    async def open_connection(self, limit: int | None, scope: str = "") -> bool:
         if limit is None:  # nothing to check: count it without waiting for an answer
-            self.send(Opened())
+            self.send(Opened(scope))
             return True
-        return await self._ask(lambda call_id: OpenConnection(call_id, limit))
+        return await self._ask(lambda call_id: OpenConnection(call_id, limit, scope))
 
-    def close_connection(self) -> None:
-        self.send(ConnectionClosed())
+    def close_connection(self, scope: str = "") -> None:
+        self.send(ConnectionClosed(scope))
 
-    async def begin_transaction(self, domain: str, limit: int) -> bool:
-        return await self._ask(lambda call_id: BeginTransaction(call_id, domain, limit))
+    async def begin_transaction(self, key: str, limit: int) -> bool:
+        return await self._ask(lambda call_id: BeginTransaction(call_id, key, limit))
 
-    def end_transaction(self, domain: str) -> None:
-        self.send(TransactionEnded(domain))
+    def end_transaction(self, key: str) -> None:
+        self.send(TransactionEnded(key))
 
-    async def take_rate(self, domain: str, rate: Rate) -> bool:
-        return await self._ask(lambda call_id: TakeRate(call_id, domain, rate))
+    async def take_rate(self, key: str, rate: Rate) -> bool:
+        return await self._ask(lambda call_id: TakeRate(call_id, key, rate))
+
+    async def escalated(self, key: str) -> bool:
+        return await self._ask(lambda call_id: Escalated(call_id, key), unanswered=False)
+
+    def deferred(self, key: str, escalation: Escalation) -> None:
+        self.send(Deferred(key, escalation))
 
     async def greylist_passes(self, key: str, delay: float) -> bool:
         return await self._ask(lambda call_id: GreylistPasses(call_id, key, delay))

@@ -39,7 +39,38 @@ def resolve(policy: Policy, domain: str, suffixes: Iterable[str]) -> DomainRules
 
 
 def pick(replies: tuple[Reply, ...], rng: random.Random) -> Reply:
-    return replies[0] if len(replies) == 1 else replies[int(rng.random() * len(replies))]
+    """One reply of a list, each as often as its weight says (all 1: uniformly)."""
+    if len(replies) == 1:
+        return replies[0]
+    if all(r.weight == 1.0 for r in replies):
+        return replies[int(rng.random() * len(replies))]
+    total = sum(r.weight for r in replies)
+    draw = rng.random() * total
+    for reply in replies:
+        draw -= reply.weight
+        if draw < 0:
+            return reply
+    return replies[-1]
+
+
+def personal(reply: Reply, client: str, recipient: str) -> Reply:
+    """The reply with `{client_ip}` and `{recipient}` filled in, as providers name them in their texts."""
+    if "{" not in reply.text:
+        return reply
+    text = reply.text.replace("{client_ip}", client).replace("{recipient}", recipient)
+    return Reply(reply.code, text, reply.weight)
+
+
+def scope(client: str, per: str) -> str:
+    """What a limit counts this client as: "" for the whole sink, its address, or its /24 (IPv6: its /64)."""
+    if per == "ip":
+        return client
+    if per == "net24":
+        if ":" in client:
+            return ":".join(client.split(":")[:4]) + "::/64"
+        head, _, _ = client.rpartition(".")
+        return f"{head}.0/24" if head else client
+    return ""
 
 
 def forced(rules: DomainRules, local: str, rng: random.Random) -> Reply | bool | None:
@@ -75,6 +106,19 @@ def roll(rules: DomainRules, rng: random.Random) -> Reply | None:
     if r < rules.bounce + rules.defer:
         return pick(rules.defers, rng)
     return None
+
+
+def asks(local: str) -> bool:
+    """The user part asks for its answer (250-, 450-, tempfail, permfail): no roll applies to it."""
+    lowered = local.lower()
+    return lowered.startswith(("250-", "450-")) or "permfail" in lowered or "tempfail" in lowered
+
+
+def unknown_user(rules: DomainRules, local: str, rng: random.Random) -> Reply | None:
+    """`unknown`% of recipients do not exist: refused at RCPT time, as the providers that check do."""
+    if not rules.unknown or asks(local) or rng.random() * 100.0 >= rules.unknown:
+        return None
+    return pick(rules.unknowns, rng)
 
 
 def decide(rules: DomainRules, local: str, rng: random.Random) -> Reply | None:
@@ -115,5 +159,5 @@ def disconnect_step(rules: DomainRules, rng: random.Random) -> str | None:
 
 
 def greylist_key(client: str, sender: str, recipient: str) -> str:
-    """The greylisting triplet, as real greylisters key it."""
+    """The greylisting triplet, as real greylisters key it (`client` is the scope: an address, a /24, or "")."""
     return f"{client}\x00{sender.lower()}\x00{recipient.lower()}"

@@ -7,6 +7,7 @@ a domain's reply lists fall back to the `[[bounce."default"]]`-level lists, then
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import tomllib
@@ -16,12 +17,12 @@ from typing import Any
 
 from mailload import units
 from smartsink.policy import fallback
-from smartsink.policy.model import DomainRules, Latency, ListenerRules, Policy, Rate, Reply
+from smartsink.policy.model import SCOPES, DomainRules, Escalation, Latency, ListenerRules, Policy, Rate, Reply, Window
 
 DEFAULT_NAME = "default"
 OTHER_LABEL = "other"
-LIST_KINDS = ("bounce", "defer", "throttle")
-TOP_KEYS = {"default", "domain", "listener", "domain_suffix", *LIST_KINDS}
+LIST_KINDS = ("bounce", "defer", "throttle", "block", "unknown")
+TOP_KEYS = {"default", "domain", "listener", "domain_suffix", "schedule", *LIST_KINDS}
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,58 @@ def _reject_at(value: Any) -> str:
     return str(value)
 
 
+def _positive_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _per(value: Any) -> str:
+    if value not in SCOPES:
+        raise _Bad(f"must be one of {', '.join(repr(s) for s in SCOPES)}, got {value!r}")
+    return str(value)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {value!r}")
+    return value
+
+
+def _size(value: Any) -> int:
+    try:
+        size = units.parse_size(value) if isinstance(value, str) else value
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise _Bad(f'must be a size like "10MB" or a number of bytes, got {value!r}')
+    return size
+
+
+def _header_names(value: Any) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise _Bad(f'must be a header name or a list of them, like ["Message-ID", "Date"], got {value!r}')
+    bad = [n for n in names if not re.fullmatch(r"[!-9;-~]+", n)]
+    if bad:
+        raise _Bad(f"{bad[0]!r} is not a header name")
+    return tuple(names)
+
+
+_ESCALATE_KEYS = {"after", "within", "to", "for"}
+
+
+def _escalate(value: Any) -> Escalation:
+    if not isinstance(value, dict) or not {"after", "within"} <= set(value) or set(value) - _ESCALATE_KEYS:
+        raise _Bad('must be a table { after = 50, within = "5m", to = "block", for = "30m" }')
+    to = value.get("to", "block")
+    if to not in ("block", "defer"):
+        raise _Bad(f'to must be "block" or "defer", got {to!r}')
+    return Escalation(_count(value["after"]), _duration(value["within"]), to, _duration(value.get("for", "30m")))
+
+
 _RULE_PARSERS = {
     "bounce": _percent,
     "defer": _percent,
+    "unknown": _percent,
     "disconnect": _percent,
     "reject_at": _reject_at,
     "latency": _latency,
@@ -180,6 +230,11 @@ _RULE_PARSERS = {
     "max_messages_per_connection": _count,
     "rate": _rate,
     "greylist": _duration,
+    "per": _per,
+    "escalate": _escalate,
+    "require_tls": _flag,
+    "max_message_size": _size,
+    "require_headers": _header_names,
 }
 
 
@@ -189,7 +244,10 @@ def _null_sender(value: Any) -> str:
     return str(value)
 
 
-_LISTENER_PARSERS = {"max_connections": _count, "banner_delay": _latency, "null_sender": _null_sender}
+_LISTENER_PARSERS = {"max_connections": _count, "per": _per, "banner_delay": _latency, "null_sender": _null_sender}
+# What a schedule window may change: a domain's rules for a while (not its scope or escalation).
+_WINDOW_PARSERS = {k: v for k, v in _RULE_PARSERS.items() if k not in ("per", "escalate")}
+_WINDOW_TIMING = ("start", "at", "length")
 RULE_KEYS = frozenset(_RULE_PARSERS)  # the keys of [default] and [domain."NAME"]
 LISTENER_KEYS = frozenset(_LISTENER_PARSERS)
 _ENHANCED = re.compile(r"^\s*(?:\d{3}[ ,-])?\s*([245])\.\d{1,3}\.\d{1,3}\b")
@@ -240,17 +298,25 @@ class _Reader:
             if not isinstance(entry, dict):
                 self.bad(line, label, "each entry must be a table with code and msg")
                 continue
-            for key in sorted(set(entry) - {"code", "msg"}):
+            for key in sorted(set(entry) - {"code", "msg", "weight"}):
                 line_of_key = self.where.key(path, key, nth)
-                self.bad(line_of_key, f"{label} {key}", "unknown key (an entry has code and msg)")
-            code, msg = entry.get("code"), entry.get("msg", "")
+                self.bad(line_of_key, f"{label} {key}", "unknown key (an entry has code, msg and weight)")
+            code, msg, weight = entry.get("code"), entry.get("msg", ""), entry.get("weight", 1)
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, int | float)
+                or not math.isfinite(weight)
+                or weight <= 0
+            ):
+                self.bad(self.where.key(path, "weight", nth), f"{label} weight", f"must be more than 0, got {weight!r}")
+                continue
             if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
                 self.bad(self.where.key(path, "code", nth), f"{label} code", f"must be 400 to 599, got {code!r}")
                 continue
             if not isinstance(msg, str):
                 self.bad(self.where.key(path, "msg", nth), f"{label} msg", f"must be a string, got {msg!r}")
                 continue
-            expected = 5 if kind == "bounce" else 4
+            expected = 5 if kind in ("bounce", "block", "unknown") else 4
             if code // 100 != expected:
                 self.warn(
                     self.where.key(path, "code", nth),
@@ -264,7 +330,7 @@ class _Reader:
                     f"{label} msg",
                     f"enhanced status {m.group(1)}.x.x does not match code {code} (sent as {code // 100}.x.x)",
                 )
-            out.append(Reply(code, msg))
+            out.append(Reply(code, msg, float(weight)))
         return tuple(out)
 
 
@@ -296,11 +362,14 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         bounces=lists["bounce"].get(DEFAULT_NAME) or fallback.BOUNCES,
         defers=lists["defer"].get(DEFAULT_NAME) or fallback.DEFERS,
         throttles=lists["throttle"].get(DEFAULT_NAME) or fallback.THROTTLES,
+        blocks=lists["block"].get(DEFAULT_NAME) or fallback.BLOCKS,
+        unknowns=lists["unknown"].get(DEFAULT_NAME) or fallback.UNKNOWNS,
     )
     _check_sum(reader, default, ("default",))
     domains = _domains(reader, data, default, lists)
     listener_settings = reader.settings(data.get("listener", {}), ("listener",), _LISTENER_PARSERS)
     suffixes = _suffixes(data["domain_suffix"], reader) if "domain_suffix" in data else ()
+    schedule = _schedule(reader, data.get("schedule", {}))
     if reader.problems:
         raise PolicyError(reader.problems)
     return Policy(
@@ -309,8 +378,97 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         domains=domains,
         suffixes=suffixes,
         listener=ListenerRules(**listener_settings),
+        schedule=schedule,
         warnings=tuple(reader.warnings),
     )
+
+
+def _schedule(reader: _Reader, by_name: Any) -> tuple[Window, ...]:
+    """[[schedule."NAME"]]: windows of changed rules, relative to the sink's start (start) or at a time (at)."""
+    if not isinstance(by_name, dict):
+        reader.bad(reader.where.key((), "schedule"), "schedule", 'must hold lists: write [[schedule."NAME"]]')
+        return ()
+    windows = []
+    for name, entries in by_name.items():
+        path = ("schedule", name)
+        label = f"[[schedule.{_quote(name)}]]"
+        if not isinstance(entries, list):
+            reader.bad(reader.where.place(path), label, f'must be a list of tables: write [[schedule."{name}"]]')
+            continue
+        for nth, entry in enumerate(entries):
+            window = _window(reader, name, entry, path, nth, label)
+            if window is not None:
+                windows.append(window)
+    return tuple(windows)
+
+
+def _window(reader: _Reader, name: str, entry: Any, path: tuple[str, ...], nth: int, label: str) -> Window | None:
+    line = reader.where.table(path, nth)
+    if not isinstance(entry, dict):
+        reader.bad(line, label, "each entry must be a table")
+        return None
+    try:
+        timing = window_timing(entry)
+    except ValueError as e:
+        reader.bad(line, label, str(e))
+        return None
+    settings = {}
+    for key, value in entry.items():
+        if key in _WINDOW_TIMING:
+            continue
+        where = reader.where.key(path, key, nth)
+        if key not in _WINDOW_PARSERS:
+            reader.bad(
+                where, f"{label} {key}", f"unknown key (known: {', '.join(sorted(_WINDOW_PARSERS))}, start, at, length)"
+            )
+            continue
+        try:
+            settings[key] = _WINDOW_PARSERS[key](value)
+        except _Bad as e:
+            reader.bad(where, f"{label} {key}", str(e))
+    if not settings:
+        if set(entry) <= set(_WINDOW_TIMING):
+            reader.bad(line, label, "changes nothing: give a rule key, like defer = 100")
+        return None
+    start, length, relative = timing
+    return Window(name.lower(), tuple(settings.items()), start, length, relative)
+
+
+def window_timing(entry: dict[str, Any]) -> tuple[float, float | None, bool]:
+    """(start, length, relative) of a window: `start` a duration from the sink's start (or from now, for the admin
+    API), or `at` an ISO 8601 time; `length` a duration (absent: until removed). ValueError names the problem."""
+    if "start" in entry and "at" in entry:
+        raise ValueError("give start (from the sink's start) or at (a time), not both")
+    length = None
+    if "length" in entry:
+        length = units.parse_duration(entry["length"])
+        if length <= 0:
+            raise ValueError(f"length must be more than 0, got {entry['length']!r}")
+    if "at" in entry:
+        at = entry["at"]
+        if isinstance(at, str):
+            try:
+                at = datetime.datetime.fromisoformat(at)
+            except ValueError:
+                raise ValueError(f"at {entry['at']!r} is not an ISO 8601 time like 2026-12-02T10:00:00Z") from None
+        if not isinstance(at, datetime.datetime) or at.tzinfo is None:
+            raise ValueError(f"at {entry['at']!r} must be a time with its zone, like 2026-12-02T10:00:00Z")
+        return at.timestamp(), length, False
+    return units.parse_duration(entry.get("start", 0)), length, True
+
+
+def rule_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Rule keys as a window takes them (the admin API's overrides), parsed; ValueError names the bad key."""
+    out = {}
+    for key, value in values.items():
+        parser = _WINDOW_PARSERS.get(key)
+        if parser is None:
+            raise ValueError(f"{key}: unknown key (known: {', '.join(sorted(_WINDOW_PARSERS))})")
+        try:
+            out[key] = parser(value)
+        except _Bad as e:
+            raise ValueError(f"{key}: {e}") from None
+    return out
 
 
 def _toml(text: str, source: str) -> dict[str, Any]:
@@ -369,6 +527,8 @@ def _domains(reader: _Reader, data: dict[str, Any], default: DomainRules, lists:
             bounces=lists["bounce"].get(name) or default.bounces,
             defers=lists["defer"].get(name) or default.defers,
             throttles=lists["throttle"].get(name) or default.throttles,
+            blocks=lists["block"].get(name) or default.blocks,
+            unknowns=lists["unknown"].get(name) or default.unknowns,
         )
         _check_sum(reader, rules, ("domain", name))
         domains[name] = rules

@@ -32,10 +32,13 @@ class Outcome(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One SMTP reply: a three-digit code and its text (which may hold several lines)."""
+    """One SMTP reply: a three-digit code and its text (which may hold several lines). In a list, `weight` says how
+    often it is picked against the others (real providers answer with a few texts far more often than the rest).
+    The text may hold `{client_ip}` and `{recipient}`, filled in when it is sent."""
 
     code: int
     text: str
+    weight: float = 1.0
 
     @property
     def outcome(self) -> Outcome:
@@ -73,6 +76,20 @@ class Rate:
         return self.count / self.per
 
 
+SCOPES = ("sink", "ip", "net24")  # what a limit counts: the whole sink, each client address, each client /24
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """Reputation that reacts: a client that keeps sending after `after` deferrals within `within` seconds gets
+    `to` ("block": the domain's block list; "defer": its defer list) for every recipient for `lasts` seconds."""
+
+    after: int
+    within: float
+    to: str
+    lasts: float
+
+
 @dataclass(frozen=True, slots=True)
 class DomainRules:
     """Everything the policy says about one recipient domain (or the default)."""
@@ -80,6 +97,7 @@ class DomainRules:
     name: str
     bounce: float = 0.0  # percent, exact
     defer: float = 0.0
+    unknown: float = 0.0  # percent of recipients refused at RCPT time as unknown users
     bounces: tuple[Reply, ...] = ()
     defers: tuple[Reply, ...] = ()
     throttles: tuple[Reply, ...] = ()
@@ -90,6 +108,13 @@ class DomainRules:
     greylist: float | None = None  # seconds
     max_messages_per_connection: int | None = None
     disconnect: float = 0.0  # percent of transactions cut without a reply
+    per: str = "sink"  # what max_concurrency, rate and greylist count: "sink", "ip" or "net24" (SCOPES)
+    escalate: Escalation | None = None
+    blocks: tuple[Reply, ...] = ()  # the answers of an escalation to "block"
+    unknowns: tuple[Reply, ...] = ()  # the answers to unknown users
+    require_tls: bool = False  # RCPT without STARTTLS first gets 530 5.7.0
+    max_message_size: int | None = None  # bytes; a larger message gets 552 5.3.4 at the end of DATA
+    require_headers: tuple[str, ...] = ()  # header names a message must carry, else 550 5.7.1 at the end of DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +122,23 @@ class ListenerRules:
     """The `[listener]` table: limits of the SMTP listener as a whole."""
 
     max_connections: int | None = None
+    per: str = "sink"  # what max_connections counts: "sink", "ip" or "net24"
     banner_delay: Latency | None = None
     # Mail from the null sender (<>: DSNs) is accepted whatever the domain's rules, so every bounce the MTA
     # under test returns reaches the ledger; "policy" answers it like any other mail.
     null_sender: str = "accept"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A domain's rules changed for a while: `settings` (parsed rule keys) over its own, from `start` for `length`
+    seconds. `start` counts from the sink's start when `relative`, else it is a Unix time."""
+
+    domain: str
+    settings: tuple[tuple[str, object], ...]
+    start: float
+    length: float | None  # None: until removed
+    relative: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,4 +150,5 @@ class Policy:
     domains: dict[str, DomainRules] = field(default_factory=dict)
     suffixes: tuple[str, ...] = ()
     listener: ListenerRules = field(default_factory=ListenerRules)
+    schedule: tuple[Window, ...] = ()
     warnings: tuple[str, ...] = ()
