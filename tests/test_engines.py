@@ -8,6 +8,7 @@ fast engine deliberately answers otherwise are listed in DIVERGENCES with the re
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -29,6 +30,36 @@ msg = "5.1.1 The email account that you tried to reach does not exist.\\n5.1.1 P
 [[defer."gmail.com"]]
 code = 450
 msg = "4.2.1 The user you are trying to contact is receiving mail too fast"
+
+[domain."unknown.test"]
+unknown = 100
+
+[[unknown."unknown.test"]]
+code = 550
+msg = "5.1.1 <{recipient}>: user unknown, from [{client_ip}]"
+
+[domain."tls.test"]
+require_tls = true
+
+[domain."small.test"]
+max_message_size = 10
+
+[domain."strict.test"]
+require_headers = ["Message-ID"]
+
+[domain."weighted.test"]
+defer = 100
+reject_at = "rcpt"
+
+[[defer."weighted.test"]]
+code = 451
+msg = "4.7.650 rarely"
+weight = 0.001
+
+[[defer."weighted.test"]]
+code = 452
+msg = "4.2.2 almost always"
+weight = 1000
 """
 
 BODY = ["Subject: hi", "", "hello", "..dot-stuffed line", "."]
@@ -66,6 +97,12 @@ CONVERSATIONS = {
     "data with argument": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<b@example.com>", "DATA now"],
     "long line": ["EHLO c", "NOOP " + "x" * 2000, "NOOP"],
     "null sender": ["EHLO c", "MAIL FROM:<>", "RCPT TO:<b@example.com>", "DATA", *BODY],
+    "unknown user": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<who@unknown.test>", "RCPT TO:<b@example.com>"],
+    "tls required": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<b@tls.test>", "RCPT TO:<b@example.com>"],
+    "too big for the domain": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<b@small.test>", "DATA", *BODY],
+    "header required": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<b@strict.test>", "DATA", *BODY],
+    "weighted texts": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<b@weighted.test>"],
+    "auth not offered": ["EHLO c", "AUTH PLAIN AGEAYg=="],
 }
 
 # (conversation, reply index) -> (fast engine's code, why it differs from aiosmtpd's there).
@@ -130,6 +167,26 @@ def test_same_codes_as_aiosmtpd(sinks, name):
     assert [r[:3] for r in got] == expected_codes, f"fast: {got}\naiosmtpd: {expected}"
 
 
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [("unknown user", 3), ("tls required", 3), ("weighted texts", 3)],
+    ids=["unknown-user", "tls-required", "weighted-texts"],
+)
+def test_rcpt_time_answers_are_identical(sinks, name, index):
+    """The new RCPT-time answers are the same text on both engines: placeholders filled in, the weighted pick."""
+    fast, reference = sinks
+    got, expected = talk(fast.address, CONVERSATIONS[name])[index], talk(reference.address, CONVERSATIONS[name])[index]
+    assert got == expected
+    assert got[0] in "45"
+
+
+def test_placeholders_filled_in(sinks):
+    """{recipient} and {client_ip} are the recipient and the client's address, on the reference engine too."""
+    _, reference = sinks
+    answer = talk(reference.address, CONVERSATIONS["unknown user"])[3]
+    assert answer == "550 5.1.1 <who@unknown.test>: user unknown, from [127.0.0.1]"
+
+
 @pytest.mark.parametrize("name", ["permfail gmail", "tempfail suffixed", "450- user", "worst of two"])
 def test_policy_answers_are_identical(sinks, name):
     """Answers decided by the policy are the same text on both engines (they come from one Session)."""
@@ -190,3 +247,38 @@ def test_hostile_input_same_codes_and_both_survive(sinks, hostile):
     lines = CONVERSATIONS["plain"]
     assert [r[:3] for r in talk(fast.address, lines)] == [r[:3] for r in talk(reference.address, lines)]
     assert talk(fast.address, lines)[-2].startswith("250")
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS), ids=list(CONVERSATIONS))
+def test_every_failure_carries_an_enhanced_code_on_both_engines(sinks, name):
+    """ENHANCEDSTATUSCODES is advertised, so every 4xx and 5xx line carries one (RFC 2034): aiosmtpd's own replies
+    too, which the reference engine completes."""
+    for sink in sinks:
+        for reply in talk(sink.address, CONVERSATIONS[name]):
+            for line in reply.splitlines():
+                if line[:1] in "45":
+                    assert re.match(r"^[45]\d\d[ -][45]\.\d{1,3}\.\d{1,3}( |$)", line), (sink.address, line)
+
+
+def test_no_auth_offered_with_auth_off(sinks):
+    """--auth off (the default): neither engine offers AUTH in its EHLO reply, and both refuse AUTH alike."""
+    for sink in sinks:
+        replies = talk(sink.address, CONVERSATIONS["auth not offered"])
+        assert "AUTH" not in replies[1], replies[1]
+        assert replies[2].startswith("502 5.5.1"), replies[2]
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiosmtpd"])
+def test_idle_client_gets_421_before_the_close(tmp_path, engine):
+    """A client silent past --timeout is told so: 421 4.4.2, then the close (aiosmtpd alone closes silently)."""
+    policy = "[default]\nbounce = 0\n"
+    with (
+        running_sink("--engine", engine, "--timeout", "1", policy=policy, tmp=tmp_path) as sink,
+        socket.create_connection(sink.address, timeout=10) as sock,
+    ):
+        greeting = sock.recv(512)
+        rest = b""
+        while chunk := sock.recv(512):
+            rest += chunk
+    assert greeting.startswith(b"220")
+    assert rest.startswith(b"421 4.4.2"), rest
