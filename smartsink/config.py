@@ -113,7 +113,10 @@ class SinkConfig:
     http: tuple[str, int] | None = option(
         ("127.0.0.1", 8000),
         help="The admin listener HOST:PORT (/health, /metrics, /runs, the inject API); 'off' for none",
-        doc="the admin listener: `/health`, `/metrics`, `/api/inject/v1`, `/runs/<id>`; `off` for none",
+        doc=(
+            "the admin listener: `/health`, `/metrics`, `/api/inject/v1`, `/runs/<id>`, `/policy/overrides` "
+            "([policy.md](policy.md#behaviour-over-time-schedulename-and-policyoverrides)); `off` for none"
+        ),
         panel=LISTEN,
         metavar="HOST:PORT",
         parse=_admin,
