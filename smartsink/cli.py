@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import os
 import shutil
 import sys
@@ -19,7 +18,7 @@ import typer
 
 from mailload import options
 from mailload.cli import ExitStatus, event_loop_factory, fail, run_app, set_empty_in_environment
-from smartsink import __version__
+from smartsink import __version__, logs
 from smartsink.config import ConfigError, SinkConfig, build
 
 PROG = "smartsink"
@@ -105,11 +104,7 @@ def check_policy(path: str) -> int:
 
 def serve(config: SinkConfig) -> int:
     """Run the sink until SIGTERM/SIGINT. The metrics directory must exist before prometheus_client loads."""
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format)
     metrics_dir = None
     if config.workers > 1:
         # Workers count into files that any process sums for /metrics; one process keeps them in memory.

@@ -243,11 +243,18 @@ class SinkConfig:
     # Running
     log_level: str = option(
         "info",
-        help="debug, info, warning or error",
+        help="debug (each connection and transaction, at most 200 lines a second), info, warning or error",
         doc="debug, info, warning, error (to stderr)",
         panel=RUN,
         metavar="LEVEL",
         parse=_one_of("--log-level", LOG_LEVELS),
+    )
+    log_format: str = option(
+        "text",
+        help="text, or json (one object a line, for log pipelines)",
+        panel=RUN,
+        metavar="FORMAT",
+        parse=_one_of("--log-format", ("text", "json")),
     )
     max_recipients: int = 1000  # RCPTs per transaction before 452 (not an option)
 

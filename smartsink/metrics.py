@@ -79,6 +79,11 @@ OVERRIDES_ACTIVE = Gauge(
     "Windows of changed rules in force now (the policy's schedule and the admin API's overrides)",
     **_LIVE,  # type: ignore[arg-type]
 )
+TLS_HANDSHAKES = Counter("smartsink_tls_handshakes", "STARTTLS handshakes, by result (ok, failed)", ["result"])
+AUTHS = Counter("smartsink_auth", "AUTH attempts, by result (ok, failed)", ["result"])
+for _result in ("ok", "failed"):
+    TLS_HANDSHAKES.labels(_result)
+    AUTHS.labels(_result)
 DSNS = Counter("smartsink_dsns", "Failure DSNs (RFC 3464) received that return a trafficgen message")
 INJECTED = Counter("smartsink_injected_messages", "Messages received on the HTTP inject API")
 

@@ -18,7 +18,7 @@ import time
 from typing import NamedTuple
 
 from mailload import contract
-from smartsink import metrics, replies
+from smartsink import logs, metrics, replies
 from smartsink.config import SinkConfig
 from smartsink.ledger import Answered, RefusedAtRcpt, ReturnedInDsn
 from smartsink.limits import Limits
@@ -64,6 +64,7 @@ class SinkContext:
         self.set_policy(policy_in_force)
         self._queue_ids = itertools.count((os.getpid() << 20) if seed is None else worker << 24)
         self.welcome = Action(replies.banner(config.hostname), accepted=True)
+        self.tracing = logs.tracing()  # --log-level debug: each connection and transaction
 
     def set_policy(self, new: Policy) -> None:
         self.policy = new
@@ -145,6 +146,8 @@ class Responder:
             return _answer(fallback.TOO_MANY_CONNECTIONS)
         self.active = True
         metrics.CONNECTIONS_ACTIVE.inc()
+        if self.ctx.tracing:
+            logs.trace("connection from %s", self.client, event="connection", client=self.client)
         if listener.banner_delay is not None:
             await asyncio.sleep(policy.sample_latency(listener.banner_delay, self.ctx.rng))
         return self.ctx.welcome
@@ -156,6 +159,9 @@ class Responder:
             self.active = False
             self.ctx.limits.close_connection(self.scope)
             metrics.CONNECTIONS_ACTIVE.dec()
+            if self.ctx.tracing:
+                logs.trace("%s closed after %d messages", self.client, self.completed, event="closed",
+                           client=self.client, recipients=self.completed)  # fmt: skip
 
     # --- transaction ----------------------------------------------------------------------------------
 
@@ -237,7 +243,31 @@ class Responder:
         reply = policy.personal(reply, self.client, address)
         self._count(rules, reply.outcome)
         self._note_deferral(rules, reply)
+        if self.ctx.tracing:
+            self._trace("rcpt", rules.name, reply.outcome, reply)
         return _answer(reply)
+
+    def _trace(self, event: str, domain: str, outcome: Outcome, reply: Reply | None, size: int = 0) -> None:
+        said = f"{reply.code} {reply.text.splitlines()[0] if reply.text else ''}" if reply else "250 queued"
+        logs.trace(
+            "%s %s from %s to %s (%s, %d recipients): %s %s",
+            event,
+            outcome.label,
+            self.client,
+            domain,
+            self.sender or "<>",
+            len(self.recipients),
+            said,
+            f"{size} bytes" if size else "",
+            event=event,
+            client=self.client,
+            domain=domain,
+            sender=self.sender,
+            recipients=len(self.recipients),
+            size=size,
+            outcome=outcome.label,
+            reply=said,
+        )
 
     def _note_deferral(self, rules: DomainRules, reply: Reply | None) -> None:
         if rules.escalate is not None and reply is not None and reply.outcome is Outcome.TEMPFAILED:
@@ -312,6 +342,8 @@ class Responder:
         outcome = Outcome.ACCEPTED if verdict is None else verdict.outcome
         for recipient in recipients:
             self._count(recipient.rules, outcome)
+        if ctx.tracing:
+            self._trace("message", first.name, outcome, verdict, size)
         self._record(head, outcome)
         self.completed += 1
         self.reset()

@@ -111,7 +111,8 @@ def announce(config: SinkConfig, smtp: tuple[str, int], http: tuple[str, int] | 
     workers = f"{config.workers} worker{'s' if config.workers > 1 else ''}"
     print(
         f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}), {admin_part}, "
-        f"policy {store.path} ({len(store.policy.domains)} domains)",
+        f"policy {store.path} ({len(store.policy.domains)} domains), "
+        f"STARTTLS {'on' if config.tls else 'off'}, AUTH {config.auth}",
         file=sys.stderr,
         flush=True,
     )

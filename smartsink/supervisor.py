@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from mailload.cli import ExitStatus, event_loop_factory
-from smartsink import admin, metrics
+from smartsink import admin, logs, metrics
 from smartsink.config import SinkConfig
 from smartsink.ledger import RunLedger
 from smartsink.limits.local import LocalLimits
@@ -235,11 +235,7 @@ class Supervisor:
 def worker_main(config: SinkConfig, index: int, coordinator_path: str, policy: Policy) -> None:
     """A worker process: serve SMTP on the shared port until SIGTERM or until the supervisor goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group; the supervisor decides
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format, worker=index)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_serve_worker(config, index, coordinator_path, policy))

@@ -354,11 +354,12 @@ class FastConnection(asyncio.BufferedProtocol):
             transport = await self.loop.start_tls(self.transport, self, context, server_side=True)
         except (OSError, ssl.SSLError, ConnectionError) as e:
             log.info("TLS handshake failed: %s", e)
-            self.closing = True
-            return False
+            transport = None
         if transport is None:
+            metrics.child(metrics.TLS_HANDSHAKES, "failed").inc()
             self.closing = True
             return False
+        metrics.child(metrics.TLS_HANDSHAKES, "ok").inc()
         self.transport = transport
         self.tls_active = True
         return True
@@ -534,6 +535,7 @@ class Conversation:
         result = await self._auth(arg)
         if result is None:
             return False
+        metrics.child(metrics.AUTHS, "ok" if result else "failed").inc()
         self.auth_done = self.authenticated = result or self.authenticated
         return True
 

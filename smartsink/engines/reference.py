@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope
 from aiosmtpd.smtp import Session as AioSession
 
 from mailload import contract
-from smartsink import replies
+from smartsink import metrics, replies
 from smartsink.responder import Action, Responder, SinkContext
 
 
@@ -81,6 +81,7 @@ class SinkHandler:
 
 
 def _any_credentials(server: SMTP, session: AioSession, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+    metrics.child(metrics.AUTHS, "ok").inc()
     return AuthResult(success=True)
 
 
