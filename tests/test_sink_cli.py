@@ -182,7 +182,8 @@ class TestCheck:
         assert result.stderr.splitlines() == [
             f"smartsink: error: {path}:2: [default] bounce: must be from 0 to 100, got 120",
             f'smartsink: error: {path}:5: [domain."gmail.com"] defr: unknown key (known: bounce, defer, '
-            "disconnect, greylist, latency, max_concurrency, max_messages_per_connection, rate, reject_at)",
+            "disconnect, escalate, greylist, latency, max_concurrency, max_message_size, max_messages_per_connection, "
+            "per, rate, reject_at, require_headers, require_tls, unknown)",
         ]
         assert result.stdout == ""
 
