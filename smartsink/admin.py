@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from mailload import contract
+from smartsink import inject as inject_api
 from smartsink import metrics
 from smartsink.ledger import Answered, RunLedger
 from smartsink.overrides import OverrideKeeper
@@ -63,33 +64,17 @@ def make_app(source: AdminSource) -> web.Application:
 
     async def inject(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return _bad("the body is not JSON")
-        problem = _check_inject(body)
-        if problem:
-            return _bad(problem)
+            injected = await _read_inject(request)
+        except inject_api.Refusal as e:
+            return web.Response(status=e.status, text=e.text)
         peer = request.remote or "http"
-        content = body["content"]
-        raw = (content if isinstance(content, str) else json.dumps(content)).encode("utf-8", "replace")
-        sender = body["envelope_sender"]
+        raw = injected.content.encode("utf-8", "replace")
         results = await asyncio.gather(
-            *(_inject_one(source.ctx, peer, sender, r["email"], len(raw)) for r in body["recipients"])
+            *(_inject_one(source.ctx, peer, injected.sender, email, len(raw)) for email in injected.recipients)
         )
         metrics.INJECTED.inc(len(results))
-        trace = contract.trace_of(raw[: contract.HEAD_BYTES])
-        if trace is not None:  # one message to several recipients: delivered if any of them took it
-            outcomes = [Outcome.ACCEPTED if err is None else Outcome.of_code(int(err[:3])) for err in results]
-            outcome = min(outcomes)
-            transit = None
-            if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
-                transit = int(time.time() * 1000) - trace.sent_ms
-            domain = body["recipients"][0]["email"].rpartition("@")[2].lower()
-            domain = strip_suffix(domain, source.ctx.suffixes)
-            source.ctx.limits.report(Answered(trace.run_id, trace.seq, int(outcome), domain, transit, ""))
-        failed = [
-            (email, err) for email, err in zip((r["email"] for r in body["recipients"]), results, strict=True) if err
-        ]
+        _record_trace(source.ctx, raw, injected.recipients, results)
+        failed = [(email, err) for email, err in zip(injected.recipients, results, strict=True) if err]
         return web.json_response(
             {
                 "success_count": len(results) - len(failed),
@@ -185,24 +170,36 @@ def _bad(message: str) -> web.Response:
     return web.json_response({"error": message}, status=400)
 
 
-def _check_inject(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "the body must be a JSON object"
-    if not isinstance(body.get("envelope_sender"), str):
-        return "envelope_sender must be a string"
-    if not isinstance(body.get("content"), str | dict):
-        return "content must be a string (the message) or an object"
-    recipients = body.get("recipients")
-    if not isinstance(recipients, list) or not recipients:
-        return 'recipients must be a non-empty list of {"email": ...}'
-    for r in recipients:
-        if not isinstance(r, dict) or not isinstance(r.get("email"), str) or "@" not in r["email"]:
-            return "each recipient must be an object with an email address"
-    return None
+async def _read_inject(request: web.Request) -> inject_api.Request:
+    """The request as kumod reads it, or its Refusal (415, 400, 422 or 500, with kumod's text)."""
+    inject_api.check_content_type(request.headers.get("Content-Type"))
+    text = await request.text()
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        raise inject_api.Refusal(400, f"Failed to parse the request body as JSON: {e}") from None
+    return inject_api.read(body)
+
+
+def _record_trace(ctx: SinkContext, raw: bytes, recipients: tuple[str, ...], results: list[str | None]) -> None:
+    """One message to several recipients: delivered if any of them took it."""
+    trace = contract.trace_of(raw[: contract.HEAD_BYTES])
+    taken = [err for email, err in zip(recipients, results, strict=True) if inject_api.recipient_problem(email) is None]
+    if trace is None or not taken:
+        return
+    outcome = min(Outcome.ACCEPTED if err is None else Outcome.of_code(int(err[:3])) for err in taken)
+    transit = None
+    if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
+        transit = int(time.time() * 1000) - trace.sent_ms
+    domain = strip_suffix(recipients[0].rpartition("@")[2].lower(), ctx.suffixes)
+    ctx.limits.report(Answered(trace.run_id, trace.seq, int(outcome), domain, transit, ""))
 
 
 async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int) -> str | None:
     """The policy's answer for one injected recipient: None when accepted, else the reply as text."""
+    problem = inject_api.recipient_problem(email)
+    if problem is not None:
+        return problem
     responder = Responder(ctx, peer)
     responder.mail(sender)
     try:
