@@ -14,13 +14,20 @@ _SIZE_UNITS = {
     "b": 1,
     "k": 1000,
     "kb": 1000,
+    "ki": 1024,
     "kib": 1024,
     "m": 1000**2,
     "mb": 1000**2,
+    "mi": 1024**2,
     "mib": 1024**2,
     "g": 1000**3,
     "gb": 1000**3,
+    "gi": 1024**3,
     "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ti": 1024**4,
+    "tib": 1024**4,
 }
 _DURATION_UNITS = {
     "": 1.0,
@@ -63,7 +70,9 @@ def parse_size(text: str | int) -> int:
         return text
     number, unit = _split(text, "size")
     if unit not in _SIZE_UNITS:
-        raise ValueError(f"size {text!r} has an unknown unit {unit!r} (use b, kb, KiB, mb, MiB, gb, GiB)")
+        raise ValueError(
+            f"size {text!r} has an unknown unit {unit!r} (use b, kb, KiB or Ki, mb, MiB, gb, GiB, tb, TiB)"
+        )
     return int(number * _SIZE_UNITS[unit])
 
 
@@ -108,11 +117,17 @@ class RateSpec:
         return self.count / self.per
 
 
+_PERIOD = re.compile(r"^([0-9]+(?:\.[0-9]+)?)?\s*([a-z]+)$")
+
+
 def parse_rate(text: str, allow_burst: bool = False) -> RateSpec:
-    """A rate "300/s", "6000/m", "1,000/hr", optionally followed by ",max_burst=N"."""
+    """A rate "300/s", "6000/m", "1,000/hr", "100/5m", "10/2s", optionally "local:" in front (KumoMTA's mark of a
+    throttle kept in one process) and ",max_burst=N" after."""
     if not isinstance(text, str):
         raise ValueError(f'rate {text!r} is not a string like "600/min"')
     body, burst = text.strip(), None
+    if body.lower().startswith("local:"):
+        body = body[len("local:") :].strip()
     m = re.search(r",\s*max_burst\s*=\s*(\S+)\s*$", body)
     if m:
         if not allow_burst:
@@ -133,12 +148,15 @@ def parse_rate(text: str, allow_burst: bool = False) -> RateSpec:
         raise ValueError(f"rate {text!r}: {count_text.strip()!r} is not a number") from None
     if not math.isfinite(count):
         raise ValueError(f"rate {text!r}: {count_text.strip()!r} is not a finite number")
-    unit = unit.strip().lower()
-    if unit not in _RATE_UNITS:
-        raise ValueError(f"rate {text!r} has an unknown unit {unit!r} (use s, m/min, h/hr or d)")
+    period = _PERIOD.match(unit.strip().lower())
+    if period is None or period.group(2) not in _RATE_UNITS:
+        raise ValueError(f"rate {text!r} has an unknown unit {unit.strip()!r} (use s, m/min, h/hr or d, like 100/5m)")
+    multiple = float(period.group(1)) if period.group(1) else 1.0
+    if multiple <= 0:
+        raise ValueError(f"rate {text!r}: the period must be more than zero")
     if count <= 0:
         raise ValueError(f"rate {text!r} must be more than zero")
-    return RateSpec(count, _RATE_UNITS[unit], burst)
+    return RateSpec(count, multiple * _RATE_UNITS[period.group(2)], burst)
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:

@@ -20,7 +20,12 @@ DEFAULT_LISTEN = "127.0.0.1:2026"
 DEFAULT_HTTP = "127.0.0.1:8000"
 DEFAULT_POLICY = "policy/responses.toml"
 DEFAULT_SUFFIX = contract.DEFAULT_SUFFIX
+# KumoMTA traffic-gen's default suffix: a public name whose MX is loopback. Stripped too, so its users' runs get
+# the providers' rules without a flag.
+KUMO_SUFFIX = "mx-sink.wezfurlong.org"
 DEFAULT_MAX_MESSAGE_SIZE = "50MB"
+# The largest size the sink advertises: the reference engine holds a message in memory, and no provider takes more.
+MAX_MESSAGE_SIZE = 1024**3
 AUTH_MODES = ("off", "any", "required")
 ENGINES = ("fast", "aiosmtpd")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -69,6 +74,8 @@ def _size(text: str) -> int:
         raise ConfigError(str(e)) from None
     if size < 1024:
         raise ConfigError(f"--max-message-size {text!r} is below 1 KiB")
+    if size > MAX_MESSAGE_SIZE:
+        raise ConfigError(f"--max-message-size {text!r} is larger than the sink's bound of 1 GiB")
     return size
 
 
@@ -144,7 +151,7 @@ class SinkConfig:
         shown_default="./policy/responses.toml, else the copy inside the package",
     )
     domain_suffixes: tuple[str, ...] = option(
-        (DEFAULT_SUFFIX,),
+        (DEFAULT_SUFFIX, KUMO_SUFFIX),
         help="Suffixes stripped from recipient domains before the policy lookup, comma-separated; '' for none",
         doc=(
             "stripped from recipient domains before the policy lookup, so `user@gmail.com.sink.test` gets "
@@ -154,7 +161,7 @@ class SinkConfig:
         metavar="SUFFIX[,SUFFIX]",
         flags=("--domain-suffix",),
         parse=_suffixes,
-        shown_default=DEFAULT_SUFFIX,
+        shown_default=f"{DEFAULT_SUFFIX},{KUMO_SUFFIX}",
     )
     seed: int | None = option(
         None,

@@ -104,13 +104,15 @@ def start_sink(
     cwd: Path | None = None,
     prefix: list[str] | None = None,
     free_ports: bool = True,
+    command: list[str] | None = None,
 ) -> SinkProcess:
     """Start smartsink with these arguments and wait until it is ready.
 
     With `free_ports`, --listen and --http on port 0 are added unless given; without, the sink is configured
     by `env` and args alone, and the test run's own SMARTSINK_* variables are not passed on.
-    `prefix` runs it under another command (`ip netns exec NAME`)."""
-    argv = [*(prefix or []), sys.executable, "-m", "smartsink"]
+    `prefix` runs it under another command (`ip netns exec NAME`); `command` starts it another way (the
+    container's entry point script)."""
+    argv = [*(prefix or []), *(command or [sys.executable, "-m", "smartsink"])]
     if free_ports and not any(a.startswith("--listen") for a in args):
         argv += ["--listen", "127.0.0.1:0"]
     if free_ports and not any(a.startswith("--http") for a in args):

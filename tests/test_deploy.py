@@ -5,15 +5,21 @@ check match the real CLI and endpoints (run for real against a sink)."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
+import smtplib
+import socket
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, running_sink
+from conftest import ACCEPT_ALL as ACCEPT_ALL_POLICY
+from conftest import ROOT, running_sink, start_sink
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -29,6 +35,15 @@ def dockerfile() -> list[tuple[str, str]]:
             instruction, _, rest = line.partition(" ")
             out.append((instruction.upper(), rest.strip()))
     return out
+
+
+def copy_sources(args: str) -> list[str]:
+    """The sources of a COPY's arguments, its --flags left out."""
+    *sources, _destination = [a for a in shlex.split(args) if not a.startswith("--")]
+    return sources
+
+
+ENTRYPOINT = ROOT / "docker" / "smartsink-entrypoint.sh"
 
 
 def ignored(path: str) -> bool:
@@ -86,17 +101,13 @@ class TestDockerfile:
         for instruction, args in dockerfile():
             if instruction != "COPY" or args.startswith("--from"):
                 continue
-            *sources, _destination = shlex.split(args)
-            for source in sources:
+            for source in copy_sources(args):
                 assert (ROOT / source).exists(), f"COPY {source}: not in the build context"
                 assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
 
     def test_package_files_are_all_copied(self):
         """The wheel build gets every package pyproject.toml names."""
-        copied = {shlex.split(a)[0] for i, a in dockerfile() if i == "COPY" and not a.startswith("--from")}
-        copied |= {
-            s for i, a in dockerfile() if i == "COPY" and not a.startswith("--from") for s in shlex.split(a)[:-1]
-        }
+        copied = {s for i, a in dockerfile() if i == "COPY" and not a.startswith("--from") for s in copy_sources(a)}
         for needed in (
             "pyproject.toml",
             "README.md",
@@ -117,7 +128,9 @@ class TestDockerfile:
         assert "SMARTSINK_HTTP=0.0.0.0:8000" in env
         assert "SMARTSINK_POLICY=/etc/smartsink/responses.toml" in env
         assert next(a for i, a in instructions if i == "EXPOSE").split() == ["25", "8000"]
-        assert [a for i, a in instructions if i == "ENTRYPOINT"] == ['["smartsink"]']
+        assert [a for i, a in instructions if i == "ENTRYPOINT"] == ['["smartsink-entrypoint"]']
+        copies = [a for i, a in instructions if i == "COPY" and "smartsink-entrypoint" in a]
+        assert copies == ["--chmod=0755 docker/smartsink-entrypoint.sh /usr/local/bin/smartsink-entrypoint"]
 
     def test_healthcheck_passes_against_a_real_sink(self, tmp_path):
         """The HEALTHCHECK command, run as the image would, succeeds against a running sink and fails without one."""
@@ -153,6 +166,82 @@ class TestDockerfile:
             assert health["policy"]["path"] == str(policy_dir / "responses.toml")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def image_env(**extra: str) -> dict[str, str]:
+    """The image's ENV over this environment, the venv's commands first on PATH (where the image has them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMARTSINK_", "SINK_"))}
+    for _, args in [x for x in dockerfile() if x[0] == "ENV"]:
+        for assignment in shlex.split(args):
+            name, _, value = assignment.partition("=")
+            env[name] = value
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+class TestKumoVariables:
+    """KumoMTA's smart-sink image is configured with SINK_PORT, SINK_HTTP and SINK_DATA; ours takes them too."""
+
+    def test_sink_variables_configure_the_sink(self, tmp_path):
+        smtp_port, http_port = free_port(), free_port()
+        policy = tmp_path / "data.toml"
+        policy.write_text(ACCEPT_ALL_POLICY)
+        env = image_env(SINK_PORT=str(smtp_port), SINK_HTTP=str(http_port), SINK_DATA=str(policy))
+        sink = start_sink(env=env, free_ports=False, command=["/bin/sh", str(ENTRYPOINT)])
+        try:
+            assert (sink.port, sink.http) == (smtp_port, f"0.0.0.0:{http_port}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=5) as response:
+                health = json.load(response)
+            assert health["policy"]["path"] == str(policy)
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+                assert client.sendmail("a@example.test", ["user@gmail.com.sink.test"], b"Subject: x\r\n\r\nx") == {}
+            # the health check finds the sink by SINK_HTTP, whatever SMARTSINK_HTTP says
+            args = next(a for i, a in dockerfile() if i == "HEALTHCHECK")
+            command = yaml.safe_load(re.search(r"CMD (\[.*\])$", args).group(1))  # type: ignore[union-attr]
+            command[0] = sys.executable
+            check = subprocess.run(command, env={**env, "SMARTSINK_HTTP": "0.0.0.0:1"}, capture_output=True)
+            assert check.returncode == 0, check.stderr
+        finally:
+            sink.stop()
+
+    def test_image_defaults_hold_without_them(self, tmp_path):
+        """Unset, the image's SMARTSINK_* apply: the entry point changes nothing."""
+        env = image_env(SMARTSINK_LISTEN="127.0.0.1:0", SMARTSINK_HTTP="127.0.0.1:0")
+        env["SMARTSINK_POLICY"] = str(ROOT / "policy" / "responses.toml")
+        sink = start_sink(env=env, free_ports=False, command=["/bin/sh", str(ENTRYPOINT)])
+        try:
+            assert sink.host == "127.0.0.1"
+            assert sink.health()["policy"]["path"] == str(ROOT / "policy" / "responses.toml")
+        finally:
+            sink.stop()
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [("SINK_PORT", "smtp"), ("SINK_PORT", ""), ("SINK_HTTP", "70000"), ("SINK_HTTP", "0"), ("SINK_PORT", "-1")],
+    )
+    def test_a_bad_port_is_one_line(self, name, value):
+        result = subprocess.run(
+            ["/bin/sh", str(ENTRYPOINT)], env=image_env(**{name: value}), capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            f"smartsink: {name}={value} is not a port number" + (" (1-65535)" if value.isdigit() else "")
+        ]
+
+    def test_arguments_reach_smartsink(self):
+        """The container's command line is smartsink's: `docker run IMAGE --version` prints the version."""
+        result = subprocess.run(
+            ["/bin/sh", str(ENTRYPOINT), "--version"], env=image_env(), capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("smartsink ")
+
+
 @pytest.mark.slow
 def test_build_stage_makes_a_complete_wheel(tmp_path):
     """The build stage, replayed: only what the Dockerfile copies, then `pip wheel .`; the wheel has both
@@ -162,10 +251,11 @@ def test_build_stage_makes_a_complete_wheel(tmp_path):
 
     context = tmp_path / "src"
     context.mkdir()
-    for instruction, args in dockerfile():
-        if instruction == "COPY" and not args.startswith("--from") and "/etc/" not in args:
-            *sources, _ = shlex.split(args)
-            for source in sources:
+    instructions = dockerfile()
+    second_from = [n for n, (instruction, _) in enumerate(instructions) if instruction == "FROM"][1]
+    for instruction, args in instructions[:second_from]:  # the build stage
+        if instruction == "COPY":
+            for source in copy_sources(args):
                 src = ROOT / source
                 if src.is_dir():
                     shutil.copytree(src, context / source, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))

@@ -339,7 +339,9 @@ class RunConfig:
         help="One rate for the whole run, all connections and processes: 300/s, 6000/m, 1,000/hr[,max_burst=N]",
         doc=(
             "one rate for the whole run, all connections and processes: `300/s`, `6000/m`, `1,000/hr`, "
-            "`50/min,max_burst=10`. Open loop: see [performance.md](performance.md#latency-that-does-not-lie). "
+            "`50/min,max_burst=10`, and KumoMTA's spellings `100/5m`, `10/2s`, `100/30sec`, `local:100/s` (one "
+            "run is one schedule, so `local:` changes nothing). Open loop: see "
+            "[performance.md](performance.md#latency-that-does-not-lie). "
             "When the run achieves less than 98% of it, the live view, the summary and the report (`schedule`) "
             "say so, with the messages that fell due and were never sent"
         ),

@@ -76,19 +76,21 @@ def scope(client: str, per: str) -> str:
 def forced(rules: DomainRules, local: str, rng: random.Random) -> Reply | bool | None:
     """The answer a special user part asks for, True for a forced accept, or None when it asks nothing.
 
-    `250-...` is accepted whatever the percentages say; `450-...` gets "450 you said <user>";
-    a user part holding `permfail` gets a permanent failure from this domain's bounce list, one holding
-    `tempfail` a temporary failure from its defer list (KumoMTA documents this but answers fixed texts).
+    Checked in KumoMTA's order, so a user part that asks two things gets what KumoMTA's sink would give it:
+    one holding `tempfail` gets a temporary failure from this domain's defer list, one holding `permfail` a
+    permanent failure from its bounce list (KumoMTA documents this but answers fixed texts); `450-...` gets
+    "450 you said <user>"; `250-...` is accepted whatever the percentages say. Unlike KumoMTA, case is ignored:
+    MTAs and people write `TempFail@` too, and providers treat user parts without case.
     """
     lowered = local.lower()
-    if lowered.startswith("250-"):
-        return True
-    if lowered.startswith("450-"):
-        return Reply(450, f"you said {local}")
-    if "permfail" in lowered:
-        return pick(tuple(r for r in rules.bounces if r.code >= 500) or fallback.BOUNCES, rng)
     if "tempfail" in lowered:
         return pick(tuple(r for r in rules.defers if 400 <= r.code < 500) or fallback.DEFERS, rng)
+    if "permfail" in lowered:
+        return pick(tuple(r for r in rules.bounces if r.code >= 500) or fallback.BOUNCES, rng)
+    if lowered.startswith("450-"):
+        return Reply(450, f"you said {local}")
+    if lowered.startswith("250-"):
+        return True
     return None
 
 
@@ -109,9 +111,9 @@ def roll(rules: DomainRules, rng: random.Random) -> Reply | None:
 
 
 def asks(local: str) -> bool:
-    """The user part asks for its answer (250-, 450-, tempfail, permfail): no roll applies to it."""
+    """The user part asks for its answer (tempfail, permfail, 450-, 250-): no roll applies to it."""
     lowered = local.lower()
-    return lowered.startswith(("250-", "450-")) or "permfail" in lowered or "tempfail" in lowered
+    return "tempfail" in lowered or "permfail" in lowered or lowered.startswith(("450-", "250-"))
 
 
 def unknown_user(rules: DomainRules, local: str, rng: random.Random) -> Reply | None:

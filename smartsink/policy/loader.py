@@ -194,6 +194,8 @@ def _size(value: Any) -> int:
         raise _Bad(str(e)) from None
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise _Bad(f'must be a size like "10MB" or a number of bytes, got {value!r}')
+    if size > 1024**3:
+        raise _Bad(f"{value!r} is larger than the sink's bound of 1 GiB")
     return size
 
 
