@@ -64,9 +64,15 @@ def make_app(source: AdminSource) -> web.Application:
 
     async def inject(request: web.Request) -> web.Response:
         try:
+            credentials = inject_api.basic_credentials(request.headers.get("Authorization"), source.ctx.config.auth)
             injected = await _read_inject(request)
         except inject_api.Refusal as e:
+            if e.status == 401:
+                metrics.child(metrics.AUTHS, "failed").inc()
+                return web.Response(status=401, text=e.text, headers={"WWW-Authenticate": 'Basic realm="smartsink"'})
             return web.Response(status=e.status, text=e.text)
+        if credentials is not None:
+            metrics.child(metrics.AUTHS, "ok").inc()
         peer = request.remote or "http"
         raw = injected.content.encode("utf-8", "replace")
         results = await asyncio.gather(

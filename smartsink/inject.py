@@ -9,6 +9,8 @@ results otherwise: a bad recipient fails alone, and no recipient at all is 200 w
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,30 @@ def shape_error(message: str) -> Refusal:
 
 def app_error(message: str) -> Refusal:
     return Refusal(500, f"Error: {message}")
+
+
+def basic_credentials(header: str | None, auth: str) -> tuple[str, str] | None:
+    """The (user, password) of an `Authorization: Basic` header, checked as the sink checks SMTP AUTH.
+
+    With `--auth off` the header is not read (None); with `any` credentials are optional and any are good; with
+    `required` a request without them is refused 401, as kumod refuses one its `http_server_validate_auth_basic`
+    does not pass. A header that is not well-formed Basic is a 401 whatever the mode."""
+    if auth == "off":
+        return None
+    if not header:
+        if auth == "required":
+            raise Refusal(401, "Unauthorized: this sink requires HTTP basic authentication (--auth required)")
+        return None
+    scheme, _, token = header.partition(" ")
+    try:
+        if scheme.lower() != "basic":
+            raise ValueError(scheme)
+        user, colon, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+        if not colon:
+            raise ValueError("no colon")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Refusal(401, "Unauthorized: the Authorization header is not HTTP basic credentials") from None
+    return user, password
 
 
 def check_content_type(value: str | None) -> None:

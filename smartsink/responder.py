@@ -52,6 +52,16 @@ class Action(NamedTuple):
 DROP = Action(None, True)
 
 
+async def hold(delay: float) -> None:
+    """Wait at least `delay` seconds. uvloop's timers have millisecond resolution and may fire up to a millisecond
+    early; a policy's `latency = "300ms"` must never answer in 299.5."""
+    deadline = time.monotonic() + delay
+    await asyncio.sleep(delay)
+    left = deadline - time.monotonic()
+    if left > 0:  # once is enough: the second timer is due a millisecond later than the first fell short
+        await asyncio.sleep(left + 0.001)
+
+
 class SinkContext:
     """What all sessions of one worker share: config, the policy in force, limits, the random source."""
 
@@ -149,7 +159,7 @@ class Responder:
         if self.ctx.tracing:
             logs.trace("connection from %s", self.client, event="connection", client=self.client)
         if listener.banner_delay is not None:
-            await asyncio.sleep(policy.sample_latency(listener.banner_delay, self.ctx.rng))
+            await hold(policy.sample_latency(listener.banner_delay, self.ctx.rng))
         return self.ctx.welcome
 
     def closed(self) -> None:
@@ -338,7 +348,7 @@ class Responder:
         if first.latency is not None and not too_big and not self.exempt:
             delay = policy.sample_latency(first.latency, ctx.rng)
             metrics.child(metrics.REPLY_DELAY, first.name).observe(delay)
-            await asyncio.sleep(delay)
+            await hold(delay)
         outcome = Outcome.ACCEPTED if verdict is None else verdict.outcome
         for recipient in recipients:
             self._count(recipient.rules, outcome)

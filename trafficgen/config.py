@@ -24,6 +24,7 @@ from mailload.options import HIDDEN, OptionError, option, report, values
 from mailload.units import RateSpec
 
 DEFAULT_TARGET = "127.0.0.1:2025"
+DEFAULT_HTTP_TARGET = "http://127.0.0.1:8000"  # KumoMTA's traffic-gen's, with --http
 DEFAULT_DOMAINS = ("aol.com", "gmail.com", "hotmail.com", "yahoo.com")
 DEFAULT_SUFFIX = contract.DEFAULT_SUFFIX
 DEFAULT_DURATION = 60.0
@@ -242,9 +243,13 @@ class RunConfig:
     target: str = option(
         DEFAULT_TARGET,
         help="Where to send: HOST:PORT, [IPv6]:PORT (with --http, the MTA's URL)",
-        doc="where to send (an MTA under test, or a sink); `[v6]:PORT` for IPv6",
+        doc=(
+            "where to send (an MTA under test, or a sink); `[v6]:PORT` for IPv6; with `--http`, the MTA's URL "
+            f"(default `{DEFAULT_HTTP_TARGET}`, as KumoMTA's traffic-gen)"
+        ),
         panel=TARGET,
         metavar="HOST:PORT",
+        shown_default=f"{DEFAULT_TARGET}; with --http, {DEFAULT_HTTP_TARGET}",
     )
     domains: tuple[DomainWeight, ...] = option(
         tuple(DomainWeight(d, 1.0) for d in DEFAULT_DOMAINS),
@@ -453,8 +458,11 @@ class RunConfig:
     )
     auth_user: str | None = option(
         None,
-        help="AUTH PLAIN/LOGIN user",
-        doc="AUTH PLAIN, or LOGIN when PLAIN is not offered; a refused login is an error",
+        help="AUTH PLAIN/LOGIN user (with --http, HTTP basic authentication)",
+        doc=(
+            "AUTH PLAIN, or LOGIN when PLAIN is not offered; a refused login is an error. With `--http`, the "
+            "user of HTTP basic authentication (KumoMTA's `http_server_validate_auth_basic`)"
+        ),
         panel=SMTP,
         metavar="USER",
     )
@@ -576,8 +584,12 @@ class RunConfig:
     )
     http_batch_size: int = option(
         1,
-        help="Recipients per injected message (with --http)",
-        doc="with `--http`: recipients per injected message (one request each)",
+        help="Recipients per injected message, one request each (with --http)",
+        doc=(
+            "with `--http`: recipients per injected message, one request each. It counts recipients, as "
+            "KumoMTA's traffic-gen does: `--message-count` counts requests (messages), so `--message-count 100 "
+            "--http-batch-size 10` injects 100 requests for 1,000 recipients, and the report counts both"
+        ),
         panel=HTTP,
         metavar="N",
         given_as=int,
@@ -678,7 +690,6 @@ def _check_http(fields: dict[str, Any]) -> None:
         raise ConfigError("with --http, --http-batch-size sets the recipients of each message")
     for name, flag in (
         ("starttls", "--starttls"),
-        ("auth_user", "--auth-user"),
         ("source_address", "--source-address"),
     ):
         if fields.get(name):
@@ -734,6 +745,8 @@ CHECKS = (_resolve_target, _check_http, _check_counts, _check_times, _check_auth
 def build(**given: Any) -> RunConfig:
     """Validate options as a user writes them (by field name; None or absent: the default); ConfigError names
     the first bad one."""
+    if given.get("http") and not given.get("target"):
+        given = {**given, "target": DEFAULT_HTTP_TARGET}
     try:
         fields = values(RunConfig, given)
     except OptionError as e:

@@ -1,7 +1,8 @@
 """Submitting through KumoMTA's HTTP injection API (`--http`): `POST {target}/api/inject/v1`.
 
 One generated message goes in one request, to --http-batch-size recipients (the recipients of the message),
-with the body KumoMTA documents: {"envelope_sender", "content", "recipients": [{"email"}]}. The answer's
+as written (not dot-stuffed), with HTTP basic authentication when --auth-user is given, and the body KumoMTA
+documents: {"envelope_sender", "content", "recipients": [{"email"}]}. The answer's
 `failed_recipients` and `errors` give each recipient's outcome; a reply code at the start of an error
 ("550 5.1.1 ...", as smartsink writes them) decides temporary or permanent, otherwise the refusal is
 permanent. An HTTP 429 or 503 is a temporary refusal of the whole request; any other failure is an error.
@@ -37,6 +38,7 @@ class HttpSession:
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=config.timeout)
         self.extra = {"deferred_spool": config.http_defer_spool, "deferred_generation": config.http_defer_generation}
+        self.auth = aiohttp.BasicAuth(config.auth_user, config.auth_password or "") if config.auth_user else None
 
     async def quit(self) -> None:
         """Nothing to close: the pool belongs to the run."""
@@ -46,12 +48,12 @@ class HttpSession:
         count = len(message.recipients)
         body = {
             "envelope_sender": message.sender,
-            "content": b"".join(message.content).decode("utf-8", "replace"),
+            "content": undot(b"".join(message.content)).decode("utf-8", "replace"),
             "recipients": [{"email": r} for r in message.recipients],
             **{k: v for k, v in self.extra.items() if v},
         }
         try:
-            async with self.client.post(self.url, json=body, timeout=self.timeout) as response:
+            async with self.client.post(self.url, json=body, timeout=self.timeout, auth=self.auth) as response:
                 status = response.status
                 text = await response.text()
                 answer = await response.json(content_type=None) if status == 200 else None
@@ -69,6 +71,14 @@ class HttpSession:
         if status != 200 or not isinstance(answer, dict):
             return Outcome.error(f"http: HTTP {status}: {text[:200]}", count, started, end)
         return outcome_of(answer, message, started, end)
+
+
+def undot(content: bytes) -> bytes:
+    """The content as written: messages are kept dot-stuffed for SMTP (RFC 5321 4.5.2), and the inject API takes
+    content as it is."""
+    if content.startswith(b".."):
+        content = content[1:]
+    return content.replace(b"\r\n..", b"\r\n.")
 
 
 def outcome_of(answer: dict[str, Any], message: Message, started: float, end: float) -> Outcome:

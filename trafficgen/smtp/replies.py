@@ -29,6 +29,12 @@ class Reply(NamedTuple):
     def one_line(self) -> str:
         return " ".join(self.text.split("\n"))
 
+    @property
+    def too_many_recipients(self) -> bool:
+        """451 4.5.3: this connection takes no more recipients (KumoMTA's answer once a connection's
+        batch is full); KumoMTA's traffic-gen reconnects on it, and so does trafficgen."""
+        return self.code == 451 and self.text.startswith("4.5.3")
+
 
 class ReplyParser:
     """Feed it bytes as they arrive; it returns the replies completed by them."""

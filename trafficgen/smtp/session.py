@@ -124,6 +124,8 @@ class Session:
         self.extensions: dict[str, str] = {}
         self.needs_rset = False
         self.rset_sent = False
+        self.too_many = False  # a reply of this transaction said 451 4.5.3: reconnect after it
+        self.content_sent = False  # this transaction got as far as sending its content
         self._ahead: Message | None = None  # its envelope is on the wire, behind the previous message's content
         self._ahead_sent = 0.0
         self.last_end = 0.0
@@ -241,9 +243,12 @@ class Session:
         start a group). That halves the writes and reads of a busy connection on both sides.
         """
         count = len(message.recipients)
+        self.content_sent = False
+        written = 0.0  # when this message's envelope went out, if it went out ahead of it
         if message is self._ahead:
             # Its envelope left with the previous message's content; the server starts on it once it has
             # answered that one.
+            written = self._ahead_sent
             started = max(self._ahead_sent, self.last_end)
             self._ahead = None
         else:
@@ -256,10 +261,22 @@ class Session:
                     return Outcome.error(f"{e.kind}: {e.message}", count, started, monotonic())
         try:
             if self.pipelining:
-                return await self._send_pipelined(message, started, following)
-            return await self._send_stepwise(message, started)
+                outcome = await self._send_pipelined(message, started, following)
+            else:
+                outcome = await self._send_stepwise(message, started)
         except SessionError as e:
             return Outcome.error(f"{e.kind}: {e.message}", count, started, monotonic())
+        if written and not self.content_sent:
+            # Refused before its content: its replies may have come in the same read as the previous message's
+            # last one. It could start when its envelope was written, so it is timed from there: never less
+            # than the round trip it took.
+            outcome.started = written
+        if self.too_many:
+            # 451 4.5.3 to a recipient or the message: this connection is full. The run loop QUITs and
+            # reconnects, as KumoMTA's traffic-gen does.
+            self.too_many = False
+            outcome.close = True
+        return outcome
 
     def _envelope(self, message: Message) -> list[bytes]:
         lines = [b"RSET\r\n"] if self.needs_rset else []
@@ -285,6 +302,7 @@ class Session:
             answer = await reply()
             if answer.code == 421:
                 return self._closed_by(answer, message, started)
+            self.too_many = self.too_many or answer.too_many_recipients
             rcpts.append(answer)
         data = await reply()
         return await self._after_data(message, started, mail, rcpts, data, following)
@@ -297,6 +315,7 @@ class Session:
             if answer.code == 421:
                 return self._closed_by(answer, message, started)
         mail = await self._command(f"MAIL FROM:<{message.sender}>")
+        self.too_many = self.too_many or mail.too_many_recipients
         if mail.code != 250:
             return self._rejected(mail, message, started, mail_reply=mail)
         rcpts = []
@@ -304,6 +323,7 @@ class Session:
             answer = await self._command(f"RCPT TO:<{recipient}>")
             if answer.code == 421:
                 return self._closed_by(answer, message, started)
+            self.too_many = self.too_many or answer.too_many_recipients
             rcpts.append(answer)
         if not any(r.code // 100 == 2 for r in rcpts):
             self.needs_rset = True
@@ -328,6 +348,7 @@ class Session:
             if data.code == 354:
                 await self._abort_data()
             return self._rejected(mail, message, started, mail_reply=mail)
+        self.too_many = self.too_many or mail.too_many_recipients or data.too_many_recipients
         if data.code != 354:
             self.needs_rset = True  # the server may still hold the MAIL transaction
             if data.code == 421:
@@ -339,6 +360,7 @@ class Session:
             # RFC 2920 3.1: a server may say 354 even though every recipient failed; end the empty message.
             await self._abort_data()
             return self._all_refused(rcpts, message, started, mail, data.at)
+        self.content_sent = True
         if following is None:
             protocol.write(*message.content, b".\r\n")
         else:
@@ -346,6 +368,7 @@ class Session:
             self._ahead, self._ahead_sent = following, monotonic()
         final = await protocol.reply()
         self.last_end = final.at
+        self.too_many = self.too_many or final.too_many_recipients
         kind = final.kind
         kinds = tuple(kind if ok else r.kind for ok, r in zip(accepted, rcpts, strict=True))
         if final.code == 421:
