@@ -376,8 +376,8 @@ def _duration(part: str, text: str) -> float:
 class ProfileSchedule:
     """reserve() hands out due times, one per message, following the profile (open loop), as Throttle does.
 
-    `shared` is a multiprocessing Array('d', 2): the schedule's start (0: not started) and the next message's
-    number, so that every process of the run draws from one schedule.
+    `shared` is a multiprocessing Array('d', 3): whether the schedule started (1.0), its start and the next
+    message's number, so that every process of the run draws from one schedule.
     """
 
     slack = 1e-7  # seconds: a due time this close to the end of the run is past it
@@ -386,7 +386,7 @@ class ProfileSchedule:
         self.profile = profile
         self.clock = clock
         self.shared = shared
-        self._state = [0.0, 0.0] if shared is None else None
+        self._state = [0.0, 0.0, 0.0] if shared is None else None
         self.last_stage = 0  # the stage of the message reserve() handed out last
 
     def _cells(self) -> Any:
@@ -403,12 +403,14 @@ class ProfileSchedule:
     @staticmethod
     def _begin(cells: Any, now: float) -> float:
         if not cells[0]:
-            cells[0] = now
-        return float(cells[0])
+            cells[0], cells[1] = 1.0, now
+        return float(cells[1])
 
     @property
-    def start(self) -> float:
-        return float(self._cells()[0])
+    def start(self) -> float | None:
+        """The schedule's start, once it started."""
+        cells = self._cells()
+        return float(cells[1]) if cells[0] else None
 
     def reserve(self, only_if_due: bool = False) -> float | None:
         """The due time of the next message (infinity once the profile is over); with only_if_due, None
@@ -421,13 +423,13 @@ class ProfileSchedule:
     def _take(self, cells: Any, only_if_due: bool) -> float | None:
         now = self.clock()
         if not cells[0]:
-            cells[0] = now
-        k = int(cells[1])
+            cells[0], cells[1] = 1.0, now
+        k = int(cells[2])
         offset, stage = self.profile.due(k)
-        due = cells[0] + offset
+        due = cells[1] + offset
         if only_if_due and due > now:
             return None
-        cells[1] = k + 1
+        cells[2] = k + 1
         self.last_stage = stage
         return float(due)
 

@@ -90,7 +90,7 @@ def shared_schedule(config: RunConfig, context: Any) -> Any:
     if config.throttle is not None:
         return context.Value("d", 0.0)
     if config.profile is not None:
-        return context.Array("d", 2)
+        return context.Array("d", 3)
     return None
 
 

@@ -51,7 +51,7 @@ class Done(NamedTuple):
 class Controls(NamedTuple):
     """What the processes of one run share."""
 
-    throttle: Any  # shared memory of the schedule (--throttle: Value('d'), --profile: Array('d', 2)), or None
+    throttle: Any  # shared memory of the schedule (--throttle: Value('d'), --profile: Array('d', 3)), or None
     stop: Any  # multiprocessing Event: stop sending
     ready: Any  # multiprocessing Barrier: start together
 
@@ -149,7 +149,7 @@ class Supervisor:
         """When the run's schedule started (the processes share it); this process's start without a profile."""
         shared = self.controls.throttle if self.controls is not None else None
         if self.config.profile is not None and shared is not None:
-            return float(shared[0]) or None
+            return float(shared[1]) if shared[0] else None
         return self.started
 
     def _start(self) -> Controls:

@@ -73,6 +73,13 @@ def load(path: str, config_class: type) -> dict[str, Any]:
             if key.replace("_", "-") in NOT_IN_FILES:
                 raise WorkloadError(f"{where}: {key}: a workload file cannot name another workload")
             raise WorkloadError(f"{where}: {key}: no such option{hint}")
+        if isinstance(raw, dict):
+            swallowed = next((k for k in raw if k.replace("_", "-") in known and k != key), None)
+            if swallowed is not None:
+                raise WorkloadError(
+                    f"{where}: {key}: holds {swallowed!r}, an option: TOML puts every key written after a [{key}] "
+                    "line into that section, so write the sections last"
+                )
         try:
             value = _as_given(item, raw)
             if item.name in RELATIVE_TO_FILE and isinstance(value, str):
@@ -141,7 +148,7 @@ def _scalar(value: Any) -> str:
 def line_of(text: str, key: str) -> int:
     """The line where a top-level key (or its [section]) is written; 0 when it cannot be found."""
     quoted = rf"(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')"
-    for pattern in (rf"^\s*{quoted}\s*=", rf"^\s*\[\s*{quoted}\s*\]"):
+    for pattern in (rf"^[ \t]*{quoted}[ \t]*=", rf"^[ \t]*\[[ \t]*{quoted}[ \t]*\]"):
         m = re.search(pattern, text, re.M)
         if m:
             return text.count("\n", 0, m.start()) + 1
