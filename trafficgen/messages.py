@@ -124,6 +124,8 @@ class MessageFactory:
         if self.file_content is None:
             sizes = Sizes(config.body_size, rng)
             self.bodies = Bodies(config.content, sizes, config.attachment_share / 100, random.Random(rng.random()))
+        self.fixed_bodies = self.bodies.fixed if self.bodies is not None else None
+        self.mixing = self.tenants is not None or self.campaigns is not None
         self._date_second = -1
         self._date = ""
 
@@ -140,12 +142,13 @@ class MessageFactory:
         domain = self.picker.pick() if self.picker is not None else 0
         tenant = campaign = sending = 0
         mix = ""
-        if self.tenants is not None:
-            tenant = self.tenants.pick()
-            mix = self.tenant_lines[tenant]
-        if self.campaigns is not None:
-            campaign = self.campaigns.pick()
-            mix += self.campaign_lines[campaign]
+        if self.mixing:
+            if self.tenants is not None:
+                tenant = self.tenants.pick()
+                mix = self.tenant_lines[tenant]
+            if self.campaigns is not None:
+                campaign = self.campaigns.pick()
+                mix += self.campaign_lines[campaign]
         if self.sending is not None:
             sending = self.sending.pick()
             sender, home = self.sending_senders[sending], self.sending_full[sending]
@@ -170,8 +173,12 @@ class MessageFactory:
         to = ", ".join(recipients)
         if len(to) > LINE_MAX - len("To: "):
             to = ",\r\n ".join(recipients)  # RFC 5322 2.1.1, 3.2.2: folded, each line at most 78 characters
-        assert self.bodies is not None
-        body = self.bodies.pick(seq)
+        fixed = self.fixed_bodies
+        if fixed is not None:  # a fixed size: every variant was built at start
+            body = fixed[seq % len(fixed)]
+        else:
+            assert self.bodies is not None
+            body = self.bodies.pick(seq)
         header = (
             f"From: {sender}\r\n"
             f"To: {to}\r\n"

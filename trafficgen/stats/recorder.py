@@ -148,10 +148,11 @@ class Recorder:
         row = self.counts[message.domain]
         row[0] += 1
         row[kind + 1] += 1
-        for field, rows in self._dimension_rows:
-            row = rows[message[field]]  # type: ignore[index]  # the field is one of the int fields
-            row[0] += 1
-            row[kind + 1] += 1
+        if self._dimension_rows:
+            for field, rows in self._dimension_rows:
+                row = rows[message[field]]  # type: ignore[index]  # the field is one of the int fields
+                row[0] += 1
+                row[kind + 1] += 1
         stages = self.stage_counts
         if stages is not None:
             stage = message.stage
