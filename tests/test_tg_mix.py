@@ -126,6 +126,23 @@ class TestReported:
         report = json.loads((tmp_path / "r.json").read_text())
         assert report["tenants"]["acme"]["accepted"] == 20
 
+    def test_processes_and_merged_reports_add_up(self, tmp_path):
+        """With --processes 2 each value's counts are the sum of both processes'; `report merge` adds them too."""
+        with CaptureServer() as server:
+            report, _ = run_report(
+                "--target", server.target, "--message-count", "300", "--concurrency", "4", "--processes", "2",
+                "--tenant", "a:1", "--tenant", "b:2", "--source-address", "127.0.0.2", "--source-address", "127.0.0.3",
+            )  # fmt: skip
+        seen = collections.Counter(headers(m.content)["X-Tenant"] for m in server.messages)
+        assert {n: row["attempted"] for n, row in report["tenants"].items()} == dict(seen)
+        assert sum(row["attempted"] for row in report["source_addresses"].values()) == 300
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(report))
+        done = run_trafficgen("report", "merge", str(path), str(path), "--json", "-")
+        assert done.returncode == 0, done.stderr
+        merged = json.loads(done.stdout)
+        assert {n: row["attempted"] for n, row in merged["tenants"].items()} == {n: 2 * c for n, c in seen.items()}
+
     def test_header_names_are_configurable(self):
         """--tenant-header and --campaign-header name the headers."""
         with CaptureServer() as server:

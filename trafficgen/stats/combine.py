@@ -79,8 +79,6 @@ def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
         config={
             "merged_from": [{"run_id": d["run_id"], "started_at": d["started_at"], **d["config"]} for d in documents],
             "concurrency": sum(d["config"].get("concurrency") or 0 for d in documents),
-            # Instances of one run share its profile: their stages add up.
-            "profile": _common(documents, "profile"),
         },
         stopped_by=next((d["stopped_by"] for d in documents if d.get("stopped_by")), None),
     )
@@ -90,24 +88,17 @@ def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
     return document
 
 
-def _common(documents: list[dict[str, Any]], key: str) -> Any:
-    """The config's value of `key` when every report has the same, else None."""
-    found = {repr(d["config"].get(key)) for d in documents}
-    return documents[0]["config"].get(key) if len(found) == 1 else None
-
-
 def _merged_recorder(documents: list[dict[str, Any]]) -> Recorder:
     """Every report's counts and histograms in one Recorder, over the union of their domains."""
     domains: list[str] = []
     for document in documents:
         domains += [d for d in document["domains"] if d not in domains]
     merged = Recorder(domains)
-    profiles = {repr(d["config"].get("profile")) for d in documents}
     for document in documents:
         part = reports.recorder_of(document)
         state = part.state()
-        if len(profiles) > 1:
-            state["stages"] = None  # stages of different profiles do not add up
+        # Each instance ran its own schedule (as with --throttle): a merged report has no stages and no schedule.
+        state["stages"] = None
         state["counts"] = [
             part.counts[part.domains.index(d)] if d in part.domains else [0, 0, 0, 0, 0] for d in domains
         ]
