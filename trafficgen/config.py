@@ -618,12 +618,15 @@ class RunConfig:
     duration: float | None = option(
         DEFAULT_DURATION,
         help="Seconds to send for",
-        doc="how long to send; messages in flight at the end get 10 s to finish",
+        doc=(
+            "how long to send; messages in flight at the end get 10 s to finish. With `--profile` the run lasts as "
+            "long as its stages, and `--duration` caps it"
+        ),
         panel=LOAD,
         metavar="SECONDS",
         given_as=float,
         parse=_finite("--duration"),
-        shown_default="60, or none with --message-count",
+        shown_default="60, or none with --message-count, or the --profile's",
         report="duration_s",
     )
     message_count: int | None = option(
