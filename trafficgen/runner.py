@@ -337,6 +337,7 @@ class Runner:
             timeout = None if config.duration is None else config.duration + END_GRACE
             pending: set[asyncio.Future[Any]] = {everything, soft_wait, hard_wait}
             done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            stopped = time.monotonic()
             if (soft_wait in done or hard_wait in done) and everything not in done:
                 self.stopping = self.interrupted = True
                 self.over.set()
@@ -355,8 +356,10 @@ class Runner:
         elapsed = time.monotonic() - started
         # The sending window of a --duration run is the duration, unless it was stopped early.
         window = elapsed
+        if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
+            window = min(elapsed, stopped - started)
         if config.duration is not None:
-            window = config.duration if not (self.interrupted or self.error) else min(elapsed, config.duration)
+            window = config.duration if not (self.interrupted or self.error) else min(window, config.duration)
         return RunEnd(wall, elapsed, window, self.error, self.interrupted)
 
 
