@@ -16,7 +16,7 @@ import pytest
 from tghelpers import CaptureServer, error_lines, run_report, run_trafficgen, split_message
 
 from trafficgen.config import LogNormalSize, build
-from trafficgen.content import ATTACHMENTS, LINE_MAX, Sizes
+from trafficgen.content import ATTACHMENTS, LINE_MAX, VARIANTS, Sizes
 from trafficgen.messages import MessageFactory
 
 Z_0_001 = 3.2905  # two-sided normal critical value at significance 0.001
@@ -111,10 +111,10 @@ class TestVariety:
 
     @pytest.mark.parametrize("content", ["text", "html", "mixed"])
     def test_consecutive_bodies_differ(self, content):
-        """200 consecutive messages of one fixed size have 200 different bodies (not prefixes of one text)."""
+        """256 consecutive messages of one fixed size have 256 different bodies (not one text's prefix)."""
         made = factory(content, "2kb")
-        bodies = [split_message(wire(made, seq))[1] for seq in range(200)]
-        assert len(set(bodies)) == 200
+        bodies = [split_message(wire(made, seq))[1] for seq in range(VARIANTS)]
+        assert len(set(bodies)) == VARIANTS == 256
 
     def test_fixed_size_bodies_are_built_once(self):
         """With a fixed size every variant is built at start: message k and k + variants share one body object."""
