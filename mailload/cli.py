@@ -24,6 +24,7 @@ class ExitStatus(IntEnum):
     OK = 0
     ERROR = 1  # the run started but stopped on an error
     USAGE = 2  # bad options, bad input files, or the service could not start
+    THRESHOLD = 3  # the run completed but a --fail-if threshold failed (or `report compare` found a regression)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -38,6 +38,11 @@ GOLDEN: dict[str, Any] = {
     "latency_from_intended_ms": STATS,
     "phases_ms": dict.fromkeys(("connect", "banner", "ehlo", "mail", "rcpt", "data"), STATS),
     "domains": "domains",
+    # per value of the other dimensions (none given in these runs: {}); tests/test_tg_mix.py fills them
+    "tenants": "dimension",
+    "campaigns": "dimension",
+    "sender_domains": "dimension",
+    "source_addresses": "dimension",
     "replies": [{"code": "int", "text": "str", "count": "int"}],
     "errors": [{"text": "str", "count": "int"}],
     "connections": {"opened": "int", "peak": "int", "failed": "int", "errors": "list"},
@@ -53,6 +58,9 @@ GOLDEN: dict[str, Any] = {
         "latency_from_intended": "str",
         "phases": dict.fromkeys(("connect", "banner", "ehlo", "mail", "rcpt", "data"), "str"),
     },
+    # null without --profile and --fail-if; their structure is pinned in test_tg_profile.py and test_tg_thresholds.py
+    "profile": "null",
+    "thresholds": "null",
 }
 # config holds at least these (more may be added as options are): what other tools read from it.
 CONFIG = {
@@ -70,6 +78,19 @@ CONFIG = {
     "pipelining": "bool",
     "keep_going": "bool",
     "seed": "int|null",
+    "workload": "null",
+    "tenants": "weights",
+    "campaigns": "weights",
+    "sender_domains": "weights",
+    "source_address": "str|null",
+    "source_addresses": "weights",
+    "content": "str",
+    "attachment_share": "number",
+    "body_size_median": "int|null",
+    "body_size_p99": "int|null",
+    "profile": "str|null",
+    "fail_if": "list",
+    "fail_fast": "bool",
 }
 TYPES = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -91,6 +112,10 @@ def conforms(value: Any, spec: Any, where: str = "report") -> None:
     elif spec == "domains":
         assert isinstance(value, dict), where
         assert value, where
+        for name, row in value.items():
+            conforms(row, FIVE, f"{where}.{name}")
+    elif spec == "dimension":
+        assert isinstance(value, dict), where
         for name, row in value.items():
             conforms(row, FIVE, f"{where}.{name}")
     elif spec == "weights":

@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,8 @@ class Received:
     content: bytes
     tls: bool
     auth_login: bytes | None
+    peer: str = ""  # the client's address
+    at: float = 0.0  # time.monotonic() when its content had arrived
 
 
 class _Handler:
@@ -201,6 +204,8 @@ class _Handler:
                 content=bytes(envelope.content),  # type: ignore[arg-type]
                 tls=session.ssl is not None,
                 auth_login=login,
+                peer=str(session.peer[0]) if isinstance(session.peer, tuple) else "",
+                at=time.monotonic(),
             )
         )
         return f"250 2.0.0 Ok: queued as C{len(self.server.messages):05d}"

@@ -1,7 +1,8 @@
 """The `trafficgen` command: options (each also a TRAFFICGEN_* variable) -> one RunConfig -> a run.
 
 The only module that knows Typer. `trafficgen [options]` runs; `trafficgen report ...` works on saved
-reports. Exit codes: 0 completed, 1 stopped by an error, 2 bad usage, 130 interrupted.
+reports. Exit codes: 0 completed, 1 stopped by an error, 2 bad usage, 3 a --fail-if threshold failed (or
+`report compare --fail-if-regressed` found a regression), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -47,12 +48,18 @@ def main_command(ctx: typer.Context, **given: Any) -> None:
     if ctx.invoked_subcommand is not None:
         return
     given.pop("version", None)
-    # Click splits a list variable on whitespace and skips an empty variable: TRAFFICGEN_HEADER holds one
-    # header per line ("X-A: b" stays whole), and TRAFFICGEN_DOMAIN_SUFFIX='' turns the suffix off.
+    # Click splits a list variable on whitespace and skips an empty variable: TRAFFICGEN_HEADER and
+    # TRAFFICGEN_FAIL_IF hold one per line ("X-A: b" and "p99 < 2s" stay whole), and TRAFFICGEN_DOMAIN_SUFFIX=''
+    # turns the suffix off.
     source = ctx.get_parameter_source
-    if given.get("headers") is not None and getattr(source("headers"), "name", "") == "ENVIRONMENT":
-        given["headers"] = [line for line in os.environ[f"{ENV}_HEADER"].splitlines() if line.strip()]
-    if set_empty_in_environment(ctx, "domain_suffix", f"{ENV}_DOMAIN_SUFFIX"):
+    for name, variable in (("headers", "HEADER"), ("fail_if", "FAIL_IF")):
+        if given.get(name) is not None and getattr(source(name), "name", "") == "ENVIRONMENT":
+            given[name] = [line for line in os.environ[f"{ENV}_{variable}"].splitlines() if line.strip()]
+    empty_suffix = set_empty_in_environment(ctx, "domain_suffix", f"{ENV}_DOMAIN_SUFFIX")
+    for name in given:
+        if getattr(source(name), "name", "") == "DEFAULT":
+            given[name] = None  # not given: a --workload file's value, else the option's default, applies
+    if empty_suffix:
         given["domain_suffix"] = ""
     try:
         config = build(**given)
@@ -123,6 +130,15 @@ def execute(config: RunConfig) -> int:
         return ExitStatus.ERROR
     if end.interrupted:
         return INTERRUPTED
+    thresholds = document.get("thresholds")
+    if thresholds and not thresholds["passed"]:
+        failed = [r for r in thresholds["results"] if not r["passed"]]
+        aborted = thresholds.get("aborted")
+        if aborted and not any(r["expression"] == aborted["expression"] for r in failed):
+            failed.insert(0, {"expression": aborted["expression"], "shown": f"{aborted['shown']} when it stopped"})
+        for result in failed:
+            print(f"{PROG}: threshold failed: {result['expression']} ({result['shown']})", file=sys.stderr)
+        return ExitStatus.THRESHOLD
     return ExitStatus.OK
 
 
@@ -188,15 +204,43 @@ def report_merge(
     report.summary(merged, sys.stderr if json_path == "-" else sys.stdout)
 
 
-@report_app.command("compare", help="Show the change in throughput, success rate and each latency percentile.")
+@report_app.command(
+    "compare",
+    help="Show the change in throughput, success rate and each latency percentile; with --fail-if-regressed, exit 3 "
+    "when a run got worse by more than PERCENT.",
+)
 def report_compare(
     before: Annotated[str, typer.Argument(help="The earlier report")],
     after: Annotated[str, typer.Argument(help="The later report")],
+    json_path: Annotated[
+        str | None, typer.Option("--json", help="Write the comparison as JSON here ('-': stdout)", metavar="PATH")
+    ] = None,
+    regressed: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-if-regressed",
+            help="Exit 3 when throughput or the success rate fell, or latency (p50, p90, p99) rose, by more than "
+            "this percentage",
+            metavar="PERCENT",
+        ),
+    ] = None,
 ) -> None:
-    from trafficgen.stats.combine import compare
+    from trafficgen.stats.combine import compare, comparison
 
+    if regressed is not None and not (regressed >= 0 and regressed < float("inf")):
+        fail(PROG, f"--fail-if-regressed {regressed:g}: give a percentage of at least 0")
+    human = sys.stderr if json_path == "-" else sys.stdout
     with _damaged(f"{before} or {after}"):
-        compare(_load(before), _load(after), sys.stdout)
+        first, second = _load(before), _load(after)
+        result = comparison(first, second, regressed)
+        compare(first, second, human)
+    for warning in result["warnings"]:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if json_path:
+        write_json(result, json_path)
+    for regression in result["regressions"]:
+        print(f"{PROG}: regressed: {regression['text']}", file=sys.stderr)
+    raise typer.Exit(ExitStatus.THRESHOLD if result["regressions"] else ExitStatus.OK)
 
 
 @report_app.command(

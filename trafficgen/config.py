@@ -22,6 +22,11 @@ from typing import Any
 from mailload import contract, units
 from mailload.options import HIDDEN, OptionError, option, report, values
 from mailload.units import RateSpec
+from trafficgen import profile as profiles
+from trafficgen import thresholds as threshold_parser
+from trafficgen import workload as workloads
+from trafficgen.profile import Profile
+from trafficgen.thresholds import Threshold
 
 DEFAULT_TARGET = "127.0.0.1:2025"
 DEFAULT_HTTP_TARGET = "http://127.0.0.1:8000"  # KumoMTA's traffic-gen's, with --http
@@ -38,12 +43,20 @@ _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII exc
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 _URL = re.compile(r"^https?://[^/\s]+")
 
-TARGET, LOAD, CONTENT, SMTP, OUTPUT, RECONCILE, HTTP, FLEET = (
+CONTENT_KINDS = ("text", "html", "mixed")
+LOGNORMAL_MAX_P99S = 10  # a log-normal size without max= is capped at 10 x its p99
+_LOGNORMAL = re.compile(r"^\s*(?:log-?normal\s*[:(]?\s*)?median\s*=", re.I)
+_LABEL_VALUE = re.compile(r"^[!-9;-~]{1,200}$")  # a header value word: printable ASCII, no space, no ':'
+
+WORKLOAD, TARGET, MIX, LOAD, CONTENT, SMTP, OUTPUT, CI, RECONCILE, HTTP, FLEET = (
+    "Workload file",
     "Target",
+    "Traffic mix",
     "Load shape",
     "Content",
     "SMTP",
     "Output",
+    "Thresholds (CI)",
     "Reconciliation",
     "KumoMTA HTTP injection",
     "Many machines",
@@ -55,29 +68,105 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class DomainWeight:
+class Weighted:
+    """One value of a weighted dimension (a domain, tenant, campaign, sender domain, source address) and its
+    weight: it is chosen in proportion to it."""
+
     name: str
     weight: float
+
+
+DomainWeight = Weighted
+
+
+@dataclass(frozen=True, slots=True)
+class LogNormalSize:
+    """--body-size median=20kb,p99=2mb[,max=...]: sizes drawn from a log-normal with that median and 99th
+    percentile (as smartsink's latency key), none above `high`."""
+
+    median: int
+    p99: int
+    high: int
+
+    @property
+    def low(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """--workload FILE: the file, and a digest of what it held (so reports say which workload they ran)."""
+
+    path: str
+    sha256: str
 
 
 # --- reading one option ------------------------------------------------------------------------------------------
 
 
-def parse_domain(text: str) -> DomainWeight:
+def _weight(flag: str, text: str, weight_text: str) -> float:
+    try:
+        weight = float(weight_text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: weight {weight_text!r} is not a number") from None
+    if not math.isfinite(weight) or weight <= 0:
+        raise ConfigError(f"{flag} {text!r}: weight must be more than 0")
+    return weight
+
+
+def parse_domain(text: str, flag: str = "--domain") -> Weighted:
     """ "gmail.com:67.4" or "gmail.com" (weight 1)."""
     name, colon, weight_text = text.strip().partition(":")
     name = name.strip().lower().rstrip(".")
     if not _DOMAIN.match(name):
-        raise ConfigError(f"--domain {text!r}: {name!r} is not a domain name")
-    weight = 1.0
-    if colon:
+        raise ConfigError(f"{flag} {text!r}: {name!r} is not a domain name")
+    return Weighted(name, _weight(flag, text, weight_text) if colon else 1.0)
+
+
+def parse_label(text: str, flag: str) -> Weighted:
+    """ "acme:3" or "acme": a tenant's or campaign's name (a header value without spaces) and its weight."""
+    name, colon, weight_text = text.strip().rpartition(":") if ":" in text else (text.strip(), "", "")
+    name = name.strip()
+    if not _LABEL_VALUE.match(name):
+        raise ConfigError(f"{flag} {text!r}: {name!r} must be 1 to 200 printable characters without spaces or ':'")
+    return Weighted(name, _weight(flag, text, weight_text) if colon else 1.0)
+
+
+def parse_source(text: str) -> Weighted:
+    """ "127.0.0.2", "127.0.0.2:3", "::1", "[::1]:3": a local address to connect from and its weight; an address
+    this host does not have is refused now, not at the first connection."""
+    text = text.strip()
+    address, weight = text, 1.0
+    if not _is_ip(text):
+        if text.startswith("["):
+            inner, bracket, rest = text[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ConfigError(f"--source-address {text!r} must look like IP, IP:WEIGHT or [IPv6]:WEIGHT")
+            address = inner
+            if rest:
+                weight = _weight("--source-address", text, rest[1:])
+        else:
+            address, colon, weight_text = text.rpartition(":")
+            if not colon or ":" in address:
+                raise ConfigError(f"--source-address {text!r} is not an IP address (IPv6 with a weight: [::1]:2)")
+            weight = _weight("--source-address", text, weight_text)
+        if not _is_ip(address):
+            raise ConfigError(f"--source-address {text!r}: {address!r} is not an IP address")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
-            weight = float(weight_text)
-        except ValueError:
-            raise ConfigError(f"--domain {text!r}: weight {weight_text!r} is not a number") from None
-        if not math.isfinite(weight) or weight <= 0:
-            raise ConfigError(f"--domain {text!r}: weight must be more than 0")
-    return DomainWeight(name, weight)
+            probe.bind((address, 0))
+        except OSError as e:
+            raise ConfigError(f"--source-address {address} is not an address of this host ({e.strerror})") from None
+    return Weighted(address, weight)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        return False
+    return True
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -100,8 +189,90 @@ def parse_sink_urls(text: str, option_name: str = "--reconcile") -> tuple[str, .
     return sinks
 
 
-def _domains(texts: list[str]) -> tuple[DomainWeight, ...]:
-    return tuple(parse_domain(t) for t in texts)
+def _listed(texts: str | list[str]) -> list[str]:
+    """A repeatable option's values (a program may pass one string)."""
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _unique(flag: str, items: tuple[Weighted, ...]) -> tuple[Weighted, ...]:
+    seen = [i.name for i in items]
+    twice = next((n for n in seen if seen.count(n) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"{flag} {twice!r} is given twice: give each once, with its weight")
+    return items
+
+
+def _domains(texts: list[str]) -> tuple[Weighted, ...]:
+    return tuple(parse_domain(t) for t in _listed(texts))
+
+
+def _sender_domains(texts: list[str]) -> tuple[Weighted, ...]:
+    return _unique("--sender-domain", tuple(parse_domain(t, "--sender-domain") for t in _listed(texts)))
+
+
+def _labels(flag: str) -> Any:
+    def parse(texts: list[str]) -> tuple[Weighted, ...]:
+        return _unique(flag, tuple(parse_label(t, flag) for t in _listed(texts)))
+
+    return parse
+
+
+def _sources(texts: list[str]) -> tuple[Weighted, ...]:
+    return _unique("--source-address", tuple(parse_source(t) for t in _listed(texts)))
+
+
+def _header_name(flag: str) -> Any:
+    def parse(text: str) -> str:
+        name = text.strip()
+        if not name or not _HEADER_NAME.match(name):
+            raise ConfigError(f"{flag} {text!r} is not a header name (printable characters, no spaces or ':')")
+        return name
+
+    return parse
+
+
+def _content(text: str) -> str:
+    kind = text.strip().lower()
+    if kind not in CONTENT_KINDS:
+        raise ConfigError(f"--content {text!r}: use one of {', '.join(CONTENT_KINDS)}")
+    return kind
+
+
+def _percent(flag: str) -> Any:
+    def parse(text: str | float) -> float:
+        try:
+            value = float(str(text).strip().removesuffix("%"))
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r} is not a percentage like 20 or 20%") from None
+        if not 0 <= value <= 100:
+            raise ConfigError(f"{flag} {text!r}: a percentage is between 0 and 100")
+        return value
+
+    return parse
+
+
+def _profile(text: str | list[str]) -> Profile:
+    try:
+        return profiles.parse(", ".join(_listed(text)))
+    except profiles.ProfileError as e:
+        raise ConfigError(f"--profile: {e}") from None
+
+
+def _thresholds(texts: list[str]) -> tuple[Threshold, ...]:
+    parsed = []
+    for text in _listed(texts):
+        try:
+            parsed.append(threshold_parser.parse(text))
+        except ValueError as e:
+            raise ConfigError(f"--fail-if {e}") from None
+    return tuple(parsed)
+
+
+def _workload(text: str) -> Workload:
+    try:
+        return Workload(text, workloads.digest(text))
+    except workloads.WorkloadError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _headers(texts: list[str]) -> tuple[tuple[str, str], ...]:
@@ -115,7 +286,11 @@ def _suffix(text: str) -> str:
     return suffix
 
 
-def _body_size(text: str) -> tuple[int, int]:
+def _body_size(text: str | int) -> tuple[int, int] | LogNormalSize:
+    """A size, a range low..high (uniform), or a log-normal median=20kb,p99=2mb[,max=50mb]."""
+    text = str(text)
+    if _LOGNORMAL.match(text):
+        return _lognormal(text)
     try:
         size = units.parse_size_range(text)
     except ValueError as e:
@@ -123,6 +298,31 @@ def _body_size(text: str) -> tuple[int, int]:
     if size[1] > MAX_BODY:
         raise ConfigError(f"--body-size {text!r} is larger than {MAX_BODY // 1024 // 1024} MiB")
     return size
+
+
+def _lognormal(text: str) -> LogNormalSize:
+    body = re.sub(r"^\s*log-?normal\s*[:(]?", "", text, flags=re.I).rstrip(" )")
+    given: dict[str, int] = {}
+    for item in body.split(","):
+        key, equals, value = item.partition("=")
+        key = key.strip().lower()
+        if not equals or key not in ("median", "p99", "max"):
+            raise ConfigError(f"--body-size {text!r}: write median=SIZE,p99=SIZE[,max=SIZE], like median=20kb,p99=2mb")
+        try:
+            given[key] = units.parse_size(value.strip())
+        except ValueError as e:
+            raise ConfigError(f"--body-size {text!r}: {e}") from None
+    median, p99 = given.get("median"), given.get("p99")
+    if median is None or p99 is None:
+        raise ConfigError(f"--body-size {text!r}: a log-normal size needs both median= and p99=")
+    if not 0 < median <= p99:
+        raise ConfigError(f"--body-size {text!r}: the median must be more than 0 and at most the p99")
+    high = given.get("max", min(MAX_BODY, p99 * LOGNORMAL_MAX_P99S))
+    if high < p99:
+        raise ConfigError(f"--body-size {text!r}: max= is below the p99")
+    if high > MAX_BODY:
+        raise ConfigError(f"--body-size {text!r}: max= is larger than {MAX_BODY // 1024 // 1024} MiB")
+    return LogNormalSize(median, p99, high)
 
 
 def _readable_file(text: str) -> str:
@@ -157,14 +357,6 @@ def _address(flag: str) -> Any:
         return text
 
     return parse
-
-
-def _ip(text: str) -> str:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
-    except OSError:
-        raise ConfigError(f"--source-address {text!r} is not an IP address") from None
-    return text
 
 
 def _writable(flag: str) -> Any:
@@ -219,8 +411,43 @@ def _show_throttle(spec: RateSpec | None) -> dict[str, Any]:
     return {"throttle_per_s": spec.per_second if spec else None, "max_burst": spec.max_burst if spec else None}
 
 
-def _show_domains(domains: tuple[DomainWeight, ...]) -> dict[str, Any]:
+def _show_domains(domains: tuple[Weighted, ...]) -> dict[str, Any]:
     return {"domains": {d.name: d.weight for d in domains}}
+
+
+def _show_weights(key: str) -> Any:
+    def show(items: tuple[Weighted, ...]) -> dict[str, Any]:
+        return {key: {i.name: i.weight for i in items}}
+
+    return show
+
+
+def _show_sources(sources: tuple[Weighted, ...]) -> dict[str, Any]:
+    # `source_address` (one address) is what reports always held; `source_addresses` holds them all.
+    return {
+        "source_address": sources[0].name if sources else None,
+        "source_addresses": {s.name: s.weight for s in sources},
+    }
+
+
+def _show_body_size(size: tuple[int, int] | LogNormalSize) -> dict[str, Any]:
+    if isinstance(size, LogNormalSize):
+        return {"body_size": [size.low, size.high], "body_size_median": size.median, "body_size_p99": size.p99}
+    return {"body_size": list(size), "body_size_median": None, "body_size_p99": None}
+
+
+def _show_profile(profile: Profile | None) -> dict[str, Any]:
+    return {"profile": profile.text if profile else None}
+
+
+def _show_thresholds(items: tuple[Threshold, ...]) -> dict[str, Any]:
+    return {"fail_if": [t.text for t in items]}
+
+
+def _show_workload(workload: Workload | None) -> dict[str, Any]:
+    if workload is None:
+        return {"workload": None}
+    return {"workload": {"file": Path(workload.path).name, "sha256": workload.sha256}}
 
 
 def _show_headers(headers: tuple[tuple[str, str], ...]) -> dict[str, Any]:
@@ -239,6 +466,22 @@ def _show_reconcile(sinks: tuple[str, ...] | None) -> dict[str, Any]:
 class RunConfig:
     """Every option of a run. A field's default is what a run does when the option is not given."""
 
+    # Workload file
+    workload: Workload | None = option(
+        None,
+        help="Read the run's options from this TOML file (keys are the options' names); options given win",
+        doc=(
+            "read the run's options from this TOML file: each key is an option's name (`domain`, `body-size`, "
+            "`profile`, `fail-if`...) with the value written as on the command line, or a list for a repeatable "
+            'option, or a table of weights (`domain = { "gmail.com" = 67.4 }`). Options given on the command '
+            "line or in variables win over the file. A bad key or value is named with its `FILE:LINE` "
+            "([below](#workload-files), [an example](workloads/production.toml))"
+        ),
+        panel=WORKLOAD,
+        metavar="FILE.toml",
+        parse=_workload,
+        report=_show_workload,
+    )
     # Target
     target: str = option(
         DEFAULT_TARGET,
@@ -293,6 +536,63 @@ class RunConfig:
         parse=_address("--recipient"),
         shown_default="user-<n>@<domain>.<suffix>",
     )
+    # Traffic mix
+    tenants: tuple[Weighted, ...] = option(
+        (),
+        help="A tenant and its weight, repeatable: written in the --tenant-header of each message",
+        doc=(
+            "repeatable; each message is given one tenant, chosen by weight, in its `--tenant-header` (KumoMTA "
+            "users key their queues on it); counted per tenant in the summary and the report"
+        ),
+        panel=MIX,
+        metavar="NAME[:WEIGHT]",
+        flags=("--tenant",),
+        given_as=list[str],
+        parse=_labels("--tenant"),
+        report=_show_weights("tenants"),
+    )
+    campaigns: tuple[Weighted, ...] = option(
+        (),
+        help="A campaign and its weight, repeatable: written in the --campaign-header of each message",
+        doc="repeatable; each message is given one campaign, chosen by weight, in its `--campaign-header`; counted "
+        "per campaign",
+        panel=MIX,
+        metavar="NAME[:WEIGHT]",
+        flags=("--campaign",),
+        given_as=list[str],
+        parse=_labels("--campaign"),
+        report=_show_weights("campaigns"),
+    )
+    tenant_header: str = option(
+        "X-Tenant",
+        help="The header that names the tenant",
+        doc="the header that names the tenant",
+        panel=MIX,
+        metavar="NAME",
+        parse=_header_name("--tenant-header"),
+    )
+    campaign_header: str = option(
+        "X-Campaign",
+        help="The header that names the campaign",
+        doc="the header that names the campaign",
+        panel=MIX,
+        metavar="NAME",
+        parse=_header_name("--campaign-header"),
+    )
+    sender_domains: tuple[Weighted, ...] = option(
+        (),
+        help="A sending domain and its weight, repeatable: the sender is noreply@<it>.<suffix>",
+        doc=(
+            "repeatable; each message is sent from `noreply@<domain>.<suffix>` (From and envelope), the domain "
+            "chosen by weight; counted per sender domain. Without it, the sender is in the recipient's domain"
+        ),
+        panel=MIX,
+        metavar="NAME[:WEIGHT]",
+        flags=("--sender-domain",),
+        given_as=list[str],
+        parse=_sender_domains,
+        report=_show_weights("sender_domains"),
+    )
     # Load shape
     concurrency: int = option(
         10 * (os.cpu_count() or 1),
@@ -323,12 +623,15 @@ class RunConfig:
     duration: float | None = option(
         DEFAULT_DURATION,
         help="Seconds to send for",
-        doc="how long to send; messages in flight at the end get 10 s to finish",
+        doc=(
+            "how long to send; messages in flight at the end get 10 s to finish. With `--profile` the run lasts as "
+            "long as its stages, and `--duration` caps it"
+        ),
         panel=LOAD,
         metavar="SECONDS",
         given_as=float,
         parse=_finite("--duration"),
-        shown_default="60, or none with --message-count",
+        shown_default="60, or none with --message-count, or the --profile's",
         report="duration_s",
     )
     message_count: int | None = option(
@@ -354,6 +657,21 @@ class RunConfig:
         metavar="RATE",
         parse=_throttle,
         report=_show_throttle,
+    )
+    profile: Profile | None = option(
+        None,
+        help='Stages of rate over time: "ramp 0..500/s 60s, hold 500/s 10m, spike 2000/s 30s" or stairs "step ..."',
+        doc=(
+            "stages of rate over time, open loop like `--throttle`, shared by all processes: `ramp [FROM..]TO "
+            "DURATION`, `hold RATE DURATION`, `spike RATE DURATION`, `pause DURATION`, and last the stairs `step "
+            "RATE every DURATION [from RATE] [to RATE] [until CONDITION [or CONDITION]]` that find the highest "
+            "rate that holds. The run lasts as long as the stages (`--duration` caps it) "
+            "([below](#load-profiles))"
+        ),
+        panel=LOAD,
+        metavar="STAGES",
+        parse=_profile,
+        report=_show_profile,
     )
     processes: int = option(
         1,
@@ -414,17 +732,40 @@ class RunConfig:
         shown_default="random",
     )
     # Content
-    body_size: tuple[int, int] = option(
-        (1024, 1024),
-        help="Body size: 1024, 60kb, 1MiB, or a range 10kb..200kb",
+    content: str = option(
+        "text",
+        help="text, html (multipart/alternative text and HTML) or mixed (html, some with an attachment)",
         doc=(
-            "at least this many bytes of readable text; `60kb` (1000s), `1MiB` (1024s); a range `10kb..200kb` "
-            "picks a size per message, uniformly"
+            "`text`: text/plain; `html`: multipart/alternative, a text and an HTML part; `mixed`: as html, and "
+            "`--attachment-share` of the messages are multipart/mixed with a base64 attachment (a PDF, an image...)"
+            ". Bodies differ from message to message"
+        ),
+        panel=CONTENT,
+        metavar="KIND",
+        parse=_content,
+    )
+    attachment_share: float = option(
+        20.0,
+        help="With --content mixed: the percentage of messages with an attachment",
+        doc="with `--content mixed`: the percentage of messages with an attachment",
+        panel=CONTENT,
+        metavar="PERCENT",
+        parse=_percent("--attachment-share"),
+    )
+    body_size: tuple[int, int] | LogNormalSize = option(
+        (1024, 1024),
+        help="Body size: 1024, 60kb, 1MiB, a range 10kb..200kb, or log-normal median=20kb,p99=2mb",
+        doc=(
+            "at least this many bytes of body (text, or all the MIME parts); `60kb` (1000s), `1MiB` (1024s); a "
+            "range `10kb..200kb` picks a size per message, uniformly; `median=20kb,p99=2mb[,max=20mb]` draws it "
+            "from a log-normal with that median and 99th percentile, none above `max` (10 x the p99 unless given)"
         ),
         panel=CONTENT,
         metavar="SIZE",
+        given_as=str,
         parse=_body_size,
         shown_default="1024",
+        report=_show_body_size,
     )
     body_file: str | None = option(
         None,
@@ -476,13 +817,20 @@ class RunConfig:
         shown_default="trafficgen.<suffix>",
         report=HIDDEN,
     )
-    source_address: str | None = option(
-        None,
-        help="Local IP address to connect from",
-        doc="local address to connect from",
+    source_address: tuple[Weighted, ...] = option(
+        (),
+        help="Local address to connect from, repeatable with weights: connections are spread over them",
+        doc=(
+            "local address to connect from; repeatable, each with an optional weight (`127.0.0.2:3`, "
+            "`[::1]:2`): the connections are spread over them in proportion (round-robin when the weights are "
+            "equal), and counted per source address. Each must be an address of this host (on Linux any "
+            "127.x.y.z is, without setup)"
+        ),
         panel=SMTP,
-        metavar="IP",
-        parse=_ip,
+        metavar="IP[:WEIGHT]",
+        given_as=list[str],
+        parse=_sources,
+        report=_show_sources,
     )
     pipelining: bool = option(
         True,
@@ -532,6 +880,35 @@ class RunConfig:
         metavar="HOST:PORT",
         parse=_hostport("--metrics"),
         report=HIDDEN,
+    )
+    # Thresholds (CI)
+    fail_if: tuple[Threshold, ...] = option(
+        (),
+        help='A condition the run must meet, repeatable: "p99 < 2s", "success_rate > 0.95", "gmail.com: errors < 1%"',
+        doc=(
+            "a condition the run must meet, as k6 writes thresholds; repeatable. Metrics: latency `p50` ... "
+            "`p99.9`, `min`, `mean`, `max` (from the intended send time under `--throttle` or `--profile`), "
+            "`success_rate`, `accepted`, `tempfailed`, `permfailed`, `errors`, `attempted` (counts, or shares "
+            "with `%`), `throughput` (msg/s), `never_sent`; a `DOMAIN:` prefix (or `tenant=NAME:`, `campaign=`, "
+            "`sender-domain=`, `source=`) scopes it. Each is printed and in the report; one that fails gives exit "
+            "status 3 ([below](#thresholds))"
+        ),
+        panel=CI,
+        metavar='"EXPR"',
+        flags=("--fail-if",),
+        given_as=list[str],
+        parse=_thresholds,
+        report=_show_thresholds,
+    )
+    fail_fast: bool = option(
+        False,
+        help="Check the --fail-if thresholds each second and stop the run at the first that fails",
+        doc=(
+            "check the `--fail-if` thresholds once a second (once 100 messages have their outcome) and stop the "
+            "run at the first that fails: in-flight messages finish, the report is written, exit status 3"
+        ),
+        panel=CI,
+        given_as=bool,
     )
     # Reconciliation
     reconcile: tuple[str, ...] | None = option(
@@ -653,6 +1030,32 @@ class RunConfig:
     def domain_with_suffix(self, name: str) -> str:
         return f"{name}.{self.domain_suffix}" if self.domain_suffix else name
 
+    @property
+    def domain_names(self) -> list[str]:
+        """The domains the report counts: the recipient's with --recipient, else each --domain."""
+        return [self.recipient.rpartition("@")[2]] if self.recipient else [d.name for d in self.domains]
+
+    @property
+    def dimensions(self) -> dict[str, list[str]]:
+        """The dimensions besides the domain that this run uses, by the report's key: tenants, campaigns..."""
+        given = {
+            "tenants": self.tenants,
+            "campaigns": self.campaigns,
+            "sender_domains": self.sender_domains,
+            "source_addresses": self.source_address,
+        }
+        return {key: [i.name for i in items] for key, items in given.items() if items}
+
+    @property
+    def scheduled(self) -> bool:
+        """Messages are due by a schedule (--throttle or --profile): latency is measured from the due times."""
+        return self.throttle is not None or self.profile is not None
+
+    @property
+    def live_view(self) -> bool:
+        """Something reads everything counted while the run goes: --metrics, --fail-fast, or the stairs."""
+        return bool(self.metrics or self.fail_fast or (self.profile and self.profile.stairs))
+
     def public(self) -> dict[str, object]:
         """The config as the JSON report shows it (no password, no local paths)."""
         shown = report(self)
@@ -729,6 +1132,59 @@ def _check_times(fields: dict[str, Any]) -> None:
         fields["duration"] = None  # --message-count alone is never cut short by the default duration
 
 
+def _check_profile(fields: dict[str, Any]) -> None:
+    profile: Profile | None = fields.get("profile")
+    if profile is None:
+        return
+    if fields.get("throttle") is not None:
+        raise ConfigError("--profile and --throttle both set the rate: give one")
+    length = profile.duration
+    given = fields.get("duration")
+    # The run lasts as long as the profile; --duration, when given, caps it.
+    fields["duration"] = length if given is None else (given if length is None else min(given, length))
+
+
+def _check_mix(fields: dict[str, Any]) -> None:
+    if fields.get("sender") and fields.get("sender_domains"):
+        raise ConfigError("--sender fixes the sender: it cannot go with --sender-domain")
+    if fields.get("body_file") and fields.get("content", "text") != "text":
+        raise ConfigError("--content shapes generated bodies: it cannot go with --body-file")
+
+
+def _check_sources(fields: dict[str, Any]) -> None:
+    sources: tuple[Weighted, ...] = fields.get("source_address", ())
+    if not sources or fields.get("http"):
+        return
+    host = units.parse_hostport(fields["target"], "--target")[0]
+    if _is_ip(host):
+        for source in sources:
+            if (":" in source.name) != (":" in host):
+                raise ConfigError(
+                    f"--source-address {source.name} and --target {fields['target']} are not of one IP version"
+                )
+
+
+def _check_thresholds(fields: dict[str, Any]) -> None:
+    items: tuple[Threshold, ...] = fields.get("fail_if", ())
+    if fields.get("fail_fast") and not items:
+        raise ConfigError("--fail-fast stops the run at the first failed --fail-if: give --fail-if")
+    recipient = fields.get("recipient")
+    known = {
+        "domains": [recipient.rpartition("@")[2]] if recipient else [d.name for d in fields.get("domains", ())],
+        "tenants": [t.name for t in fields.get("tenants", ())],
+        "campaigns": [c.name for c in fields.get("campaigns", ())],
+        "sender_domains": [d.name for d in fields.get("sender_domains", ())],
+        "source_addresses": [s.name for s in fields.get("source_address", ())],
+    }
+    if "domains" not in fields and not recipient:
+        known["domains"] = list(DEFAULT_DOMAINS)
+    for item in items:
+        if item.scope_key is not None and item.scope not in known[item.scope_key]:
+            what = item.scope_key[:-1].replace("_", " ")
+            names = ", ".join(known[item.scope_key]) or "none given"
+            raise ConfigError(f"--fail-if {item.text!r}: {item.scope!r} is not a {what} of this run ({names})")
+
+
 def _check_auth(fields: dict[str, Any]) -> None:
     if bool(fields.get("auth_user")) != bool(fields.get("auth_password")):
         raise ConfigError("--auth-user and --auth-password go together: give both")
@@ -739,12 +1195,29 @@ def _default_ehlo(fields: dict[str, Any]) -> None:
         fields["ehlo"] = f"trafficgen.{fields.get('domain_suffix', DEFAULT_SUFFIX) or 'localdomain'}"
 
 
-CHECKS = (_resolve_target, _check_http, _check_counts, _check_times, _check_auth, _default_ehlo)
+CHECKS = (
+    _resolve_target,
+    _check_http,
+    _check_counts,
+    _check_profile,
+    _check_times,
+    _check_mix,
+    _check_sources,
+    _check_thresholds,
+    _check_auth,
+    _default_ehlo,
+)
 
 
 def build(**given: Any) -> RunConfig:
     """Validate options as a user writes them (by field name; None or absent: the default); ConfigError names
-    the first bad one."""
+    the first bad one. With `workload` (a file), the file's options apply where none is given."""
+    if given.get("workload") is not None:
+        try:
+            from_file = workloads.load(str(given["workload"]), RunConfig)
+        except workloads.WorkloadError as e:
+            raise ConfigError(str(e)) from None
+        given = {**from_file, **{k: v for k, v in given.items() if v is not None}}
     if given.get("http") and not given.get("target"):
         given = {**given, "target": DEFAULT_HTTP_TARGET}
     try:

@@ -55,13 +55,19 @@ async def _run_here(config: RunConfig, interrupts: _Interrupts) -> tuple[Recorde
     recorder = new_recorder(config)
     runner = Runner(config, recorder)
     observers = Observers(
-        config, lambda: snapshot(recorder), lambda: recorder, recorder.take_interval if config.hdr_log else None
+        config,
+        lambda: snapshot(recorder),
+        lambda: recorder,
+        recorder.take_interval if config.hdr_log else None,
+        start=lambda: runner.started,
+        stop=interrupts.soft.set,
     )
     await observers.start()
     try:
         end = await runner.run(interrupts.soft, interrupts.hard)
     finally:
         await observers.stop()
+    end.aborted, end.stairs = observers.watch.aborted, observers.watch.stairs
     return recorder, end
 
 
@@ -80,10 +86,14 @@ async def run_async(config: RunConfig) -> Result:
         recorder, end = await Supervisor(config, interrupts.soft, interrupts.hard).run()
     else:
         recorder, end = await _run_here(config, interrupts)
+    if not interrupts.count and (end.aborted or (end.stairs and end.stairs.get("failed_per_s") is not None)):
+        end.interrupted = False  # the run was stopped by its own judge (trafficgen.watch), not by a person
     reconciliation = None
     if config.reconcile is not None and not interrupts.count:
         reconciliation = await _reconcile(config, recorder)
     stopped_by = f"error: {end.error}" if end.error else ("interrupted" if end.interrupted else None)
+    if end.aborted and not stopped_by:
+        stopped_by = f"threshold: {end.aborted['expression']} failed ({end.aborted['shown']})"
     document = report.build(
         recorder,
         run_id=config.run_id,
@@ -94,6 +104,11 @@ async def run_async(config: RunConfig) -> Result:
         config=config.public(),
         stopped_by=stopped_by,
     )
+    if document.get("profile") is not None and end.stairs is not None:
+        document["profile"]["stairs"] = end.stairs
+    if document.get("thresholds") is not None and end.aborted:
+        document["thresholds"]["aborted"] = end.aborted
+        document["thresholds"]["passed"] = False
     if reconciliation is not None:
         document["reconciliation"] = reconciliation
     return Result(document, end)

@@ -1,17 +1,15 @@
 """Envelopes and message content: what goes on the wire for each message.
 
-Everything that can be built once is built once: the body text (readable words, lines of at most 78
-characters plus CRLF, RFC 5322 2.1.1) is generated at start and each message takes a prefix of it that
-ends on a line boundary; header lines that never change are joined in advance. Per message only the
-recipient, Date (once a second), Message-ID, trace header (with the time it was sent) and Subject are
-formatted.
+Everything that can be built once is built once (trafficgen.content): the bodies are windows of text, HTML and
+base64 generated at start, picked by the message's number; header lines that never change are joined in advance.
+Per message only the weighted choices (domain, and tenant, campaign, sender domain when given), the recipient,
+Date (once a second), Message-ID, trace header (with the time it was sent) and Subject are formatted.
 
 Content is kept dot-stuffed (RFC 5321 4.5.2) and CRLF-terminated, without the final ".\r\n".
 """
 
 from __future__ import annotations
 
-import bisect
 import datetime
 import email.utils
 import random
@@ -23,30 +21,12 @@ from typing import NamedTuple
 from mailload import contract
 from trafficgen import __version__
 from trafficgen.config import RunConfig
+from trafficgen.content import BLOCK_SIZE as BLOCK_SIZE
+from trafficgen.content import LINE_MAX as LINE_MAX
+from trafficgen.content import MIME_HEADERS, Bodies, Sizes, Text
+from trafficgen.content import WORDS as WORDS
+from trafficgen.content import readable_block as readable_block
 from trafficgen.domains import DomainPicker
-
-LINE_MAX = 78
-BLOCK_SIZE = 64 * 1024  # unique text; larger bodies repeat it
-
-WORDS = """
-account action address advice afternoon agenda agreement answer april archive arrival article attached
-attention august autumn balance basket beach before benefit better birthday board booking branch break
-bring budget building business calendar call campaign change chapter check choice client coffee colour
-comment company complete confirm contact copy corner cost course credit customer daily dashboard data
-deadline december delivery department design detail dinner direct discount document draft early east
-edition email energy evening event example exchange expected family february feedback field figure final
-first follow forward friday friend future garden global good green group growth guide happy harbour
-holiday honest hotel idea important include invoice island issue january journey july june kitchen
-knowledge label later launch leader letter library light limit local lunch march market meeting member
-message method minute monday month morning network news next note notice november number october offer
-office online open order owner package page paper partner payment people period picture place plan
-please point policy portal present price print process product project promise question quick quiet
-quote reason receipt record reference region reminder report request review river road saturday
-schedule school season second secure service share short simple site small soon spring staff start
-status summer sunday supply support survey system table team thanks thursday ticket today together
-total travel tuesday update useful value version village visit wednesday week welcome window winter
-world year yesterday
-""".split()  # noqa: SIM905 (a block of words reads better than a list of 200 strings)
 
 SUBJECTS = (
     "Your order has shipped",
@@ -72,49 +52,11 @@ SUBJECTS = (
 )
 
 
-def readable_block(rng: random.Random, size: int = BLOCK_SIZE) -> bytes:
-    """About `size` bytes of sentences in paragraphs, lines wrapped at 78 characters, CRLF line ends."""
-    lines: list[str] = []
-    total = 0
-    line = ""
-    while total < size:
-        sentence = [rng.choice(WORDS) for _ in range(rng.randint(6, 16))]
-        sentence[0] = sentence[0].capitalize()
-        for word in (*sentence[:-1], sentence[-1] + "."):
-            if line and len(line) + 1 + len(word) > LINE_MAX:
-                lines.append(line)
-                total += len(line) + 2
-                line = word
-            else:
-                line = f"{line} {word}" if line else word
-        if rng.random() < 0.2:  # end the paragraph
-            lines.extend((line, ""))
-            total += len(line) + 4
-            line = ""
-    if line:
-        lines.append(line)
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
-
-
-class Body:
-    """Message bodies of at least a given size, cut on line boundaries from one readable text."""
+class Body(Text):
+    """Readable text of at least a given size, cut on line boundaries (the text/plain bodies)."""
 
     def __init__(self, rng: random.Random, largest: int):
-        self.block = readable_block(rng)
-        self.ends = [m.end() for m in re.finditer(b"\r\n", self.block)]
-        repeats = largest // len(self.block) + 2
-        self.text = memoryview(self.block * repeats) if repeats > 1 else memoryview(self.block)
-
-    def end_for(self, size: int) -> int:
-        """The first line end at or after `size` bytes."""
-        length = len(self.block)
-        whole, rest = divmod(size, length)
-        if rest == 0:
-            return whole * length
-        return whole * length + self.ends[bisect.bisect_left(self.ends, rest)]
-
-    def get(self, size: int) -> memoryview:
-        return self.text[: self.end_for(size)]
+        super().__init__(readable_block(rng), largest)
 
 
 def load_message_file(path: str) -> bytes:
@@ -141,6 +83,11 @@ class Message(NamedTuple):
     content: tuple[bytes | memoryview, ...]  # dot-stuffed, CRLF-ended, without the final ".\r\n"
     size: int
     intended: float  # when it was meant to be sent (loop time), for latency without coordinated omission
+    tenant: int = 0  # index into --tenant (0 without)
+    campaign: int = 0  # index into --campaign
+    sender_domain: int = 0  # index into --sender-domain
+    source: int = 0  # index into --source-address: the address of the connection it went over
+    stage: int = 0  # the --profile stage it fell due in
 
 
 class MessageFactory:
@@ -156,19 +103,26 @@ class MessageFactory:
             self.full_domains = [config.domain_with_suffix(d.name) for d in config.domains]
         self.picker = DomainPicker(config.domains, rng) if not config.recipient else None
         self.senders = [config.sender or f"noreply@{d}" for d in self.full_domains]
+        # The other weighted dimensions, each only when given (nothing is drawn for them otherwise).
+        self.tenants = DomainPicker(config.tenants, rng) if config.tenants else None
+        self.tenant_lines = [f"{config.tenant_header}: {t.name}\r\n" for t in config.tenants]
+        self.campaigns = DomainPicker(config.campaigns, rng) if config.campaigns else None
+        self.campaign_lines = [f"{config.campaign_header}: {c.name}\r\n" for c in config.campaigns]
+        self.sending = DomainPicker(config.sender_domains, rng) if config.sender_domains else None
+        self.sending_full = [config.domain_with_suffix(d.name) for d in config.sender_domains]
+        self.sending_senders = [f"noreply@{d}" for d in self.sending_full]
         extra = "".join(f"{name}: {value}\r\n" for name, value in config.headers)
-        self.fixed_headers = (
-            f"X-Mailer: trafficgen/{__version__}\r\n"
-            "MIME-Version: 1.0\r\n"
-            "Content-Type: text/plain; charset=us-ascii\r\n"
-            "Content-Transfer-Encoding: 7bit\r\n"
-            f"{extra}"
-        )
+        common = f"X-Mailer: trafficgen/{__version__}\r\nMIME-Version: 1.0\r\n"
+        self.mime_headers = [f"{common}{mime}{extra}" for mime in MIME_HEADERS]
+        self.fixed_headers = self.mime_headers[0]
         self.file_content = load_message_file(config.body_file) if config.body_file else None
         self.file_extra = extra.encode("utf-8")
-        low, high = config.body_size
-        self.body = Body(random.Random(rng.random()), high) if self.file_content is None else None
-        self.fixed_body = self.body.get(low) if self.body is not None and low == high else None
+        self.bodies: Bodies | None = None
+        if self.file_content is None:
+            sizes = Sizes(config.body_size, rng)
+            self.bodies = Bodies(config.content, sizes, config.attachment_share / 100, random.Random(rng.random()))
+        self.fixed_bodies = self.bodies.fixed if self.bodies is not None else None
+        self.mixing = self.tenants is not None or self.campaigns is not None
         self._date_second = -1
         self._date = ""
 
@@ -180,10 +134,23 @@ class MessageFactory:
             self._date = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.UTC))
         return self._date
 
-    def build(self, seq: int, intended: float) -> Message:
+    def build(self, seq: int, intended: float, source: int = 0, stage: int = 0) -> Message:
         config = self.config
         domain = self.picker.pick() if self.picker is not None else 0
-        sender = self.senders[domain]
+        tenant = campaign = sending = 0
+        mix = ""
+        if self.mixing:
+            if self.tenants is not None:
+                tenant = self.tenants.pick()
+                mix = self.tenant_lines[tenant]
+            if self.campaigns is not None:
+                campaign = self.campaigns.pick()
+                mix += self.campaign_lines[campaign]
+        if self.sending is not None:
+            sending = self.sending.pick()
+            sender, home = self.sending_senders[sending], self.sending_full[sending]
+        else:
+            sender, home = self.senders[domain], self.full_domains[domain]
         count = config.recipients_per_message
         if config.recipient:
             recipients: tuple[str, ...] = (config.recipient,) * count
@@ -194,24 +161,40 @@ class MessageFactory:
             recipients = tuple(f"user-{seq * count + j}@{full}" for j in range(count))
         trace = contract.trace_header(self.run_id, seq, int(time.time() * 1000))
         if self.file_content is not None:
-            head = trace.encode("ascii") + self.file_extra
+            head = trace.encode("ascii") + mix.encode("ascii") + self.file_extra
+            content = (head, self.file_content)
+            size = len(head) + len(self.file_content)
             return Message(
-                seq, domain, sender, recipients, (head, self.file_content), len(head) + len(self.file_content), intended
+                seq, domain, sender, recipients, content, size, intended, tenant, campaign, sending, source, stage
             )
         to = ", ".join(recipients)
         if len(to) > LINE_MAX - len("To: "):
             to = ",\r\n ".join(recipients)  # RFC 5322 2.1.1, 3.2.2: folded, each line at most 78 characters
+        fixed = self.fixed_bodies
+        if fixed is not None:  # a fixed size: every variant was built at start
+            body = fixed[seq % len(fixed)]
+        else:
+            assert self.bodies is not None
+            body = self.bodies.pick(seq)
         header = (
             f"From: {sender}\r\n"
             f"To: {to}\r\n"
             f"Subject: {SUBJECTS[seq % len(SUBJECTS)]}\r\n"
             f"Date: {self.date()}\r\n"
-            f"Message-ID: <{self.run_id}.{seq}@{self.full_domains[domain]}>\r\n"
-            f"{trace}{self.fixed_headers}\r\n"
+            f"Message-ID: <{self.run_id}.{seq}@{home}>\r\n"
+            f"{trace}{mix}{self.mime_headers[body.mime]}\r\n"
         ).encode()
-        body = self.fixed_body
-        if body is None:
-            assert self.body is not None
-            low, high = config.body_size
-            body = self.body.get(low + int(self.rng.random() * (high - low + 1)))
-        return Message(seq, domain, sender, recipients, (header, body), len(header) + len(body), intended)
+        return Message(
+            seq,
+            domain,
+            sender,
+            recipients,
+            (header, *body.parts),
+            len(header) + body.length,
+            intended,
+            tenant,
+            campaign,
+            sending,
+            source,
+            stage,
+        )

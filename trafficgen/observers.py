@@ -1,4 +1,5 @@
-"""What watches a run as it goes: live progress, the --hdr-log interval log, the --metrics exporter.
+"""What watches a run as it goes: live progress, the --hdr-log interval log, the --metrics exporter, and the judge
+of --fail-fast and the stairs (trafficgen.watch).
 
 They read the counts through functions they are given, so the same observers serve one process or the merged
 counts of several (trafficgen.supervisor).
@@ -18,6 +19,7 @@ from trafficgen.stats.exporter import RunCollector
 from trafficgen.stats.hdrlog import IntervalLog
 from trafficgen.stats.progress import INTERVAL, Progress, Snapshot
 from trafficgen.stats.recorder import Recorder
+from trafficgen.watch import Watch
 
 
 def snapshot(recorder: Recorder) -> Snapshot:
@@ -37,6 +39,8 @@ class Observers:
         read: Callable[[], Snapshot],
         view: Callable[[], Recorder],
         take_interval: Callable[[], HdrHistogram] | None,
+        start: Callable[[], float | None] | None = None,
+        stop: Callable[[], None] | None = None,
     ):
         self.config = config
         self.read = read
@@ -45,11 +49,17 @@ class Observers:
         self.tasks: list[asyncio.Task[None]] = []
         self.log: IntervalLog | None = None
         self.exporter: Any = None
+        # `start`: when the run's schedule started (monotonic); `stop`: end the run (in-flight messages finish).
+        self.watch = Watch(config, view, start or (lambda: None), stop or (lambda: None))
 
     async def start(self) -> None:
         config = self.config
         asked = config.throttle.per_second if config.throttle else None
-        self.tasks.append(asyncio.create_task(Progress(self.read, config.quiet, asked=asked).run()))
+        profile = config.profile
+        due = profile.count_by if profile is not None else None
+        self.tasks.append(asyncio.create_task(Progress(self.read, config.quiet, asked=asked, due=due).run()))
+        if self.watch.needed:
+            self.tasks.append(asyncio.create_task(self.watch.run()))
         if config.hdr_log:
             try:
                 self.log = IntervalLog(config.hdr_log)
@@ -73,6 +83,8 @@ class Observers:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.watch.needed:
+            self.watch.finish()
         if self.log is not None and self.take_interval is not None:
             self.log.write(self.take_interval())
             self.log.close()

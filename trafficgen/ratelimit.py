@@ -19,6 +19,8 @@ from mailload.units import RateSpec
 class Throttle:
     """reserve() hands out due times, one per message, `interval` apart."""
 
+    last_stage = 0  # one stage: the schedule of a --profile has several (trafficgen.profile)
+
     def __init__(
         self,
         spec: RateSpec,
@@ -31,6 +33,11 @@ class Throttle:
         # `shared` is a multiprocessing Value('d') holding the next due time (0: not started yet).
         self.shared = shared
         self._next = 0.0
+
+    @property
+    def slack(self) -> float:
+        """A due time this close to the end of the run is past it (sums of intervals drift by an ulp)."""
+        return 1e-6 * self.interval
 
     def _start(self, now: float) -> float:
         return now - (self.burst - 1) * self.interval

@@ -23,8 +23,10 @@ import aiohttp
 from mailload.cli import raise_open_files_limit
 from trafficgen import inject
 from trafficgen.config import ConfigError, RunConfig
+from trafficgen.domains import spread
 from trafficgen.messages import Message, MessageFactory
 from trafficgen.outcome import ERROR, Outcome
+from trafficgen.profile import ProfileSchedule
 from trafficgen.ratelimit import Throttle
 from trafficgen.smtp.session import ClientProtocol, Refused, Session, SessionError, client_tls_context
 from trafficgen.stats.recorder import Recorder
@@ -63,14 +65,33 @@ class Share:
 
 def new_recorder(config: RunConfig) -> Recorder:
     """A Recorder for this run's domains and options."""
-    domains = [config.recipient.rpartition("@")[2]] if config.recipient else [d.name for d in config.domains]
     return Recorder(
-        domains,
-        corrected=config.throttle is not None,
+        config.domain_names,
+        corrected=config.scheduled,
         marks=config.reconcile is not None,
         shards=config.shard_count,
         intervals=config.hdr_log is not None,
+        dimensions=config.dimensions,
+        stages=config.profile is not None,
     )
+
+
+def new_schedule(config: RunConfig, shared: Any = None) -> Throttle | ProfileSchedule | None:
+    """The run's open-loop schedule (--throttle or --profile), drawn from `shared` memory with --processes."""
+    if config.throttle is not None:
+        return Throttle(config.throttle, shared=shared)
+    if config.profile is not None:
+        return ProfileSchedule(config.profile, shared=shared)
+    return None
+
+
+def shared_schedule(config: RunConfig, context: Any) -> Any:
+    """The shared memory the processes' schedules draw from (a multiprocessing context's Value or Array)."""
+    if config.throttle is not None:
+        return context.Value("d", 0.0)
+    if config.profile is not None:
+        return context.Array("d", 3)
+    return None
 
 
 def raise_file_limit(connections: int) -> None:
@@ -90,6 +111,8 @@ class RunEnd:
     window: float  # the sending window: --duration, or the whole run with --message-count
     error: str | None = None  # what stopped the run, without --keep-going
     interrupted: bool = False
+    aborted: dict[str, Any] | None = None  # the --fail-fast threshold that stopped the run (trafficgen.watch)
+    stairs: dict[str, Any] | None = None  # the stairs' verdict, with a --profile that has them
 
 
 class Runner:
@@ -107,7 +130,11 @@ class Runner:
         self.share = share or Share(concurrency=config.concurrency, message_count=config.message_count)
         seed = None if config.seed is None else config.seed * 1000 + self.share.index
         self.factory = MessageFactory(config, random.Random(seed))
-        self.throttle = Throttle(config.throttle, shared=shared_throttle) if config.throttle else None
+        self.throttle = new_schedule(config, shared_throttle)
+        # Connections are spread over the --source-address values by weight, numbered across processes as the
+        # ramp numbers them.
+        self.sources = [s.name for s in config.source_address]
+        self.assignment = spread([s.weight for s in config.source_address], config.concurrency)
         self.tls = client_tls_context() if config.starttls else None
         self.protocols: set[ClientProtocol] = set()
         self.remaining = self.share.message_count
@@ -124,13 +151,19 @@ class Runner:
 
     # --- claims ---------------------------------------------------------------------------------------------
 
-    def claim_now(self) -> Message | None:
-        """The next message if one is due now (never waits); None otherwise."""
-        return self._take(only_if_due=True)
+    def source_of(self, number: int) -> int:
+        """The --source-address (index) of worker `number`'s connections."""
+        if not self.sources:
+            return 0
+        return self.assignment[(number * self.share.count + self.share.index) % len(self.assignment)]
 
-    async def claim(self) -> Message | None:
+    def claim_now(self, source: int = 0) -> Message | None:
+        """The next message if one is due now (never waits); None otherwise."""
+        return self._take(only_if_due=True, source=source)
+
+    async def claim(self, source: int = 0) -> Message | None:
         """The next message for a worker, once it is due; None when the run is over."""
-        message = self._take(only_if_due=False)
+        message = self._take(only_if_due=False, source=source)
         if message is not None:
             wait = message.intended - time.monotonic()
             if wait > 0:
@@ -150,7 +183,7 @@ class Runner:
             or time.monotonic() >= self.deadline
         )
 
-    def _take(self, only_if_due: bool) -> Message | None:
+    def _take(self, only_if_due: bool, source: int = 0) -> Message | None:
         if (
             self.stopping
             or self.exhausted
@@ -162,14 +195,16 @@ class Runner:
         if now >= self.deadline:
             return None
         intended = now
-        if self.throttle is not None:
-            due = self.throttle.reserve(only_if_due)
+        stage = 0
+        schedule = self.throttle
+        if schedule is not None:
+            due = schedule.reserve(only_if_due)
             if due is None:
                 return None
-            if due >= self.deadline - 1e-6 * self.throttle.interval:  # (sums of intervals drift by an ulp)
+            if due >= self.deadline - schedule.slack:
                 self.exhausted = True  # messages already claimed still go; no more are claimed
                 return None
-            intended = due
+            intended, stage = due, schedule.last_stage
         if self.remaining is not None:
             self.remaining -= 1
         self.outstanding += 1
@@ -177,7 +212,7 @@ class Runner:
         local = self.share.index + self.share.count * self.claimed
         seq = local * self.config.shard_count + self.config.shard_index
         self.claimed += 1
-        return self.factory.build(seq, intended)
+        return self.factory.build(seq, intended, source, stage)
 
     # --- workers ------------------------------------------------------------------------------------------
 
@@ -208,15 +243,17 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.over.wait(), wait)
 
-    async def connect(self) -> Transport | Outcome:
-        """A new transport, or the Outcome its failure gives the message that could not be sent over it."""
+    async def connect(self, source: int = 0) -> Transport | Outcome:
+        """A new transport (from --source-address `source`), or the Outcome its failure gives the message that
+        could not be sent over it."""
         config = self.config
         if config.http:
             if self.http_pool is None:
                 self.http_pool = inject.pool(self.share.concurrency or config.concurrency)
             return inject.HttpSession(self.http_pool, config.http_url, config)
         started = time.monotonic()
-        opening = asyncio.ensure_future(Session.open(config, self.tls, self.protocols))
+        local = self.sources[source] if self.sources else None
+        opening = asyncio.ensure_future(Session.open(config, self.tls, self.protocols, local))
         over = asyncio.ensure_future(self.over.wait())
         try:
             await asyncio.wait({opening, over}, return_when=asyncio.FIRST_COMPLETED)
@@ -300,6 +337,7 @@ class Runner:
             timeout = None if config.duration is None else config.duration + END_GRACE
             pending: set[asyncio.Future[Any]] = {everything, soft_wait, hard_wait}
             done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            stopped = time.monotonic()
             if (soft_wait in done or hard_wait in done) and everything not in done:
                 self.stopping = self.interrupted = True
                 self.over.set()
@@ -318,8 +356,10 @@ class Runner:
         elapsed = time.monotonic() - started
         # The sending window of a --duration run is the duration, unless it was stopped early.
         window = elapsed
+        if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
+            window = min(elapsed, stopped - started)
         if config.duration is not None:
-            window = config.duration if not (self.interrupted or self.error) else min(elapsed, config.duration)
+            window = config.duration if not (self.interrupted or self.error) else min(window, config.duration)
         return RunEnd(wall, elapsed, window, self.error, self.interrupted)
 
 
@@ -337,6 +377,7 @@ class Worker:
         self.on_transport = 0
         self.failures = 0
         self.first = True  # the first connection is opened and held even if it will send nothing
+        self.source = runner.source_of(number)  # the --source-address its connections come from
 
     async def run(self) -> None:
         runner = self.runner
@@ -347,7 +388,7 @@ class Worker:
                     if self._finished():
                         break
                     continue  # the failure was recorded (and waited for with backoff): try again
-                message = self.pending or await runner.claim()
+                message = self.pending or await runner.claim(self.source)
                 self.pending = None
                 if message is None:
                     break
@@ -383,10 +424,10 @@ class Worker:
         if self.pending is None and not self.first and runner.remaining is not None:
             # A --message-count run reconnects for a message it holds, so no connection opens for nothing when
             # another worker takes the last one.
-            self.pending = await runner.claim()
+            self.pending = await runner.claim(self.source)
             if self.pending is None:
                 return False
-        opened = await runner.connect()
+        opened = await runner.connect(self.source)
         if not isinstance(opened, Outcome):
             self.transport, self.on_transport, self.first = opened, 0, False
             return True
@@ -394,7 +435,7 @@ class Worker:
             return False  # the run ended while connecting: no message of its failed
         # The failure is the outcome of the message that would have gone over this connection, so a
         # --message-count run still ends however the target behaves.
-        message = self.pending or await runner.claim()
+        message = self.pending or await runner.claim(self.source)
         self.pending = None
         if message is not None:
             runner.recorded(message, opened.for_message(len(message.recipients)))
@@ -409,7 +450,7 @@ class Worker:
         assert transport is not None
         limit = runner.config.messages_per_connection
         last_here = limit is not None and self.on_transport + 1 >= limit
-        self.pending = None if last_here else runner.claim_now()
+        self.pending = None if last_here else runner.claim_now(self.source)
         self.sending = message
         outcome = await transport.send(message, self.pending)
         self.sending = None

@@ -24,7 +24,7 @@ from hdrh.histogram import HdrHistogram
 from mailload.cli import event_loop_factory
 from trafficgen.config import RunConfig
 from trafficgen.observers import Observers, snapshot
-from trafficgen.runner import RunEnd, Runner, Share, new_recorder, raise_file_limit
+from trafficgen.runner import RunEnd, Runner, Share, new_recorder, raise_file_limit, shared_schedule
 from trafficgen.stats.progress import Snapshot
 from trafficgen.stats.recorder import Recorder, new_histogram
 
@@ -52,7 +52,7 @@ class Done(NamedTuple):
 class Controls(NamedTuple):
     """What the processes of one run share."""
 
-    throttle: Any  # multiprocessing Value('d'): the throttle schedule's next due time, or None
+    throttle: Any  # shared memory of the schedule (--throttle: Value('d'), --profile: Array('d', 3)), or None
     stop: Any  # multiprocessing Event: stop sending
     ready: Any  # multiprocessing Barrier: start together
 
@@ -72,7 +72,7 @@ async def _child_run(config: RunConfig, share: Share, controls: Controls, conn: 
 
     def progress() -> Progress:
         interval = recorder.take_interval().encode() if config.hdr_log else None
-        state = recorder.state(marks=False) if config.metrics else None
+        state = recorder.state(marks=False) if config.live_view else None
         return Progress(share.index, tuple(snapshot(recorder)), interval, state)
 
     async def relay() -> None:
@@ -119,13 +119,21 @@ class Supervisor:
         self.finished = asyncio.Event()
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.pipes: list[Connection] = []
+        self.controls: Controls | None = None
+        self.started = time.monotonic()
 
     async def run(self) -> tuple[Recorder, RunEnd]:
         raise_file_limit(max(s.concurrency or 0 for s in self.shares))
         started = time.time()
-        controls = self._start()
+        self.started = time.monotonic()
+        controls = self.controls = self._start()
         observers = Observers(
-            self.config, self.combined, self.view, self.take_interval if self.config.hdr_log else None
+            self.config,
+            self.combined,
+            self.view,
+            self.take_interval if self.config.hdr_log else None,
+            start=self.schedule_start,
+            stop=self.soft.set,
         )
         await observers.start()
         try:
@@ -133,13 +141,20 @@ class Supervisor:
         finally:
             await observers.stop()
             self._reap()
-        return self.recorder, self._end(started)
+        end = self._end(started)
+        end.aborted, end.stairs = observers.watch.aborted, observers.watch.stairs
+        return self.recorder, end
+
+    def schedule_start(self) -> float | None:
+        """When the run's schedule started (the processes share it); this process's start without a profile."""
+        shared = self.controls.throttle if self.controls is not None else None
+        if self.config.profile is not None and shared is not None:
+            return float(shared[1]) if shared[0] else None
+        return self.started
 
     def _start(self) -> Controls:
         mp = multiprocessing.get_context("spawn")
-        controls = Controls(
-            mp.Value("d", 0.0) if self.config.throttle else None, mp.Event(), mp.Barrier(len(self.shares))
-        )
+        controls = Controls(shared_schedule(self.config, mp), mp.Event(), mp.Barrier(len(self.shares)))
         loop = asyncio.get_running_loop()
         for share in self.shares:
             parent_end, child_end = mp.Pipe(duplex=False)

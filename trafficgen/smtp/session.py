@@ -138,14 +138,17 @@ class Session:
     # --- opening ----------------------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, config: Any, tls: ssl.SSLContext | None, registry: set[ClientProtocol]) -> Session:
-        """Connect, read the greeting, EHLO (then STARTTLS and EHLO again, AUTH) as the config asks.
+    async def open(
+        cls, config: Any, tls: ssl.SSLContext | None, registry: set[ClientProtocol], source: str | None = None
+    ) -> Session:
+        """Connect (from the local address `source`, when given), read the greeting, EHLO (then STARTTLS and
+        EHLO again, AUTH) as the config asks.
 
         Raises SessionError for network and setup failures, Refused for a greeting or EHLO that says no.
         """
         loop = asyncio.get_running_loop()
         started = monotonic()
-        local = (config.source_address, 0) if config.source_address else None
+        local = (source, 0) if source else None
         try:
             transport, protocol = await asyncio.wait_for(
                 loop.create_connection(ClientProtocol, config.host, config.port, local_addr=local),

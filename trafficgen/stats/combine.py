@@ -1,7 +1,9 @@
 """Reports of several instances or runs: merged exactly, or compared before/after.
 
 merge() adds totals, domains, replies and errors, and merges every HDR histogram, so the merged percentiles are
-those of all the messages (never an average of percentiles). compare() lists what changed between two reports.
+those of all the messages (never an average of percentiles). compare() lists what changed between two reports;
+comparison() says it as data, with what regressed by more than a given percentage and how the two runs differ
+(target, concurrency, workload), so a before/after comparison can gate a change in CI.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def _merged_recorder(documents: list[dict[str, Any]]) -> Recorder:
     for document in documents:
         part = reports.recorder_of(document)
         state = part.state()
+        # Each instance ran its own schedule (as with --throttle): a merged report has no stages and no schedule.
+        state["stages"] = None
         state["counts"] = [
             part.counts[part.domains.index(d)] if d in part.domains else [0, 0, 0, 0, 0] for d in domains
         ]
@@ -165,3 +169,100 @@ def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None
             "-" if None in rates else f"{(rates[1] - rates[0]) * 100:+.1f} pt",  # type: ignore[operator]
         )
     Console(file=out, width=120, highlight=False).print(table)
+
+
+# --- comparing as data --------------------------------------------------------------------------------------------
+
+# What shapes the traffic of a run: two runs that differ in one of these ran different workloads.
+SHAPE = (
+    "workload",
+    "domains",
+    "domain_suffix",
+    "recipients_per_message",
+    "body_size",
+    "body_size_median",
+    "body_size_p99",
+    "content",
+    "attachment_share",
+    "tenants",
+    "campaigns",
+    "sender_domains",
+    "throttle_per_s",
+    "profile",
+    "message_count",
+    "duration_s",
+)
+REGRESSION_PERCENTILES = ("p50", "p90", "p99")
+
+
+def _change(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None or before == 0:
+        return None
+    return round((after - before) / before * 100, 3)
+
+
+def _pair(before: float | None, after: float | None) -> dict[str, Any]:
+    return {"before": before, "after": after, "change_percent": _change(before, after)}
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """How two runs differ in what they tested: target, concurrency, workload (what makes a comparison unfair)."""
+    out = []
+    if before["target"] != after["target"]:
+        out.append(f"the runs differ in target: {before['target']} before, {after['target']} after")
+    cb, ca = before["config"], after["config"]
+    if cb.get("concurrency") != ca.get("concurrency"):
+        out.append(f"the runs differ in concurrency: {cb.get('concurrency')} before, {ca.get('concurrency')} after")
+    shape = [key for key in SHAPE if (cb.get(key) or None) != (ca.get(key) or None)]
+    if shape:
+        out.append("the runs differ in workload: " + ", ".join(shape))
+    return out
+
+
+def comparison(before: dict[str, Any], after: dict[str, Any], regressed: float | None = None) -> dict[str, Any]:
+    """The change between two reports, as data; with `regressed` (a percentage), what got worse by more:
+    throughput or the success rate fell, or latency (p50, p90, p99) rose. Latency is from the intended send time
+    when both runs had a schedule, else the transaction's."""
+    intended = bool(before.get("latency_from_intended_ms") and after.get("latency_from_intended_ms"))
+    key = "latency_from_intended_ms" if intended else "latency_ms"
+    lb, la = before.get(key) or {}, after.get(key) or {}
+    result: dict[str, Any] = {
+        "before": before["run_id"],
+        "after": after["run_id"],
+        "warnings": differences(before, after),
+        "throughput_per_s": _pair(before["throughput"]["per_second"], after["throughput"]["per_second"]),
+        "success_rate": _pair(before["success_rate"], after["success_rate"]),
+        "totals": {k: _pair(before["totals"][k], after["totals"][k]) for k in before["totals"]},
+        "latency": "from_intended" if intended else "transaction",
+        "latency_ms": {
+            k: _pair(lb.get(k), la.get(k)) for k in ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
+        },
+        "domains": {},
+        "fail_if_regressed_percent": regressed,
+        "regressions": [],
+    }
+    for name in sorted(set(before["domains"]) | set(after["domains"])):
+        rates = []
+        for document in (before, after):
+            row = document["domains"].get(name)
+            rates.append(row["accepted"] / row["attempted"] if row and row["attempted"] else None)
+        result["domains"][name] = {"accepted_before": rates[0], "accepted_after": rates[1]}
+    if regressed is not None:
+        checks: list[tuple[str, dict[str, Any], int]] = [
+            ("throughput", result["throughput_per_s"], -1),
+            ("success rate", result["success_rate"], -1),
+            *((f"latency {p} ({result['latency']})", result["latency_ms"][p], 1) for p in REGRESSION_PERCENTILES),
+        ]
+        for name, pair, worse in checks:
+            change = pair["change_percent"]
+            if change is not None and change * worse > regressed:
+                result["regressions"].append(
+                    {
+                        "metric": name,
+                        **pair,
+                        "text": f"{name} {pair['before']:,} -> {pair['after']:,} ({change:+.1f}%, more than "
+                        f"{regressed:g}% worse)",
+                    }
+                )
+    result["regressed"] = bool(result["regressions"])
+    return result

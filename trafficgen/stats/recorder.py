@@ -2,7 +2,9 @@
 
 The recorder never prints (progress and reports read it); it can be turned into a plain state and merged
 with others, so processes and machines combine exactly (histograms are merged, never averaged).
-Latencies are recorded in microseconds.
+Latencies are recorded in microseconds. Besides the domains, the same five counts are kept per value of each
+other dimension the run uses (tenants, campaigns, sender domains, source addresses) and per --profile stage (with
+that stage's latency from the intended time).
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from hdrh.histogram import HdrHistogram
 
 from trafficgen.messages import Message
 from trafficgen.outcome import ACCEPTED, ERROR, Outcome
+
+# The report's key of each dimension, and the Message field that holds a message's value of it.
+DIMENSIONS = {
+    "tenants": "tenant",
+    "campaigns": "campaign",
+    "sender_domains": "sender_domain",
+    "source_addresses": "source",
+}
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
@@ -90,9 +100,25 @@ class Recorder:
     """Everything a run counts. One per process; `state()` and `merge()` combine them."""
 
     def __init__(
-        self, domains: list[str], corrected: bool = False, marks: bool = False, shards: int = 1, intervals: bool = False
+        self,
+        domains: list[str],
+        corrected: bool = False,
+        marks: bool = False,
+        shards: int = 1,
+        intervals: bool = False,
+        dimensions: dict[str, list[str]] | None = None,
+        stages: bool = False,
     ):
         self.domains = list(domains)
+        # per value of each other dimension used: the five counts, as for domains
+        self.dimensions = {key: list(names) for key, names in (dimensions or {}).items()}
+        self.dimension_counts = {key: [[0, 0, 0, 0, 0] for _ in names] for key, names in self.dimensions.items()}
+        self._dimension_rows = [
+            (Message._fields.index(DIMENSIONS[key]), rows) for key, rows in self.dimension_counts.items()
+        ]
+        # per --profile stage: the five counts, and latency from the intended time
+        self.stage_counts: list[list[int]] | None = [] if stages else None
+        self.stage_latency: list[Histogram] = []
         # per domain: [attempted, accepted, tempfailed, permfailed, errors]
         self.counts = [[0, 0, 0, 0, 0] for _ in self.domains]
         self.recipients = [0, 0, 0, 0]  # by kind
@@ -122,6 +148,21 @@ class Recorder:
         row = self.counts[message.domain]
         row[0] += 1
         row[kind + 1] += 1
+        if self._dimension_rows:
+            for field, rows in self._dimension_rows:
+                row = rows[message[field]]  # type: ignore[index]  # the field is one of the int fields
+                row[0] += 1
+                row[kind + 1] += 1
+        stages = self.stage_counts
+        if stages is not None:
+            stage = message.stage
+            if stage >= len(stages):
+                self._add_stages(stage + 1)
+            row = stages[stage]
+            row[0] += 1
+            row[kind + 1] += 1
+            if kind != ERROR:
+                self.stage_latency[stage].record(max(1, int((outcome.end - message.intended) * 1e6)))
         recipients = self.recipients
         for k in outcome.recipient_kinds:
             recipients[k] += 1
@@ -149,6 +190,12 @@ class Recorder:
                 phases["rcpt"].record(max(1, int((rcpt - mail) * 1e6)))
                 if end > rcpt:
                     phases["data"].record(max(1, int((end - rcpt) * 1e6)))
+
+    def _add_stages(self, count: int) -> None:
+        assert self.stage_counts is not None
+        while len(self.stage_counts) < count:
+            self.stage_counts.append([0, 0, 0, 0, 0])
+            self.stage_latency.append(new_histogram())
 
     def _mark(self, index: int, mark: int) -> None:
         marks = self.marks
@@ -211,7 +258,25 @@ class Recorder:
             out[name] = Totals(*row).as_dict()
         return out
 
+    def dimension_totals(self, key: str) -> dict[str, dict[str, int]]:
+        """The five counts per value of a dimension ("tenants", "campaigns"...); {} when the run has none."""
+        names = self.dimensions.get(key, [])
+        rows = self.dimension_counts.get(key, [])
+        return {name: Totals(*row).as_dict() for name, row in zip(names, rows, strict=True)}
+
     # --- combining ----------------------------------------------------------------------------------------
+
+    def _merge_dimension(self, key: str, names: list[str], counts: list[list[int]]) -> None:
+        """Add another recorder's counts of one dimension, by name (values it has that this one lacks are added)."""
+        mine = self.dimensions.setdefault(key, [])
+        rows = self.dimension_counts.setdefault(key, [])
+        for name, other in zip(names, counts, strict=True):
+            if name not in mine:
+                mine.append(name)
+                rows.append([0, 0, 0, 0, 0])
+            row = rows[mine.index(name)]
+            for i, value in enumerate(other):
+                row[i] += value
 
     def state(self, marks: bool = True) -> dict[str, Any]:
         """Everything counted, as plain data (histograms in their standard compressed form); the reconciliation
@@ -230,6 +295,15 @@ class Recorder:
             "connections_peak": self.connections_peak,
             "connection_errors": dict(self.connection_errors),
             "marks": bytes(self.marks) if self.marks is not None and marks else None,
+            "dimensions": {
+                key: {"names": self.dimensions[key], "counts": rows} for key, rows in self.dimension_counts.items()
+            },
+            "stages": None
+            if self.stage_counts is None
+            else {
+                "counts": self.stage_counts,
+                "latency": [h.encode().decode("ascii") for h in self.stage_latency],
+            },
         }
 
     def merge(self, state: dict[str, Any]) -> None:
@@ -253,6 +327,17 @@ class Recorder:
         self.connections_open += state["connections_open"]
         self.connections_peak += state.get("connections_peak", 0)
         self.connection_errors.update(state.get("connection_errors") or {})
+        for key, part in (state.get("dimensions") or {}).items():
+            self._merge_dimension(key, part["names"], part["counts"])
+        stages = state.get("stages")
+        if stages:
+            if self.stage_counts is None:
+                self.stage_counts = []
+            self._add_stages(len(stages["counts"]))
+            for i, (counts, encoded) in enumerate(zip(stages["counts"], stages["latency"], strict=True)):
+                for j, value in enumerate(counts):
+                    self.stage_counts[i][j] += value
+                self.stage_latency[i].add(HdrHistogram.decode(encoded))
         if state.get("marks") is not None and self.marks is not None:
             # Processes mark disjoint messages: a byte-wise OR merges them.
             ours, theirs = bytes(self.marks), state["marks"]

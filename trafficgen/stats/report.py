@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from trafficgen import __version__
-from trafficgen.stats.recorder import PHASES, Recorder
+from trafficgen import profile as profiles
+from trafficgen import thresholds as threshold_parser
+from trafficgen.stats.recorder import DIMENSIONS, PHASES, Recorder
 
 SCHEMA = 1
 PERCENTILES = (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99_9", 99.9))
@@ -45,11 +47,16 @@ BEHIND = 0.98  # an achieved rate below this share of the asked one is reported 
 
 
 def schedule(config: dict[str, Any], attempted: int, window: float) -> dict[str, Any] | None:
-    """With --throttle: the rate asked and achieved, and how many messages fell due but were never sent."""
+    """With --throttle or --profile: the rate asked and achieved, and how many messages fell due but were never
+    sent."""
     asked = config.get("throttle_per_s")
-    if not asked:
+    if config.get("profile"):
+        due = profiles.whole(profiles.parse(config["profile"]).count_by(window))
+        asked = due / window if window > 0 else 0.0
+    elif asked:
+        due = max(0, math.ceil(window * asked - 1e-9)) + (config.get("max_burst") or 1) - 1
+    else:
         return None
-    due = max(0, math.ceil(window * asked - 1e-9)) + (config.get("max_burst") or 1) - 1
     if config.get("message_count"):
         due = min(due, config["message_count"])
     achieved = attempted / window if window > 0 else 0.0
@@ -60,6 +67,52 @@ def schedule(config: dict[str, Any], attempted: int, window: float) -> dict[str,
         "never_sent": max(0, due - attempted),
         "behind": achieved < asked * BEHIND and due > attempted,
     }
+
+
+def profile_report(config: dict[str, Any], recorder: Recorder, window: float) -> dict[str, Any] | None:
+    """With --profile: each stage that started within the sending window, with what was due, sent and answered
+    in it and its latency from the intended time (messages count in the stage they fell due in)."""
+    text = config.get("profile")
+    if not text:
+        return None
+    profile = profiles.parse(text)
+    counts = recorder.stage_counts or []
+    stages = []
+    for index in range(profile.stage_count):
+        start = profile.stage_start(index)
+        if start >= window and index >= len(counts):
+            break
+        stage = profile.stage(index)
+        row = counts[index] if index < len(counts) else [0, 0, 0, 0, 0]
+        span = min(stage.duration, max(0.0, window - start))
+        due = profile.stage_due(index, until=window)
+        attempted = row[0]
+        asked = due / span if span > 0 else 0.0
+        achieved = attempted / span if span > 0 else 0.0
+        histogram = recorder.stage_latency[index] if index < len(recorder.stage_latency) else None
+        stages.append(
+            {
+                **profiles.stage_dict(profile, index),
+                "due": due,
+                **dict(zip(("attempted", "accepted", "tempfailed", "permfailed", "errors"), row, strict=True)),
+                "asked_per_s": round(asked, 3),
+                "achieved_per_s": round(achieved, 3),
+                "never_sent": max(0, due - attempted),
+                "behind": achieved < asked * BEHIND and due > attempted,
+                "latency_from_intended_ms": latency_ms(histogram) if histogram is not None else None,
+                "histogram": histogram.encode().decode("ascii") if histogram is not None else None,
+            }
+        )
+    return {"stages": stages, "stairs": None}
+
+
+def thresholds_report(config: dict[str, Any], document: dict[str, Any]) -> dict[str, Any] | None:
+    """With --fail-if: each threshold measured on the report, and whether all passed."""
+    texts = config.get("fail_if")
+    if not texts:
+        return None
+    results = threshold_parser.evaluate([threshold_parser.parse(t) for t in texts], document)
+    return {"passed": all(r["passed"] for r in results), "results": results, "aborted": None}
 
 
 def build(
@@ -78,7 +131,7 @@ def build(
     window = elapsed if window is None else window
     per_second = attempted / window if window > 0 else 0.0
     replies = sorted(recorder.replies.items(), key=lambda item: (-item[1], item[0]))
-    return {
+    document = {
         "schema": SCHEMA,
         "tool": f"trafficgen {__version__}",
         "run_id": run_id,
@@ -101,6 +154,7 @@ def build(
         "latency_from_intended_ms": latency_ms(recorder.corrected),
         "phases_ms": {name: latency_ms(recorder.phases[name]) for name in PHASES},
         "domains": recorder.domain_totals(),
+        **{key: recorder.dimension_totals(key) for key in DIMENSIONS},
         "replies": [{"code": code, "text": text, "count": n} for (code, text), n in replies],
         "errors": [{"text": text, "count": n} for text, n in recorder.errors.most_common()],
         "connections": {
@@ -114,7 +168,10 @@ def build(
             "latency_from_intended": recorder.corrected.encode().decode("ascii") if recorder.corrected else None,
             "phases": {name: recorder.phases[name].encode().decode("ascii") for name in PHASES},
         },
+        "profile": profile_report(config, recorder, window),
     }
+    document["thresholds"] = thresholds_report(config, document)
+    return document
 
 
 def recorder_of(report: dict[str, Any]) -> Recorder:
@@ -122,8 +179,21 @@ def recorder_of(report: dict[str, Any]) -> Recorder:
     domains = list(report["domains"])
     recorder = Recorder(domains)
     histograms = report.get("histograms") or {}
+    five = ("attempted", "accepted", "tempfailed", "permfailed", "errors")
+    stages = (report.get("profile") or {}).get("stages") or []
     recorder.merge(
         {
+            "dimensions": {
+                key: {"names": list(report[key]), "counts": [[row[k] for k in five] for row in report[key].values()]}
+                for key in DIMENSIONS
+                if report.get(key)
+            },
+            "stages": {
+                "counts": [[stage[k] for k in five] for stage in stages],
+                "latency": [stage["histogram"] for stage in stages],
+            }
+            if stages and all(stage.get("histogram") for stage in stages)
+            else None,
             "counts": [
                 [report["domains"][d][k] for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")]
                 for d in domains
@@ -155,6 +225,16 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
     _print_headline(console, report)
     console.print(_latency_table(report))
     console.print(_domains_table(report))
+    for key, title in (
+        ("tenants", "tenants"),
+        ("campaigns", "campaigns"),
+        ("sender_domains", "sender domains"),
+        ("source_addresses", "source addresses"),
+    ):
+        if report.get(key):
+            console.print(_counts_table(title, title[:-1].replace("addresse", "address"), report[key]))
+    if report.get("profile"):
+        _print_profile(console, report["profile"])
     if report["replies"]:
         console.print(_replies_table(report))
     reconciliation = report.get("reconciliation")
@@ -162,6 +242,8 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
         print_reconciliation(console, reconciliation, report["totals"]["accepted"])
     if report["errors"]:
         console.print(_errors_table(report))
+    if report.get("thresholds"):
+        print_thresholds(console, report["thresholds"])
 
 
 def _print_headline(console: Console, report: dict[str, Any]) -> None:
@@ -212,17 +294,71 @@ def _latency_table(report: dict[str, Any]) -> Table:
 
 
 def _domains_table(report: dict[str, Any]) -> Table:
-    domains = Table(box=box.SIMPLE, title="domains", title_justify="left", pad_edge=False)
-    for c in ("domain", "attempted", "accepted", "tempfailed", "permfailed", "errors", "accepted %"):
-        domains.add_column(c, justify="left" if c == "domain" else "right")
-    for name, row in sorted(report["domains"].items(), key=lambda item: -item[1]["attempted"]):
+    return _counts_table("domains", "domain", report["domains"])
+
+
+def _counts_table(title: str, column: str, rows: dict[str, dict[str, int]]) -> Table:
+    """The five counts and the acceptance of each value of a dimension, most attempted first."""
+    table = Table(box=box.SIMPLE, title=title, title_justify="left", pad_edge=False)
+    for c in (column, "attempted", "accepted", "tempfailed", "permfailed", "errors", "accepted %"):
+        table.add_column(c, justify="left" if c == column else "right")
+    for name, row in sorted(rows.items(), key=lambda item: -item[1]["attempted"]):
         share = row["accepted"] / row["attempted"] * 100 if row["attempted"] else None
-        domains.add_row(
+        table.add_row(
             name,
             *(f"{row[k]:,}" for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")),
             _n(share, 1),
         )
-    return domains
+    return table
+
+
+def _print_profile(console: Console, profile: dict[str, Any]) -> None:
+    table = Table(box=box.SIMPLE, title="profile stages", title_justify="left", pad_edge=False)
+    columns = ("stage", "start s", "due", "sent", "asked/s", "achieved/s", "accepted %", "p99 ms")
+    for c in columns:
+        table.add_column(c, justify="left" if c == "stage" else "right")
+    for stage in profile["stages"]:
+        latency = stage.get("latency_from_intended_ms") or {}
+        accepted = stage["accepted"] / stage["attempted"] * 100 if stage["attempted"] else None
+        table.add_row(
+            stage["stage"] + (" (behind)" if stage["behind"] else ""),
+            _n(stage["start_s"], 1),
+            f"{stage['due']:,}",
+            f"{stage['attempted']:,}",
+            _n(stage["asked_per_s"], 1),
+            _n(stage["achieved_per_s"], 1),
+            _n(accepted, 1),
+            _n(latency.get("p99"), 1),
+        )
+    console.print(table)
+    stairs = profile.get("stairs")
+    if stairs:
+        held = stairs.get("last_held_per_s")
+        console.print(
+            f"  [bold]stairs: the last rate that held was {_n(held, 1)}/s[/bold]"
+            if held is not None
+            else "  [bold]stairs: no step held[/bold]",
+            end="",
+        )
+        if stairs.get("failed_per_s") is not None:
+            console.print(f"; {_n(stairs['failed_per_s'], 1)}/s did not: {stairs['reason']}")
+        else:
+            console.print(f" ({stairs.get('reason') or 'the top rate was reached'})")
+
+
+def print_thresholds(console: Console, thresholds: dict[str, Any]) -> None:
+    """Each --fail-if threshold, its measured value and whether it passed."""
+    aborted = thresholds.get("aborted")
+    if aborted:
+        console.print(
+            f"thresholds: [bold]stopped at {aborted['at_s']:,.1f} s[/bold]: {aborted['expression']} failed "
+            f"({aborted['shown']})"
+        )
+    else:
+        console.print("thresholds:")
+    for result in thresholds["results"]:
+        verdict = "pass" if result["passed"] else "[bold]FAIL[/bold]"
+        console.print(f"  {verdict}  {result['expression']}  ({result['shown']})")
 
 
 def _replies_table(report: dict[str, Any]) -> Table:
