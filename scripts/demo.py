@@ -2,11 +2,13 @@
 the seeds' weighted domain list, the report, then the sink stopped.
 
 Ports are chosen by the sink (port 0) and read from its ready line, so the demo never collides with
-anything already listening.
+anything already listening. The reports (demo-report.json, and the charts in demo-report.html) are written to the
+repository's root, or to the folder DEMO_OUT names.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -16,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(os.environ.get("DEMO_OUT") or ROOT)
 DOMAINS = [
     "gmail.com:67.4",
     "yahoo.com:5.9",
@@ -96,12 +99,17 @@ def main() -> int:
             "--seed",
             "2026",
             "--json",
-            str(ROOT / "demo-report.json"),
+            str(OUT / "demo-report.json"),
+            "--html",
+            str(OUT / "demo-report.html"),
         ]
         for domain in DOMAINS:
             command += ["--domain", domain]
         status = subprocess.call(command)
-        print(f"\ndemo: the JSON report is in demo-report.json; {sink_counts(admin)}")
+        print(
+            f"\ndemo: the JSON report is in {OUT / 'demo-report.json'}, its charts in {OUT / 'demo-report.html'} "
+            f"(open it in a browser); {sink_counts(admin)}"
+        )
         return status
     finally:
         sink.send_signal(signal.SIGTERM)

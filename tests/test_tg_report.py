@@ -43,7 +43,7 @@ GOLDEN: dict[str, Any] = {
     "campaigns": "dimension",
     "sender_domains": "dimension",
     "source_addresses": "dimension",
-    "replies": [{"code": "int", "text": "str", "count": "int"}],
+    "replies": [{"code": "int", "text": "str", "count": "int", "domains": "counts"}],
     "errors": [{"text": "str", "count": "int"}],
     "connections": {"opened": "int", "peak": "int", "failed": "int", "errors": "list"},
     "schedule": {
@@ -61,6 +61,21 @@ GOLDEN: dict[str, Any] = {
     # null without --profile and --fail-if; their structure is pinned in test_tg_profile.py and test_tg_thresholds.py
     "profile": "null",
     "thresholds": "null",
+    "timeline": {
+        "interval_s": "int",
+        "points": [
+            {
+                "at": "int",
+                "t_s": "number",
+                **FIVE,
+                "connections": "int|null",
+                "latency_ms": "percentiles",
+                "latency_from_intended_ms": "percentiles",
+            }
+        ],
+        "domains": {"interval_s": "int", "points": [{"at": "int", "t_s": "number", "domains": "dimension"}]},
+        "histograms": {"latency": "list", "intended": "list"},
+    },
 }
 # config holds at least these (more may be added as options are): what other tools read from it.
 CONFIG = {
@@ -118,6 +133,13 @@ def conforms(value: Any, spec: Any, where: str = "report") -> None:
         assert isinstance(value, dict), where
         for name, row in value.items():
             conforms(row, FIVE, f"{where}.{name}")
+    elif spec == "counts":  # name -> count, at least one
+        assert isinstance(value, dict), where
+        assert value, where
+        assert all(TYPES["int"](n) and n > 0 for n in value.values()), where
+    elif spec == "percentiles":  # an interval's, or null when it had no reply
+        if value is not None:
+            conforms(value, {"p50": "number", "p90": "number", "p99": "number"}, where)
     elif spec == "weights":
         assert isinstance(value, dict), where
         assert all(TYPES["number"](w) for w in value.values()), where
@@ -276,10 +298,13 @@ class TestOutputs:
         assert not done.stdout
 
     def test_report_show_prints_the_same_summary(self, runs):
-        """`trafficgen report show PATH` prints exactly the summary the run printed."""
+        """`trafficgen report show PATH` prints exactly the summary the run printed, with the run over time
+        before the replies."""
         done = run_trafficgen("report", "show", str(runs["path"]))
         assert done.returncode == 0
-        assert done.stdout == runs["to_file"].stdout
+        before, over_time = done.stdout.split("over time (", 1)
+        rest = over_time[over_time.index("most frequent replies") :]
+        assert before + rest == runs["to_file"].stdout
 
     def test_report_merge_adds_everything(self, runs):
         """`trafficgen report merge` of two runs: counts per domain add up and the histograms merge exactly."""

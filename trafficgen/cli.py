@@ -99,8 +99,19 @@ def write_json(document: dict[str, Any], path: str) -> None:
         fail(PROG, f"--json {path}: cannot write: {e.strerror}", ExitStatus.ERROR)
 
 
+def write_html(document: dict[str, Any], other: dict[str, Any] | None, path: str) -> None:
+    """The HTML report of `document` (with `other` overlaid, from `report compare`) to `path`."""
+    from trafficgen.stats import html
+
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(html.render(document, other))
+    except OSError as e:
+        fail(PROG, f"--html {path}: cannot write: {e.strerror}", ExitStatus.ERROR)
+
+
 def execute(config: RunConfig) -> int:
-    """Run, print the summary, write the JSON report; the exit status."""
+    """Run, print the summary, write the JSON and HTML reports; the exit status."""
     from trafficgen.launch import run
     from trafficgen.stats import report
 
@@ -114,12 +125,19 @@ def execute(config: RunConfig) -> int:
     reached = totals["accepted"] + totals["tempfailed"] + totals["permfailed"]
     if config.json_path:
         write_json(document, config.json_path)
+    if config.html_path:
+        write_html(document, None, config.html_path)
     if not (end.error and reached == 0):
         report.summary(document, human)
     if end.error:
         print(f"{PROG}: error: {end.error}", file=sys.stderr)
         return ExitStatus.ERROR
-    if reached == 0 and not end.interrupted:
+    return _status(config, document, reached, end.interrupted)
+
+
+def _status(config: RunConfig, document: dict[str, Any], reached: int, interrupted: bool) -> int:
+    """The exit status of a run that did not fail outright, with the line that says why when it is not 0."""
+    if reached == 0 and not interrupted:
         # Nothing accepted, deferred or refused: whatever the flags, the run did not test the target.
         errors = document["errors"] or document["connections"]["errors"]
         why = f": {errors[0]['text']}" if errors else ""
@@ -128,7 +146,7 @@ def execute(config: RunConfig) -> int:
     if "error" in document.get("reconciliation", {}):
         print(f"{PROG}: error: reconciliation: {document['reconciliation']['error']}", file=sys.stderr)
         return ExitStatus.ERROR
-    if end.interrupted:
+    if interrupted:
         return INTERRUPTED
     thresholds = document.get("thresholds")
     if thresholds and not thresholds["passed"]:
@@ -186,7 +204,24 @@ def report_show(path: Annotated[str, typer.Argument(help="A report written with 
     from trafficgen.stats import report
 
     with _damaged(path):
-        report.summary(_load(path), sys.stdout)
+        report.summary(_load(path), sys.stdout, show_timeline=True)
+
+
+@report_app.command("html", help="Write the HTML report (charts, one self-contained file) of a saved report.")
+def report_html(
+    path: Annotated[str, typer.Argument(help="A report written with --json")],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Where to write it [default: the report's name with .html]", metavar="PATH"
+        ),
+    ] = None,
+) -> None:
+    document = _load(path)
+    target = output or (path[: -len(".json")] if path.endswith(".json") else path) + ".html"
+    with _damaged(path):
+        write_html(document, None, target)
+    print(target)
 
 
 @report_app.command("merge", help="Merge reports of instances that ran together into one (exact percentiles).")
@@ -215,6 +250,10 @@ def report_compare(
     json_path: Annotated[
         str | None, typer.Option("--json", help="Write the comparison as JSON here ('-': stdout)", metavar="PATH")
     ] = None,
+    html_path: Annotated[
+        str | None,
+        typer.Option("--html", help="Write both runs' charts overlaid to this HTML file", metavar="PATH"),
+    ] = None,
     regressed: Annotated[
         float | None,
         typer.Option(
@@ -238,6 +277,9 @@ def report_compare(
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if json_path:
         write_json(result, json_path)
+    if html_path:
+        with _damaged(f"{before} or {after}"):
+            write_html(second, first, html_path)
     for regression in result["regressions"]:
         print(f"{PROG}: regressed: {regression['text']}", file=sys.stderr)
     raise typer.Exit(ExitStatus.THRESHOLD if result["regressions"] else ExitStatus.OK)
@@ -292,8 +334,7 @@ def report_reconcile(
     document["reconciliation"] = reconciliation
     if json_path:
         write_json(document, json_path)
-    from rich.console import Console
+    from trafficgen.stats.report import console_for
 
-    human = sys.stderr if json_path == "-" else sys.stdout
-    console = Console(file=human, width=120, highlight=False)
-    print_reconciliation(console, reconciliation, document["totals"]["accepted"])
+    with console_for(sys.stderr if json_path == "-" else sys.stdout) as console:
+        print_reconciliation(console, reconciliation, document["totals"]["accepted"])

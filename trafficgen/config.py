@@ -854,6 +854,21 @@ class RunConfig:
         parse=_writable("--json"),
         report=HIDDEN,
     )
+    html_path: str | None = option(
+        None,
+        help="Write the HTML report here (charts; one file that needs no network)",
+        doc=(
+            "write the HTML report: one self-contained file (the charting library inside it, nothing fetched when "
+            "viewed) with throughput, latency and connections over time, outcomes per domain, the top replies, "
+            "the profile's stages and the thresholds ([report.md](report.md#the-html-report)). Also "
+            "`trafficgen report html REPORT.json` from a saved report"
+        ),
+        panel=OUTPUT,
+        metavar="PATH",
+        flags=("--html",),
+        parse=_writable("--html"),
+        report=HIDDEN,
+    )
     quiet: bool = option(
         False,
         help="No live progress",
@@ -1050,6 +1065,11 @@ class RunConfig:
     def scheduled(self) -> bool:
         """Messages are due by a schedule (--throttle or --profile): latency is measured from the due times."""
         return self.throttle is not None or self.profile is not None
+
+    @property
+    def intervals(self) -> bool:
+        """Each second's latency is taken apart: for --hdr-log, and for the p99 of the live progress."""
+        return self.hdr_log is not None or not self.quiet
 
     @property
     def live_view(self) -> bool:

@@ -58,7 +58,7 @@ async def _run_here(config: RunConfig, interrupts: _Interrupts) -> tuple[Recorde
         config,
         lambda: snapshot(recorder),
         lambda: recorder,
-        recorder.take_interval if config.hdr_log else None,
+        recorder.take_interval if config.intervals else None,
         start=lambda: runner.started,
         stop=interrupts.soft.set,
     )

@@ -30,7 +30,8 @@ def snapshot(recorder: Recorder) -> Snapshot:
 class Observers:
     """What watches a run as it goes: progress, the --hdr-log interval log, the --metrics exporter.
 
-    `view` gives a Recorder with everything counted so far; `take_interval` the latency since its last call.
+    `view` gives a Recorder with everything counted so far; `take_interval` the latency since its last call
+    (given when --hdr-log or the live progress needs it).
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class Observers:
         self.tasks: list[asyncio.Task[None]] = []
         self.log: IntervalLog | None = None
         self.exporter: Any = None
+        self.recent_p99: float | None = None  # the last second's transaction latency p99, ms
         # `start`: when the run's schedule started (monotonic); `stop`: end the run (in-flight messages finish).
         self.watch = Watch(config, view, start or (lambda: None), stop or (lambda: None))
 
@@ -57,7 +59,10 @@ class Observers:
         asked = config.throttle.per_second if config.throttle else None
         profile = config.profile
         due = profile.count_by if profile is not None else None
-        self.tasks.append(asyncio.create_task(Progress(self.read, config.quiet, asked=asked, due=due).run()))
+        progress = Progress(
+            self.read, config.quiet, asked=asked, due=due, count=config.message_count, p99=lambda: self.recent_p99
+        )
+        self.tasks.append(asyncio.create_task(progress.run()))
         if self.watch.needed:
             self.tasks.append(asyncio.create_task(self.watch.run()))
         if config.hdr_log:
@@ -65,7 +70,8 @@ class Observers:
                 self.log = IntervalLog(config.hdr_log)
             except OSError as e:
                 raise ConfigError(f"--hdr-log {config.hdr_log}: cannot write: {e.strerror}") from None
-            self.tasks.append(asyncio.create_task(self._log_intervals()))
+        if self.take_interval is not None:
+            self.tasks.append(asyncio.create_task(self._take_intervals()))
         if config.metrics:
             collector = RunCollector(self.view, config.run_id, config.target)
             try:
@@ -73,12 +79,15 @@ class Observers:
             except OSError as e:
                 raise ConfigError(f"--metrics {config.metrics[0]}:{config.metrics[1]}: {e.strerror}") from None
 
-    async def _log_intervals(self) -> None:
-        assert self.log is not None
+    async def _take_intervals(self) -> None:
+        """Each second's latency: its p99 for the live view, and the histogram for --hdr-log."""
         assert self.take_interval is not None
         while True:
             await asyncio.sleep(INTERVAL)
-            self.log.write(self.take_interval())
+            taken = self.take_interval()
+            self.recent_p99 = taken.get_value_at_percentile(99.0) / 1000 if taken.get_total_count() else None
+            if self.log is not None:
+                self.log.write(taken)
 
     async def stop(self) -> None:
         for task in self.tasks:

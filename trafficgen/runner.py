@@ -70,7 +70,7 @@ def new_recorder(config: RunConfig) -> Recorder:
         corrected=config.scheduled,
         marks=config.reconcile is not None,
         shards=config.shard_count,
-        intervals=config.hdr_log is not None,
+        intervals=config.intervals,
         dimensions=config.dimensions,
         stages=config.profile is not None,
     )

@@ -71,8 +71,8 @@ async def _child_run(config: RunConfig, share: Share, controls: Controls, conn: 
     soft = asyncio.Event()
 
     def progress() -> Progress:
-        interval = recorder.take_interval().encode() if config.hdr_log else None
-        state = recorder.state(marks=False) if config.live_view else None
+        interval = recorder.take_interval().encode() if config.intervals else None
+        state = recorder.state(marks=False, timeline=False) if config.live_view else None
         return Progress(share.index, tuple(snapshot(recorder)), interval, state)
 
     async def relay() -> None:
@@ -131,7 +131,7 @@ class Supervisor:
             self.config,
             self.combined,
             self.view,
-            self.take_interval if self.config.hdr_log else None,
+            self.take_interval if self.config.intervals else None,
             start=self.schedule_start,
             stop=self.soft.set,
         )

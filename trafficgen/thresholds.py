@@ -174,11 +174,7 @@ def measure(threshold: Threshold, document: Mapping[str, Any]) -> float | None:
         value = latency.get(metric) if latency else None
         return None if value is None else float(value)
     if metric == "never_sent":
-        plan = document.get("schedule") or {}
-        never, due = plan.get("never_sent"), plan.get("due")
-        if never is None:
-            return 0.0 if not threshold.share else None
-        return (never / due if due else None) if threshold.share else float(never)
+        return _never_sent(threshold, document)
     if threshold.scope is not None:
         assert threshold.scope_key is not None
         row = (document.get(threshold.scope_key) or {}).get(threshold.scope)
@@ -186,6 +182,22 @@ def measure(threshold: Threshold, document: Mapping[str, Any]) -> float | None:
             return None
     else:
         row = document.get("totals") or {}
+    return _count_measure(threshold, row, document)
+
+
+def _never_sent(threshold: Threshold, document: Mapping[str, Any]) -> float | None:
+    """Messages that fell due and were never sent: a count, or a share of those due."""
+    plan = document.get("schedule") or {}
+    never, due = plan.get("never_sent"), plan.get("due")
+    if never is None:
+        return 0.0 if not threshold.share else None
+    return (never / due if due else None) if threshold.share else float(never)
+
+
+def _count_measure(threshold: Threshold, row: Mapping[str, Any], document: Mapping[str, Any]) -> float | None:
+    """A measure of one row of counts (the totals, or one domain's...): the success rate, the throughput, or a
+    count or its share of the attempted."""
+    metric = threshold.metric
     attempted = row.get("attempted", 0)
     if metric == "success_rate":
         return row["accepted"] / attempted if attempted else None

@@ -14,7 +14,6 @@ import zlib
 from typing import IO, Any
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from mailload import contract
@@ -168,7 +167,8 @@ def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None
             *("-" if r is None else f"{r * 100:.1f}%" for r in rates),
             "-" if None in rates else f"{(rates[1] - rates[0]) * 100:+.1f} pt",  # type: ignore[operator]
         )
-    Console(file=out, width=120, highlight=False).print(table)
+    with reports.console_for(out) as console:
+        console.print(table)
 
 
 # --- comparing as data --------------------------------------------------------------------------------------------

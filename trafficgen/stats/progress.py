@@ -40,36 +40,112 @@ def behind(snapshot: Snapshot, asked: float | None, elapsed: float, due: float |
     return due is not None and elapsed >= SETTLE_S and snapshot.attempted < due * BEHIND
 
 
-def line(
-    snapshot: Snapshot, per_second: float, elapsed: float, asked: float | None = None, due: float | None = None
-) -> str:
-    text = (
-        f"{elapsed:6.0f} s  {per_second:10,.1f} msg/s {per_second * 60:12,.0f} msg/min {per_second * 3600:14,.0f} msg/h"
-        f"  sent {snapshot.attempted:,}  accepted {snapshot.accepted:,}  tempfailed {snapshot.tempfailed:,}"
-        f"  permfailed {snapshot.permfailed:,}  errors {snapshot.errors:,}  connections {snapshot.connections:,}"
-    )
-    if behind(snapshot, asked, elapsed, due):
-        rate = asked if asked else (due or 0.0) / elapsed
-        text += f"  BEHIND: asked {rate:,.1f}/s, achieved {snapshot.attempted / elapsed:,.1f}/s"
-    return text
+PLAIN_WIDTH = 100  # a plain progress line never passes this many columns
+NARROW = 100  # a live view narrower than this drops the per-minute and per-hour rates
 
 
-def _table(
-    snapshot: Snapshot, per_second: float, elapsed: float, asked: float | None = None, due: float | None = None
-) -> Table:
-    late = behind(snapshot, asked, elapsed, due)
-    rate = asked if asked else (due or 0.0) / elapsed if elapsed else 0.0
-    title = f"trafficgen  {elapsed:,.0f} s" + (f"  BEHIND SCHEDULE (asked {rate:,.1f}/s)" if late else "")
-    table = Table(title=title, title_justify="left", show_edge=False)
-    for column in ("msg/s", "msg/min", "msg/h", "sent", "accepted", "tempfailed", "permfailed", "errors", "conns"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{per_second:,.1f}",
-        f"{per_second * 60:,.0f}",
-        f"{per_second * 3600:,.0f}",
-        *(f"{v:,}" for v in snapshot),
-    )
-    return table
+class Tick(NamedTuple):
+    """What one progress update shows."""
+
+    snapshot: Snapshot
+    per_second: float  # achieved over the last second
+    elapsed: float
+    asked: float | None = None  # the rate asked now (--throttle, or the --profile's current stage)
+    due: float | None = None  # messages due so far by the schedule
+    message_count: int | None = None  # --message-count
+    p99_ms: float | None = None  # transaction latency p99 of the last second
+
+
+def eta(tick: Tick) -> str | None:
+    """With --message-count: how far the run is and how long it has to go at the current rate."""
+    count = tick.message_count
+    if not count:
+        return None
+    done = tick.snapshot.attempted
+    share = min(100.0, done / count * 100)
+    left = count - done
+    if left <= 0:
+        return f"{share:.0f}% of {count:,}"
+    if tick.per_second <= 0:
+        return f"{share:.0f}% of {count:,}, ETA -"
+    return f"{share:.0f}% of {count:,}, ETA {clock(left / tick.per_second)}"
+
+
+def clock(seconds: float) -> str:
+    """A duration as 45 s, 12:05 or 3:02:10."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def behind_text(tick: Tick) -> str | None:
+    snapshot, elapsed = tick.snapshot, tick.elapsed
+    if not behind(snapshot, tick.asked if tick.due is None else None, elapsed, tick.due):
+        return None
+    rate = tick.due / elapsed if tick.due is not None and elapsed else tick.asked or 0.0
+    return f"BEHIND: asked {rate:,.1f}/s, achieved {snapshot.attempted / elapsed:,.1f}/s"
+
+
+def lines(tick: Tick) -> list[str]:
+    """Plain progress (logs, pipes): the time, the rate and the counts, then the rate asked, the p99, the progress
+    and ETA, and BEHIND; packed into lines of at most PLAIN_WIDTH columns (the later ones indented)."""
+    s = tick.snapshot
+    parts = [
+        f"{tick.elapsed:5.0f} s {tick.per_second:10,.1f} msg/s",
+        f"sent {s.attempted:,}",
+        f"accepted {s.accepted:,}",
+        f"tempfailed {s.tempfailed:,}",
+        f"permfailed {s.permfailed:,}",
+        f"errors {s.errors:,}",
+        f"conns {s.connections:,}",
+        f"asked {tick.asked:,.1f}/s" if tick.asked is not None else None,
+        f"p99 {tick.p99_ms:,.1f} ms" if tick.p99_ms is not None else None,
+        eta(tick),
+        behind_text(tick),
+    ]
+    out = [""]
+    for part in parts:
+        if part is None:
+            continue
+        if not out[-1]:
+            out[-1] = part
+        elif len(out[-1]) + 2 + len(part) > PLAIN_WIDTH:
+            out.append(" " * 8 + part)
+        else:
+            out[-1] += "  " + part
+    return out
+
+
+def table(tick: Tick, width: int) -> Table:
+    """The live view: the rates and counts as columns sized to the terminal (`width` columns)."""
+    s = tick.snapshot
+    title = f"trafficgen  {tick.elapsed:,.0f} s"
+    progress = eta(tick)
+    if progress:
+        title += f"  {progress}"
+    late = behind_text(tick)
+    if late:
+        title += f"  {late}"
+    narrow = width < NARROW
+    view = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    cells: list[tuple[str, str]] = [("msg/s", f"{tick.per_second:,.1f}")]
+    if tick.asked is not None:
+        cells.append(("asked/s", f"{tick.asked:,.1f}"))
+    if not narrow:
+        cells += [("msg/min", f"{tick.per_second * 60:,.0f}"), ("msg/h", f"{tick.per_second * 3600:,.0f}")]
+    labels = ("sent", "ok", "temp", "perm", "err") if narrow else COUNT_LABELS
+    cells += [(label, f"{value:,}") for label, value in zip(labels, s[:5], strict=True)]
+    cells.append(("conns", f"{s.connections:,}"))
+    cells.append(("p99 ms", "-" if tick.p99_ms is None else f"{tick.p99_ms:,.1f}"))
+    for label, _ in cells:
+        view.add_column(label, justify="right", no_wrap=True)
+    view.add_row(*(value for _, value in cells))
+    return view
+
+
+COUNT_LABELS = ("sent", "accepted", "tempfailed", "permfailed", "errors")
 
 
 class Progress:
@@ -80,12 +156,23 @@ class Progress:
         out: IO[str] | None = None,
         asked: float | None = None,
         due: Callable[[float], float] | None = None,
+        count: int | None = None,
+        p99: Callable[[], float | None] | None = None,
     ):
         self.read = read
         self.quiet = quiet
         self.out = out or sys.stderr
         self.asked = asked  # --throttle's rate, to say when the run falls behind it
         self.due = due  # --profile's messages due by a time, for the same
+        self.count = count  # --message-count, for the progress and the ETA
+        self.p99 = p99 or (lambda: None)  # the last second's latency p99, in ms
+
+    def tick(self, current: Snapshot, per_second: float, elapsed: float) -> Tick:
+        asked, due = self.asked, None
+        if self.due is not None:
+            due = self.due(elapsed)
+            asked = due - self.due(max(0.0, elapsed - INTERVAL))  # the rate the profile asks now
+        return Tick(current, per_second, elapsed, asked, due, self.count, self.p99())
 
     async def run(self) -> None:
         """Show progress until cancelled."""
@@ -94,7 +181,9 @@ class Progress:
         started = last_time = time.monotonic()
         last = self.read()
         console = Console(file=self.out)
-        live = Live(_table(last, 0.0, 0.0), console=console, auto_refresh=False) if console.is_terminal else None
+        live = None
+        if console.is_terminal:
+            live = Live(table(Tick(last, 0.0, 0.0), console.width), console=console, auto_refresh=False)
         try:
             if live is not None:
                 live.start()
@@ -102,11 +191,12 @@ class Progress:
                 await asyncio.sleep(INTERVAL)
                 now, current = time.monotonic(), self.read()
                 per_second = (current.attempted - last.attempted) / (now - last_time)
-                due = self.due(now - started) if self.due is not None else None
+                tick = self.tick(current, per_second, now - started)
                 if live is not None:
-                    live.update(_table(current, per_second, now - started, self.asked, due), refresh=True)
+                    live.update(table(tick, console.width), refresh=True)
                 else:
-                    print(line(current, per_second, now - started, self.asked, due), file=self.out, flush=True)
+                    for text in lines(tick):
+                        print(text, file=self.out, flush=True)
                 last, last_time = current, now
         finally:
             if live is not None:

@@ -10,6 +10,7 @@ that stage's latency from the intended time).
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,12 @@ from hdrh.histogram import HdrHistogram
 
 from trafficgen.messages import Message
 from trafficgen.outcome import ACCEPTED, ERROR, Outcome
+from trafficgen.stats.histogram import HIGHEST_US as HIGHEST_US
+from trafficgen.stats.histogram import LOWEST_US as LOWEST_US
+from trafficgen.stats.histogram import SIGNIFICANT_DIGITS as SIGNIFICANT_DIGITS
+from trafficgen.stats.histogram import Histogram as Histogram
+from trafficgen.stats.histogram import new_histogram as new_histogram
+from trafficgen.stats.timeline import Timeline
 
 # The report's key of each dimension, and the Message field that holds a message's value of it.
 DIMENSIONS = {
@@ -27,37 +34,12 @@ DIMENSIONS = {
     "source_addresses": "source",
 }
 
-LOWEST_US = 1
-HIGHEST_US = 3_600_000_000  # one hour
-SIGNIFICANT_DIGITS = 3
 PHASES = ("connect", "banner", "ehlo", "mail", "rcpt", "data")
 MAX_REPLY_KEYS = 1000
 MARK_ACCEPTED, MARK_REFUSED = 1, 2
 OTHER_TEXTS = "(other texts)"
 # Queue ids and timestamps: tokens with a digit in them, or made only of upper-case hex digits ("4F1A", "AB").
 _VARYING = re.compile(r"(?<!\S)(?:\S*\d\S*|[0-9A-F]+)(?!\S)")
-
-
-class Histogram(HdrHistogram):  # type: ignore[misc]  # hdrhistogram has no annotations
-    """HdrHistogram with a faster record() for the hot path: the same bucket arithmetic as
-    record_value (exact, tested against it) in one expression instead of five method calls."""
-
-    def record(self, value: int) -> None:
-        if value > HIGHEST_US:
-            value = HIGHEST_US
-        unit = self.unit_magnitude
-        half = self.sub_bucket_half_count_magnitude
-        bucket = (value | self.sub_bucket_mask).bit_length() - unit - half - 1
-        self.counts[((bucket + 1) << half) + (value >> (bucket + unit)) - self.sub_bucket_half_count] += 1
-        self.total_count += 1
-        if value < self.min_value:  # type: ignore[has-type]
-            self.min_value = value
-        if value > self.max_value:  # type: ignore[has-type]
-            self.max_value = value
-
-
-def new_histogram() -> Histogram:
-    return Histogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
 
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
@@ -138,6 +120,10 @@ class Recorder:
         self.shards = shards
         # For --hdr-log: the transaction latency since the last take_interval().
         self.interval: Histogram | None = new_histogram() if intervals else None
+        # The run over time (the report's timeline): counts, connections and latency per interval.
+        self.timeline = Timeline(self.domains)
+        # Which domains each reply came from: (reply key, domain index) -> count.
+        self.reply_domains: Counter[tuple[tuple[int, str], int]] = Counter()
 
     # --- recording (the hot path: keep it lean) -------------------------------------------------------
 
@@ -168,20 +154,24 @@ class Recorder:
             recipients[k] += 1
         if kind == ERROR:
             self.errors[outcome.text] += 1
+            self.timeline.record(outcome.end, message.domain, kind, 0, None, self.connections_open)
             return
         key = self._reply_key(outcome.code, outcome.text)
         replies = self.replies
-        if key in replies or len(replies) < MAX_REPLY_KEYS:
-            replies[key] += 1
-        else:
-            replies[(outcome.code, OTHER_TEXTS)] += 1
+        if key not in replies and len(replies) >= MAX_REPLY_KEYS:
+            key = (outcome.code, OTHER_TEXTS)
+        replies[key] += 1
+        self.reply_domains[(key, message.domain)] += 1
         started, end = outcome.started, outcome.end
         value = max(1, int((end - started) * 1e6))
         self.latency.record(value)
         if self.interval is not None:
             self.interval.record(value)
+        intended = None
         if self.corrected is not None:
-            self.corrected.record(max(1, int((end - message.intended) * 1e6)))
+            intended = max(1, int((end - message.intended) * 1e6))
+            self.corrected.record(intended)
+        self.timeline.record(end, message.domain, kind, value, intended, self.connections_open)
         mail, rcpt = outcome.mail, outcome.rcpt
         phases = self.phases
         if mail:
@@ -234,6 +224,7 @@ class Recorder:
         self.connections_open += 1
         if self.connections_open > self.connections_peak:
             self.connections_peak = self.connections_open
+        self.timeline.sample_connections(time.monotonic(), self.connections_open)
         phases = self.phases
         phases["connect"].record(max(1, int(connect_s * 1e6)))
         phases["banner"].record(max(1, int(banner_s * 1e6)))
@@ -242,6 +233,7 @@ class Recorder:
 
     def connection_closed(self) -> None:
         self.connections_open -= 1
+        self.timeline.sample_connections(time.monotonic(), self.connections_open)
 
     def connection_failed(self, text: str) -> None:
         self.connection_errors[text] += 1
@@ -251,6 +243,18 @@ class Recorder:
     def totals(self) -> Totals:
         sums = [sum(column) for column in zip(*self.counts, strict=True)] if self.counts else [0] * 5
         return Totals(*sums)
+
+    def reply_domain_counts(self, key: tuple[int, str]) -> dict[str, int]:
+        """How many of one reply came from each domain, most first."""
+        counts = {self.domains[d]: n for (k, d), n in self.reply_domains.items() if k == key}
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+    def _domain_index(self, name: str) -> int:
+        """A domain's row (a domain this recorder has not seen gets one)."""
+        if name not in self.domains:
+            self.domains.append(name)
+            self.counts.append([0, 0, 0, 0, 0])
+        return self.domains.index(name)
 
     def domain_totals(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -278,14 +282,18 @@ class Recorder:
             for i, value in enumerate(other):
                 row[i] += value
 
-    def state(self, marks: bool = True) -> dict[str, Any]:
+    def state(self, marks: bool = True, timeline: bool = True) -> dict[str, Any]:
         """Everything counted, as plain data (histograms in their standard compressed form); the reconciliation
-        marks (up to megabytes) only when asked."""
+        marks (up to megabytes) and the timeline (hundreds of histograms) only when asked."""
         return {
             "domains": self.domains,
             "counts": self.counts,
             "recipients": self.recipients,
             "replies": [[code, text, n] for (code, text), n in self.replies.items()],
+            "reply_domains": [
+                [code, text, self.domains[domain], n] for ((code, text), domain), n in self.reply_domains.items()
+            ],
+            "timeline": self.timeline.state() if timeline else None,
             "errors": dict(self.errors),
             "latency": self.latency.encode().decode("ascii"),
             "corrected": self.corrected.encode().decode("ascii") if self.corrected is not None else None,
@@ -315,6 +323,10 @@ class Recorder:
             self.recipients[i] += value
         for code, text, n in state["replies"]:
             self.replies[(code, text)] += n
+        for code, text, name, n in state.get("reply_domains") or []:
+            self.reply_domains[((code, text), self._domain_index(name))] += n
+        if state.get("timeline"):
+            self.timeline.merge(Timeline.from_state(state["timeline"]))
         self.errors.update(state["errors"])
         self.latency.add(HdrHistogram.decode(state["latency"]))
         if state.get("corrected"):

@@ -7,8 +7,12 @@ base64 form, so reports of several processes or machines merge exactly (trafficg
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import math
+import os
+from collections.abc import Iterator
 from typing import IO, Any
 
 from hdrh.histogram import HdrHistogram
@@ -20,6 +24,7 @@ from trafficgen import __version__
 from trafficgen import profile as profiles
 from trafficgen import thresholds as threshold_parser
 from trafficgen.stats.recorder import DIMENSIONS, PHASES, Recorder
+from trafficgen.stats.timeline import COUNT_KEYS, from_report
 
 SCHEMA = 1
 PERCENTILES = (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99_9", 99.9))
@@ -155,7 +160,10 @@ def build(
         "phases_ms": {name: latency_ms(recorder.phases[name]) for name in PHASES},
         "domains": recorder.domain_totals(),
         **{key: recorder.dimension_totals(key) for key in DIMENSIONS},
-        "replies": [{"code": code, "text": text, "count": n} for (code, text), n in replies],
+        "replies": [
+            {"code": code, "text": text, "count": n, "domains": recorder.reply_domain_counts((code, text))}
+            for (code, text), n in replies
+        ],
         "errors": [{"text": text, "count": n} for text, n in recorder.errors.most_common()],
         "connections": {
             "opened": recorder.connections_opened,
@@ -169,9 +177,18 @@ def build(
             "phases": {name: recorder.phases[name].encode().decode("ascii") for name in PHASES},
         },
         "profile": profile_report(config, recorder, window),
+        "timeline": recorder.timeline.report(started),
     }
     document["thresholds"] = thresholds_report(config, document)
     return document
+
+
+def timeline_of(report: dict[str, Any]) -> dict[str, Any] | None:
+    """A report's timeline as a Timeline's state (None for a report written before timelines)."""
+    timeline = report.get("timeline")
+    if not timeline:
+        return None
+    return from_report(timeline, list(report["domains"])).state()
 
 
 def recorder_of(report: dict[str, Any]) -> Recorder:
@@ -179,38 +196,49 @@ def recorder_of(report: dict[str, Any]) -> Recorder:
     domains = list(report["domains"])
     recorder = Recorder(domains)
     histograms = report.get("histograms") or {}
-    five = ("attempted", "accepted", "tempfailed", "permfailed", "errors")
-    stages = (report.get("profile") or {}).get("stages") or []
+    connections = report.get("connections") or {}
     recorder.merge(
         {
             "dimensions": {
-                key: {"names": list(report[key]), "counts": [[row[k] for k in five] for row in report[key].values()]}
+                key: {
+                    "names": list(report[key]),
+                    "counts": [[row[k] for k in COUNT_KEYS] for row in report[key].values()],
+                }
                 for key in DIMENSIONS
                 if report.get(key)
             },
-            "stages": {
-                "counts": [[stage[k] for k in five] for stage in stages],
-                "latency": [stage["histogram"] for stage in stages],
-            }
-            if stages and all(stage.get("histogram") for stage in stages)
-            else None,
-            "counts": [
-                [report["domains"][d][k] for k in ("attempted", "accepted", "tempfailed", "permfailed", "errors")]
-                for d in domains
-            ],
+            "stages": _stages_state(report),
+            "counts": [[report["domains"][d][k] for k in COUNT_KEYS] for d in domains],
             "recipients": [report["recipients"][k] for k in ("accepted", "tempfailed", "permfailed", "errors")],
             "replies": [[r["code"], r["text"], r["count"]] for r in report["replies"]],
+            "reply_domains": [
+                [r["code"], r["text"], name, n]
+                for r in report["replies"]
+                for name, n in (r.get("domains") or {}).items()
+            ],
+            "timeline": timeline_of(report),
             "errors": {e["text"]: e["count"] for e in report["errors"]},
             "latency": report["histogram"],
             "corrected": histograms.get("latency_from_intended"),
             "phases": histograms.get("phases") or {},
-            "connections_opened": report.get("connections", {}).get("opened", 0),
+            "connections_opened": connections.get("opened", 0),
             "connections_open": 0,
-            "connections_peak": report.get("connections", {}).get("peak", 0),
-            "connection_errors": {e["text"]: e["count"] for e in report.get("connections", {}).get("errors", [])},
+            "connections_peak": connections.get("peak", 0),
+            "connection_errors": {e["text"]: e["count"] for e in connections.get("errors", [])},
         }
     )
     return recorder
+
+
+def _stages_state(report: dict[str, Any]) -> dict[str, Any] | None:
+    """A report's profile stages as a Recorder's state holds them (None without stages or their histograms)."""
+    stages = (report.get("profile") or {}).get("stages") or []
+    if not stages or not all(stage.get("histogram") for stage in stages):
+        return None
+    return {
+        "counts": [[stage[k] for k in COUNT_KEYS] for stage in stages],
+        "latency": [stage["histogram"] for stage in stages],
+    }
 
 
 def _n(value: float | int | None, digits: int = 0) -> str:
@@ -219,12 +247,17 @@ def _n(value: float | int | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def summary(report: dict[str, Any], out: IO[str]) -> None:
-    """The human-readable report."""
-    console = Console(file=out, width=120, highlight=False, soft_wrap=False)
+def summary(report: dict[str, Any], out: IO[str], show_timeline: bool = False, width: int | None = None) -> None:
+    """The human-readable report (with the run over time, for `report show`), as wide as the terminal."""
+    with console_for(out, width) as console:
+        _print_summary(console, report, show_timeline)
+
+
+def _print_summary(console: Console, report: dict[str, Any], show_timeline: bool) -> None:
+    narrow = console.width < NARROW
     _print_headline(console, report)
-    console.print(_latency_table(report))
-    console.print(_domains_table(report))
+    console.print(_latency_table(report, narrow))
+    console.print(_domains_table(report, narrow))
     for key, title in (
         ("tenants", "tenants"),
         ("campaigns", "campaigns"),
@@ -232,16 +265,19 @@ def summary(report: dict[str, Any], out: IO[str]) -> None:
         ("source_addresses", "source addresses"),
     ):
         if report.get(key):
-            console.print(_counts_table(title, title[:-1].replace("addresse", "address"), report[key]))
+            console.print(_counts_table(title, title[:-1].replace("addresse", "address"), report[key], narrow))
     if report.get("profile"):
         _print_profile(console, report["profile"])
+    over_time = _timeline_table(report.get("timeline") or {}, narrow)
+    if over_time is not None and show_timeline:
+        console.print(over_time)
     if report["replies"]:
-        console.print(_replies_table(report))
+        console.print(_replies_table(report, console.width))
     reconciliation = report.get("reconciliation")
     if reconciliation and "error" not in reconciliation:
         print_reconciliation(console, reconciliation, report["totals"]["accepted"])
     if report["errors"]:
-        console.print(_errors_table(report))
+        console.print(_errors_table(report, console.width))
     if report.get("thresholds"):
         print_thresholds(console, report["thresholds"])
 
@@ -252,9 +288,9 @@ def _print_headline(console: Console, report: dict[str, Any]) -> None:
     config = report["config"]
     rate = report["success_rate"]
     sending, elapsed = report.get("sending_s", report["elapsed_s"]), report["elapsed_s"]
+    console.print(f"[bold]trafficgen[/bold] run {report['run_id']} -> {report['target']}")
     console.print(
-        f"[bold]trafficgen[/bold] run {report['run_id']} -> {report['target']}: {attempted:,} "
-        f"message{'' if attempted == 1 else 's'} in "
+        f"  {attempted:,} message{'' if attempted == 1 else 's'} in "
         f"{sending:,.1f} s over {config.get('concurrency', '?')} connections"
         + (f" (last reply at {elapsed:,.1f} s)" if elapsed > sending + 0.5 else "")
         + (f" ({report['stopped_by']})" if report.get("stopped_by") else "")
@@ -263,6 +299,13 @@ def _print_headline(console: Console, report: dict[str, Any]) -> None:
         f"  accepted {totals['accepted']:,}  tempfailed {totals['tempfailed']:,}  permfailed {totals['permfailed']:,}"
         f"  errors {totals['errors']:,}  success rate {_n(rate * 100 if rate is not None else None, 2)}%"
     )
+    recipients = report.get("recipients") or {}
+    if (config.get("recipients_per_message") or 1) > 1 and recipients:
+        console.print(
+            f"  recipients: accepted {recipients['accepted']:,}  tempfailed {recipients['tempfailed']:,}"
+            f"  permfailed {recipients['permfailed']:,}  errors {recipients['errors']:,}"
+            f"  ({config['recipients_per_message']} a message)"
+        )
     t = report["throughput"]
     console.print(f"  throughput {_n(t['per_second'], 1)}/s  {_n(t['per_minute'])}/min  {_n(t['per_hour'])}/h")
     plan = report.get("schedule")
@@ -278,30 +321,46 @@ def _print_headline(console: Console, report: dict[str, Any]) -> None:
         console.print(f"  connections that could not be opened: {connections['failed']:,} ({worst})")
 
 
-def _latency_table(report: dict[str, Any]) -> Table:
+def _latency_table(report: dict[str, Any], narrow: bool = False) -> Table:
+    """Transaction latency, from the intended send time, and per phase. Narrow: the percentiles that matter most,
+    with fewer decimals on large values."""
     latency = Table(box=box.SIMPLE, title="latency (ms)", title_justify="left", pad_edge=False)
-    columns = ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
-    latency.add_column("")
+    columns: tuple[str, ...] = ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
+    if narrow:
+        columns = ("p50", "p90", "p99", "p99_9", "max")
+    latency.add_column("", no_wrap=True)
     for c in columns:
-        latency.add_column(c.replace("_", "."), justify="right")
+        latency.add_column(c.replace("_", "."), justify="right", no_wrap=True)
     rows = [("transaction", report["latency_ms"])]
     if report.get("latency_from_intended_ms"):
         rows.append(("from intended send", report["latency_from_intended_ms"]))
     rows += [(f"  {name}", stats) for name, stats in report["phases_ms"].items() if stats and stats["count"]]
     for label, stats in rows:
-        latency.add_row(label, *(_n(stats.get(c) if stats else None, 3) for c in columns))
+        latency.add_row(label, *(_ms(stats.get(c) if stats else None, narrow) for c in columns))
     return latency
 
 
-def _domains_table(report: dict[str, Any]) -> Table:
-    return _counts_table("domains", "domain", report["domains"])
+def _ms(value: float | None, narrow: bool) -> str:
+    """Milliseconds to the microsecond; narrow: to three significant digits or the whole millisecond."""
+    if value is None or not narrow:
+        return _n(value, 3)
+    return _n(value, 3 if value < 10 else 1 if value < 1000 else 0)
 
 
-def _counts_table(title: str, column: str, rows: dict[str, dict[str, int]]) -> Table:
+def _domains_table(report: dict[str, Any], narrow: bool = False) -> Table:
+    return _counts_table("domains", "domain", report["domains"], narrow)
+
+
+COUNT_HEADERS = ("attempted", "accepted", "tempfailed", "permfailed", "errors")
+NARROW_HEADERS = ("sent", "accepted", "temp", "perm", "errors")
+
+
+def _counts_table(title: str, column: str, rows: dict[str, dict[str, int]], narrow: bool = False) -> Table:
     """The five counts and the acceptance of each value of a dimension, most attempted first."""
     table = Table(box=box.SIMPLE, title=title, title_justify="left", pad_edge=False)
-    for c in (column, "attempted", "accepted", "tempfailed", "permfailed", "errors", "accepted %"):
-        table.add_column(c, justify="left" if c == column else "right")
+    table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=40)
+    for c in (*(NARROW_HEADERS if narrow else COUNT_HEADERS), "accepted %"):
+        table.add_column(c, justify="right", no_wrap=True)
     for name, row in sorted(rows.items(), key=lambda item: -item[1]["attempted"]):
         share = row["accepted"] / row["attempted"] * 100 if row["attempted"] else None
         table.add_row(
@@ -310,6 +369,93 @@ def _counts_table(title: str, column: str, rows: dict[str, dict[str, int]]) -> T
             _n(share, 1),
         )
     return table
+
+
+NARROW = 110  # a summary narrower than this uses the narrow tables
+DEFAULT_WIDTH = 120  # a summary written to a file or a pipe (COLUMNS overrides it)
+
+
+def width_of(out: IO[str]) -> int:
+    """The terminal's width when `out` is one; else COLUMNS when set; else DEFAULT_WIDTH."""
+    try:
+        if out.isatty():
+            return max(40, os.get_terminal_size(out.fileno()).columns)
+    except (AttributeError, OSError, ValueError):
+        pass
+    columns = os.environ.get("COLUMNS", "")
+    return max(40, int(columns)) if columns.isdigit() else DEFAULT_WIDTH
+
+
+@contextlib.contextmanager
+def console_for(out: IO[str], width: int | None = None) -> Iterator[Console]:
+    """A console as wide as `out`'s terminal. Written to a file or a pipe: plain text without trailing spaces
+    (rich pads table cells to the column width)."""
+    width = width or width_of(out)
+    terminal = bool(getattr(out, "isatty", lambda: False)())
+    if terminal:
+        yield Console(file=out, width=width, highlight=False, soft_wrap=False)
+        return
+    buffer = io.StringIO()
+    yield Console(file=buffer, width=width, highlight=False, soft_wrap=False, color_system=None)
+    out.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+    out.flush()
+
+
+TIMELINE_ROWS = 20  # `over time` shows at most this many rows: wider spans for long runs
+
+
+def _timeline_table(timeline: dict[str, Any], narrow: bool = False) -> Table | None:
+    """The run over time: each interval (or span of intervals, for a long run) with its counts, the connections
+    open at its end and its latency p99 (from the intended time when measured)."""
+    points = timeline.get("points") or []
+    if not points:
+        return None
+    group = -(-len(points) // TIMELINE_ROWS)
+    width = timeline["interval_s"] * group
+    histograms = timeline.get("histograms") or {}
+    intended = histograms.get("intended") or [None] * len(points)
+    latency = histograms.get("latency") or [None] * len(points)
+    measure = intended if any(intended) else latency
+    table = Table(
+        box=box.SIMPLE,
+        title=f"over time ({width:g} s a row)",
+        title_justify="left",
+        pad_edge=False,
+    )
+    headers = ["t s", *(NARROW_HEADERS if narrow else COUNT_HEADERS), "conns", "p99 ms"]
+    if group > 1:
+        headers.insert(2, "/s")  # a row of several intervals: its rate (a row of one second: its count)
+    for c in headers:
+        table.add_column(c, justify="right", no_wrap=True)
+    for start in range(0, len(points), group):
+        rows = points[start : start + group]
+        cells = _timeline_row(rows, _p99_of(measure[start : start + group]))
+        if group > 1:
+            cells.insert(2, _n(sum(p["attempted"] for p in rows) / (timeline["interval_s"] * len(rows)), 0))
+        table.add_row(*cells)
+    return table
+
+
+def _p99_of(encoded: list[str | None]) -> float | None:
+    """The p99 (ms) of some intervals' histograms together; None when they hold nothing."""
+    merged: HdrHistogram | None = None
+    for one in encoded:
+        if one:
+            merged = merged or HdrHistogram(1, 3_600_000_000, 2)
+            merged.add(HdrHistogram.decode(one))
+    return merged.get_value_at_percentile(99.0) / 1000 if merged is not None and merged.total_count else None
+
+
+def _timeline_row(rows: list[dict[str, Any]], p99: float | None) -> list[str]:
+    """One row of `over time`: its start, the five counts, the connections at its end, its p99."""
+    counts = {k: sum(p[k] for p in rows) for k in COUNT_KEYS}
+    connections = [p["connections"] for p in rows if p["connections"] is not None]
+    return [
+        _n(max(0.0, rows[0]["t_s"]), 0),
+        *(f"{counts[k]:,}" for k in COUNT_KEYS),
+        f"{connections[-1]:,}" if connections else "-",
+        _n(p99, 1),
+    ]
 
 
 def _print_profile(console: Console, profile: dict[str, Any]) -> None:
@@ -361,20 +507,38 @@ def print_thresholds(console: Console, thresholds: dict[str, Any]) -> None:
         console.print(f"  {verdict}  {result['expression']}  ({result['shown']})")
 
 
-def _replies_table(report: dict[str, Any]) -> Table:
+def _replies_table(report: dict[str, Any], width: int = 120) -> Table:
+    """The most frequent replies, and the domains each came from (the most frequent first, then how many more)."""
     replies = Table(box=box.SIMPLE, title="most frequent replies", title_justify="left", pad_edge=False)
-    replies.add_column("count", justify="right")
-    replies.add_column("code", justify="right")
-    replies.add_column("text", overflow="ellipsis", no_wrap=True, max_width=96)
-    for r in report["replies"][:TOP_REPLIES]:
-        replies.add_row(f"{r['count']:,}", str(r["code"]), r["text"])
+    shown = report["replies"][:TOP_REPLIES]
+    count_width = max(len("count"), *(len(f"{r['count']:,}") for r in shown))
+    domains = [_reply_domains(r.get("domains") or {}) for r in shown]
+    domain_width = min(max((len(d) for d in domains), default=0), 28)
+    replies.add_column("count", justify="right", no_wrap=True, width=count_width)
+    replies.add_column("code", justify="right", no_wrap=True, width=4)
+    if domain_width:
+        replies.add_column("from", no_wrap=True, overflow="ellipsis", width=max(4, domain_width))
+    # the rest of the line: a box.SIMPLE table spends 2 columns on its edges and 3 between two columns
+    used = count_width + 4 + (max(4, domain_width) if domain_width else 0) + 2 + 3 * (3 if domain_width else 2)
+    replies.add_column("text", overflow="ellipsis", no_wrap=True, width=max(20, min(100, width - used)))
+    for r, came_from in zip(shown, domains, strict=True):
+        replies.add_row(f"{r['count']:,}", str(r["code"]), *([came_from] if domain_width else []), r["text"])
     return replies
 
 
-def _errors_table(report: dict[str, Any]) -> Table:
+def _reply_domains(counts: dict[str, int]) -> str:
+    """`hotmail.com`, or `hotmail.com +2` when the reply came from two more domains too."""
+    if not counts:
+        return ""
+    top = max(counts, key=lambda name: counts[name])
+    return top if len(counts) == 1 else f"{top} +{len(counts) - 1}"
+
+
+def _errors_table(report: dict[str, Any], width: int = 120) -> Table:
     errors = Table(box=box.SIMPLE, title="errors", title_justify="left", pad_edge=False)
-    errors.add_column("count", justify="right")
-    errors.add_column("error", overflow="ellipsis", no_wrap=True, max_width=100)
+    count_width = max(len("count"), *(len(f"{e['count']:,}") for e in report["errors"][:TOP_REPLIES]))
+    errors.add_column("count", justify="right", no_wrap=True, width=count_width)
+    errors.add_column("error", overflow="ellipsis", no_wrap=True, width=max(20, min(100, width - count_width - 5)))
     for e in report["errors"][:TOP_REPLIES]:
         errors.add_row(f"{e['count']:,}", e["text"])
     return errors
