@@ -1,10 +1,19 @@
-"""`make bench`: trafficgen and smartsink side by side with Postfix's smtp-source and smtp-sink, in one run.
+"""`make bench`: trafficgen and smartsink side by side with Postfix's smtp-source and smtp-sink, in one run, by wall
+clock and by CPU.
 
-Each pair is run alternately (A B A B ...), each side's rate is the median of its runs, and the ratio B/A is
-what counts: absolute rates move with the machine, ratios taken side by side do not (much). Rates are
-messages / wall-clock seconds of the sending command, start-up included, for both sides alike.
+Each pair is run alternately (A B A B ...), each side's figures are the medians of its runs, and the ratios B/A are
+what count: absolute figures move with the machine, ratios taken side by side do not (much). Two kinds of ratio:
 
-Everything runs on 127.0.0.1. Nothing is installed: a missing tool is named with the command that installs it.
+- wall: messages / wall-clock seconds of the sending command, start-up included, for both sides alike. It moves
+  with whatever else the machine is doing.
+- CPU: messages per CPU-second (user + system) of the side the pair compares: the client's process tree (the
+  sending command and every process it waited for, from getrusage), the server's (the server and all its
+  descendants, from /proc, sampled just before and just after the sending command), or both (end to end). CPU time
+  moves much less with a busy machine than wall time does.
+
+Every side also reports the CPU of both ends per message. A target applies to both ratios; the exit status is 1 when
+either misses. Everything runs on 127.0.0.1. Nothing is installed: a missing tool is named with the command that
+installs it.
 
     python -m bench                 # all pairs, 3 rounds
     python -m bench --rounds 5 --messages 300000
@@ -15,188 +24,111 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
-ACCEPT_ALL = "[default]\nbounce = 0\ndefer = 0\n"
-READY = re.compile(r"listening on smtp://\S+:(\d+) ")
+from bench.cpu import TreeMeter, run_measured
+from bench.servers import ACCEPT_ALL, ROOT, Server, find_tool, smartsink, smtp_sink, smtp_source, trafficgen
 
-
-def find_tool(name: str) -> str | None:
-    return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
+Compared = Literal["client", "server", "both"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+@dataclass(frozen=True)
+class Round:
+    """One run of one side: messages, wall seconds, and (user, system) CPU seconds of each end's process tree."""
 
+    messages: int
+    wall: float
+    client_user: float
+    client_system: float
+    server_user: float
+    server_system: float
 
-@contextmanager
-def smtp_sink() -> Iterator[int]:
-    """Postfix's smtp-sink on a free port (accepts everything, advertises PIPELINING)."""
-    port = free_port()
-    tool = find_tool("smtp-sink")
-    assert tool
-    process = subprocess.Popen([tool, "-u", "nobody", f"{HOST}:{port}", "1000"], stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
+    @property
+    def rate(self) -> float:
+        return self.messages / self.wall
 
+    def cpu(self, part: Compared) -> float:
+        client = self.client_user + self.client_system
+        server = self.server_user + self.server_system
+        return {"client": client, "server": server, "both": client + server}[part]
 
-@contextmanager
-def smartsink(workers: int, policy: Path) -> Iterator[int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smartsink",
-            "--listen",
-            f"{HOST}:0",
-            "--http",
-            "off",
-            "--policy",
-            str(policy),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        port = 0
-        for line in process.stderr:
-            m = READY.search(line)
-            if m:
-                port = int(m.group(1))
-                break
-        if not port:
-            raise RuntimeError("smartsink did not start")
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
+    def per_message_us(self, part: Compared) -> float:
+        return self.cpu(part) / self.messages * 1e6
 
-
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {HOST}:{port}")
-
-
-def smtp_source(port: int, messages: int, size: int, sessions: int = 50) -> list[str]:
-    tool = find_tool("smtp-source")
-    assert tool
-    return [
-        tool,
-        "-d",
-        "-s",
-        str(sessions),
-        "-m",
-        str(messages),
-        "-l",
-        str(size),
-        "-f",
-        "bench@example.test",
-        "-t",
-        "user@gmail.com.sink.test",
-        f"{HOST}:{port}",
-    ]
-
-
-def trafficgen(port: int, messages: int, size: int, sessions: int = 50, processes: int = 1) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "trafficgen",
-        "--target",
-        f"{HOST}:{port}",
-        "--message-count",
-        str(messages),
-        "--concurrency",
-        str(sessions),
-        "--body-size",
-        str(size),
-        "--processes",
-        str(processes),
-        "--quiet",
-        "--domain",
-        "gmail.com:67.4",
-        "--domain",
-        "yahoo.com:5.9",
-        "--domain",
-        "hotmail.com:8.8",
-        "--domain",
-        "aol.com:1.5",
-        "--domain",
-        "outlook.com:1.2",
-        "--json",
-        os.devnull,
-    ]
-
-
-def timed(command: list[str], messages: int) -> float:
-    """Messages per second of one run of `command` (wall clock, start-up included)."""
-    started = time.perf_counter()
-    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    return messages / elapsed
+    def per_cpu_second(self, part: Compared) -> float:
+        cpu = self.cpu(part)
+        return self.messages / cpu if cpu > 0 else math.inf
 
 
 @dataclass
 class Side:
     label: str
-    server: Callable[[], AbstractContextManager[int]]  # starts the receiving server, yields its port
-    command: Callable[[int], list[str]]  # the sending command for that port
+    server: Callable[[], AbstractContextManager[Server]]  # starts the receiving server
+    command: Callable[[int], list[str]]  # the sending command for the server's port
     messages: int
-    rates: list[float] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
 
     def run_once(self) -> str:
-        with self.server() as port:
-            command = self.command(port)
-            self.rates.append(timed(command, self.messages))
+        with self.server() as server:
+            command = self.command(server.port)
+            meter = TreeMeter(server.pid)
+            meter.start()
+            cost = run_measured(command)
+            server_user, server_system = meter.stop()
+        self.rounds.append(Round(self.messages, cost.wall, cost.user, cost.system, server_user, server_system))
         return " ".join(command)
+
+    def rate(self) -> float:
+        """Messages a wall-clock second, median of the rounds."""
+        return statistics.median(r.rate for r in self.rounds)
+
+    def per_message_us(self, part: Compared) -> float:
+        return statistics.median(r.per_message_us(part) for r in self.rounds)
+
+    def per_cpu_second(self, part: Compared) -> float:
+        return statistics.median(r.per_cpu_second(part) for r in self.rounds)
 
 
 @dataclass
 class Pair:
+    key: str  # short, for the tables
     name: str
+    compared: Compared  # whose CPU the CPU ratio compares
     a: Side
     b: Side
     target: float | None = None
     commands: list[str] = field(default_factory=list)
 
     @property
-    def ratio(self) -> float:
-        return statistics.median(self.b.rates) / statistics.median(self.a.rates)
+    def wall_ratio(self) -> float:
+        return self.b.rate() / self.a.rate()
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.b.per_cpu_second(self.compared) / self.a.per_cpu_second(self.compared)
+
+    def misses(self) -> list[str]:
+        """The ratios below target: "wall", "CPU", both or none."""
+        if self.target is None:
+            return []
+        ratios = {"wall": self.wall_ratio, "CPU": self.cpu_ratio}
+        return [kind for kind, ratio in ratios.items() if ratio < self.target]
+
+    def verdict(self) -> str:
+        if self.target is None:
+            return "for the record"
+        misses = self.misses()
+        return f">= {self.target:.1f}x " + (f"NOT MET ({', '.join(misses)})" if misses else "met")
 
     def run(self, rounds: int) -> None:
         for _ in range(rounds):
@@ -205,14 +137,47 @@ class Pair:
                 f"B ({self.b.label}): {self.b.run_once()}",
             ]
             self.commands = self.commands or commands
+            a, b = self.a.rounds[-1], self.b.rounds[-1]
             print(
-                f"  {self.name}: A {self.a.rates[-1]:,.0f}/s  B {self.b.rates[-1]:,.0f}/s",
+                f"  {self.key}: A {a.rate:,.0f}/s {a.per_message_us(self.compared):.1f} µs/msg"
+                f"  B {b.rate:,.0f}/s {b.per_message_us(self.compared):.1f} µs/msg ({self.compared} CPU)",
                 file=sys.stderr,
                 flush=True,
             )
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "compared": self.compared,
+            "a": _side_json(self.a),
+            "b": _side_json(self.b),
+            "wall_ratio": self.wall_ratio,
+            "cpu_ratio": self.cpu_ratio,
+            "target": self.target,
+            "met": not self.misses() if self.target is not None else None,
+            "commands": self.commands,
+        }
 
-def pairs(m: int, policy: Path, cpus: int) -> list[Pair]:
+
+def _side_json(side: Side) -> dict[str, Any]:
+    return {
+        "label": side.label,
+        "messages": side.messages,
+        "rounds": [asdict(r) for r in side.rounds],
+        "median": {
+            "per_second": side.rate(),
+            "client_us_per_message": side.per_message_us("client"),
+            "server_us_per_message": side.per_message_us("server"),
+            "both_us_per_message": side.per_message_us("both"),
+            "per_client_cpu_second": side.per_cpu_second("client"),
+            "per_server_cpu_second": side.per_cpu_second("server"),
+            "per_cpu_second_both": side.per_cpu_second("both"),
+        },
+    }
+
+
+def pairs(m: int, policy: Path) -> list[Pair]:
     kib, hundred_kib, big = 1024, 100 * 1024, max(2000, m // 20)
 
     def source(messages: int, size: int) -> Callable[[int], list[str]]:
@@ -221,38 +186,74 @@ def pairs(m: int, policy: Path, cpus: int) -> list[Pair]:
     def generator(messages: int, size: int) -> Callable[[int], list[str]]:
         return lambda port: trafficgen(port, messages, size)
 
-    def sink(workers: int) -> Callable[[], AbstractContextManager[int]]:
+    def sink(workers: int) -> Callable[[], AbstractContextManager[Server]]:
         return lambda: smartsink(workers, policy)
 
     return [
         Pair(
+            "trafficgen 1 KiB",
             "trafficgen vs smtp-source -d: 1 KiB, 50 connections, into smtp-sink",
+            "client",
             Side("smtp-source -d", smtp_sink, source(m, kib), m),
             Side("trafficgen", smtp_sink, generator(m, kib), m),
+            1.5,
+        ),
+        Pair(
+            "trafficgen 100 KiB",
+            "trafficgen vs smtp-source -d: 100 KiB, 50 connections, into smtp-sink",
+            "client",
+            Side("smtp-source -d", smtp_sink, source(big, hundred_kib), big),
+            Side("trafficgen", smtp_sink, generator(big, hundred_kib), big),
+            1.2,
+        ),
+        Pair(
+            "smartsink --workers 2",
+            "smartsink --workers 2 vs smtp-sink: fed by smtp-source -d, 1 KiB, 50 connections",
+            "server",
+            Side("smtp-sink", smtp_sink, source(m, kib), m),
+            Side("smartsink --workers 2", sink(2), source(m, kib), m),
             1.0,
         ),
         Pair(
-            "trafficgen vs smtp-source -d: 100 KiB, 50 connections, into smtp-sink",
-            Side("smtp-source -d", smtp_sink, source(big, hundred_kib), big),
-            Side("trafficgen", smtp_sink, generator(big, hundred_kib), big),
-        ),
-        Pair(
-            f"smartsink --workers {cpus} vs smtp-sink: fed by smtp-source -d, 1 KiB, 50 connections",
-            Side("smtp-sink", smtp_sink, source(m, kib), m),
-            Side(f"smartsink --workers {cpus}", sink(cpus), source(m, kib), m),
-            0.5,
-        ),
-        Pair(
-            "smartsink --workers 1 vs smtp-sink: fed by smtp-source -d, 1 KiB",
+            "smartsink --workers 1",
+            "smartsink --workers 1 vs smtp-sink: fed by smtp-source -d, 1 KiB, 50 connections",
+            "server",
             Side("smtp-sink", smtp_sink, source(m, kib), m),
             Side("smartsink --workers 1", sink(1), source(m, kib), m),
+            0.8,
         ),
         Pair(
-            "end to end: trafficgen -> smartsink vs smtp-source -d -> smtp-sink, 1 KiB",
+            "end to end",
+            "end to end: trafficgen -> smartsink --workers 1 vs smtp-source -d -> smtp-sink, 1 KiB",
+            "both",
             Side("smtp-source -> smtp-sink", smtp_sink, source(m, kib), m),
             Side("trafficgen -> smartsink", sink(1), generator(m, kib), m),
+            1.2,
         ),
     ]
+
+
+def print_tables(selected: list[Pair], rounds: int, cpus: int) -> None:
+    print(
+        f"\nmachine: {cpus} CPUs, Python {sys.version.split()[0]}; {rounds} alternating rounds (A B A B ...), medians."
+    )
+    print("CPU = user + system of a process tree; client: the sending command and its children; server: the")
+    print("receiver and its workers. msg/CPU-s counts the CPU of the end the pair compares.\n")
+    print(f"{'pair':22} {'side':26} {'msg/s':>9} {'client µs/msg':>14} {'server µs/msg':>14} {'msg/CPU-s':>10}")
+    for pair in selected:
+        for mark, side in (("A", pair.a), ("B", pair.b)):
+            print(
+                f"{pair.key:22} {mark} {side.label:24} {side.rate():>9,.0f} {side.per_message_us('client'):>14.1f} "
+                f"{side.per_message_us('server'):>14.1f} {side.per_cpu_second(pair.compared):>10,.0f}"
+            )
+    print(f"\n{'pair':22} {'CPU of':>7} {'wall B/A':>9} {'CPU B/A':>8}  target")
+    for pair in selected:
+        print(f"{pair.key:22} {pair.compared:>7} {pair.wall_ratio:>8.2f}x {pair.cpu_ratio:>7.2f}x  {pair.verdict()}")
+    print("\npairs and commands (ports vary):")
+    for pair in selected:
+        print(f"  {pair.key}: {pair.name}")
+        for command in pair.commands:
+            print(f"    {command}")
 
 
 def main() -> int:
@@ -275,7 +276,7 @@ def main() -> int:
     policy = workdir / "accept-all.toml"
     policy.write_text(ACCEPT_ALL)
     cpus = os.cpu_count() or 1
-    selected = [p for p in pairs(args.messages, policy, cpus) if args.only in p.name]
+    selected = [p for p in pairs(args.messages, policy) if args.only in p.name or args.only in p.key]
     print(
         f"bench: {len(selected)} pairs, {args.rounds} rounds each, {cpus} CPUs, {args.messages:,} messages a 1 KiB run",
         file=sys.stderr,
@@ -286,46 +287,18 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(
-        f"\nmachine: {cpus} CPUs, Python {sys.version.split()[0]}; "
-        f"{args.rounds} alternating rounds (A B A B ...), medians\n"
-    )
-    print(f"{'pair':84} {'A msg/s':>10} {'B msg/s':>10} {'B/A':>7}  target")
-    for pair in selected:
-        verdict = "for the record"
-        if pair.target:
-            verdict = f">= {pair.target:.1f}x {'met' if pair.ratio >= pair.target else 'NOT MET'}"
-        print(
-            f"{pair.name:84} {statistics.median(pair.a.rates):>10,.0f} {statistics.median(pair.b.rates):>10,.0f} "
-            f"{pair.ratio:>6.2f}x  {verdict}"
-        )
-    print("\ncommands (ports vary):")
-    for pair in selected:
-        print(f"  {pair.name}")
-        for command in pair.commands:
-            print(f"    {command}")
+    print_tables(selected, args.rounds, cpus)
     results = {
         "cpus": cpus,
         "python": sys.version.split()[0],
+        "load_average": os.getloadavg(),
         "rounds": args.rounds,
         "messages": args.messages,
-        "pairs": [
-            {
-                "name": p.name,
-                "a": p.a.label,
-                "b": p.b.label,
-                "a_rates": p.a.rates,
-                "b_rates": p.b.rates,
-                "ratio": p.ratio,
-                "target": p.target,
-                "commands": p.commands,
-            }
-            for p in selected
-        ],
+        "pairs": [p.to_json() for p in selected],
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return 1 if any(p.target and p.ratio < p.target for p in selected) else 0
+    return 1 if any(p.misses() for p in selected) else 0
 
 
 if __name__ == "__main__":
