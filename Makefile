@@ -2,7 +2,8 @@
 # make test:    the whole suite (builds .venv first when needed)
 # make test-fast: the suite without the tests marked slow (a minute or two)
 # make demo:    a smartsink on loopback, trafficgen against it for ten seconds, the report
-# make bench:   trafficgen and smartsink side by side with Postfix's smtp-source and smtp-sink
+# make bench:   trafficgen and smartsink side by side with Postfix's smtp-source and smtp-sink, by wall clock and CPU
+# make bench-scale: memory per held connection (1,000-20,000) and throughput from 10 to 20,000 connections
 # make soak:    smartsink for 10 minutes under normal mail and hostile clients, watched for growth (SOAK_ARGS=--minutes 2)
 # make lint:    ruff, mypy --strict, radon (no function rated D), docs/cli.md's option tables current
 # make docs:    rewrite docs/cli.md's option tables from the options' declarations
@@ -12,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench soak lint docs clean
+.PHONY: install test test-fast demo bench bench-scale soak lint docs clean
 
 install: $(STAMP)
 
@@ -33,6 +34,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench --scale $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

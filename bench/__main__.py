@@ -18,6 +18,7 @@ installs it.
     python -m bench                 # all pairs, 3 rounds
     python -m bench --rounds 5 --messages 300000
     python -m bench --only sink     # pairs whose name contains "sink"
+    python -m bench --scale         # memory per held connection, throughput from 10 to 20,000 connections
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bench import scale
 from bench.cpu import TreeMeter, run_measured
 from bench.servers import ACCEPT_ALL, ROOT, Server, find_tool, smartsink, smtp_sink, smtp_source, trafficgen
 
@@ -262,7 +264,11 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=200_000, help="messages per 1 KiB run")
     parser.add_argument("--only", default="", help="run only the pairs whose name contains this")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"), help="where to save results")
-    args = parser.parse_args()
+    parser.add_argument("--scale", action="store_true", help="the scale run instead (its options: --scale --help)")
+    argv = sys.argv[1:]
+    if "--scale" in argv:
+        return scale.main([arg for arg in argv if arg != "--scale"])
+    args = parser.parse_args(argv)
 
     missing = [name for name in ("smtp-source", "smtp-sink") if find_tool(name) is None]
     if missing:

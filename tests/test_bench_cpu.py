@@ -1,6 +1,6 @@
 """The bench's accounting: the CPU of a process tree (a command's, from getrusage; a running server's, from /proc)
-lands on what its processes burnt, grandchildren included; the pairs' ratios on fixed numbers. No timed
-performance assertions: only what is counted."""
+lands on what its processes burnt, grandchildren included; the scale run's chart and verdicts, and the pairs'
+ratios, on fixed numbers. No timed performance assertions: only what is counted."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from bench.__main__ import Pair, Round, Side
 from bench.cpu import TreeMeter, descendants, run_measured
+from bench.scale import Memory, Point, chart, parse, per_connection, sources, steps
 
 BURN = 0.5  # CPU seconds each process burns
 # What the two processes burnt, within: -0.05 s for /proc's clock ticks (10 ms per process, rounded down) and
@@ -96,6 +97,66 @@ class TestProcessTreeCpu:
         meter = TreeMeter(2**22 + 1)  # above the kernel's pid_max: never a process
         meter.start()
         assert meter.stop() == (0.0, 0.0)
+
+
+def point(connections: int, rate: float, cpu_us: float) -> Point:
+    """A throughput point of 100,000 messages at `rate` msg/s and `cpu_us` µs a message (split evenly)."""
+    messages = 100_000
+    cpu = cpu_us * messages / 1e6
+    return Point(connections, messages, messages / rate + 1.0, messages / rate, cpu / 2, cpu / 2)
+
+
+class TestScaleVerdicts:
+    @pytest.mark.parametrize(
+        ("before", "after", "verdict"),
+        [
+            (point(10, 5000, 100), point(100, 4000, 110), "ok"),
+            (point(1000, 4000, 100), point(2000, 2000, 200), "ok"),  # exactly linear is not worse than linear
+            (point(1000, 5000, 100), point(5000, 900, 120), "WORSE THAN LINEAR (throughput)"),
+            (point(10, 5000, 100), point(100, 4000, 1200), "WORSE THAN LINEAR (CPU)"),
+            (point(10, 5000, 100), point(20, 2000, 300), "WORSE THAN LINEAR (throughput, CPU)"),
+        ],
+        ids=["gentle-fall", "exactly-linear", "throughput-falls-faster", "cpu-grows-faster", "both"],
+    )
+    def test_a_step_is_judged_against_the_growth_of_connections(self, before: Point, after: Point, verdict: str):
+        """A step is flagged when throughput falls, or CPU a message grows, by more than the connections grew."""
+        (step,) = steps([before, after])
+        assert step.growth == after.connections / before.connections
+        assert step.verdict() == verdict
+
+    def test_steps_follow_the_points(self):
+        """One step between each pair of neighbours, none for a single point."""
+        points = [point(n, 1000, 100) for n in (10, 100, 1000)]
+        assert [(s.before, s.after) for s in steps(points)] == [(10, 100), (100, 1000)]
+        assert steps(points[:1]) == []
+
+    def test_chart_bars_are_proportional_to_the_largest(self):
+        """The largest value gets the full width; labels right-aligned, values after the bars."""
+        assert chart([("10", 100.0), ("1,000", 50.0), ("20,000", 0.0)], width=10) == [
+            "    10 |██████████ 100",
+            " 1,000 |█████      50",
+            "20,000 |           0",
+        ]
+        assert chart([]) == []
+
+    def test_memory_per_connection_is_against_the_baseline(self):
+        """(PSS with N - PSS with the baseline) / (N - baseline connections), each side."""
+        baseline = Memory(10, sink_pss=100_000, sink_rss=0, client_pss=50_000, client_rss=0, waited=1)
+        held = Memory(1010, sink_pss=103_000, sink_rss=0, client_pss=56_000, client_rss=0, waited=1)
+        assert per_connection(held, baseline) == (3.0, 6.0)
+
+    def test_source_addresses_only_when_one_would_run_short_of_ports(self):
+        """Up to half of an address's ephemeral ports, the default address; beyond, enough 127.0.0.x for each to
+        take at most half of its own."""
+        assert sources(14_116, 28_232) == []
+        assert sources(20_000, 28_232) == ["127.0.0.1", "127.0.0.2"]
+        assert sources(40_000, 20_000) == [f"127.0.0.{n}" for n in range(1, 5)]
+
+    def test_counts_set_both_parts(self):
+        """--counts replaces both lists; the memory part holds only counts above its baseline of 10."""
+        args = parse(["--counts", "10,100,1_000"])
+        assert (args.held, args.connections) == ([100, 1000], [10, 100, 1000])
+        assert parse([]).held == [1000, 10_000, 20_000]
 
 
 def side(label: str, *rounds: Round) -> Side:
