@@ -178,15 +178,22 @@ def tree_memory(pid: int) -> tuple[float, float]:
     return pss, rss
 
 
-def raise_file_limit(needed: int) -> None:
-    """Let a child open `needed` files: raise the hard open-files limit when it is lower and the user may."""
+def raise_file_limit(connections: int, processes: int) -> None:
+    """Let each process open the files its share of `connections` needs (the busiest of `processes` processes a
+    side, which may get more than an even share): raise the hard open-files limit when it is lower and this run may
+    (CAP_SYS_RESOURCE); say so only when a process could then run short."""
+    wanted = connections + EXTRA_FILES
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        with contextlib.suppress(ValueError, OSError):  # not root: the tools work with what they have
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
-            hard = needed
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        print(f"scale: the open-files hard limit is {hard}, below the {needed} a process may need", file=sys.stderr)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # not allowed: the tools work with what they have
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, wanted))
+            hard = wanted
+    share = -(-connections // max(1, processes)) * 3 // 2 + EXTRA_FILES  # SO_REUSEPORT's hashing is not even
+    if hard != resource.RLIM_INFINITY and hard < share:
+        print(
+            f"scale: the open-files hard limit is {hard}, below the {share:,} the busiest process may need",
+            file=sys.stderr,
+        )
 
 
 def ephemeral_ports() -> int:
@@ -362,7 +369,11 @@ def _numbers(text: str) -> list[int]:
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench --scale", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench --scale",
+        description="What a held connection costs each side (smartsink and trafficgen), and throughput and CPU a "
+        "message as the connections grow, each step judged against linear. Everything on 127.0.0.0/8.",
+    )
     parser.add_argument("--part", choices=("both", "memory", "throughput"), default="both")
     parser.add_argument("--held", type=_numbers, default=[1000, 10_000, 20_000], help="connections held (memory)")
     parser.add_argument(
@@ -373,7 +384,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         type=_numbers,
         help="both parts at these counts, instead of --held and --connections (e.g. 10,100,1000 for a quick check)",
     )
-    parser.add_argument("--messages", type=int, default=100_000, help="messages a throughput point, at least")
+    parser.add_argument("--messages", type=int, default=50_000, help="messages a throughput point, at least")
     parser.add_argument("--per-connection", type=int, default=10, help="messages a connection, at least")
     parser.add_argument("--workers", type=int, default=2, help="smartsink --workers")
     parser.add_argument("--processes", type=int, default=2, help="trafficgen --processes")
@@ -389,7 +400,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    raise_file_limit(max([*args.held, *args.connections]) + EXTRA_FILES)
+    raise_file_limit(max([*args.held, *args.connections]), min(args.workers, args.processes))
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     policy = workdir / "accept-all.toml"
     policy.write_text(ACCEPT_ALL)
