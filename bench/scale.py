@@ -335,7 +335,7 @@ def print_flow(points: list[Point], setup: Setup) -> None:
     for point, verdict in zip(points, verdicts, strict=True):
         print(
             f"{point.connections:>11,} {point.messages:>9,} {point.rate:>8,.0f} {point.wall_rate:>10,.0f} "
-            f"{point.client_us:>14.1f} {point.server_us:>12.1f} {point.errors:>6}  {verdict}"
+            f"{point.client_us:>14.1f} {point.server_us:>12.1f} {point.errors:>6}  {verdict}".rstrip()
         )
     print("\nmsg/s (sending window) by connections:")
     for line in chart([(f"{p.connections:,}", p.rate) for p in points]):
