@@ -15,7 +15,6 @@ from typing import Any
 from mailload.cli import event_loop_factory
 from trafficgen.config import RunConfig
 from trafficgen.observers import Observers, snapshot
-from trafficgen.reconcile import ask_sinks, encode_marks
 from trafficgen.runner import RunEnd, Runner, new_recorder, raise_file_limit
 from trafficgen.stats import report
 from trafficgen.stats.recorder import Recorder
@@ -125,6 +124,8 @@ async def _reconcile(config: RunConfig, recorder: Recorder) -> dict[str, Any]:
             file=sys.stderr,
         )
     ours = bytes(recorder.marks or b"")
+    from trafficgen.reconcile import ask_sinks, encode_marks  # aiohttp: only with --reconcile
+
     document = await ask_sinks(
         config.reconcile,
         config.run_id,

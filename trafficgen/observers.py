@@ -14,8 +14,6 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from trafficgen.config import ConfigError, RunConfig
-from trafficgen.stats import exporter
-from trafficgen.stats.exporter import RunCollector
 from trafficgen.stats.hdrlog import IntervalLog
 from trafficgen.stats.progress import INTERVAL, Progress, Snapshot
 from trafficgen.stats.recorder import Recorder
@@ -73,7 +71,9 @@ class Observers:
         if self.take_interval is not None:
             self.tasks.append(asyncio.create_task(self._take_intervals()))
         if config.metrics:
-            collector = RunCollector(self.view, config.run_id, config.target)
+            from trafficgen.stats import exporter  # aiohttp and prometheus_client: only with --metrics
+
+            collector = exporter.RunCollector(self.view, config.run_id, config.target)
             try:
                 self.exporter = await exporter.serve(*config.metrics, collector)
             except OSError as e:

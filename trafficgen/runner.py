@@ -16,12 +16,9 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from mailload.cli import raise_open_files_limit
-from trafficgen import inject
 from trafficgen.config import ConfigError, RunConfig
 from trafficgen.domains import spread
 from trafficgen.messages import Message, MessageFactory
@@ -31,6 +28,9 @@ from trafficgen.ratelimit import Throttle
 from trafficgen.smtp.session import ClientProtocol, Refused, Session, SessionError, client_tls_context
 from trafficgen.stats.recorder import Recorder
 from trafficgen.transport import Transport
+
+if TYPE_CHECKING:  # aiohttp (a quarter of a second to import) only for --http
+    import aiohttp
 
 log = logging.getLogger("trafficgen")
 
@@ -248,6 +248,8 @@ class Runner:
         could not be sent over it."""
         config = self.config
         if config.http:
+            from trafficgen import inject
+
             if self.http_pool is None:
                 self.http_pool = inject.pool(self.share.concurrency or config.concurrency)
             return inject.HttpSession(self.http_pool, config.http_url, config)
@@ -352,7 +354,10 @@ class Runner:
             sweeper.cancel()
             soft_wait.cancel()
             hard_wait.cancel()
-            await inject.close_pool(self.http_pool)
+            if self.http_pool is not None:
+                from trafficgen import inject
+
+                await inject.close_pool(self.http_pool)
         elapsed = time.monotonic() - started
         # The sending window of a --duration run is the duration, unless it was stopped early.
         window = elapsed

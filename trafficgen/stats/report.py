@@ -23,6 +23,7 @@ from rich.table import Table
 from trafficgen import __version__
 from trafficgen import profile as profiles
 from trafficgen import thresholds as threshold_parser
+from trafficgen.stats.histogram import summary as histogram_summary
 from trafficgen.stats.recorder import DIMENSIONS, PHASES, Recorder
 from trafficgen.stats.timeline import COUNT_KEYS, from_report
 
@@ -40,10 +41,11 @@ def latency_ms(histogram: HdrHistogram | None) -> dict[str, float | int | None] 
     if not count:
         out.update({"min": None, "mean": None, **{k: None for k, _ in PERCENTILES}, "max": None})
         return out
+    mean, values = histogram_summary(histogram, [p for _, p in PERCENTILES])
     out["min"] = round(histogram.get_min_value() / 1000, 3)
-    out["mean"] = round(histogram.get_mean_value() / 1000, 3)
-    for key, p in PERCENTILES:
-        out[key] = round(histogram.get_value_at_percentile(p) / 1000, 3)
+    out["mean"] = round(mean / 1000, 3)
+    for (key, _), value in zip(PERCENTILES, values, strict=True):
+        out[key] = round(value / 1000, 3)
     out["max"] = round(histogram.get_max_value() / 1000, 3)
     return out
 
@@ -443,7 +445,9 @@ def _p99_of(encoded: list[str | None]) -> float | None:
         if one:
             merged = merged or HdrHistogram(1, 3_600_000_000, 2)
             merged.add(HdrHistogram.decode(one))
-    return merged.get_value_at_percentile(99.0) / 1000 if merged is not None and merged.total_count else None
+    if merged is None or not merged.total_count:
+        return None
+    return histogram_summary(merged, [99.0])[1][0] / 1000
 
 
 def _timeline_row(rows: list[dict[str, Any]], p99: float | None) -> list[str]:

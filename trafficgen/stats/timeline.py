@@ -18,7 +18,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from trafficgen.outcome import ERROR, Kind
-from trafficgen.stats.histogram import Histogram, new_histogram
+from trafficgen.stats.histogram import Histogram, new_histogram, summary
 
 MAX_POINTS = 600  # a 10-minute run keeps 1 s intervals; a day-long one 2.4 min
 DOMAIN_POINTS = 60  # per-domain counts are shown at a coarser interval: at most this many
@@ -310,7 +310,8 @@ def from_report(timeline: dict[str, Any], domains: list[str]) -> Timeline:
 def _percentiles(histogram: HdrHistogram | None) -> dict[str, float] | None:
     if histogram is None or not histogram.get_total_count():
         return None
-    return {name: round(histogram.get_value_at_percentile(p) / 1000.0, 3) for name, p in PERCENTILES}
+    _, values = summary(histogram, [p for _, p in PERCENTILES])
+    return {name: round(value / 1000.0, 3) for (name, _), value in zip(PERCENTILES, values, strict=True)}
 
 
 def _encode(histogram: HdrHistogram | None) -> str | None:
