@@ -167,6 +167,40 @@ class TestTimeline:
             assert f"{point['attempted']:,}" in section
 
 
+def test_idle_connections_are_counted_in_every_interval(tmp_path):
+    """4 connections over 2 processes held through a run that sends one message a second: every whole interval
+    of the run shows all 4 (each process samples its open connections each second, not only when a message
+    completes)."""
+    with running_sink(policy="[default]\n", tmp=tmp_path) as sink:
+        report, _ = run_report(
+            "--target", sink.target, "--duration", "5", "--throttle", "1/s", "--concurrency", "4", "--processes", "2",
+        )  # fmt: skip
+    points = report["timeline"]["points"]
+    assert report["connections"]["peak"] == 4
+    inside = [p["connections"] for p in points[1:-1]]
+    assert len(inside) >= 3, points
+    assert inside == [4] * len(inside), [p["connections"] for p in points]
+
+
+def test_merge_with_a_report_from_before_timelines(two_runs, tmp_path):
+    """A report without a timeline (or replies without domains) merged with a new one: the merged report has an
+    empty timeline and no reply domains, rather than ones that fall short of its totals."""
+    old = {k: v for k, v in two_runs["first"].items() if k != "timeline"}
+    old["replies"] = [{k: v for k, v in r.items() if k != "domains"} for r in old["replies"]]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    done = run_trafficgen(
+        "report", "merge", str(tmp_path / "old.json"), str(two_runs["dir"] / "second.json"), "--json", "-"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(done.stdout)
+    assert merged["timeline"]["points"] == []
+    assert all(reply["domains"] == {} for reply in merged["replies"])
+    assert (
+        merged["totals"]["attempted"]
+        == two_runs["first"]["totals"]["attempted"] + two_runs["second"]["totals"]["attempted"]
+    )
+
+
 class TestReplies:
     def test_each_reply_names_its_domains(self, two_runs):
         """A reply's domains add up to its count, and only domains of the run appear."""

@@ -171,11 +171,12 @@ class TestSummaryOfAHistogram:
     """trafficgen.stats.histogram.summary: the mean and percentiles read in one pass over the counts are exactly
     HdrHistogram's own (the report and the timeline use it; HdrHistogram's iterators took a second of CPU)."""
 
+    @pytest.mark.parametrize("word_size", [4, 8])
     @pytest.mark.parametrize("digits", [2, 3])
     @pytest.mark.parametrize("count", [0, 1, 7, 1000, 50_000])
-    def test_matches_hdrhistogram(self, digits, count):
+    def test_matches_hdrhistogram(self, digits, count, word_size):
         rng = random.Random(digits * 100_000 + count)
-        histogram = new_histogram(digits)
+        histogram = new_histogram(digits, word_size=word_size)
         for _ in range(count):
             histogram.record(max(1, int(rng.lognormvariate(9, 2))))
         percentiles = [0.0, 25.0, 50.0, 90.0, 99.0, 99.9, 100.0]

@@ -5,6 +5,7 @@ fit 100 columns and say the progress, the ETA, the rate asked and the live p99 (
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import pytest
 from conftest import running_sink
-from tghelpers import clean_env, run_trafficgen
+from rich.console import Console
+from tghelpers import clean_env, run_report, run_trafficgen
 
-from trafficgen.stats.progress import PLAIN_WIDTH, Snapshot, Tick, clock, eta, lines
+from trafficgen.stats.progress import PLAIN_WIDTH, Snapshot, Tick, clock, eta, lines, table
+from trafficgen.stats.report import summary as summary_of
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -71,6 +74,13 @@ def screen_lines(text: str) -> list[str]:
 def sink(tmp_path_factory):
     with running_sink("--seed", "3", policy=POLICY, tmp=tmp_path_factory.mktemp("terminal")) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def saved_report(sink) -> dict:
+    """A report as trafficgen writes it, for the summary's pure tests."""
+    report, _ = run_report("--target", sink.target, "--message-count", "100", "--concurrency", "4", "--keep-going")
+    return report
 
 
 @pytest.mark.parametrize("columns", [80, 120])
@@ -158,3 +168,31 @@ class TestPlainLines:
         assert eta(Tick(snap, 0.0, 5.0, message_count=1000)) == "25% of 1,000, ETA -"
         assert eta(Tick(snap, 50.0, 5.0)) is None
         assert eta(Tick(snap, 50.0, 5.0, message_count=250)) == "100% of 250"
+
+
+class TestWidths:
+    """Pure: the live view and the summary at a width, with counts in the millions: numbers are never cut."""
+
+    @pytest.mark.parametrize("width", [80, 100, 110, 120, 160])
+    def test_live_view_fits(self, width):
+        snap = Snapshot(1_234_567, 1_200_000, 23_456, 11_111, 123, 500)
+        tick = Tick(snap, 2_012.0, 600.0, asked=2_500.0, message_count=2_000_000, p99_ms=1_234.5)
+        out = io.StringIO()
+        Console(file=out, width=width).print(table(tick, width))
+        shown = out.getvalue().splitlines()
+        assert all(len(line.rstrip()) <= width for line in shown), shown
+        assert "…" not in out.getvalue(), out.getvalue()
+        assert "1,234,567" in out.getvalue()
+        assert "BEHIND" in shown[-1]  # asked 2,500/s, achieved 2,058/s: said under the table
+
+    @pytest.mark.parametrize("width", [80, 120])
+    def test_summary_keeps_numbers_whole(self, saved_report, width):
+        """A long domain name and eight-digit counts: the name is shortened, never a number."""
+        row = {"attempted": 12_345_678, "accepted": 12_000_000, "tempfailed": 234_567, "permfailed": 111_111}
+        domains = {"mail.protection.outlook.com": {**row, "errors": 0}, "gmail.com": {**row, "errors": 1_234}}
+        out = io.StringIO()
+        summary_of(saved_report | {"domains": domains}, out, width=width)
+        text = out.getvalue()
+        assert all(len(line) <= width for line in text.splitlines())
+        for number in ("12,345,678", "12,000,000", "234,567", "111,111", "1,234"):
+            assert number in text

@@ -143,3 +143,34 @@ def test_state_round_trip():
     timeline = timeline_of(evts)
     again = Timeline.from_state(timeline.state())
     assert again.report(START) == timeline.report(START)
+
+
+def test_a_long_reports_timeline_reads_back_the_same_from_an_odd_second():
+    """101 one-second intervals starting on an odd second: the per-domain counts (at 2 s) begin a second before the
+    first interval; read back, no interval is added before the run."""
+    start = 1_796_000_001.0
+    evts = [(start + n + 0.5, n % 3, Kind.ACCEPTED, 1000, None) for n in range(101)]
+    report = timeline_of(evts).report(start)
+    assert report["domains"]["interval_s"] == 2
+    again = from_report(report, DOMAINS).report(start)
+    assert len(again["points"]) == len(report["points"]) == 101
+    assert again["points"] == report["points"]
+
+
+def test_merge_into_a_timeline_that_lacks_some_domains():
+    """The other timeline has a domain this one lacks, over the same intervals: its rows are added, none lost."""
+    first = Timeline(["gmail.com"])
+    first.offset = 0.0
+    second = Timeline(["gmail.com", "yahoo.com"])
+    second.offset = 0.0
+    for n in range(50):
+        first.record(START + n * 0.1, 0, Kind.ACCEPTED, 1000, None)
+        second.record(START + n * 0.1, n % 2, Kind.TEMPFAILED, 2000, None)
+    first.merge(second)
+    report = first.report(START)
+    assert summed(report, "attempted") == 100
+    got = {}
+    for point in report["domains"]["points"]:
+        for name, row in point["domains"].items():
+            got[name] = got.get(name, 0) + row["attempted"]
+    assert got == {"gmail.com": 75, "yahoo.com": 25}

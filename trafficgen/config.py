@@ -1067,11 +1067,6 @@ class RunConfig:
         return self.throttle is not None or self.profile is not None
 
     @property
-    def intervals(self) -> bool:
-        """Each second's latency is taken apart: for --hdr-log, and for the p99 of the live progress."""
-        return self.hdr_log is not None or not self.quiet
-
-    @property
     def live_view(self) -> bool:
         """Something reads everything counted while the run goes: --metrics, --fail-fast, or the stairs."""
         return bool(self.metrics or self.fail_fast or (self.profile and self.profile.stairs))

@@ -57,7 +57,8 @@ async def _run_here(config: RunConfig, interrupts: _Interrupts) -> tuple[Recorde
         config,
         lambda: snapshot(recorder),
         lambda: recorder,
-        recorder.take_interval if config.intervals else None,
+        recorder.take_interval if config.hdr_log else None,
+        recent=recorder.recent_latency,
         start=lambda: runner.started,
         stop=interrupts.soft.set,
     )

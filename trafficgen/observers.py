@@ -15,6 +15,7 @@ from hdrh.histogram import HdrHistogram
 
 from trafficgen.config import ConfigError, RunConfig
 from trafficgen.stats.hdrlog import IntervalLog
+from trafficgen.stats.histogram import summary
 from trafficgen.stats.progress import INTERVAL, Progress, Snapshot
 from trafficgen.stats.recorder import Recorder
 from trafficgen.watch import Watch
@@ -29,7 +30,7 @@ class Observers:
     """What watches a run as it goes: progress, the --hdr-log interval log, the --metrics exporter.
 
     `view` gives a Recorder with everything counted so far; `take_interval` the latency since its last call
-    (given when --hdr-log or the live progress needs it).
+    (with --hdr-log); `recent` the latency of the timeline's last whole interval (for the live view's p99).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class Observers:
         read: Callable[[], Snapshot],
         view: Callable[[], Recorder],
         take_interval: Callable[[], HdrHistogram] | None,
+        recent: Callable[[], HdrHistogram | None] | None = None,
         start: Callable[[], float | None] | None = None,
         stop: Callable[[], None] | None = None,
     ):
@@ -45,10 +47,10 @@ class Observers:
         self.read = read
         self.view = view
         self.take_interval = take_interval
+        self.recent = recent or (lambda: None)
         self.tasks: list[asyncio.Task[None]] = []
         self.log: IntervalLog | None = None
         self.exporter: Any = None
-        self.recent_p99: float | None = None  # the last second's transaction latency p99, ms
         # `start`: when the run's schedule started (monotonic); `stop`: end the run (in-flight messages finish).
         self.watch = Watch(config, view, start or (lambda: None), stop or (lambda: None))
 
@@ -58,7 +60,7 @@ class Observers:
         profile = config.profile
         due = profile.count_by if profile is not None else None
         progress = Progress(
-            self.read, config.quiet, asked=asked, due=due, count=config.message_count, p99=lambda: self.recent_p99
+            self.read, config.quiet, asked=asked, due=due, count=config.message_count, p99=self._recent_p99
         )
         self.tasks.append(asyncio.create_task(progress.run()))
         if self.watch.needed:
@@ -68,8 +70,7 @@ class Observers:
                 self.log = IntervalLog(config.hdr_log)
             except OSError as e:
                 raise ConfigError(f"--hdr-log {config.hdr_log}: cannot write: {e.strerror}") from None
-        if self.take_interval is not None:
-            self.tasks.append(asyncio.create_task(self._take_intervals()))
+            self.tasks.append(asyncio.create_task(self._log_intervals()))
         if config.metrics:
             from trafficgen.stats import exporter  # aiohttp and prometheus_client: only with --metrics
 
@@ -79,15 +80,19 @@ class Observers:
             except OSError as e:
                 raise ConfigError(f"--metrics {config.metrics[0]}:{config.metrics[1]}: {e.strerror}") from None
 
-    async def _take_intervals(self) -> None:
-        """Each second's latency: its p99 for the live view, and the histogram for --hdr-log."""
+    async def _log_intervals(self) -> None:
+        assert self.log is not None
         assert self.take_interval is not None
         while True:
             await asyncio.sleep(INTERVAL)
-            taken = self.take_interval()
-            self.recent_p99 = taken.get_value_at_percentile(99.0) / 1000 if taken.get_total_count() else None
-            if self.log is not None:
-                self.log.write(taken)
+            self.log.write(self.take_interval())
+
+    def _recent_p99(self) -> float | None:
+        """The latency p99 (ms) of the last whole interval of the timeline, for the live view."""
+        recent = self.recent()
+        if recent is None or not recent.get_total_count():
+            return None
+        return summary(recent, [99.0])[1][0] / 1000
 
     async def stop(self) -> None:
         for task in self.tasks:

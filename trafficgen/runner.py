@@ -70,9 +70,10 @@ def new_recorder(config: RunConfig) -> Recorder:
         corrected=config.scheduled,
         marks=config.reconcile is not None,
         shards=config.shard_count,
-        intervals=config.intervals,
+        intervals=config.hdr_log is not None,
         dimensions=config.dimensions,
         stages=config.profile is not None,
+        connections=not config.http,
     )
 
 
@@ -148,6 +149,8 @@ class Runner:
         self.over = asyncio.Event()  # the run is over: --duration passed, every message answered, or a stop
         self.started = time.monotonic()
         self.http_pool: aiohttp.ClientSession | None = None
+        if config.http:  # imported now, not on the first connection: an import blocks the loop a fifth of a second
+            from trafficgen import inject  # noqa: F401
 
     # --- claims ---------------------------------------------------------------------------------------------
 
@@ -305,6 +308,7 @@ class Runner:
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             now = time.monotonic()
+            self.recorder.sample_connections(now)
             for protocol in list(self.protocols):
                 if protocol.closed:
                     self.protocols.discard(protocol)

@@ -39,6 +39,11 @@ class Progress(NamedTuple):
     counts: tuple[int, ...]
     interval: bytes | None  # its latency since the last Progress (--hdr-log)
     state: dict[str, Any] | None  # everything it counted so far (--metrics)
+    recent: bytes | None = None  # the latency of its last whole interval (the live view's p99)
+
+
+def _encode(histogram: HdrHistogram | None) -> bytes | None:
+    return None if histogram is None or not histogram.get_total_count() else histogram.encode()
 
 
 class Done(NamedTuple):
@@ -71,9 +76,10 @@ async def _child_run(config: RunConfig, share: Share, controls: Controls, conn: 
     soft = asyncio.Event()
 
     def progress() -> Progress:
-        interval = recorder.take_interval().encode() if config.intervals else None
+        interval = recorder.take_interval().encode() if config.hdr_log else None
         state = recorder.state(marks=False, timeline=False) if config.live_view else None
-        return Progress(share.index, tuple(snapshot(recorder)), interval, state)
+        recent = recorder.recent_latency() if not config.quiet else None
+        return Progress(share.index, tuple(snapshot(recorder)), interval, state, _encode(recent))
 
     async def relay() -> None:
         while True:
@@ -114,6 +120,7 @@ class Supervisor:
         self.recorder = new_recorder(config)  # what finished processes counted
         self.latest: dict[int, Snapshot] = {}  # what running ones counted so far
         self.states: dict[int, dict[str, Any]] = {}
+        self.recent: dict[int, bytes | None] = {}  # each running process's latency of its last whole interval
         self.interval = new_histogram()
         self.ends: dict[int, RunEnd] = {}
         self.finished = asyncio.Event()
@@ -131,7 +138,8 @@ class Supervisor:
             self.config,
             self.combined,
             self.view,
-            self.take_interval if self.config.intervals else None,
+            self.take_interval if self.config.hdr_log else None,
+            recent=self.recent_latency,
             start=self.schedule_start,
             stop=self.soft.set,
         )
@@ -206,11 +214,13 @@ class Supervisor:
                 self.interval.add(HdrHistogram.decode(message.interval))
             if message.state is not None:
                 self.states[message.process] = message.state
+            self.recent[message.process] = message.recent
         else:
             self.recorder.merge(message.state)
             self.ends[message.process] = message.end
             self.latest.pop(message.process, None)
             self.states.pop(message.process, None)
+            self.recent.pop(message.process, None)
 
     def _reap(self) -> None:
         loop = asyncio.get_running_loop()
@@ -243,6 +253,15 @@ class Supervisor:
         merged = new_recorder(self.config)
         for state in (self.recorder.state(), *self.states.values()):
             merged.merge(state)
+        return merged
+
+    def recent_latency(self) -> HdrHistogram | None:
+        """The processes' latency of their last whole interval, together."""
+        merged = None
+        for encoded in self.recent.values():
+            if encoded:
+                merged = merged or new_histogram(2)
+                merged.add(HdrHistogram.decode(encoded))
         return merged
 
     def take_interval(self) -> HdrHistogram:

@@ -19,6 +19,7 @@ from rich.table import Table
 from mailload import contract
 from trafficgen.stats import report as reports
 from trafficgen.stats.recorder import Recorder
+from trafficgen.stats.timeline import Timeline
 
 
 class ReportError(ValueError):
@@ -102,6 +103,11 @@ def _merged_recorder(documents: list[dict[str, Any]]) -> Recorder:
             part.counts[part.domains.index(d)] if d in part.domains else [0, 0, 0, 0, 0] for d in domains
         ]
         merged.merge(state)
+    # A report written before timelines (or replies' domains) would leave them short of the totals: none then.
+    if not all(document.get("timeline") for document in documents):
+        merged.timeline = Timeline(domains)
+    if not all("domains" in reply for document in documents for reply in document["replies"]):
+        merged.reply_domains.clear()
     return merged
 
 

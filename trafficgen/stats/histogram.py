@@ -5,13 +5,17 @@ Latencies are microseconds, from 1 us to one hour (longer values are recorded as
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
+from typing import Literal
 
 from hdrh.histogram import HdrHistogram
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
 SIGNIFICANT_DIGITS = 3
+# a counts array's element size -> its memoryview format
+WORD_FORMATS: dict[int, Literal["H", "I", "Q"]] = {2: "H", 4: "I", 8: "Q"}
 
 
 class Histogram(HdrHistogram):  # type: ignore[misc]  # hdrhistogram has no annotations
@@ -32,14 +36,15 @@ class Histogram(HdrHistogram):  # type: ignore[misc]  # hdrhistogram has no anno
             self.max_value = value
 
 
-def new_histogram(digits: int = SIGNIFICANT_DIGITS) -> Histogram:
-    return Histogram(LOWEST_US, HIGHEST_US, digits)
+def new_histogram(digits: int = SIGNIFICANT_DIGITS, word_size: int = 8) -> Histogram:
+    return Histogram(LOWEST_US, HIGHEST_US, digits, word_size=word_size)
 
 
 def recorded(histogram: HdrHistogram) -> list[tuple[int, int]]:
     """(index, count) of every bucket that holds a value, read from the counts in one pass (HdrHistogram's own
     iterators call several methods per bucket: a second of CPU for a report's histograms)."""
-    counts = memoryview(histogram.counts).cast("B").cast("Q").tolist()
+    raw = histogram.counts
+    counts = memoryview(raw).cast("B").cast(WORD_FORMATS[ctypes.sizeof(raw._type_)]).tolist()
     return [(index, count) for index, count in enumerate(counts) if count]
 
 

@@ -41,7 +41,6 @@ def behind(snapshot: Snapshot, asked: float | None, elapsed: float, due: float |
 
 
 PLAIN_WIDTH = 100  # a plain progress line never passes this many columns
-NARROW = 100  # a live view narrower than this drops the per-minute and per-hour rates
 
 
 class Tick(NamedTuple):
@@ -119,30 +118,45 @@ def lines(tick: Tick) -> list[str]:
 
 
 def table(tick: Tick, width: int) -> Table:
-    """The live view: the rates and counts as columns sized to the terminal (`width` columns)."""
+    """The live view: the rates and counts as columns, the widest layout that fits the terminal (`width`
+    columns): first without the per-minute and per-hour rates, then with short labels, then without the rate
+    asked (the caption still says when the run is behind)."""
     s = tick.snapshot
     title = f"trafficgen  {tick.elapsed:,.0f} s"
     progress = eta(tick)
     if progress:
         title += f"  {progress}"
-    late = behind_text(tick)
-    if late:
-        title += f"  {late}"
-    narrow = width < NARROW
-    view = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    cells: list[tuple[str, str]] = [("msg/s", f"{tick.per_second:,.1f}")]
-    if tick.asked is not None:
-        cells.append(("asked/s", f"{tick.asked:,.1f}"))
-    if not narrow:
-        cells += [("msg/min", f"{tick.per_second * 60:,.0f}"), ("msg/h", f"{tick.per_second * 3600:,.0f}")]
-    labels = ("sent", "ok", "temp", "perm", "err") if narrow else COUNT_LABELS
-    cells += [(label, f"{value:,}") for label, value in zip(labels, s[:5], strict=True)]
-    cells.append(("conns", f"{s.connections:,}"))
-    cells.append(("p99 ms", "-" if tick.p99_ms is None else f"{tick.p99_ms:,.1f}"))
+    cells: list[tuple[str, str]] = []
+    for layout in LAYOUTS:
+        cells = _cells(tick, s, layout)
+        if sum(max(len(label), len(value)) for label, value in cells) + 3 * (len(cells) - 1) <= width:
+            break
+    late = behind_text(tick)  # under the table, so that the title fits 80 columns
+    view = Table(
+        title=title, title_justify="left", caption=late, caption_justify="left", show_edge=False, pad_edge=False
+    )
     for label, _ in cells:
         view.add_column(label, justify="right", no_wrap=True)
     view.add_row(*(value for _, value in cells))
     return view
+
+
+# (per-minute and per-hour rates, short labels, the rate asked): widest first
+LAYOUTS = ((True, False, True), (False, False, True), (False, True, True), (False, True, False))
+
+
+def _cells(tick: Tick, s: Snapshot, layout: tuple[bool, bool, bool]) -> list[tuple[str, str]]:
+    hourly, short, asked = layout
+    cells: list[tuple[str, str]] = [("msg/s", f"{tick.per_second:,.1f}")]
+    if asked and tick.asked is not None:
+        cells.append(("asked/s", f"{tick.asked:,.1f}"))
+    if hourly:
+        cells += [("msg/min", f"{tick.per_second * 60:,.0f}"), ("msg/h", f"{tick.per_second * 3600:,.0f}")]
+    labels = ("sent", "ok", "temp", "perm", "err") if short else COUNT_LABELS
+    cells += [(label, f"{value:,}") for label, value in zip(labels, s[:5], strict=True)]
+    cells.append(("conns", f"{s.connections:,}"))
+    cells.append(("p99 ms", "-" if tick.p99_ms is None else f"{tick.p99_ms:,.1f}"))
+    return cells
 
 
 COUNT_LABELS = ("sent", "accepted", "tempfailed", "permfailed", "errors")

@@ -90,6 +90,7 @@ class Recorder:
         intervals: bool = False,
         dimensions: dict[str, list[str]] | None = None,
         stages: bool = False,
+        connections: bool = True,
     ):
         self.domains = list(domains)
         # per value of each other dimension used: the five counts, as for domains
@@ -122,6 +123,8 @@ class Recorder:
         self.interval: Histogram | None = new_histogram() if intervals else None
         # The run over time (the report's timeline): counts, connections and latency per interval.
         self.timeline = Timeline(self.domains)
+        # Whether open connections mean anything (not with --http: a request holds no connection of ours).
+        self.samples_connections = connections
         # Which domains each reply came from: (reply key, domain index) -> count.
         self.reply_domains: Counter[tuple[tuple[int, str], int]] = Counter()
 
@@ -154,7 +157,7 @@ class Recorder:
             recipients[k] += 1
         if kind == ERROR:
             self.errors[outcome.text] += 1
-            self.timeline.record(outcome.end, message.domain, kind, 0, None, self.connections_open)
+            self.timeline.record(outcome.end, message.domain, kind, 0, None, self._connections())
             return
         key = self._reply_key(outcome.code, outcome.text)
         replies = self.replies
@@ -171,7 +174,7 @@ class Recorder:
         if self.corrected is not None:
             intended = max(1, int((end - message.intended) * 1e6))
             self.corrected.record(intended)
-        self.timeline.record(end, message.domain, kind, value, intended, self.connections_open)
+        self.timeline.record(end, message.domain, kind, value, intended, self._connections())
         mail, rcpt = outcome.mail, outcome.rcpt
         phases = self.phases
         if mail:
@@ -224,7 +227,7 @@ class Recorder:
         self.connections_open += 1
         if self.connections_open > self.connections_peak:
             self.connections_peak = self.connections_open
-        self.timeline.sample_connections(time.monotonic(), self.connections_open)
+        self.sample_connections(time.monotonic())
         phases = self.phases
         phases["connect"].record(max(1, int(connect_s * 1e6)))
         phases["banner"].record(max(1, int(banner_s * 1e6)))
@@ -233,7 +236,19 @@ class Recorder:
 
     def connection_closed(self) -> None:
         self.connections_open -= 1
-        self.timeline.sample_connections(time.monotonic(), self.connections_open)
+        self.sample_connections(time.monotonic())
+
+    def _connections(self) -> int:
+        return self.connections_open if self.samples_connections else -1
+
+    def sample_connections(self, now: float) -> None:
+        """The connections open now, in the timeline (each interval shows its last sample)."""
+        if self.samples_connections:
+            self.timeline.sample_connections(now, self.connections_open)
+
+    def recent_latency(self) -> Histogram | None:
+        """The transaction latency of the timeline's last whole interval (the live view's p99)."""
+        return self.timeline.recent()
 
     def connection_failed(self, text: str) -> None:
         self.connection_errors[text] += 1
@@ -244,10 +259,14 @@ class Recorder:
         sums = [sum(column) for column in zip(*self.counts, strict=True)] if self.counts else [0] * 5
         return Totals(*sums)
 
-    def reply_domain_counts(self, key: tuple[int, str]) -> dict[str, int]:
-        """How many of one reply came from each domain, most first."""
-        counts = {self.domains[d]: n for (k, d), n in self.reply_domains.items() if k == key}
-        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    def reply_domain_counts(self) -> dict[tuple[int, str], dict[str, int]]:
+        """For each reply, how many came from each domain, most first."""
+        grouped: dict[tuple[int, str], dict[str, int]] = {}
+        for (key, domain), n in self.reply_domains.items():
+            grouped.setdefault(key, {})[self.domains[domain]] = n
+        return {
+            key: dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))) for key, counts in grouped.items()
+        }
 
     def _domain_index(self, name: str) -> int:
         """A domain's row (a domain this recorder has not seen gets one)."""

@@ -138,6 +138,7 @@ def build(
     window = elapsed if window is None else window
     per_second = attempted / window if window > 0 else 0.0
     replies = sorted(recorder.replies.items(), key=lambda item: (-item[1], item[0]))
+    from_domains = recorder.reply_domain_counts()
     document = {
         "schema": SCHEMA,
         "tool": f"trafficgen {__version__}",
@@ -163,7 +164,7 @@ def build(
         "domains": recorder.domain_totals(),
         **{key: recorder.dimension_totals(key) for key in DIMENSIONS},
         "replies": [
-            {"code": code, "text": text, "count": n, "domains": recorder.reply_domain_counts((code, text))}
+            {"code": code, "text": text, "count": n, "domains": from_domains.get((code, text), {})}
             for (code, text), n in replies
         ],
         "errors": [{"text": text, "count": n} for text, n in recorder.errors.most_common()],
@@ -360,7 +361,8 @@ NARROW_HEADERS = ("sent", "accepted", "temp", "perm", "errors")
 def _counts_table(title: str, column: str, rows: dict[str, dict[str, int]], narrow: bool = False) -> Table:
     """The five counts and the acceptance of each value of a dimension, most attempted first."""
     table = Table(box=box.SIMPLE, title=title, title_justify="left", pad_edge=False)
-    table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=40)
+    # not no_wrap: when the table does not fit, rich shrinks (and ellipsizes) the name, never the numbers
+    table.add_column(column, overflow="ellipsis", max_width=40)
     for c in (*(NARROW_HEADERS if narrow else COUNT_HEADERS), "accepted %"):
         table.add_column(c, justify="right", no_wrap=True)
     for name, row in sorted(rows.items(), key=lambda item: -item[1]["attempted"]):

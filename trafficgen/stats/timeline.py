@@ -28,7 +28,7 @@ COUNT_KEYS = ("attempted", "accepted", "tempfailed", "permfailed", "errors")
 
 
 def _histogram() -> Histogram:
-    return new_histogram(DIGITS)
+    return new_histogram(DIGITS, word_size=4)  # counts of one interval: 4 bytes a bucket, half the memory
 
 
 class Point:
@@ -115,6 +115,12 @@ class Timeline:
                 point.intended = _histogram()
             point.intended.record(intended_us)
 
+    def recent(self) -> Histogram | None:
+        """The latency of the last whole interval (the one before the interval now)."""
+        index = int((time.monotonic() + self.offset) // self.width) - 1
+        point = self.points.get(index)
+        return None if point is None else point.latency
+
     def sample_connections(self, at: float, open_now: int) -> None:
         """The connections open at monotonic time `at`: an interval shows its last sample."""
         self._at(at).connections = open_now
@@ -178,6 +184,8 @@ class Timeline:
         """Another process's or machine's timeline into this one: the wider interval of the two, each interval's
         counts and histograms added, connection samples summed (each process's own open connections)."""
         other = other._copy_remapped(self.domain_names)
+        for point in self.points.values():  # rows for the domains only the other had
+            point.domains += [[0, 0, 0, 0, 0] for _ in range(len(self.domain_names) - len(point.domains))]
         if other.width > self.width:
             self._widen_to(other.width)
         elif other.width < self.width:
@@ -291,8 +299,11 @@ def from_report(timeline: dict[str, Any], domains: list[str]) -> Timeline:
         rebuilt.points[int(point["at"]) // width] = built
     # per-domain counts come at the coarser interval: put each at the first narrow interval it covers
     domain_part = timeline.get("domains") or {}
+    first = min(rebuilt.points, default=None)
     for entry in domain_part.get("points") or []:
         index = int(entry["at"]) // width
+        if first is not None and index < first:  # a coarse interval that began before the run's first interval
+            index = first
         for name, counts in entry["domains"].items():
             if name not in rebuilt.domain_names:
                 rebuilt.domain_names.append(name)
