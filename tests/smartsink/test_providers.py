@@ -1,10 +1,10 @@
 """Providers as they behave: limits per sending address (several loopback sources, one and two workers),
 reputation that escalates, windows of changed rules from the schedule and the admin API, weighted texts,
-per-domain requirements, texts that name the client and the recipient."""
+per-domain requirements, texts that name the client and the recipient. How an escalation ends with time is pinned in
+process, with an injected clock (test_responder.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import smtplib
@@ -19,14 +19,8 @@ import pytest
 from harness.policies import ACCEPT_ALL
 from harness.sink import run_smartsink, running_sink, wait_for
 from harness.smtp import BODY, SENDER, read_reply
-from mailload import contract
-from smartsink.config import build
-from smartsink.ledger import Answered
-from smartsink.limits.local import LocalLimits
-from smartsink.limits.state import SharedState
-from smartsink.policy import decide, parse_policy
+from smartsink.policy import decide
 from smartsink.policy.model import Reply
-from smartsink.responder import Responder, SinkContext
 
 SOURCES = ("127.0.0.2", "127.0.0.3")
 
@@ -329,65 +323,6 @@ def test_texts_name_the_client_and_the_recipient(tmp_path):
             client.mail(SENDER)
             code, text = client.rcpt("Who@named.test")
         assert (code, text) == (550, b"5.1.1 <Who@named.test> unknown here, [127.0.0.3]")
-
-
-# --- in process: the responder with an injected clock (no sockets, no sleeps) ------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def responder_for(policy_text: str, clock: FakeClock, client: str = "127.0.0.2") -> Responder:
-    state = SharedState(clock=clock)
-    ctx = SinkContext(build(seed=1), parse_policy(policy_text), LocalLimits(state))
-    return Responder(ctx, client)
-
-
-def test_escalation_ends_after_its_time():
-    """escalate for = "30m": blocked until 30 minutes after the escalation, then answered as before."""
-
-    async def scenario() -> list[int]:
-        clock = FakeClock()
-        policy = (
-            '[domain."ms.test"]\ndefer = 100\nreject_at = "rcpt"\n'
-            'escalate = { after = 2, within = "1m", to = "block", for = "30m" }\n'
-        )
-        responder = responder_for(policy, clock)
-        codes = []
-        for step in (0, 1, 2, 1799, 1801):
-            clock.now = 1000.0 + step
-            responder.mail(SENDER)
-            action = await responder.rcpt("u@ms.test")
-            codes.append(int(action.wire[:3]) if action.wire else 0)
-        return codes
-
-    # two deferrals escalate; blocked at +2 s and +1799 s; the block is over at +1801 s (deferred again).
-    assert asyncio.run(scenario()) == [451, 451, 550, 550, 451]
-
-
-def test_ledger_entry_of_an_answered_message():
-    """The responder reports an answered trafficgen message to the ledger with its transit time and recipient."""
-
-    async def scenario() -> list[object]:
-        reported: list[object] = []
-        responder = responder_for(ACCEPT_ALL, FakeClock())
-        responder.ctx.limits.report = reported.append  # type: ignore[method-assign]
-        responder.mail(SENDER)
-        await responder.rcpt("User@x.test")
-        head = contract.trace_header("run1", 7, int(time.time() * 1000) - 1500).encode() + b"Subject: x\r\n\r\n"
-        await responder.data_end(len(head), head)
-        return reported
-
-    (entry,) = asyncio.run(scenario())
-    assert isinstance(entry, Answered)
-    assert (entry.run_id, entry.seq, entry.rcpt, entry.domain) == ("run1", 7, "user@x.test", "x.test")
-    assert entry.transit_ms is not None
-    assert 1500 <= entry.transit_ms < 60_000
 
 
 def test_schedule_keys_are_checked(tmp_path: Path):

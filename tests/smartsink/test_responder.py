@@ -3,7 +3,7 @@
 Each test builds what one sink worker holds (a SinkContext with a parsed policy, LocalLimits over a SharedState
 whose clock the test moves by hand) and drives Responders as the engines do: the greeting, MAIL, each RCPT, DATA,
 the end of DATA, RSET, the close. It checks the Actions they return and the ledger entries they report. The same
-behaviours over real sockets, with real clocks, are in test_smtp.py and test_backpressure.py.
+behaviours over real sockets, with real clocks, are in test_smtp.py, test_backpressure.py and test_providers.py.
 """
 
 from __future__ import annotations
@@ -283,6 +283,25 @@ class TestConnections:
         assert (await Responder(sink.ctx, CLIENT).greet()).accepted
 
 
+class TestEscalation:
+    async def test_escalation_ends_after_its_time(self):
+        """escalate for = "30m": blocked until 30 minutes after the escalation, then answered as before."""
+        policy = (
+            '[domain."ms.test"]\ndefer = 100\nreject_at = "rcpt"\n'
+            'escalate = { after = 2, within = "1m", to = "block", for = "30m" }\n'
+        )
+        sink = sink_of(policy)
+        responder = Responder(sink.ctx, "127.0.0.2")
+        codes = []
+        for step in (0, 1, 2, 1799, 1801):
+            sink.clock.now = 1000.0 + step
+            responder.mail(SENDER)
+            action = await responder.rcpt("u@ms.test")
+            codes.append(int(action.wire[:3]) if action.wire else 0)
+        # two deferrals escalate; blocked at +2 s and +1799 s; the block is over at +1801 s (deferred again).
+        assert codes == [451, 451, 550, 550, 451]
+
+
 FORCED = {
     "tempfail": ("tempfail@gmail.com", (452, "4.2.2 gmail: over quota")),
     "permfail": ("permfail@yahoo.com", (554, "5.7.9 yahoo: policy")),
@@ -376,6 +395,20 @@ class TestLedgerEntries:
         summary = ledger.summary()
         assert (summary["seen"], summary["delivered"], summary["deferred_pending"]) == (2, 1, 1)
         assert set(ledger.transit) == {"gmail.com"}
+
+    async def test_ledger_entry_of_an_answered_message(self):
+        """The responder reports an answered trafficgen message to the ledger with its transit time and recipient."""
+        sink = sink_of(ACCEPT_ALL)
+        responder = Responder(sink.ctx, "127.0.0.2")
+        responder.mail(SENDER)
+        await responder.rcpt("User@x.test")
+        head = contract.trace_header("run1", 7, int(time.time() * 1000) - 1500).encode() + b"Subject: x\r\n\r\n"
+        await responder.data_end(len(head), head)
+        (entry,) = sink.limits.entries
+        assert isinstance(entry, Answered)
+        assert (entry.run_id, entry.seq, entry.rcpt, entry.domain) == ("run1", 7, "user@x.test", "x.test")
+        assert entry.transit_ms is not None
+        assert 1500 <= entry.transit_ms < 60_000
 
     async def test_dsn_returning_a_message(self):
         """A failure DSN (built with the email package) from <> is accepted and reported as returning its message."""
