@@ -132,8 +132,10 @@ async def server(handler: Rules | None = None, raw: Raw | None = None) -> AsyncI
     if raw is None:
         with CaptureServer(handler or Rules(), hostname="unit.test") as capture:
             yield capture.port
-            # Every connection ends before the test goes on: this loop runs the client's side of the close.
+            # Every connection ends before the test goes on, and this loop runs the client's side of the close (its
+            # connection_lost) at least once, even when the server's thread saw the close first.
             deadline = asyncio.get_running_loop().time() + DEADLINE
+            await asyncio.sleep(0.01)
             while capture.protocols:
                 assert asyncio.get_running_loop().time() < deadline, "a connection to the capture server stayed open"
                 await asyncio.sleep(0.01)
