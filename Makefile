@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/radon cc -n D -s mailload smartsink trafficgen bench
-	$(BIN)/python -m pytest -q tests/test_options.py tests/test_architecture.py
+	$(BIN)/python -m pytest -q tests/mailload/test_options.py tests/test_architecture.py
 
 docs: $(STAMP)
 	$(BIN)/python -m mailload.options docs/cli.md

@@ -2,8 +2,8 @@
 watched for anything that grows without bound.
 
 Normal mail comes from trafficgen (throttled, over the shipped policy's providers: latency, rates, concurrency
-caps, greylisting). Hostile clients are the kinds tests/test_hostile.py and tests/test_slow_readers.py send one at a
-time, here all the time: random bytes, over-long lines, DATA that never ends, pipeliners that never read (then
+caps, greylisting). Hostile clients are the kinds tests/smartsink/test_hostile.py and test_slow_readers.py send one
+at a time, here all the time: random bytes, over-long lines, DATA that never ends, pipeliners that never read (then
 leave, reset, or wait to be cut), resetters, one-byte-at-a-time clients, clients that vanish mid-DATA, garbage
 commands. Every --interval seconds a row: resident memory of the sink's process tree (from /proc), open connections
 (smartsink_connections_active), connections and messages accepted so far (from /metrics).

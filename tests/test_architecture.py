@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT
+from harness import ROOT
 
 PACKAGES = ("mailload", "smartsink", "trafficgen", "bench")
 

@@ -1,8 +1,12 @@
-"""The harness itself: a sink started by the tests answers SMTP and HTTP on the ports it announced."""
+"""The harness itself: a sink started by the tests answers SMTP and HTTP on the ports it announced, and the tools
+the harness starts never see the test run's own TRAFFICGEN_* and SMARTSINK_* variables."""
 
 import smtplib
 
-from conftest import ACCEPT_ALL, running_sink
+from harness.capture import CaptureServer
+from harness.policies import ACCEPT_ALL
+from harness.sink import running_sink
+from harness.trafficgen import run_report
 
 
 def test_sink_starts_on_free_ports_and_answers(tmp_path):
@@ -14,3 +18,15 @@ def test_sink_starts_on_free_ports_and_answers(tmp_path):
         with smtplib.SMTP(*sink.address, timeout=10) as client:
             assert client.ehlo()[0] == 250
         assert sink.health()["status"] == "ok"
+
+
+def test_the_test_runs_variables_do_not_leak(tmp_path, monkeypatch):
+    """With variables in the test run's environment that would break both tools, the sink starts with one worker
+    and trafficgen sends what it is told to."""
+    for name, value in {"SMARTSINK_WORKERS": "0", "TRAFFICGEN_CONCURRENCY": "lots", "TRAFFICGEN_SEED": "x"}.items():
+        monkeypatch.setenv(name, value)
+    with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as sink:
+        assert sink.health()["workers"]["configured"] == 1
+    with CaptureServer() as server:
+        report, _ = run_report("--target", server.target, "--message-count", "3")
+    assert report["totals"]["accepted"] == 3 == len(server.messages)

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+
+from harness import ROOT
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,202 @@
+"""A private Postfix between trafficgen and smartsink: the real MTA the suite puts in the loop.
+
+Each instance has its own configuration, queue, data directory and log under one temporary directory, listens
+on a free loopback port, relays everything to the sink (`relayhost = [127.0.0.1]:PORT`, no DNS), and retries
+deferred mail every second or two. It never touches the system's Postfix (port 25, /etc/postfix, /var/spool).
+
+Postfix's commands log to syslog unless stderr is a terminal; the instance logs to its own file instead
+(`maillog_file`, served by postlogd), which the tests read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.net import free_port
+
+POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
+START_TIMEOUT = 30.0
+
+
+def _postfix_usable() -> str | None:
+    """Why a private Postfix cannot run here, or None when it can."""
+    if not Path(POSTFIX).exists():
+        return "Postfix is not installed (apt-get install postfix)"
+    if os.geteuid() != 0:
+        return "a private Postfix instance needs root (its daemons run as the postfix user)"
+    try:
+        import pwd
+
+        pwd.getpwnam("postfix")
+    except KeyError:
+        return "the postfix user does not exist (apt-get install postfix)"
+    return None
+
+
+needs_postfix = pytest.mark.skipif(_postfix_usable() is not None, reason=_postfix_usable() or "")
+
+MASTER_CF = """\
+{listen} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n -  0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n -  - trivial-rewrite
+bounce    unix  - - n -  0 bounce
+defer     unix  - - n -  0 bounce
+trace     unix  - - n -  0 bounce
+verify    unix  - - n -  1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -  - proxymap
+smtp      unix  - - n -  - smtp
+relay     unix  - - n -  - smtp
+showq     unix  n - n -  - showq
+error     unix  - - n -  - error
+retry     unix  - - n -  - error
+discard   unix  - - n -  - discard
+local     unix  - n n -  - local
+anvil     unix  - - n -  1 anvil
+scache    unix  - - n -  1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class Postfix:
+    """One private Postfix instance relaying all mail to a sink on loopback."""
+
+    def __init__(self, relay_port: int, **settings: str):
+        self.relay_port = relay_port
+        self.port = free_port()
+        # Postfix's daemons run as the postfix user and must reach their directories: not under pytest's
+        # private (0700) tmp tree.
+        self.root = Path(tempfile.mkdtemp(prefix="tg-postfix-"))
+        self.root.chmod(0o755)
+        self.etc = self.root / "etc"
+        self.queue = self.root / "queue"
+        self.data = self.root / "data"
+        self.maillog = self.root / "maillog"
+        self.settings = settings
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _main_cf(self) -> str:
+        settings = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.queue),
+            "data_directory": str(self.data),
+            "config_directory": str(self.etc),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "myhostname": "mta.test",
+            "mydomain": "mta.test",
+            "myorigin": "mta.test",
+            "mydestination": "",
+            "relay_domains": "",
+            "local_recipient_maps": "",
+            "alias_maps": "",
+            "alias_database": "",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject",
+            "relayhost": f"[127.0.0.1]:{self.relay_port}",
+            "smtp_host_lookup": "native",
+            "smtp_dns_support_level": "disabled",
+            "smtp_tls_security_level": "none",
+            "smtpd_tls_security_level": "none",
+            "smtputf8_enable": "no",
+            "biff": "no",
+            "maillog_file": str(self.maillog),
+            "maillog_file_prefixes": str(self.root),
+            # Retry deferred mail quickly, so a greylisted message is delivered within seconds.
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+            **self.settings,
+        }
+        return "".join(f"{key} = {value}\n" for key, value in settings.items())
+
+    def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # `script` gives the command a terminal, the only way its own errors reach us rather than syslog.
+        command = " ".join([POSTFIX, "-c", str(self.etc), *args])
+        done = subprocess.run(
+            ["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=START_TIMEOUT
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"postfix {' '.join(args)} failed: {done.stdout.strip()} {self.log()[-2000:]}")
+        return done
+
+    def start(self) -> Postfix:
+        for directory in (self.etc, self.queue, self.data):
+            directory.mkdir(mode=0o755)
+        shutil.chown(self.data, "postfix")
+        (self.etc / "main.cf").write_text(self._main_cf())
+        (self.etc / "master.cf").write_text(MASTER_CF.format(listen=self.target))
+        self._postfix("start")
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                if s.recv(512).startswith(b"220"):
+                    return self
+            time.sleep(0.05)  # polling for the listener, not standing in for it: the loop checks for the 220
+        raise RuntimeError(f"Postfix did not answer on {self.target}: {self.log()[-2000:]}")
+
+    def stop(self) -> None:
+        self._postfix("stop", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        try:
+            return self.maillog.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def queue_listing(self) -> str:
+        """`postqueue -p` of this instance: each queued message with the reason it is deferred."""
+        done = subprocess.run(
+            [POSTQUEUE, "-c", str(self.etc), "-p"], capture_output=True, text=True, timeout=START_TIMEOUT
+        )
+        return done.stdout
+
+    def queued(self) -> int:
+        """Messages in the queue now (0 when empty)."""
+        listing = self.queue_listing()
+        if "Mail queue is empty" in listing:
+            return 0
+        m = re.search(r"in (\d+) Requests?\.", listing)
+        return int(m.group(1)) if m else 0
+
+    def deliveries(self, status: str) -> list[str]:
+        """Log lines of deliveries with status=sent|deferred|bounced."""
+        return [line for line in self.log().splitlines() if f" status={status} " in line]
+
+    def wait_for(self, condition: object, timeout: float = 60.0, what: str = "the condition") -> None:
+        """Poll `condition()` (a callable) every 100 ms until it holds."""
+        assert callable(condition)
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Postfix: {what} did not happen in {timeout:g} s; queue:\n{self.queue_listing()}")
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_postfix(relay_port: int, **settings: str) -> Iterator[Postfix]:
+    instance = Postfix(relay_port, **settings)
+    try:
+        yield instance.start()
+    finally:
+        instance.stop()

@@ -1,0 +1,197 @@
+"""The terminal: the live view and the summary follow the terminal's width (run under a real pseudo-terminal of
+80 and 120 columns), nothing is wrapped or cut where it matters, files get no trailing spaces, plain progress lines
+fit 100 columns and say the progress, the ETA, the rate asked and the live p99 (issue 14)."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+from rich.console import Console
+
+from harness import ROOT, child_env
+from harness.sink import running_sink
+from harness.trafficgen import run_report, run_trafficgen
+from trafficgen.stats.progress import PLAIN_WIDTH, Snapshot, Tick, clock, eta, lines, table
+from trafficgen.stats.report import summary as summary_of
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+POLICY = "[default]\ndefer = 10\nbounce = 5\n"
+
+
+def under_pty(args: list[str], columns: int, timeout: float = 60) -> str:
+    """trafficgen ARGS with stdout and stderr on a pseudo-terminal `columns` wide: everything it wrote."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = child_env({"TERM": "xterm-256color"})
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trafficgen", *args], stdin=follower, stdout=follower, stderr=follower, env=env, cwd=ROOT
+    )
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the follower closed: the process is gone
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif process.poll() is not None:
+                break
+    finally:
+        os.close(leader)
+        process.wait(10)
+    assert process.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def screen_lines(text: str) -> list[str]:
+    """What a terminal shows, line by line, without colours and cursor moves (each redraw of the live view is
+    its own set of lines)."""
+    return [line.rstrip() for line in re.split(r"\r\n|\n|\r", ANSI.sub("", text))]
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory):
+    with running_sink("--seed", "3", policy=POLICY, tmp=tmp_path_factory.mktemp("terminal")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def saved_report(sink) -> dict:
+    """A report as trafficgen writes it, for the summary's pure tests."""
+    report, _ = run_report("--target", sink.target, "--message-count", "100", "--concurrency", "4", "--keep-going")
+    return report
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_live_view_and_summary_fit_the_terminal(sink, columns):
+    """A 3 s --message-count run on a terminal: every line fits; the live view shows the progress with its ETA,
+    the rate asked and the p99; the summary's tables are whole (each header on one line)."""
+    args = ["--target", sink.target, "--message-count", "900", "--throttle", "300/s", "--concurrency", "10"]
+    args += ["--keep-going", "--domain", "gmail.com", "--domain", "yahoo.com"]
+    shown = screen_lines(under_pty(args, columns))
+    too_long = [line for line in shown if len(line) > columns]
+    assert too_long == [], too_long
+    text = "\n".join(shown)
+    assert re.search(r"\d+% of 900, ETA \d+ s", text), text
+    assert "asked/s" in text
+    assert "p99 ms" in text
+    headers = [line for line in shown if "p50" in line]
+    assert any("p99" in line and "max" in line for line in headers), text
+    domains = [line for line in shown if line.split()[:2] == ["domain", "attempted" if columns >= 110 else "sent"]]
+    assert domains, text
+    assert "accepted %" in domains[0]
+    replies = [line for line in shown if re.match(r"^\s*count\s+code\s+from\s+text$", line)]
+    assert replies, text
+    assert re.search(r"^\s*[\d,]+\s+250\s+(gmail|yahoo)\.com", text, re.M), text
+
+
+def test_summary_in_a_file_has_no_trailing_spaces(sink, tmp_path):
+    """Written to a file (or a pipe) the summary is plain text: no escape codes, no trailing spaces, lines within
+    COLUMNS (120 when unset)."""
+    for columns in ("", "80"):
+        done = run_trafficgen(
+            "--target", sink.target, "--message-count", "200", "--concurrency", "5", "-q", "--keep-going",
+            env={"COLUMNS": columns} if columns else None,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        limit = int(columns or 120)
+        assert "\x1b[" not in done.stdout
+        for line in done.stdout.splitlines():
+            assert line == line.rstrip(), repr(line)
+            assert len(line) <= limit, line
+
+
+def test_recipients_per_message_shows_recipient_outcomes(sink):
+    """With --recipients-per-message 3 the summary has a line of recipient outcomes that add up to 3 a message."""
+    done = run_trafficgen(
+        "--target", sink.target, "--message-count", "100", "--concurrency", "4", "-q", "--keep-going",
+        "--recipients-per-message", "3", "--json", "-",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    recipients = report["recipients"]
+    line = next(line for line in done.stderr.splitlines() if line.strip().startswith("recipients:"))
+    for key in ("accepted", "tempfailed", "permfailed", "errors"):
+        assert f"{key} {recipients[key]:,}" in line
+    assert sum(recipients.values()) == 3 * report["totals"]["attempted"]  # every recipient of every message
+    assert "(3 a message)" in line
+
+
+class TestPlainLines:
+    """Pure: what one plain progress update prints."""
+
+    BIG = Snapshot(9_999_999, 9_876_543, 123_456, 12_345, 1_234, 20_000)
+
+    def test_within_100_columns_whatever_is_shown(self):
+        """Counts in the millions with the rate asked, the p99, the ETA and BEHIND: every line fits."""
+        tick = Tick(self.BIG, 98_765.4, 3_599.0, asked=200_000.0, due=None, message_count=20_000_000, p99_ms=12_345.6)
+        out = lines(tick)
+        assert all(len(line) <= PLAIN_WIDTH for line in out), out
+        text = "\n".join(out)
+        for words in ("asked 200,000.0/s", "p99 12,345.6 ms", "50% of 20,000,000, ETA 1:41", "BEHIND: asked"):
+            assert words in text, text
+
+    def test_one_line_when_nothing_extra(self):
+        assert len(lines(Tick(Snapshot(10, 9, 1, 0, 0, 2), 10.0, 1.0))) == 1
+
+    @pytest.mark.parametrize(
+        ("seconds", "shown"), [(0.4, "0 s"), (45, "45 s"), (60, "1:00"), (725, "12:05"), (10_930, "3:02:10")]
+    )
+    def test_clock(self, seconds, shown):
+        assert clock(seconds) == shown
+
+    def test_eta(self):
+        """Done share and time left at the current rate; none without --message-count; '-' when nothing moves."""
+        snap = Snapshot(250, 250, 0, 0, 0, 5)
+        assert eta(Tick(snap, 50.0, 5.0, message_count=1000)) == "25% of 1,000, ETA 15 s"
+        assert eta(Tick(snap, 0.0, 5.0, message_count=1000)) == "25% of 1,000, ETA -"
+        assert eta(Tick(snap, 50.0, 5.0)) is None
+        assert eta(Tick(snap, 50.0, 5.0, message_count=250)) == "100% of 250"
+
+
+class TestWidths:
+    """Pure: the live view and the summary at a width, with counts in the millions: numbers are never cut."""
+
+    @pytest.mark.parametrize("width", [80, 100, 110, 120, 160])
+    def test_live_view_fits(self, width):
+        snap = Snapshot(1_234_567, 1_200_000, 23_456, 11_111, 123, 500)
+        tick = Tick(snap, 2_012.0, 600.0, asked=2_500.0, message_count=2_000_000, p99_ms=1_234.5)
+        out = io.StringIO()
+        Console(file=out, width=width).print(table(tick, width))
+        shown = out.getvalue().splitlines()
+        assert all(len(line.rstrip()) <= width for line in shown), shown
+        assert "…" not in out.getvalue(), out.getvalue()
+        assert "1,234,567" in out.getvalue()
+        assert "BEHIND" in shown[-1]  # asked 2,500/s, achieved 2,058/s: said under the table
+
+    @pytest.mark.parametrize("width", [80, 120])
+    def test_summary_keeps_numbers_whole(self, saved_report, width):
+        """A long domain name and eight-digit counts: the name is shortened, never a number."""
+        row = {"attempted": 12_345_678, "accepted": 12_000_000, "tempfailed": 234_567, "permfailed": 111_111}
+        domains = {"mail.protection.outlook.com": {**row, "errors": 0}, "gmail.com": {**row, "errors": 1_234}}
+        out = io.StringIO()
+        summary_of(saved_report | {"domains": domains}, out, width=width)
+        text = out.getvalue()
+        assert all(len(line) <= width for line in text.splitlines())
+        for number in ("12,345,678", "12,000,000", "234,567", "111,111", "1,234"):
+            assert number in text
