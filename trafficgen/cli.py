@@ -89,6 +89,10 @@ app.callback()(main_command)
 def write_json(document: dict[str, Any], path: str) -> None:
     text = json.dumps(document, indent=2) + "\n"
     if path == "-":
+        # A pipe's file description is shared with the --processes children: should anything have made it
+        # non-blocking, a report larger than the pipe's buffer would be cut short. Write it blocking, whole.
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.set_blocking(sys.stdout.fileno(), True)
         sys.stdout.write(text)
         sys.stdout.flush()
         return
