@@ -40,6 +40,7 @@ HEAD_MAX = contract.HEAD_BYTES  # bytes of a message kept to find its trace head
 READ_SIZE = 64 * 1024  # bytes read from a client at a time, into one buffer all connections share
 BUFFER_HIGH = 64 * 1024  # stop reading from a client that sends faster than we parse
 WRITE_HIGH = 64 * 1024  # stop answering (and reading) a client that does not take our replies
+LINGER_S = 2.0  # after our last reply and our FIN: how long what a client still sends is read and dropped
 OUT_BATCH = 64  # replies gathered before they are handed to the transport, however much input is pipelined
 BODY_DISCARD = 64 * 1024  # a body's bytes beyond this are counted and dropped as they arrive
 LINE_LIMITS = {b"MAIL": 1024, b"AUTH": 12288}
@@ -119,6 +120,8 @@ class FastConnection(asyncio.BufferedProtocol):
         self.task: asyncio.Task[None] | None = None
         self.tls_active = False
         self.closing = False
+        self.lingering = False  # our last reply is sent and our side shut: input is read and dropped until close
+        self.linger_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------------------
 
@@ -134,6 +137,8 @@ class FastConnection(asyncio.BufferedProtocol):
         return self.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.lingering:
+            return  # after our last reply: dropped
         self.buf += self.read_buffer[:nbytes]
         self.last_active = self.loop.time()
         if len(self.buf) - self.pos > BUFFER_HIGH and not self.reading_paused:
@@ -151,6 +156,8 @@ class FastConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.closing = True
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
         self.server.connections.discard(self)
         self._wake()
         if self.drain_waiter is not None and not self.drain_waiter.done():
@@ -309,9 +316,33 @@ class FastConnection(asyncio.BufferedProtocol):
             if action.wire is None:
                 self.transport.abort()  # cut without a reply: no FIN-after-flush politeness
             else:
-                self.transport.close()
+                self.close_after_reply()
             return False
         return True
+
+    def close_after_reply(self) -> None:
+        """Close without losing the last reply. Closing a socket with input still unread makes the kernel answer
+        with a reset, which can destroy the reply before the client reads it (a 421 after a flood of bad commands,
+        say). So: flush, shut our side (the FIN follows the reply), read and drop what the client still sends
+        until it closes too, and close after at most LINGER_S whatever it does."""
+        self.flush()
+        self.closing = True
+        transport = self.transport
+        if self.eof or self.tls_active or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self.lingering = True
+        self.buf.clear()
+        self.pos = 0
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        self.linger_timer = self.loop.call_later(LINGER_S, transport.abort)
 
     # --- the connection's life -----------------------------------------------------------------------------
 
@@ -332,9 +363,8 @@ class FastConnection(asyncio.BufferedProtocol):
             self.out.append(replies.INTERNAL)
         finally:
             responder.closed()
-            if not self.transport.is_closing():
-                self.flush()
-                self.transport.close()
+            if not self.transport.is_closing() and not self.lingering:
+                self.close_after_reply()
 
     def _check_redirect(self, client: str) -> None:
         original = original_destination(self.transport.get_extra_info("socket"))

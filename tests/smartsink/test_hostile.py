@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import smtplib
 import socket
+import threading
 import time
 
 import pytest
@@ -54,6 +56,35 @@ class TestOneClient:
             answer = recv_all(s)
         assert answer.startswith(b"5")
         assert b"421 4.7.0 Too many errors" in answer
+        still_serving(sink)
+
+    @pytest.mark.parametrize("attempt", range(5))
+    def test_the_last_reply_survives_input_still_arriving(self, sink, attempt):
+        """A client that floods bad commands and goes on sending after the sink's 421: it reads the 421 and then a
+        clean end of stream. Closing with input unread makes the kernel send a reset, which can destroy the reply
+        before the client reads it: the sink shuts its side, drops what still comes, and closes after. (A race:
+        five attempts, of which one or more got a reset before the sink lingered.)"""
+        with socket.create_connection(sink.address) as s:
+            s.recv(512)
+            stop = threading.Event()
+
+            def flood() -> None:
+                chunk = b"NOT A COMMAND\r\n" * 5000
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        s.sendall(chunk)
+
+            sender = threading.Thread(target=flood, daemon=True)
+            sender.start()
+            s.settimeout(10)
+            received = []
+            try:
+                while chunk := s.recv(65536):  # a reset raises ConnectionResetError here
+                    received.append(chunk)
+            finally:
+                stop.set()
+            sender.join(10)
+        assert b"421 4.7.0 Too many errors" in b"".join(received)
         still_serving(sink)
 
     def test_200_kb_command_line(self, sink):
