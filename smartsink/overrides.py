@@ -24,6 +24,7 @@ from smartsink.policy.model import DomainRules, Latency, Policy, Rate
 log = logging.getLogger("smartsink.overrides")
 
 MAX_OVERRIDES = 1000  # from the API at once; the policy's schedule is not counted
+RECHECK_S = 0.25  # the keeper works out the policy in force at least this often
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,9 @@ class OverrideKeeper:
         self._update(force=True)
         while True:
             at = self.overrides.next_change()
-            wait = None if at is None else max(0.0, at - self.overrides.clock())
+            # Looked at again at least every RECHECK_S: a wake-up that comes early (uvloop's timers can fire a
+            # millisecond early) or is missed must not leave a window applied, or not applied, for long.
+            wait = RECHECK_S if at is None else min(RECHECK_S, max(0.0, at - self.overrides.clock()))
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), wait)
