@@ -153,11 +153,11 @@ def parse_source(text: str) -> Weighted:
         if not _is_ip(address):
             raise ConfigError(f"--source-address {text!r}: {address!r} is not an IP address")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
+    try:  # creating the socket fails too where the family is off (IPv6 disabled): the same one line then
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind((address, 0))
-        except OSError as e:
-            raise ConfigError(f"--source-address {address} is not an address of this host ({e.strerror})") from None
+    except OSError as e:
+        raise ConfigError(f"--source-address {address} is not an address of this host ({e.strerror})") from None
     return Weighted(address, weight)
 
 

@@ -29,7 +29,7 @@ from smartsink.responder import Action, Responder, SinkContext
 pytestmark = pytest.mark.asyncio
 
 SENDER = "sender@client.test"
-CLIENT = "192.0.2.1"
+CLIENT = "127.0.0.21"  # the client address a responder is told (in process: nothing is sent)
 MESSAGE = b"Subject: test\r\n\r\nhello\r\n"
 QUEUED = "2.0.0 Ok: queued as "
 
@@ -154,7 +154,7 @@ class TestGreylisting:
         assert await outcome(await sink.connect(), "user@greylist.test") == 250
         assert await outcome(await sink.connect(), "other@greylist.test") == 451
         assert await outcome(await sink.connect(), "user@greylist.test", sender="else@client.test") == 451
-        assert await outcome(await sink.connect("198.51.100.7"), "user@greylist.test") == 451
+        assert await outcome(await sink.connect("127.0.1.7"), "user@greylist.test") == 451
         assert await outcome(await sink.connect(), "user@example.com") == 250
 
     async def test_retry_is_counted_into_the_attempts_of_its_message(self):

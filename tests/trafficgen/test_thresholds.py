@@ -277,7 +277,7 @@ class TestCompare:
     def test_warns_when_the_runs_differ(self, before, tmp_path):
         """Another target, concurrency and workload: each named in a warning (the comparison still runs)."""
         after = copy.deepcopy(before)
-        after["target"] = "10.0.0.1:25"
+        after["target"] = "127.0.0.9:25"
         after["config"]["concurrency"] = 7
         after["config"]["domains"] = {"gmail.com": 1.0}
         after["config"]["content"] = "html"

@@ -87,7 +87,7 @@ class TestBadFiles:
             ('workload = "other.toml"\n', 1, "workload: a workload file cannot name another workload"),
             ('[tenant]\nacme = 1\ncontent = "html"\n', 1, "write the sections last"),
             ('concurrency = 10\nbody-size = "10kb\n', 2, "not TOML"),
-            ('source-address = "192.0.2.77"\n', 1, "source-address: 192.0.2.77 is not an address of this host"),
+            ('source-address = "::2"\n', 1, "source-address: ::2 is not an address of this host"),
         ],
         ids=[
             "unknown-key",
