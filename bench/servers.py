@@ -59,24 +59,37 @@ class Server:
     def metrics(self) -> dict[str, float]:
         """smartsink's /metrics, each metric summed over its labels (and over the workers: the sink sums them)."""
         assert self.admin, "start smartsink with admin=True"
-        with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        sums: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                sample, _, value = line.rpartition(" ")
-                name = sample.partition("{")[0]
-                sums[name] = sums.get(name, 0.0) + float(value)
-        return sums
+        return metric_sums(self.admin)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop(self.process)
+
+
+def metric_sums(admin: str, accepted: bool = False) -> dict[str, float]:
+    """smartsink's /metrics at `admin` (HOST:PORT), each metric summed over its labels; with `accepted`, the
+    accepted messages too, as "accepted"."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            sample, _, value = line.rpartition(" ")
+            name = sample.partition("{")[0]
+            sums[name] = sums.get(name, 0.0) + float(value)
+            if accepted and name == "smartsink_messages_total" and 'outcome="accepted"' in sample:
+                sums["accepted"] = sums.get("accepted", 0.0) + float(value)
+    return sums
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 @contextmanager

@@ -35,11 +35,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench import servers
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -72,26 +73,10 @@ class Sink:
 
     def metrics(self) -> dict[str, float]:
         """Each metric of /metrics summed over its labels, and accepted messages as "accepted"."""
-        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        sums: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                sample, _, value = line.rpartition(" ")
-                name = sample.partition("{")[0]
-                sums[name] = sums.get(name, 0.0) + float(value)
-                if name == "smartsink_messages_total" and 'outcome="accepted"' in sample:
-                    sums["accepted"] = sums.get("accepted", 0.0) + float(value)
-        return sums
+        return servers.metric_sums(self.http, accepted=True)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        servers.stop(self.process)
 
 
 def start_sink(policy: Path, workers: int, timeout: float) -> Sink:
