@@ -52,7 +52,7 @@ class Tick(NamedTuple):
     asked: float | None = None  # the rate asked now (--throttle, or the --profile's current stage)
     due: float | None = None  # messages due so far by the schedule
     message_count: int | None = None  # --message-count
-    p99_ms: float | None = None  # transaction latency p99 of the last second
+    p99_ms: float | None = None  # transaction latency p99 of the timeline's last whole interval
 
 
 def eta(tick: Tick) -> str | None:
@@ -179,7 +179,7 @@ class Progress:
         self.asked = asked  # --throttle's rate, to say when the run falls behind it
         self.due = due  # --profile's messages due by a time, for the same
         self.count = count  # --message-count, for the progress and the ETA
-        self.p99 = p99 or (lambda: None)  # the last second's latency p99, in ms
+        self.p99 = p99 or (lambda: None)  # the last whole interval's latency p99, in ms
 
     def tick(self, current: Snapshot, per_second: float, elapsed: float) -> Tick:
         asked, due = self.asked, None

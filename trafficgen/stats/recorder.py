@@ -157,7 +157,8 @@ class Recorder:
             recipients[k] += 1
         if kind == ERROR:
             self.errors[outcome.text] += 1
-            self.timeline.record(outcome.end, message.domain, kind, 0, None, self._connections())
+            open_now = self.connections_open if self.samples_connections else -1
+            self.timeline.record(outcome.end, message.domain, kind, 0, None, open_now)
             return
         key = self._reply_key(outcome.code, outcome.text)
         replies = self.replies
@@ -174,7 +175,8 @@ class Recorder:
         if self.corrected is not None:
             intended = max(1, int((end - message.intended) * 1e6))
             self.corrected.record(intended)
-        self.timeline.record(end, message.domain, kind, value, intended, self._connections())
+        open_now = self.connections_open if self.samples_connections else -1
+        self.timeline.record(end, message.domain, kind, value, intended, open_now)
         mail, rcpt = outcome.mail, outcome.rcpt
         phases = self.phases
         if mail:
@@ -237,9 +239,6 @@ class Recorder:
     def connection_closed(self) -> None:
         self.connections_open -= 1
         self.sample_connections(time.monotonic())
-
-    def _connections(self) -> int:
-        return self.connections_open if self.samples_connections else -1
 
     def sample_connections(self, now: float) -> None:
         """The connections open now, in the timeline (each interval shows its last sample)."""

@@ -23,6 +23,7 @@ from rich.table import Table
 from trafficgen import __version__
 from trafficgen import profile as profiles
 from trafficgen import thresholds as threshold_parser
+from trafficgen.stats.histogram import new_histogram
 from trafficgen.stats.histogram import summary as histogram_summary
 from trafficgen.stats.recorder import DIMENSIONS, PHASES, Recorder
 from trafficgen.stats.timeline import COUNT_KEYS, from_report
@@ -445,7 +446,7 @@ def _p99_of(encoded: list[str | None]) -> float | None:
     merged: HdrHistogram | None = None
     for one in encoded:
         if one:
-            merged = merged or HdrHistogram(1, 3_600_000_000, 2)
+            merged = merged or new_histogram(2)
             merged.add(HdrHistogram.decode(one))
     if merged is None or not merged.total_count:
         return None
