@@ -21,11 +21,7 @@ from typing import NamedTuple
 from mailload import contract
 from trafficgen import __version__
 from trafficgen.config import RunConfig
-from trafficgen.content import BLOCK_SIZE as BLOCK_SIZE
-from trafficgen.content import LINE_MAX as LINE_MAX
-from trafficgen.content import MIME_HEADERS, Bodies, Sizes, Text
-from trafficgen.content import WORDS as WORDS
-from trafficgen.content import readable_block as readable_block
+from trafficgen.content import LINE_MAX, MIME_HEADERS, Bodies, Sizes, Text, readable_block
 from trafficgen.domains import DomainPicker
 
 SUBJECTS = (

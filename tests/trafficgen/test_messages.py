@@ -14,7 +14,8 @@ import pytest
 from harness.mail import MESSAGE_ID, crlf, stuffed
 from mailload import contract
 from trafficgen.config import build
-from trafficgen.messages import BLOCK_SIZE, LINE_MAX, Body, MessageFactory, dot_stuff, load_message_file, readable_block
+from trafficgen.content import BLOCK_SIZE, LINE_MAX, readable_block
+from trafficgen.messages import Body, MessageFactory, dot_stuff, load_message_file
 
 
 def lines_of(data: bytes) -> list[bytes]:
