@@ -25,8 +25,9 @@ POLICY = "[default]\ndefer = 10\nbounce = 5\n"
 
 
 def browser_charts(page_path: Path, screenshot: Path | None = None) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """Open the page in headless chromium: per chart, its traces, its drawn points (markers and bars) and drawn
-    lines; and every console error or page error."""
+    """Open the page in headless chromium: per chart, its traces, its drawn points (markers and bars) and the traces
+    that drew a line (a latency line with a second without replies is drawn in two segments, still one trace); and
+    every console error or page error."""
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -41,12 +42,14 @@ def browser_charts(page_path: Path, screenshot: Path | None = None) -> tuple[dic
             page.goto(page_path.as_uri())
             page.wait_for_load_state("load")
             charts = page.evaluate(
-                """() => Object.fromEntries([...document.querySelectorAll('.chart')].map(d => [d.id, {
+                """() => { const drawn = p => (p.getAttribute('d') || '').length > 10;
+                return Object.fromEntries([...document.querySelectorAll('.chart')].map(d => [d.id, {
                     traces: d.querySelectorAll('.main-svg .trace').length,
                     points: d.querySelectorAll('.point').length,
-                    lines: [...d.querySelectorAll('path.js-line')].filter(p => (p.getAttribute('d') || '').length > 10)
-                        .length,
-                }]))"""
+                    lines: [...d.querySelectorAll('.main-svg .trace')]
+                        .filter(t => [...t.querySelectorAll('path.js-line')].some(drawn)).length,
+                    segments: [...d.querySelectorAll('path.js-line')].filter(drawn).length,
+                }])); }"""
             )
             if screenshot is not None:
                 page.screenshot(path=str(screenshot), full_page=True)
@@ -229,6 +232,33 @@ class TestHtmlFiles:
         assert problems == []
         assert charts["throughput"]["points"] > 0
         assert charts["latency"]["lines"] == 3
+
+    def test_a_second_without_replies_leaves_a_gap(self, two_runs, tmp_path):
+        """An interval without replies has no latency: each percentile line breaks there (two segments) instead of
+        being drawn across it, and is still one line of the three."""
+        report = json.loads(json.dumps(two_runs["first"]))
+        timeline = report["timeline"]
+        points, width = timeline["points"], timeline["interval_s"]
+        assert len(points) >= 2
+
+        def moved(point: dict[str, Any], by: int) -> dict[str, Any]:
+            return dict(point, at=point["at"] + by * width, t_s=point["t_s"] + by * width)
+
+        quiet = moved(dict(points[-1], attempted=0, accepted=0, tempfailed=0, permfailed=0, errors=0, connections=1), 1)
+        for key in ("latency_ms", "latency_from_intended_ms"):
+            quiet.pop(key, None)
+        timeline["points"] = [*points, quiet, *(moved(p, len(points) + 1) for p in points)]
+        for kind, encoded in timeline["histograms"].items():
+            timeline["histograms"][kind] = [*encoded, None, *encoded]
+        saved = tmp_path / "gap.json"
+        saved.write_text(json.dumps(report))
+        out = tmp_path / "gap.html"
+        done = run_trafficgen("report", "html", str(saved), "-o", str(out))
+        assert done.returncode == 0, done.stderr
+        charts, problems = browser_charts(out)
+        assert problems == []
+        assert charts["latency"]["lines"] == 3, charts
+        assert charts["latency"]["segments"] == 6, charts
 
     def test_report_html_default_name(self, two_runs, tmp_path):
         """Without -o the page goes beside the report, .json replaced by .html."""
