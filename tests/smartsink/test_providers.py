@@ -165,22 +165,23 @@ class TestWindows:
 
     @pytest.mark.parametrize("workers", ["1", "2"], ids=["one-worker", "two-workers"])
     def test_runtime_override(self, tmp_path, workers):
-        """POST /policy/overrides: gmail.com defers everything within a second, for 2 s, on every worker; it is
-        listed, in /health and in the metrics; DELETE of another ends it at once."""
+        """POST /policy/overrides: gmail.com defers everything at once (seen within 2 s, room for a loaded machine),
+        for 2 s (never less, and over within 3.5 s), on every worker; it is listed, in /health and in the metrics;
+        DELETE of another ends it at once."""
         with running_sink("--workers", workers, policy=ACCEPT_ALL, tmp=tmp_path) as sink:
             assert rcpt_code(sink, "127.0.0.2", "u@gmail.com") == 250
+            asked = time.monotonic()  # before the request: the override cannot start earlier, so cannot end earlier
             override = _post(sink, {"domain": "gmail.com", "defer": 100, "reject_at": "rcpt", "length": "2s"})
-            asked = time.monotonic()
             assert override["domain"] == "gmail.com"
             assert override["settings"]["defer"] == 100
-            wait_for(lambda: rcpt_code(sink, "127.0.0.2", "u@gmail.com") == 451, timeout=1.0, what="the override")
+            wait_for(lambda: rcpt_code(sink, "127.0.0.2", "u@gmail.com") == 451, timeout=2.0, what="the override")
             assert all(rcpt_code(sink, "127.0.0.3", f"u{n}@gmail.com") == 451 for n in range(4))  # any worker
             listed = json.loads(sink.get("/policy/overrides")[1])["overrides"]
             assert [o["id"] for o in listed] == [override["id"]]
             assert [o["id"] for o in sink.health()["overrides"]] == [override["id"]]
             assert sink.metrics()["smartsink_policy_overrides_active"] == 1
             wait_for(lambda: rcpt_code(sink, "127.0.0.2", "u@gmail.com") == 250, timeout=4.0, what="its end")
-            assert 2.0 <= time.monotonic() - asked < 3.0
+            assert 2.0 <= time.monotonic() - asked < 3.5
             second = _post(sink, {"domain": "yahoo.com", "bounce": 100, "reject_at": "rcpt"})
             assert rcpt_code(sink, "127.0.0.2", "u@yahoo.com") == 550
             request = urllib.request.Request(f"http://{sink.http}/policy/overrides/{second['id']}", method="DELETE")
