@@ -89,18 +89,33 @@ app.callback()(main_command)
 def write_json(document: dict[str, Any], path: str) -> None:
     text = json.dumps(document, indent=2) + "\n"
     if path == "-":
-        # A pipe's file description is shared with the --processes children: should anything have made it
-        # non-blocking, a report larger than the pipe's buffer would be cut short. Write it blocking, whole.
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            os.set_blocking(sys.stdout.fileno(), True)
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_stdout(text)
         return
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
         fail(PROG, f"--json {path}: cannot write: {e.strerror}", ExitStatus.ERROR)
+
+
+def write_stdout(text: str) -> None:
+    """All of `text` to stdout, in as many write(2) calls as it takes.
+
+    A write(2) to a pipe that waits for a slow reader returns what it wrote so far when the process is
+    interrupted, and closing uvloop's loop interrupts it, with no signal to see: the kernel tears libuv's io_uring
+    ring down in a worker that notifies this process (task work, TWA_SIGNAL) milliseconds later, just as the report
+    written after the run waits for room in the pipe. Under `python -u` or PYTHONUNBUFFERED, sys.stdout passes
+    each write straight to the file descriptor and drops what write(2) did not take: the report was cut short."""
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a stream set in this process): it takes it whole
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    data = memoryview(text.encode())
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def write_html(document: dict[str, Any], other: dict[str, Any] | None, path: str) -> None:

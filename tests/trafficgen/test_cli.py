@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from harness import ROOT, child_env
 from harness.capture import CaptureServer
 from harness.net import GreetOnly, refusing_port
 from harness.policies import ACCEPT_ALL
@@ -345,3 +347,41 @@ class TestProgress:
         assert len(progress) >= 2, done.stderr
         assert "\x1b[" not in done.stderr
         assert json.loads(done.stdout)["totals"]["attempted"] == 100
+
+
+# The end of `trafficgen --json -`: the report is built, the run's event loop (uvloop's) closes, the report goes to
+# stdout.
+REPORT_AFTER_THE_LOOP = """
+import asyncio
+from mailload.cli import event_loop_factory
+from trafficgen.cli import write_json
+report = {"replies": [f"4.7.1 deferral text number {n:05d}" for n in range(10_000)]}
+with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+    runner.run(asyncio.sleep(0))
+write_json(report, "-")
+"""
+
+
+class TestJsonToStdout:
+    """--json -: the whole report reaches a pipe, however slowly it is read."""
+
+    def test_a_slow_reader_gets_the_whole_report(self):
+        """Closing uvloop's loop interrupts the process's next blocking write(2) milliseconds later (the kernel
+        tearing libuv's io_uring ring down): a report waiting for room in a slowly read pipe was cut at 64 KiB or so,
+        its rest dropped by unbuffered stdout (PYTHONUNBUFFERED, as here)."""
+        process = subprocess.Popen(
+            [sys.executable, "-c", REPORT_AFTER_THE_LOOP],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env({"PYTHONUNBUFFERED": "1"}),
+            cwd=ROOT,
+        )
+        chunks = []
+        with process:
+            while chunk := process.stdout.read1(4096):  # a slow reader: the report (400 KB) takes a second or more
+                chunks.append(chunk)
+                time.sleep(0.005)
+            stderr = process.stderr.read().decode()
+        assert process.returncode == 0, stderr
+        report = json.loads(b"".join(chunks))
+        assert len(report["replies"]) == 10_000
