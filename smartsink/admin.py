@@ -41,12 +41,13 @@ class AdminSource:
         health: Callable[[], dict[str, Any]],
         ledger: Callable[[str], Awaitable[RunLedger | None]],
         keeper: OverrideKeeper | None = None,
+        started: float | None = None,
     ):
         self.ctx = ctx
         self.health = health
         self.ledger = ledger
         self.keeper = keeper  # the policy's windows and the API's overrides
-        self.started = time.time()
+        self.started = time.time() if started is None else started  # /health's uptime counts from it
 
 
 def make_app(source: AdminSource) -> web.Application:

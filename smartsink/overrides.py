@@ -24,7 +24,6 @@ from smartsink.policy.model import DomainRules, Latency, Policy, Rate
 log = logging.getLogger("smartsink.overrides")
 
 MAX_OVERRIDES = 1000  # from the API at once; the policy's schedule is not counted
-RECHECK_S = 0.25  # the keeper works out the policy in force at least this often
 
 
 @dataclass(frozen=True)
@@ -124,30 +123,29 @@ class Overrides:
         self.added.clear()
         return count
 
-    def everything(self) -> list[Override]:
-        """The schedule's windows then the API's, the ones long over left out."""
-        now = self.clock()
+    def everything(self, now: float) -> list[Override]:
+        """The schedule's windows then the API's, the ones over by `now` left out."""
         for override_id, override in list(self.added.items()):
             if override.end is not None and override.end <= now:
                 del self.added[override_id]  # over: forgotten
         return [*self.scheduled, *self.added.values()]
 
-    def active(self) -> list[Override]:
-        now = self.clock()
-        return [o for o in self.everything() if o.active(now)]
+    def active(self, now: float | None = None) -> list[Override]:
+        now = self.clock() if now is None else now
+        return [o for o in self.everything(now) if o.active(now)]
 
-    def in_force(self, policy: Policy) -> Policy:
-        return apply(policy, self.active())
+    def in_force(self, policy: Policy, now: float | None = None) -> Policy:
+        return apply(policy, self.active(now))
 
-    def next_change(self) -> float | None:
-        """When a window next starts or ends (a Unix time), or None."""
-        now = self.clock()
-        times = [t for o in self.everything() for t in (o.start, o.end) if t is not None and t > now]
+    def next_change(self, now: float) -> float | None:
+        """When a window next starts or ends after `now` (a Unix time), or None. Ask with the `now` the policy in
+        force was worked out for: a start or end between two readings of the clock would be in neither."""
+        times = [t for o in self.everything(now) for t in (o.start, o.end) if t is not None and t > now]
         return min(times, default=None)
 
     def public(self) -> list[dict[str, Any]]:
         now = self.clock()
-        return [o.public(now) for o in self.everything()]
+        return [o.public(now) for o in self.everything(now)]
 
 
 class OverrideKeeper:
@@ -164,7 +162,7 @@ class OverrideKeeper:
 
     def changed(self) -> None:
         """Something changed (the file, the API): work out the policy in force now, and again at the next change."""
-        self._update(force=True)
+        self._update(self.overrides.clock(), force=True)
         self._poke.set()
 
     def reloaded(self, policy: Policy) -> None:
@@ -172,26 +170,32 @@ class OverrideKeeper:
         self.overrides.schedule(policy)
         self.changed()
 
-    def _update(self, force: bool = False) -> None:
-        active = tuple(o.id for o in self.overrides.active())
-        if not force and active == self._active:
+    def _update(self, now: float, force: bool = False) -> None:
+        """The policy in force at `now`, pushed if its windows are not the ones pushed last (or with `force`)."""
+        active = self.overrides.active(now)
+        ids = tuple(o.id for o in active)
+        if not force and ids == self._active:
             return
-        self._active = active
-        self.in_force = self.overrides.in_force(self.base())
-        metrics.OVERRIDES_ACTIVE.set(len(active))
-        log.info("policy overrides in force: %s", ", ".join(active) or "none")
+        self._active = ids
+        self.in_force = apply(self.base(), active)
+        metrics.OVERRIDES_ACTIVE.set(len(ids))
+        log.info("policy overrides in force: %s", ", ".join(ids) or "none")
         self.push(self.in_force)
 
     async def run(self) -> None:
-        """Until cancelled: apply each window when it starts and ends."""
+        """Until cancelled: apply each window when it starts and ends.
+
+        Each turn reads the clock once: the policy in force is the one for that moment and the wake-up is for the
+        first start or end after it, so no start or end falls between the two. A wake-up may come early (uvloop's
+        timers have millisecond resolution and fire up to a millisecond early; the loop's clock is not the wall
+        clock): then nothing has changed yet, and the next turn waits for the same moment again. (The wait is the
+        wall clock's time left, slept on the loop's: a wall clock stepped forward makes a change late by the step.)"""
         self.overrides.schedule(self.base())
-        self._update(force=True)
+        self._update(self.overrides.clock(), force=True)
         while True:
-            at = self.overrides.next_change()
-            # Looked at again at least every RECHECK_S: a wake-up that comes early (uvloop's timers can fire a
-            # millisecond early) or is missed must not leave a window applied, or not applied, for long.
-            wait = RECHECK_S if at is None else min(RECHECK_S, max(0.0, at - self.overrides.clock()))
             self._poke.clear()
+            now = self.overrides.clock()
+            self._update(now)
+            at = self.overrides.next_change(now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), wait)
-            self._update()
+                await asyncio.wait_for(self._poke.wait(), None if at is None else max(0.0, at - self.overrides.clock()))

@@ -159,7 +159,9 @@ class Sink:
     async def start(self) -> None:
         await self.listener.start()
         if self.config.http is not None:
-            app = admin.make_app(admin.AdminSource(self.ctx, self.health, self.ledger, self.keeper))
+            # /health's uptime counts from the moment the schedule's windows count from
+            source = admin.AdminSource(self.ctx, self.health, self.ledger, self.keeper, self.overrides.started)
+            app = admin.make_app(source)
             try:
                 self.runner, self.http_address = await admin.start(app, *self.config.http)
             except OSError as e:

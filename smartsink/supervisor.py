@@ -124,7 +124,7 @@ class Supervisor:
         await self.coordinator.start()
         runner = None
         if config.http is not None:
-            app = admin.make_app(admin.AdminSource(ctx, self.health, self.ledger, self.keeper))
+            app = admin.make_app(admin.AdminSource(ctx, self.health, self.ledger, self.keeper, self.overrides.started))
             try:
                 runner, self.http_address = await admin.start(app, *config.http)
             except OSError as e:
