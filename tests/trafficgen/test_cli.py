@@ -122,7 +122,9 @@ class TestFileLimit:
             )  # fmt: skip
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
-        assert report["totals"]["accepted"] == report["totals"]["attempted"] == 2000
+        # 2 s at 1000/s: the message due at exactly 2.000 s may go too on a loaded machine (seen once: 2001)
+        assert report["totals"]["accepted"] == report["totals"]["attempted"]
+        assert 2000 <= report["totals"]["attempted"] <= 2001, report["totals"]
         assert report["connections"]["opened"] == report["connections"]["peak"] == 300
 
 
