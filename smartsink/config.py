@@ -240,8 +240,9 @@ class SinkConfig:
         doc=(
             "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes). A client "
             "that stops reading the replies gets no more answers once 64 KiB of them wait for it (its further "
-            "commands are not read either), and is cut (a TCP reset, no reply) when it has taken nothing for this "
-            "long; one that closes or resets its connection gives its place back at once"
+            "commands are not read either; `smartsink_connections_stalled` counts it), and is cut (a TCP reset, "
+            "no reply) when it has taken nothing for this long (checked once a second: cut within a second after); "
+            "one that closes or resets its connection gives its place back at once"
         ),
         panel=SMTP,
         metavar="SECONDS",

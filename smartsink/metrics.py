@@ -44,6 +44,11 @@ MESSAGES = Counter(
     ["domain", "outcome"],
 )
 CONNECTIONS_ACTIVE = Gauge("smartsink_connections_active", "SMTP connections open now", **_LIVE)  # type: ignore[arg-type]
+CONNECTIONS_STALLED = Gauge(
+    "smartsink_connections_stalled",
+    "SMTP connections whose client is not taking the replies (64 KiB of them wait): cut after --timeout of this",
+    **_LIVE,  # type: ignore[arg-type]
+)
 CONNECTIONS = Counter("smartsink_connections", "SMTP connections accepted")
 CONNECTIONS_REFUSED = Counter(
     "smartsink_connections_refused", "Connections answered 421 at the greeting ([listener] max_connections)"

@@ -159,15 +159,23 @@ class FastConnection(asyncio.BufferedProtocol):
         if self.linger_timer is not None:
             self.linger_timer.cancel()
         self.server.connections.discard(self)
+        if self.writing_paused:
+            self.writing_paused = False
+            metrics.CONNECTIONS_STALLED.dec()
         self._wake()
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)
 
+    # A client that does not take our replies: rare (only slow or hostile readers), so counting it costs nothing
+    # on the per-message path. The gauge tells an operator how many clients the --timeout cut is pending for.
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.paused_at = self.loop.time()
+        metrics.CONNECTIONS_STALLED.inc()
 
     def resume_writing(self) -> None:
+        if self.writing_paused:
+            metrics.CONNECTIONS_STALLED.dec()
         self.writing_paused = False
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)

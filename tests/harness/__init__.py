@@ -11,6 +11,7 @@
 - postfix:   a private Postfix between the two tools
 - policies:  the policy texts several test files share, and the policy files in the repository
 - stats:     binomial bounds and chi-square, for counts drawn at random
+- lag:       how late the machine wakes a sleeping process while a test runs: timing tolerances derive from it
 
 pyproject.toml puts tests/ on sys.path (pytest's `pythonpath`): `from harness.sink import running_sink`.
 """

@@ -34,10 +34,20 @@ STALL = 0.5  # s: a client that could not send for this long while the sink hold
 # is mostly kept by the allocator (glibc) rather than given back to the system, so the bound is on growth: a second
 # wave of 100 reuses what the first left, and the sink never holds more than this above where it started.
 HELD_LIMIT_MB = 32
+# The sink's sweep looks for connections past --timeout once a second: a stalled client is cut between TIMEOUT and
+# TIMEOUT + SWEEP after the sink stopped answering it. LAG is what a busy 2-core machine may add to that (the sink's
+# loop and this test's polling both wait for a CPU); seen up to 1.3 s with two CPU hogs beside the suite.
+SWEEP = 1.0
+LAG = 3.0
 
 
 def active(sink) -> float:  # type: ignore[no-untyped-def]
     return sink.metrics()["smartsink_connections_active"]
+
+
+def stalled(sink) -> float:  # type: ignore[no-untyped-def]
+    """Connections whose replies the sink holds back because their client takes none (its --timeout clock runs)."""
+    return sink.metrics()["smartsink_connections_stalled"]
 
 
 def backed_up_clients(sink, count: int) -> list[socket.socket]:  # type: ignore[no-untyped-def]
@@ -59,6 +69,8 @@ def backed_up_clients(sink, count: int) -> list[socket.socket]:  # type: ignore[
         pending = set(clients)
         deadline = time.monotonic() + 60
         while pending:
+            # Backed up as the client sees it: it cannot send, and replies wait for it in the sink's socket. The sink
+            # may see it later (a busy sink has not yet read what is queued): the tests wait for the sink's count.
             _, writable, _ = select.select([], list(pending), [], STALL / 5)
             now = time.monotonic()
             for client in writable:
@@ -76,6 +88,12 @@ def backed_up_clients(sink, count: int) -> list[socket.socket]:  # type: ignore[
     except BaseException:
         close_all(clients, reset=True)
         raise
+    wait_for(
+        lambda: stalled(sink) == count,
+        timeout=60,
+        interval=0.1,
+        what=f"the sink to hold back its replies to {count} clients (smartsink_connections_stalled)",
+    )
     return clients
 
 
@@ -109,6 +127,7 @@ def test_clients_that_leave_backed_up_give_their_slots_back(tmp_path, workers, r
             close_all(clients, reset)
         closed = time.monotonic()
         wait_for(lambda: active(sink) == 0, timeout=TIMEOUT + 2, what="the connections of clients that left")
+        assert stalled(sink) == 0
         released = time.monotonic() - closed
         # The sink's own cut comes TIMEOUT s after the replies backed up (at least 7 s from here): half of it
         # means the close itself ended the connections.
@@ -137,16 +156,17 @@ def test_clients_that_never_read_cost_little_and_are_cut(tmp_path, workers):
 
         clients = backed_up_clients(sink, 100)
         try:
-            backed_up = time.monotonic()
+            backed_up = time.monotonic()  # every one of them stalled in the sink's eyes at this moment or before
             second = tree_rss_mb(sink.process.pid)
             assert active(sink) == 100
             wait_for(
                 lambda: active(sink) == 0,
-                timeout=TIMEOUT + 2,
+                timeout=TIMEOUT + SWEEP + LAG,
                 interval=0.2,
                 what="the sink to cut clients that stopped reading",
             )
             cut = time.monotonic() - backed_up
+            assert stalled(sink) == 0
         finally:
             close_all(clients, reset=False)
         after = tree_rss_mb(sink.process.pid)

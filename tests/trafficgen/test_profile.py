@@ -11,6 +11,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from harness.capture import CaptureServer
+from harness.lag import Lag, LagProbe
 from harness.sink import running_sink
 from harness.trafficgen import error_lines, run_report, run_trafficgen
 from trafficgen.config import ConfigError, build
@@ -228,32 +229,65 @@ class TestJudgeStep:
         assert math.isinf(latency["p99"])
 
 
-def arrivals_by_stage(server: CaptureServer, profile: Profile) -> list[int]:
-    """How many messages reached the server within each stage's window. The j-th arrival is about message j of the
-    schedule, so the start is the median of (arrival j - due time of j): the target's own latency and a first
+QUIET_S = 0.005  # no wake-up later than this while the run went: the machine was quiet
+
+
+def arrivals_by_stage(server: CaptureServer, profile: Profile) -> tuple[list[int], float]:
+    """How many messages reached the server within each stage's window, and the jitter of the arrivals (s): how far
+    the 99th percentile strays from the typical lag of arrival after due time. The j-th arrival is about message j
+    of the schedule, so the start is the median of (arrival j - due time of j): the target's own latency and a first
     connection's setup shift no window."""
     times = sorted(m.at for m in server.messages)
-    start = sorted(at - profile.due(j)[0] for j, at in enumerate(times))[len(times) // 2]
+    lags = sorted(at - profile.due(j)[0] for j, at in enumerate(times))
+    start = lags[len(lags) // 2]
+    jitter = max(start - lags[len(lags) // 100], lags[-1 - len(lags) // 100] - start)
     counts = [0] * len(profile.stages)
     for at in times:
         counts[profile.stage_at(at - start)] += 1
-    return counts
+    return counts, jitter
 
 
 class TestOnTheWire:
-    """The achieved rate follows each stage, as the server sees arrivals and as the report says."""
+    """The achieved rate follows each stage, as the server sees arrivals and as the report says.
 
-    def check(self, report: dict, server: CaptureServer, profile: Profile) -> None:
-        assert report["totals"]["accepted"] == profile.total() == len(server.messages)
-        seen = arrivals_by_stage(server, profile)
+    How closely depends on the CPU the generator gets: on a quiet machine the arrivals stray a few milliseconds from
+    the schedule and each stage is within 2% of what it made due (`make bench` has no such table; these runs are the
+    measure); on a busy one (two CPU hogs beside the suite, or more) the generator may send late and say so. What
+    always holds, and is checked: every message the report counts reached the server, and the wire strays from the
+    schedule no more than the report's own lateness (latency from the intended time) explains, plus how late the
+    machine woke any process meanwhile (LagProbe) and 20 ms for the capture server's clock."""
+
+    def check(self, report: dict, server: CaptureServer, profile: Profile, lag: Lag) -> None:
+        assert report["totals"]["accepted"] == report["totals"]["attempted"] == len(server.messages)
+        seen, jitter = arrivals_by_stage(server, profile)
         stages = report["profile"]["stages"]
+        late = max(stage["latency_from_intended_ms"]["p99"] for stage in stages) / 1000
+        print(
+            f"the arrivals strayed {jitter * 1000:.1f} ms from the schedule (99th percentile); the report's latency "
+            f"from the intended time {late * 1000:.1f} ms (worst stage's p99); the machine woke a sleeper "
+            f"{lag.worst * 1000:.1f} ms late at worst"
+        )
+        assert jitter <= late + lag.worst + 0.020, "the wire strays further from the schedule than the report says"
+        quiet = lag.worst < QUIET_S  # then the generator has the CPU it needs, and the schedule is kept closely
+        if quiet:
+            assert jitter < 0.025, f"the arrivals strayed {jitter:.3f} s from the schedule on a quiet machine"
         assert len(stages) == len(profile.stages)
         for index, (stage, count) in enumerate(zip(stages, seen, strict=True)):
             due = profile.stage_due(index)
             assert stage["due"] == due, stage
-            assert not stage["behind"], stage
-            assert abs(count - due) <= max(1, TOLERANCE * due), (stage["stage"], count, due)
-            assert abs(stage["achieved_per_s"] - stage["asked_per_s"]) <= TOLERANCE * stage["asked_per_s"] + 1e-9
+            assert stage["attempted"] + stage["never_sent"] == due, stage
+            # 2% of the stage, plus what the jitter moves across its two edges: arrivals that came that much early
+            # or late count in the stage beside (the rate at an edge times the jitter; nothing on a quiet machine).
+            edges = [profile.stages[index].start_rate, profile.stages[index].end_rate]
+            if index > 0:
+                edges[0] = max(edges[0], profile.stages[index - 1].end_rate)
+            if index + 1 < len(profile.stages):
+                edges[1] = max(edges[1], profile.stages[index + 1].start_rate)
+            allowed = max(1, TOLERANCE * due) + sum(edges) * jitter
+            assert abs(count - stage["attempted"]) <= allowed, (stage["stage"], count, due, f"jitter {jitter:.3f} s")
+            assert not (quiet and stage["behind"]), stage
+            if not stage["behind"]:
+                assert abs(stage["achieved_per_s"] - stage["asked_per_s"]) <= TOLERANCE * stage["asked_per_s"] + 1e-9
         assert report["sending_s"] == pytest.approx(profile.duration, abs=0.01)
 
     @pytest.mark.slow
@@ -261,9 +295,9 @@ class TestOnTheWire:
         """ramp 0..200/s 3s, hold 200/s 3s, spike 600/s 2s, hold 100/s 2s: each stage's arrivals within 2% of
         what it made due, the run as long as the stages, latency from the intended time per stage."""
         text = "ramp 0..200/s 3s, hold 200/s 3s, spike 600/s 2s, hold 100/s 2s"
-        with CaptureServer() as server:
+        with CaptureServer() as server, LagProbe() as lag:
             report, _ = run_report("--target", server.target, "--concurrency", "20", "--profile", text)
-        self.check(report, server, parse(text))
+        self.check(report, server, parse(text), lag)
         assert report["schedule"]["due"] == 2300
         assert report["config"]["profile"] == text
         assert all(s["latency_from_intended_ms"]["count"] == s["attempted"] for s in report["profile"]["stages"])
@@ -272,11 +306,11 @@ class TestOnTheWire:
     def test_processes_share_the_schedule(self):
         """With --processes 2 both processes draw from one schedule: the stages hold the same way."""
         text = "hold 100/s 2s, spike 400/s 2s, ramp 400..0/s 2s"
-        with CaptureServer() as server:
+        with CaptureServer() as server, LagProbe() as lag:
             report, _ = run_report(
                 "--target", server.target, "--concurrency", "20", "--processes", "2", "--profile", text
             )  # fmt: skip
-        self.check(report, server, parse(text))
+        self.check(report, server, parse(text), lag)
 
 
 class TestStairs:
@@ -284,21 +318,23 @@ class TestStairs:
 
     @pytest.mark.slow
     def test_last_rate_that_held(self, tmp_path):
-        """A sink answering in 50 ms over 5 connections takes 100 msg/s: 40/s and 80/s hold, 120/s does not (its
-        latency from the intended time grows past 250 ms); the run stops there and exits 0."""
+        """A sink answering in 50 ms over 5 connections takes 100 msg/s: 30/s holds, 130/s does not (its latency from
+        the intended time grows past 250 ms: 60 messages behind after its 2 s, 0.6 s of waiting); the run stops there
+        and exits 0. The steps keep well away from the capacity on both sides, so that a busy machine (which slows
+        the sink's answers by tens of milliseconds) cannot move the verdict."""
         with running_sink(policy='[default]\nbounce = 0\ndefer = 0\nlatency = "50ms"\n', tmp=tmp_path) as sink:
             report, done = run_report(
                 "--target", sink.target, "--concurrency", "5", "--keep-going",
-                "--profile", "step 40/s every 2s to 400/s until p99 > 250ms",
+                "--profile", "step 100/s every 2s from 30/s to 430/s until p99 > 250ms",
             )  # fmt: skip
         stairs = report["profile"]["stairs"]
-        assert stairs["last_held_per_s"] == 80, stairs
-        assert stairs["failed_per_s"] == 120, stairs
+        assert stairs["last_held_per_s"] == 30, stairs
+        assert stairs["failed_per_s"] == 130, stairs
         assert "p99 > 250ms" in stairs["reason"] or "answered in time" in stairs["reason"]
-        assert report["sending_s"] < 9  # stopped at the third step, long before 400/s
+        assert report["sending_s"] < 7  # stopped at the second step, long before 430/s
         assert report["stopped_by"] is None
-        assert [s["stage"] for s in report["profile"]["stages"][:3]] == ["step 40/s", "step 80/s", "step 120/s"]
-        assert "the last rate that held was 80.0/s" in done.stderr
+        assert [s["stage"] for s in report["profile"]["stages"][:2]] == ["step 30/s", "step 130/s"]
+        assert "the last rate that held was 30.0/s" in done.stderr
 
     def test_whole(self):
         """whole(N) counts messages 0..N-1 and forgives float sums an ulp."""
