@@ -239,7 +239,8 @@ class SinkConfig:
         help="Seconds a client may stay silent (then 421) or leave the replies unread (then cut)",
         doc=(
             "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes). A client "
-            "that stops reading the replies gets no more answers once 64 KiB of them wait for it (its further "
+            "that stops reading the replies gets no more answers once 64 KiB of them wait for it (and at most 128 KiB "
+            "in the kernel's send buffer; its further "
             "commands are not read either; `smartsink_connections_stalled` counts it), and is cut (a TCP reset, "
             "no reply) when it has taken nothing for this long (checked once a second: cut within a second after); "
             "one that closes or resets its connection gives its place back at once"

@@ -41,6 +41,11 @@ READ_SIZE = 64 * 1024  # bytes read from a client at a time, into one buffer all
 BUFFER_HIGH = 64 * 1024  # stop reading from a client that sends faster than we parse
 WRITE_HIGH = 64 * 1024  # stop answering (and reading) a client that does not take our replies
 LINGER_S = 2.0  # after our last reply and our FIN: how long what a client still sends is read and dropped
+# Replies the kernel may hold for a client that does not read them. Linux grows a socket's send buffer to 4 MiB
+# (tcp_wmem) however small the peer's window: a client that never reads made the kernel hold 2.8 MiB of replies each,
+# outside the sink's own memory and out of every other socket's share of tcp_mem. SMTP replies are small: 64 KiB
+# (the kernel doubles it) is thousands of pipelined answers.
+SEND_BUFFER = 64 * 1024
 OUT_BATCH = 64  # replies gathered before they are handed to the transport, however much input is pipelined
 BODY_DISCARD = 64 * 1024  # a body's bytes beyond this are counted and dropped as they arrive
 LINE_LIMITS = {b"MAIL": 1024, b"AUTH": 12288}
@@ -128,6 +133,9 @@ class FastConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.server.connections.add(self)
         self.task = self.loop.create_task(self._run())
 
