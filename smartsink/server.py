@@ -180,7 +180,7 @@ class Sink:
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads the policy."""
         stop = asyncio.Event()
-        install_signals(stop, lambda: self.store.reload("SIGHUP"))
+        install_signals(stop, lambda: self.store.request_reload("SIGHUP"))
         await self.start()
         announce(self.config, self.smtp_address, self.http_address, self.store)
         await stop.wait()

@@ -87,8 +87,12 @@ class Supervisor:
         self.workdir = tempfile.mkdtemp(prefix="smartsink-")
         self.overrides = Overrides()
         self.keeper = OverrideKeeper(self.overrides, lambda: self.store.policy, self._push)
+        self.spawned: dict[int, Policy] = {}  # the policy each worker was started with
         self.coordinator = Coordinator(
-            self.state, os.path.join(self.workdir, "coordinator.sock"), lambda: self.keeper.in_force
+            self.state,
+            os.path.join(self.workdir, "coordinator.sock"),
+            lambda: self.keeper.in_force,
+            lambda index: self.spawned[index],
         )
         self.ctx: SinkContext | None = None
         self.processes: dict[int, BaseProcess] = {}
@@ -131,7 +135,7 @@ class Supervisor:
                 raise _describe_bind_error(e, "admin HTTP", *config.http) from None
 
         stop = asyncio.Event()
-        install_signals(stop, lambda: self.store.reload("SIGHUP"))
+        install_signals(stop, lambda: self.store.request_reload("SIGHUP"))
         watcher = asyncio.get_running_loop().create_task(self.store.watch())
         keeper = asyncio.get_running_loop().create_task(self.keeper.run())
         try:
@@ -156,9 +160,10 @@ class Supervisor:
         return ExitStatus.OK
 
     def _spawn(self, index: int) -> None:
+        policy = self.spawned[index] = self.keeper.in_force
         process = self.mp.Process(
             target=worker_main,
-            args=(self.worker_config, index, self.coordinator.path, self.keeper.in_force),
+            args=(self.worker_config, index, self.coordinator.path, policy),
             name=f"smartsink-worker-{index}",
             daemon=True,
         )
@@ -248,7 +253,7 @@ async def _serve_worker(config: SinkConfig, index: int, coordinator_path: str, p
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    limits = RemoteLimits(coordinator_path, on_policy=lambda p: None, on_lost=stop.set)
+    limits = RemoteLimits(coordinator_path, on_policy=lambda p: None, on_lost=stop.set, policy=policy)
     await limits.connect()
     ctx = SinkContext(config, policy, limits, worker=index)
     limits.on_policy = ctx.set_policy
