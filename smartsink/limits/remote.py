@@ -229,9 +229,7 @@ class Channel(asyncio.Protocol):
 class Coordinator:
     """The supervisor's side: owns the SharedState, answers workers, broadcasts policies."""
 
-    def __init__(
-        self, state: SharedState, path: str, current: Callable[[], Policy], spawned: Callable[[int], Policy]
-    ):
+    def __init__(self, state: SharedState, path: str, current: Callable[[], Policy], spawned: Callable[[int], Policy]):
         self.state = state
         self.path = path
         self.current = current  # the policy in force, for a worker that started before the last reload
@@ -369,9 +367,7 @@ async def _send_policy(channel: Channel, old: Policy, new: Policy) -> None:
 class RemoteLimits:
     """A worker's side: the Limits of smartsink.limits, answered by the supervisor's Coordinator."""
 
-    def __init__(
-        self, path: str, on_policy: Callable[[Policy], None], on_lost: Callable[[], None], policy: Policy
-    ):
+    def __init__(self, path: str, on_policy: Callable[[Policy], None], on_lost: Callable[[], None], policy: Policy):
         self.path = path
         self.on_policy = on_policy
         self.on_lost = on_lost

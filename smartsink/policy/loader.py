@@ -425,10 +425,12 @@ class Memory:
 
 def _same(known: tuple[Any, ...], now: Any) -> bool:
     """The same objects, one for one (cheap: a piece of text that did not change parses to the same objects)."""
-    return isinstance(now, list | tuple) and len(known) == len(now) and all(a is b for a, b in zip(known, now))
+    if not isinstance(now, list | tuple) or len(known) != len(now):
+        return False
+    return all(a is b for a, b in zip(known, now, strict=True))
 
 
-_LIST_FIELDS = {"bounce": "bounces", "defer": "defers", "throttle": "throttles", "block": "blocks", "unknown": "unknowns"}
+_LIST_FIELDS = {kind: f"{kind}s" for kind in LIST_KINDS}  # the list of a kind, and its field of DomainRules
 # What [default] builds on: the built-in reply lists where the file has none.
 _BUILT_IN = DomainRules(
     name=OTHER_LABEL,
@@ -441,9 +443,7 @@ _BUILT_IN = DomainRules(
 _NO_SETTINGS: dict[str, Any] = {}
 
 
-def _rules(
-    reader: _Reader, name: str, base: DomainRules, settings: dict[str, Any], lists: ReplyLists
-) -> DomainRules:
+def _rules(reader: _Reader, name: str, base: DomainRules, settings: dict[str, Any], lists: ReplyLists) -> DomainRules:
     """One domain's rules (or the default's, name DEFAULT_NAME): its settings and lists over `base`'s."""
     own = tuple(lists[kind].get(name) for kind in LIST_KINDS)
     parts = (base, settings, *own)
@@ -452,7 +452,7 @@ def _rules(
         reader.kept.rules[name] = known
         return known[1]
     quiet = reader._quiet()
-    changed = {field: mine for field, mine in zip(_LIST_FIELDS.values(), own, strict=True) if mine}
+    changed: dict[str, Any] = {field: mine for field, mine in zip(_LIST_FIELDS.values(), own, strict=True) if mine}
     label = OTHER_LABEL if name == DEFAULT_NAME else name
     rules = replace(base, name=label, **settings, **changed)
     _check_sum(reader, rules, ("default",) if name == DEFAULT_NAME else ("domain", name))

@@ -50,7 +50,9 @@ class Parsed:
     touched: set[str]
 
 
-_PLAIN_HEADER = re.compile(r'[ \t]*(\[\[?)[ \t]*([a-z]+)[ \t]*(?:\.[ \t]*"([^"\\\x00-\x1f]*)"[ \t]*)?(\]\]?)[ \t]*(?:#.*)?\r?')
+_PLAIN_HEADER = re.compile(
+    r'[ \t]*(\[\[?)[ \t]*([a-z]+)[ \t]*(?:\.[ \t]*"([^"\\\x00-\x1f]*)"[ \t]*)?(\]\]?)[ \t]*(?:#.*)?\r?'
+)
 
 
 def _table(line: str) -> tuple[str, str | None, bool]:
