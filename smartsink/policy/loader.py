@@ -309,7 +309,7 @@ class _Reader:
             self.kept.settings[path] = known
             return known[1]
         quiet = self._quiet()
-        out = {}
+        out: dict[str, Any] = {}
         if not isinstance(table, dict):
             self.bad(self.where.place(path), _label(path), "must be a table")
             return out
