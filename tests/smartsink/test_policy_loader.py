@@ -597,7 +597,7 @@ EDITS = {
     "a domain added": lambda t: t + '[domain."new.test"]\ndefer = 3\n',
     "a domain removed": lambda t: t.replace('[domain."d0000100.example"]', '[domain."d0000100.gone"]'),
     "a list entry added": lambda t: t + '[[defer."d0000003.example"]]\ncode = 452\nmsg = "4.2.2 later"\n',
-    "a key line added": lambda t: t.replace('[[defer."d0000050.example"]]\n', '[[defer."d0000050.example"]]\nweight = 2\n'),
+    "a key line added": lambda t: t.replace('d0000050.example"]]\n', 'd0000050.example"]]\nweight = 2\n'),
     "the default": lambda t: t.replace("[default]\nbounce = 0", "[default]\nbounce = 1"),
     "a problem": _domain_line(9, "bounce = 0", "bounce = 900"),
     "not valid TOML": _domain_line(9, "bounce = 0", "bounce = = 0"),
