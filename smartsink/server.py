@@ -146,6 +146,7 @@ class Sink:
     def health(self) -> dict[str, Any]:
         return {
             "status": "degraded" if self.store.error else "ok",
+            "serving": True,  # the admin listener starts after SMTP's, in the same loop
             "policy": self.store.health(),
             "workers": {"configured": 1, "alive": 1},
             "engine": self.config.engine,

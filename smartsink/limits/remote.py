@@ -154,6 +154,12 @@ class Ready(NamedTuple):
     address: tuple[str, int]
 
 
+class Heartbeat(NamedTuple):
+    """A worker's loop still turns (sent every HEARTBEAT seconds): one that falls silent is stuck."""
+
+    worker: int
+
+
 class PolicyPart(NamedTuple):
     """Domains of the next policy whose rules changed (a PolicyUpdate follows the parts)."""
 
@@ -179,6 +185,7 @@ Message = (
     | Ping
     | Pong
     | Ready
+    | Heartbeat
     | PolicyPart
     | PolicyUpdate
 )
@@ -239,6 +246,7 @@ class Coordinator:
         self._pushed = asyncio.Event()
         self._pusher: asyncio.Task[None] | None = None
         self.ready: dict[int, tuple[int, tuple[str, int]]] = {}  # worker index -> (pid, address)
+        self.beats: dict[int, float] = {}  # worker index -> when it was last heard from (time.monotonic())
         self.ready_event = asyncio.Event()
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
@@ -251,6 +259,7 @@ class Coordinator:
             Records: self._records,
             Pong: self._pong,
             Ready: self._ready,
+            Heartbeat: self._heartbeat,
         }
 
     async def start(self) -> None:
@@ -312,9 +321,13 @@ class Coordinator:
 
     def _ready(self, channel: Channel, holdings: _Holdings, message: Ready) -> None:
         self.ready[message.worker] = (message.pid, message.address)
+        self.beats[message.worker] = time.monotonic()
         self.ready_event.set()
         self.sent[channel] = self.spawned(message.worker)
         self.broadcast_policy(self.current())  # a reload during its start-up did not reach it
+
+    def _heartbeat(self, channel: Channel, holdings: _Holdings, message: Heartbeat) -> None:
+        self.beats[message.worker] = time.monotonic()
 
     def broadcast_policy(self, policy: Policy) -> None:
         """Bring every ready worker to `policy` (soon, in parts: see the module's docstring)."""

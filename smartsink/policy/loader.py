@@ -388,6 +388,25 @@ class _Reader:
         return tuple(out)
 
 
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECASE)
+
+
+def domain_problem(name: str) -> str | None:
+    """Why `name` is not a domain name as DNS has them (RFC 1035 2.3.4: at most 253 characters, labels of 1 to 63
+    letters, digits, hyphens inside, underscores), or None. The policy's names and the admin API's overrides alike."""
+    bare = name[:-1] if name.endswith(".") else name
+    if not bare:
+        return "is empty"
+    if len(bare) > 253:
+        return f"is {len(bare)} characters long, more than a domain name's 253"
+    for label in bare.split("."):
+        if not _LABEL.fullmatch(label):
+            shown = label if len(label) <= 70 else label[:60] + "..."
+            why = "longer than 63 characters" if len(label) > 63 else "letters, digits and inner hyphens only"
+            return f"label {shown!r} is not a domain name's ({why})"
+    return None
+
+
 def _quote(name: str) -> str:
     return f'"{name}"' if "." in name or not name.isidentifier() else name
 
@@ -456,6 +475,9 @@ def _rules(reader: _Reader, name: str, base: DomainRules, settings: dict[str, An
     label = OTHER_LABEL if name == DEFAULT_NAME else name
     rules = replace(base, name=label, **settings, **changed)
     _check_sum(reader, rules, ("default",) if name == DEFAULT_NAME else ("domain", name))
+    problem = None if name == DEFAULT_NAME else domain_problem(name)
+    if problem is not None:
+        reader.bad(reader.where.place(("domain", name)), _label(("domain", name)), problem)
     if reader._quiet() == quiet:
         reader.kept.rules[name] = (parts, rules)
     return rules
