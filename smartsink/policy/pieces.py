@@ -55,31 +55,31 @@ _PLAIN_HEADER = re.compile(
 )
 
 
+def _usual(top: str, name: str | None, listed: bool) -> bool:
+    """A header a policy uses: [default], [listener], [domain."NAME"] or [[KIND."NAME"]], its name in lower case."""
+    if name is None:
+        return top in SINGLE and not listed
+    return name == name.lower() and (top in LISTED if listed else top == "domain")
+
+
 def _table(line: str) -> tuple[str, str | None, bool]:
     """(top-level key, name or None, a list) of a header line; Whole for one a policy does not use."""
     m = _PLAIN_HEADER.fullmatch(line)
-    if m and len(m[1]) == len(m[4]):  # the usual spelling, read without a TOML parser
-        top, name, listed = m[2], m[3], len(m[1]) == 2
-        if name is None and top in SINGLE and not listed:
-            return top, None, False
-        if name is not None and name == name.lower() and (top in LISTED if listed else top == "domain"):
-            return top, name, listed
+    if m and len(m[1]) == len(m[4]) and _usual(m[2], m[3], len(m[1]) == 2):  # read without a TOML parser
+        return m[2], m[3], len(m[1]) == 2
     try:
         header = tomllib.loads(line + "\n")
     except tomllib.TOMLDecodeError:
         raise Whole from None
-    (top, under), *more = list(header.items()) or [("", None)]
-    if more or top not in OWNED or not isinstance(under, dict):
+    # The header alone parses to its path down to an empty table ([a."b"]) or a list of one ([[a."b"]]).
+    path, node = [], header
+    while isinstance(node, dict) and len(node) == 1:
+        (key, node), *_ = node.items()
+        path.append(key)
+    listed = node == [{}]
+    if (node != {} and not listed) or len(path) > 2 or not _usual(path[0], (path[1:] or [None])[0], listed):
         raise Whole
-    if top in SINGLE:
-        if under:  # [default.x]
-            raise Whole
-        return top, None, False
-    (name, inner), *more = list(under.items()) or [("", None)]
-    listed = top in LISTED
-    if more or inner != ([{}] if listed else {}) or name != name.lower():
-        raise Whole
-    return top, name, listed
+    return path[0], (path[1:] or [None])[0], listed
 
 
 def _chunk(text: str) -> Chunk:

@@ -57,7 +57,7 @@ class TestSums:
         """Messages over 120 connections reach both workers; every scrape of /metrics shows the sum."""
         connections = 120
         with running_sink("--workers", "2", "--seed", "5", policy=policy) as sink:
-            assert sink.health()["workers"] == {"configured": 2, "alive": 2, "restarts": 0}
+            assert sink.health()["workers"] == {"configured": 2, "alive": 2, "stuck": [], "restarts": 0}
             expected, workers = send_plan(sink, connections)
             assert workers == {0, 1}, "the kernel gave every connection to one worker; the sum proves nothing"
             for _ in range(5):
