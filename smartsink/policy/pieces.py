@@ -72,14 +72,16 @@ def _table(line: str) -> tuple[str, str | None, bool]:
     except tomllib.TOMLDecodeError:
         raise Whole from None
     # The header alone parses to its path down to an empty table ([a."b"]) or a list of one ([[a."b"]]).
-    path, node = [], header
+    path: list[str] = []
+    node: Any = header
     while isinstance(node, dict) and len(node) == 1:
         (key, node), *_ = node.items()
         path.append(key)
     listed = node == [{}]
-    if (node != {} and not listed) or len(path) > 2 or not _usual(path[0], (path[1:] or [None])[0], listed):
+    name = path[1] if len(path) == 2 else None
+    if (node != {} and not listed) or len(path) > 2 or not _usual(path[0], name, listed):
         raise Whole
-    return path[0], (path[1:] or [None])[0], listed
+    return path[0], name, listed
 
 
 def _chunk(text: str) -> Chunk:
