@@ -535,6 +535,8 @@ class Conversation:
         return wire.send(action)
 
     async def smtp_rset(self, arg: bytes) -> bool:
+        if arg.strip():
+            return self.say(replies.RSET_SYNTAX)
         self.responder.reset()
         self.in_mail = False
         return self.say(replies.OK)
@@ -543,6 +545,8 @@ class Conversation:
         return self.say(replies.OK)
 
     async def smtp_quit(self, arg: bytes) -> bool:
+        if arg.strip():
+            return self.say(replies.QUIT_SYNTAX)
         self.wire.send(Action(replies.BYE, True))
         return False
 
