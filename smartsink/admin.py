@@ -245,7 +245,7 @@ class OverrideRoutes:
             if e.reason == "hangup":
                 raise
             refused(request, e.reason, e.text)
-            return _bad("the body is not JSON" if e.status == 400 else e.text, e.status)
+            return _bad(f"the body is not JSON: {e.text}" if e.status == 400 else e.text, e.status)
         if not isinstance(body, dict):
             return _bad("the body must be a JSON object")
         domain = body.pop("domain", None)
