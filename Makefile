@@ -4,6 +4,7 @@
 # make demo:    a smartsink on loopback, trafficgen against it for ten seconds, the report
 # make bench:   trafficgen and smartsink side by side with Postfix's smtp-source and smtp-sink, by wall clock and CPU
 # make bench-scale: memory per held connection (1,000-20,000) and throughput from 10 to 20,000 connections
+# make bench-reload: big policies (10,000 and 150,000 domains): load time, an edit in force, SMTP probes meanwhile
 # make soak:    smartsink for 10 minutes under normal mail and hostile clients, watched for growth (SOAK_ARGS=--minutes 2)
 # make lint:    ruff, mypy --strict, radon (no function rated D), docs/cli.md's option tables current
 # make docs:    rewrite docs/cli.md's option tables from the options' declarations
@@ -13,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench bench-scale soak lint docs clean
+.PHONY: install test test-fast demo bench bench-scale bench-reload soak lint docs clean
 
 install: $(STAMP)
 
@@ -37,6 +38,9 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench --scale $(BENCH_ARGS)
+
+bench-reload: $(STAMP)
+	$(BIN)/python -m bench.reload $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

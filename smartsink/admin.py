@@ -2,12 +2,20 @@
 
 It is served by the process that owns the sink as a whole: the only process with one worker, the
 supervisor with several, so /metrics and /runs always describe the whole sink.
+
+Every request is hostile input until read: a body is at most INJECT_MAX_BODY bytes (kumod's own
+`request_body_limit`, 413 past it), JSON too deeply nested is a 400, a client that hangs up mid-body is dropped;
+each is one counted (smartsink_admin_refused_total), rate-limited log line, never a traceback. With an admin
+token (--admin-token), every request that changes state (any method but GET and HEAD) must carry it. An inject
+request's recipients are answered INJECT_CHUNK at a time, the loop serving SMTP between chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hmac
 import json
 import logging
 import time
@@ -19,17 +27,90 @@ from aiohttp import web
 
 from mailload import contract
 from smartsink import inject as inject_api
-from smartsink import metrics
+from smartsink import logs, metrics
 from smartsink.ledger import Answered, RunLedger
 from smartsink.overrides import OverrideKeeper
 from smartsink.policy.decide import strip_suffix
-from smartsink.policy.loader import rule_settings, window_timing
+from smartsink.policy.loader import domain_problem, rule_settings, window_timing
 from smartsink.policy.model import Outcome
 from smartsink.responder import Responder, SinkContext
 
 log = logging.getLogger("smartsink.admin")
+hostile = logs.Limited(log)
 
-INJECT_MAX_BODY = 64 * 1024 * 1024
+# kumod's HTTP listener refuses a request body over its request_body_limit (2 MB by default) with 413: so does the
+# sink, on every admin endpoint. At about 40 bytes a recipient that is some 50,000 recipients a request.
+INJECT_MAX_BODY = 2 * 1024 * 1024
+TOO_LARGE = "Failed to buffer the request body: length limit exceeded"
+INJECT_CHUNK = 200  # recipients answered in one turn of the loop
+READING = ("GET", "HEAD", "OPTIONS")  # methods that change nothing: no admin credential asked
+
+
+class Unreadable(Exception):
+    """A request body that cannot be read (gone mid-body, too big, not JSON, too deep): its status and text."""
+
+    def __init__(self, status: int, text: str, reason: str):
+        super().__init__(text)
+        self.status, self.text, self.reason = status, text, reason
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, or Unreadable."""
+    try:
+        text = await request.text()
+    except web.HTTPRequestEntityTooLarge:
+        raise Unreadable(413, TOO_LARGE, "body") from None
+    except (ConnectionError, asyncio.IncompleteReadError) as e:
+        raise Unreadable(400, f"the client went away mid-body ({type(e).__name__})", "hangup") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise Unreadable(400, "Failed to parse the request body as JSON: nested too deeply", "body") from None
+    except ValueError as e:
+        raise Unreadable(400, f"Failed to parse the request body as JSON: {e}", "body") from None
+
+
+def refused(request: web.Request, reason: str, text: str) -> None:
+    """Count a refused admin request and say so in one (rate-limited) line."""
+    metrics.child(metrics.ADMIN_REFUSED, reason).inc()
+    hostile.warning("admin %s %s from %s refused (%s): %s", request.method, request.path, request.remote, reason, text)
+
+
+def credential_ok(header: str | None, token: str) -> bool:
+    """`Authorization: Bearer TOKEN`, or Basic with TOKEN as the password (any user)."""
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    else:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+def _guard(token: str | None) -> Any:
+    """The middleware: the admin credential on writing requests, and hostile bodies answered in one line."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+        writes = token is not None and request.method not in READING
+        if writes and not credential_ok(request.headers.get("Authorization"), token or ""):
+            refused(request, "credential", "no admin credential, or not the right one")
+            return web.json_response(
+                {"error": "this sink's admin API needs its token for requests that change state"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="smartsink admin"'},
+            )
+        try:
+            return await handler(request)
+        except Unreadable as e:
+            refused(request, e.reason, e.text)
+            return web.Response(status=e.status, text=e.text)
+
+    return guard
 
 
 class AdminSource:
@@ -51,21 +132,35 @@ class AdminSource:
 
 
 def make_app(source: AdminSource) -> web.Application:
-    app = web.Application(client_max_size=INJECT_MAX_BODY)
+    token = source.ctx.config.admin_secret
+    app = web.Application(client_max_size=INJECT_MAX_BODY, middlewares=[_guard(token)])
 
     async def health(request: web.Request) -> web.Response:
+        """The details; 503 while the sink does not serve SMTP with every worker (as /health/ready)."""
         body = source.health()
         body.setdefault("status", "ok")
         body["uptime_s"] = round(time.time() - source.started, 3)
-        return web.json_response(body)
+        return web.json_response(body, status=200 if body.get("serving", True) else 503)
+
+    async def live(request: web.Request) -> web.Response:
+        """Kubernetes' liveness: this process answers (a stuck worker is the supervisor's to replace)."""
+        return web.json_response({"status": "live"})
+
+    async def ready(request: web.Request) -> web.Response:
+        """Kubernetes' readiness: 200 once every worker serves SMTP, 503 before and while one does not."""
+        serving = source.health().get("serving", True)
+        return web.json_response({"ready": serving}, status=200 if serving else 503)
 
     async def metrics_text(request: web.Request) -> web.Response:
         data = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
         return web.Response(body=data, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def inject(request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization")
+        if token is not None and header and header.lower().startswith("bearer "):
+            header = None  # the admin token, checked already, stands in for --auth's credentials
         try:
-            credentials = inject_api.basic_credentials(request.headers.get("Authorization"), source.ctx.config.auth)
+            credentials = inject_api.basic_credentials(header, source.ctx.config.auth)
             injected = await _read_inject(request)
         except inject_api.Refusal as e:
             if e.status == 401:
@@ -76,9 +171,14 @@ def make_app(source: AdminSource) -> web.Application:
             metrics.child(metrics.AUTHS, "ok").inc()
         peer = request.remote or "http"
         raw = injected.content.encode("utf-8", "replace")
-        results = await asyncio.gather(
-            *(_inject_one(source.ctx, peer, injected.sender, email, len(raw)) for email in injected.recipients)
-        )
+        results: list[str | None] = []
+        recipients = injected.recipients
+        for start in range(0, len(recipients), INJECT_CHUNK):
+            chunk = recipients[start : start + INJECT_CHUNK]
+            results += await asyncio.gather(
+                *(_inject_one(source.ctx, peer, injected.sender, email, len(raw)) for email in chunk)
+            )
+            await asyncio.sleep(0)  # the loop's other work (SMTP, the workers' questions) between chunks
         metrics.INJECTED.inc(len(results))
         _record_trace(source.ctx, raw, injected.recipients, results)
         failed = [(email, err) for email, err in zip(injected.recipients, results, strict=True) if err]
@@ -108,6 +208,8 @@ def make_app(source: AdminSource) -> web.Application:
         return web.json_response(body)
 
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_post("/api/inject/v1", inject)
     app.router.add_get(contract.runs_path("{run_id}"), run)
@@ -138,14 +240,20 @@ class OverrideRoutes:
 
     async def create(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return _bad("the body is not JSON")
+            body = await read_json(request)
+        except Unreadable as e:
+            if e.reason == "hangup":
+                raise
+            refused(request, e.reason, e.text)
+            return _bad(f"the body is not JSON: {e.text}" if e.status == 400 else e.text, e.status)
         if not isinstance(body, dict):
             return _bad("the body must be a JSON object")
         domain = body.pop("domain", None)
         if not isinstance(domain, str) or not domain.strip():
             return _bad('domain must be a domain name, like "gmail.com"')
+        problem = domain_problem(domain.strip())
+        if problem is not None:
+            return _bad(f"domain: {problem}")
         timing = {k: body.pop(k) for k in ("start", "at", "length") if k in body}
         try:
             start, length, relative = window_timing(timing)
@@ -173,18 +281,21 @@ class OverrideRoutes:
         return web.json_response({"removed": removed})
 
 
-def _bad(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
+def _bad(message: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 async def _read_inject(request: web.Request) -> inject_api.Request:
-    """The request as kumod reads it, or its Refusal (415, 400, 422 or 500, with kumod's text)."""
+    """The request as kumod reads it, or its Refusal (415, 413, 400, 422 or 500, with kumod's text); Unreadable
+    when the client went away."""
     inject_api.check_content_type(request.headers.get("Content-Type"))
-    text = await request.text()
     try:
-        body = json.loads(text)
-    except ValueError as e:
-        raise inject_api.Refusal(400, f"Failed to parse the request body as JSON: {e}") from None
+        body = await read_json(request)
+    except Unreadable as e:
+        if e.reason == "hangup":
+            raise
+        refused(request, e.reason, e.text)
+        raise inject_api.Refusal(e.status, e.text) from None
     return inject_api.read(body)
 
 

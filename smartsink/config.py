@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mailload import contract, units
-from mailload.options import OptionError, option, values
+from mailload.options import HIDDEN, OptionError, option, values
 
 DEFAULT_LISTEN = "127.0.0.1:2026"
 DEFAULT_HTTP = "127.0.0.1:8000"
@@ -97,6 +97,24 @@ def _file(flag: str) -> Any:
     return parse
 
 
+def _token(text: str) -> str:
+    token = text.strip()
+    if len(token) < 16 or not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise ConfigError("--admin-token must be at least 16 visible characters, without spaces")
+    return token
+
+
+def _token_file(text: str) -> str:
+    try:
+        return _token(Path(text).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"--admin-token-file {text}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--admin-token-file {text}: not UTF-8 text") from None
+    except ConfigError as e:
+        raise ConfigError(f"--admin-token-file {text}: {str(e).removeprefix('--admin-token ')}") from None
+
+
 def _hostname(text: str) -> str:
     if not re.match(r"^[\x21-\x7e]{1,255}$", text):
         raise ConfigError(f"--hostname {text!r} must be a name without spaces or control characters")
@@ -128,6 +146,29 @@ class SinkConfig:
         metavar="HOST:PORT",
         parse=_admin,
         shown_default=DEFAULT_HTTP,
+    )
+    admin_token: str | None = option(
+        None,
+        help="A secret every admin request that changes something must carry (Bearer, or Basic's password)",
+        doc=(
+            "a secret (16 or more visible characters) that every admin request that changes state must carry "
+            "(`POST`/`DELETE /policy/overrides`, `POST /api/inject/v1`): `Authorization: Bearer TOKEN`, or HTTP "
+            "basic auth with any user and the token as the password; others get 401. Unset: no credential "
+            "([deployment.md](deployment.md#the-admin-listener))"
+        ),
+        panel=LISTEN,
+        metavar="TOKEN",
+        parse=_token,
+        report=HIDDEN,
+    )
+    admin_token_file: str | None = option(
+        None,
+        help="Read --admin-token from this file (a mounted secret)",
+        doc="read `--admin-token` from this file (a Docker or Kubernetes secret), surrounding blanks dropped",
+        panel=LISTEN,
+        metavar="PATH",
+        parse=_token_file,
+        report=HIDDEN,
     )
     workers: int = option(
         1,
@@ -271,6 +312,11 @@ class SinkConfig:
     def tls(self) -> bool:
         return bool(self.tls_cert or self.tls_self_signed)
 
+    @property
+    def admin_secret(self) -> str | None:
+        """The admin credential, from --admin-token or --admin-token-file (which holds the token itself)."""
+        return self.admin_token or self.admin_token_file
+
 
 def _check_tls(fields: dict[str, Any]) -> None:
     if bool(fields.get("tls_cert")) != bool(fields.get("tls_key")):
@@ -287,7 +333,12 @@ def _check_numbers(fields: dict[str, Any]) -> None:
         raise ConfigError(f"--timeout must be more than 0 seconds, got {timeout}")
 
 
-CHECKS = (_check_tls, _check_numbers)
+def _check_admin(fields: dict[str, Any]) -> None:
+    if fields.get("admin_token") and fields.get("admin_token_file"):
+        raise ConfigError("--admin-token and --admin-token-file say the same thing: give one")
+
+
+CHECKS = (_check_tls, _check_numbers, _check_admin)
 
 
 def build(**given: Any) -> SinkConfig:

@@ -81,3 +81,28 @@ def trace(message: str, *args: object, **fields: Any) -> None:
     if _Trace.worker is not None:
         fields.setdefault("worker", _Trace.worker)
     TRACE.debug(message, *args, extra=fields)
+
+
+class Limited:
+    """A logger's warnings for what hostile clients cause (the admin API's bad requests): at most `per_minute` lines
+    a minute, then one line saying how many were left out. Never a traceback: the line says what happened."""
+
+    def __init__(self, logger: logging.Logger, per_minute: int = 20, clock: Any = time.monotonic):
+        self.logger = logger
+        self.per_minute = per_minute
+        self.clock = clock
+        self.window = float("-inf")
+        self.written = 0
+        self.dropped = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self.clock()
+        if now - self.window >= 60.0:
+            if self.dropped:
+                self.logger.warning("%d more lines like these left out in the last minute", self.dropped)
+            self.window, self.written, self.dropped = now, 0, 0
+        if self.written >= self.per_minute:
+            self.dropped += 1
+            return
+        self.written += 1
+        self.logger.warning(message, *args)

@@ -91,6 +91,15 @@ for _result in ("ok", "failed"):
     AUTHS.labels(_result)
 DSNS = Counter("smartsink_dsns", "Failure DSNs (RFC 3464) received that return a trafficgen message")
 INJECTED = Counter("smartsink_injected_messages", "Messages received on the HTTP inject API")
+ADMIN_REFUSED = Counter(
+    "smartsink_admin_refused",
+    "Admin requests refused or cut short: no or wrong credential, a body not readable as JSON (too deep, too big), "
+    "a client gone mid-body; by reason",
+    ["reason"],
+)
+ADMIN_REASONS = ("credential", "body", "hangup")
+for _reason in ADMIN_REASONS:
+    ADMIN_REFUSED.labels(_reason)
 
 _children: dict[tuple[str, tuple[str, ...]], Any] = {}
 

@@ -146,6 +146,7 @@ class Sink:
     def health(self) -> dict[str, Any]:
         return {
             "status": "degraded" if self.store.error else "ok",
+            "serving": True,  # the admin listener starts after SMTP's, in the same loop
             "policy": self.store.health(),
             "workers": {"configured": 1, "alive": 1},
             "engine": self.config.engine,
@@ -180,7 +181,7 @@ class Sink:
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads the policy."""
         stop = asyncio.Event()
-        install_signals(stop, lambda: self.store.reload("SIGHUP"))
+        install_signals(stop, lambda: self.store.request_reload("SIGHUP"))
         await self.start()
         announce(self.config, self.smtp_address, self.http_address, self.store)
         await stop.wait()

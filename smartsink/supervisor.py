@@ -30,7 +30,7 @@ from smartsink import admin, logs, metrics
 from smartsink.config import SinkConfig
 from smartsink.ledger import RunLedger
 from smartsink.limits.local import LocalLimits
-from smartsink.limits.remote import Coordinator, Ready, RemoteLimits
+from smartsink.limits.remote import Coordinator, Heartbeat, Ready, RemoteLimits
 from smartsink.limits.state import SharedState
 from smartsink.overrides import OverrideKeeper, Overrides
 from smartsink.policy.model import Policy
@@ -49,6 +49,9 @@ from smartsink.server import (
 log = logging.getLogger("smartsink.supervisor")
 
 CHECK_INTERVAL = 0.5
+HEARTBEAT = 0.5  # seconds between a worker's heartbeats
+STUCK_AFTER = 3.0  # a worker silent this long is stuck: /health says so (503)
+REPLACE_AFTER = 10.0  # ... and this long, it is killed (SIGKILL) and started again
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 RESTART_BACKOFF_MAX = 10.0
@@ -87,8 +90,12 @@ class Supervisor:
         self.workdir = tempfile.mkdtemp(prefix="smartsink-")
         self.overrides = Overrides()
         self.keeper = OverrideKeeper(self.overrides, lambda: self.store.policy, self._push)
+        self.spawned: dict[int, Policy] = {}  # the policy each worker was started with
         self.coordinator = Coordinator(
-            self.state, os.path.join(self.workdir, "coordinator.sock"), lambda: self.keeper.in_force
+            self.state,
+            os.path.join(self.workdir, "coordinator.sock"),
+            lambda: self.keeper.in_force,
+            lambda index: self.spawned[index],
         )
         self.ctx: SinkContext | None = None
         self.processes: dict[int, BaseProcess] = {}
@@ -131,7 +138,7 @@ class Supervisor:
                 raise _describe_bind_error(e, "admin HTTP", *config.http) from None
 
         stop = asyncio.Event()
-        install_signals(stop, lambda: self.store.reload("SIGHUP"))
+        install_signals(stop, lambda: self.store.request_reload("SIGHUP"))
         watcher = asyncio.get_running_loop().create_task(self.store.watch())
         keeper = asyncio.get_running_loop().create_task(self.keeper.run())
         try:
@@ -156,9 +163,10 @@ class Supervisor:
         return ExitStatus.OK
 
     def _spawn(self, index: int) -> None:
+        policy = self.spawned[index] = self.keeper.in_force
         process = self.mp.Process(
             target=worker_main,
-            args=(self.worker_config, index, self.coordinator.path, self.keeper.in_force),
+            args=(self.worker_config, index, self.coordinator.path, policy),
             name=f"smartsink-worker-{index}",
             daemon=True,
         )
@@ -181,10 +189,27 @@ class Supervisor:
                 await asyncio.wait_for(self.coordinator.ready_event.wait(), CHECK_INTERVAL)
         return True
 
+    def silent(self, index: int) -> float:
+        """Seconds since a ready worker was last heard from (0 for one not ready: it is starting)."""
+        if index not in self.coordinator.ready:
+            return 0.0
+        return time.monotonic() - self.coordinator.beats.get(index, time.monotonic())
+
+    def _replace_stuck(self) -> None:
+        """Kill a worker silent past REPLACE_AFTER (a frozen process: SIGSTOP, a loop that never yields); its
+        death is then handled like any other: it is started again."""
+        for index, process in self.processes.items():
+            silent = self.silent(index)
+            if process.is_alive() and process.pid and silent > REPLACE_AFTER:
+                log.error("worker %d (pid %s) silent for %.1f s: stuck; replacing it", index, process.pid, silent)
+                self.coordinator.ready.pop(index, None)
+                os.kill(process.pid, signal.SIGKILL)
+
     async def _monitor(self) -> None:
-        """Restart any worker that dies, with a growing pause if it keeps dying."""
+        """Restart any worker that dies or is stuck, with a growing pause if it keeps dying."""
         while not self.stopping:
             await asyncio.sleep(CHECK_INTERVAL)
+            self._replace_stuck()
             for index, process in list(self.processes.items()):
                 if process.is_alive() or self.stopping:
                     continue
@@ -217,12 +242,22 @@ class Supervisor:
         self.coordinator.broadcast_policy(policy)
 
     def health(self) -> dict[str, Any]:
-        # A worker counts once it serves: a restarted one is alive a moment before it has bound the port.
-        alive = sum(p.is_alive() and i in self.coordinator.ready for i, p in self.processes.items())
+        # A worker counts once it serves: a restarted one is alive a moment before it has bound the port; one
+        # silent past STUCK_AFTER (frozen) is alive but does not serve.
+        alive = [i for i, p in self.processes.items() if p.is_alive() and i in self.coordinator.ready]
+        stuck = [i for i in alive if self.silent(i) > STUCK_AFTER]
+        serving = len(alive) - len(stuck) == self.config.workers
+        workers = {
+            "configured": self.config.workers,
+            "alive": len(alive),
+            "stuck": stuck,
+            "restarts": sum(self.restarts.values()),
+        }
         return {
-            "status": "degraded" if self.store.error or alive < self.config.workers else "ok",
+            "status": "degraded" if self.store.error or not serving else "ok",
+            "serving": serving,
             "policy": self.store.health(),
-            "workers": {"configured": self.config.workers, "alive": alive, "restarts": sum(self.restarts.values())},
+            "workers": workers,
             "engine": self.config.engine,
             "overrides": [o.public(time.time()) for o in self.overrides.active()],
         }
@@ -248,13 +283,22 @@ async def _serve_worker(config: SinkConfig, index: int, coordinator_path: str, p
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    limits = RemoteLimits(coordinator_path, on_policy=lambda p: None, on_lost=stop.set)
+    limits = RemoteLimits(coordinator_path, on_policy=lambda p: None, on_lost=stop.set, policy=policy)
     await limits.connect()
     ctx = SinkContext(config, policy, limits, worker=index)
     limits.on_policy = ctx.set_policy
     listener = SMTPListener(ctx, tls_context(config))
     address = await listener.start(reuse_port=True)
     limits.send(Ready(index, os.getpid(), address))
+    beating = loop.create_task(_heartbeats(limits, index))
     await stop.wait()
+    beating.cancel()
     await listener.stop()
     await limits.barrier()  # send what the last sessions recorded
+
+
+async def _heartbeats(limits: RemoteLimits, index: int) -> None:
+    """Tell the supervisor this worker's loop turns, every HEARTBEAT seconds, until cancelled."""
+    while True:
+        limits.send(Heartbeat(index))
+        await asyncio.sleep(HEARTBEAT)

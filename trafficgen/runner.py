@@ -258,14 +258,15 @@ class Runner:
             return inject.HttpSession(self.http_pool, config.http_url, config)
         started = time.monotonic()
         local = self.sources[source] if self.sources else None
-        opening = asyncio.ensure_future(Session.open(config, self.tls, self.protocols, local))
+        progress: list[str] = []
+        opening = asyncio.ensure_future(Session.open(config, self.tls, self.protocols, local, progress))
         over = asyncio.ensure_future(self.over.wait())
         try:
             await asyncio.wait({opening, over}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             over.cancel()
         if not opening.done():  # the run ended while this connection was still being opened
-            return await self._abandon(opening, started)
+            return await self._abandon(opening, started, progress)
         try:
             session = opening.result()
         except Refused as e:
@@ -283,18 +284,20 @@ class Runner:
         self.recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
         return session
 
-    async def _abandon(self, opening: asyncio.Future[Session], started: float) -> Outcome:
+    async def _abandon(self, opening: asyncio.Future[Session], started: float, progress: list[str]) -> Outcome:
         opening.cancel()
         with contextlib.suppress(asyncio.CancelledError, SessionError, Refused):
             await opening
         waited = time.monotonic() - started
-        text = f"timeout: {self.config.target} sent no SMTP greeting in {waited:.1f} s, before the run ended"
+        greeted = len(progress) > 1  # then the server fell silent
+        silence = f"greeted, then sent no reply to {progress[-1]}" if greeted else "sent no SMTP greeting"
+        text = f"timeout: {self.config.target} {silence} in {waited:.1f} s, before the run ended"
         recorder = self.recorder
         if not (recorder.connections_opened or recorder.connection_errors):
-            # Not one connection of the run was greeted, and none failed otherwise: the target is silent.
+            # Not one connection of the run was opened, and none failed otherwise: the target is silent.
             recorder.connection_failed(text)
             if not self.stopping and self.error is None:
-                self.error = f"{text} (is it an SMTP server?)"
+                self.error = text if greeted else f"{text} (is it an SMTP server?)"
         return Outcome.error(text, 0, started, time.monotonic())
 
     async def close(self, transport: Transport) -> None:

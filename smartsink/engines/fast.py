@@ -543,6 +543,8 @@ class Conversation:
         return wire.send(action)
 
     async def smtp_rset(self, arg: bytes) -> bool:
+        if arg.strip():
+            return self.say(replies.RSET_SYNTAX)
         self.responder.reset()
         self.in_mail = False
         return self.say(replies.OK)
@@ -551,6 +553,8 @@ class Conversation:
         return self.say(replies.OK)
 
     async def smtp_quit(self, arg: bytes) -> bool:
+        if arg.strip():
+            return self.say(replies.QUIT_SYNTAX)
         self.wire.send(Action(replies.BYE, True))
         return False
 

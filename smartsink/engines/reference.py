@@ -43,6 +43,9 @@ class SinkHandler:
     async def handle_RCPT(
         self, server: SMTP, session: AioSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if "@" not in address or address.startswith("@") or address.endswith("@"):
+            # aiosmtpd takes RCPT TO:<> (RFC 5321 4.1.1.3 asks for a mailbox); the fast engine's answer.
+            return replies.BAD_RCPT.decode("ascii").rstrip("\r\n")
         self.responder.tls = session.ssl is not None
         action = await self.responder.rcpt(address)
         if action.accepted:

@@ -6,26 +6,35 @@ program, same user, a private directory). Requests carry a call id and are answe
 are one-way. A worker's connection and transaction slots are given back when its channel closes, so a crashed
 worker does not leak them. A request that gets no answer in CALL_TIMEOUT fails open (the message goes through)
 and is logged: a sink must never hang its clients on its own bookkeeping.
+
+A new policy goes to each worker as what changed since the one it has: the domains whose rules are not the same
+objects, in parts of POLICY_PART domains (each pickled and unpickled in a turn of its own loop), then the rest of
+the policy and the domains gone. A reload that changes one domain of 100,000 sends one; neither loop stalls on a
+big change. A channel reads at most FRAME_BUDGET seconds of messages before letting its loop do other work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import pickle
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from smartsink.ledger import LedgerEntry
 from smartsink.limits.state import SharedState
-from smartsink.policy.model import Escalation, Policy, Rate
+from smartsink.policy.model import DomainRules, Escalation, Policy, Rate
 
 log = logging.getLogger("smartsink.coordinator")
 
 CALL_TIMEOUT = 5.0
+POLICY_PART = 2000  # domains a PolicyPart carries
+FRAME_BUDGET = 0.005  # seconds of messages a channel reads in one turn of its loop
 _LENGTH = struct.Struct("!I")
 
 
@@ -145,10 +154,24 @@ class Ready(NamedTuple):
     address: tuple[str, int]
 
 
+class Heartbeat(NamedTuple):
+    """A worker's loop still turns (sent every HEARTBEAT seconds): one that falls silent is stuck."""
+
+    worker: int
+
+
+class PolicyPart(NamedTuple):
+    """Domains of the next policy whose rules changed (a PolicyUpdate follows the parts)."""
+
+    domains: dict[str, DomainRules]
+
+
 class PolicyUpdate(NamedTuple):
-    """The policy now in force (the supervisor's watcher reloaded it)."""
+    """The policy now in force: `policy` without its domains, which are the worker's last ones with the parts sent
+    since over them and `removed` left out."""
 
     policy: Policy
+    removed: tuple[str, ...]
 
 
 Message = (
@@ -162,6 +185,8 @@ Message = (
     | Ping
     | Pong
     | Ready
+    | Heartbeat
+    | PolicyPart
     | PolicyUpdate
 )
 
@@ -174,12 +199,19 @@ class Channel(asyncio.Protocol):
         self.on_lost = on_lost
         self.transport: Any = None
         self.buf = bytearray()
+        self.reading = False  # a turn of the loop is to read what is left
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        if not self.reading:
+            self._read()
+
+    def _read(self) -> None:
+        self.reading = False
+        until = time.monotonic() + FRAME_BUDGET
         while len(self.buf) >= 4:
             (size,) = _LENGTH.unpack_from(self.buf)
             if len(self.buf) < 4 + size:
@@ -187,6 +219,10 @@ class Channel(asyncio.Protocol):
             message = pickle.loads(self.buf[4 : 4 + size])
             del self.buf[: 4 + size]
             self.on_message(self, message)
+            if time.monotonic() > until and len(self.buf) >= 4:
+                self.reading = True  # the rest in a later turn: the loop serves its connections in between
+                asyncio.get_running_loop().call_soon(self._read)
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.on_lost(self)
@@ -200,12 +236,17 @@ class Channel(asyncio.Protocol):
 class Coordinator:
     """The supervisor's side: owns the SharedState, answers workers, broadcasts policies."""
 
-    def __init__(self, state: SharedState, path: str, current: Callable[[], Policy]):
+    def __init__(self, state: SharedState, path: str, current: Callable[[], Policy], spawned: Callable[[int], Policy]):
         self.state = state
         self.path = path
         self.current = current  # the policy in force, for a worker that started before the last reload
+        self.spawned = spawned  # the policy worker N was started with
         self.channels: dict[Channel, _Holdings] = {}
+        self.sent: dict[Channel, Policy] = {}  # the policy each ready worker has
+        self._pushed = asyncio.Event()
+        self._pusher: asyncio.Task[None] | None = None
         self.ready: dict[int, tuple[int, tuple[str, int]]] = {}  # worker index -> (pid, address)
+        self.beats: dict[int, float] = {}  # worker index -> when it was last heard from (time.monotonic())
         self.ready_event = asyncio.Event()
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
@@ -218,6 +259,7 @@ class Coordinator:
             Records: self._records,
             Pong: self._pong,
             Ready: self._ready,
+            Heartbeat: self._heartbeat,
         }
 
     async def start(self) -> None:
@@ -227,8 +269,11 @@ class Coordinator:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self._pusher is not None:
+            self._pusher.cancel()
 
     def _lost(self, channel: Channel) -> None:
+        self.sent.pop(channel, None)
         holdings = self.channels.pop(channel, None)
         if holdings is None:
             return
@@ -276,12 +321,29 @@ class Coordinator:
 
     def _ready(self, channel: Channel, holdings: _Holdings, message: Ready) -> None:
         self.ready[message.worker] = (message.pid, message.address)
+        self.beats[message.worker] = time.monotonic()
         self.ready_event.set()
-        channel.send(PolicyUpdate(self.current()))  # a reload during its start-up did not reach it
+        self.sent[channel] = self.spawned(message.worker)
+        self.broadcast_policy(self.current())  # a reload during its start-up did not reach it
+
+    def _heartbeat(self, channel: Channel, holdings: _Holdings, message: Heartbeat) -> None:
+        self.beats[message.worker] = time.monotonic()
 
     def broadcast_policy(self, policy: Policy) -> None:
-        for channel in list(self.channels):
-            channel.send(PolicyUpdate(policy))
+        """Bring every ready worker to `policy` (soon, in parts: see the module's docstring)."""
+        self._pushed.set()
+        if self._pusher is None or self._pusher.done():
+            self._pusher = asyncio.get_running_loop().create_task(self._push_policies())
+
+    async def _push_policies(self) -> None:
+        while True:
+            await self._pushed.wait()
+            self._pushed.clear()
+            policy = self.current()
+            for channel, sent in list(self.sent.items()):
+                if sent is not policy and channel in self.sent:
+                    await _send_policy(channel, sent, policy)
+                    self.sent[channel] = policy
 
     async def barrier(self) -> None:
         """Wait until every worker has sent all it recorded before now (a ping each, answered in order)."""
@@ -298,13 +360,32 @@ class Coordinator:
                 waiter.cancel()
 
 
+async def _send_policy(channel: Channel, old: Policy, new: Policy) -> None:
+    """`new` as a change to `old`: the domains whose rules are other objects, in parts, then the rest."""
+    part: dict[str, DomainRules] = {}
+    for count, (name, rules) in enumerate(new.domains.items(), start=1):
+        if old.domains.get(name) is not rules:
+            part[name] = rules
+        if len(part) >= POLICY_PART or not count % (POLICY_PART * 10):
+            if part:
+                channel.send(PolicyPart(part))
+                part = {}
+            await asyncio.sleep(0)  # the loop's other work between parts
+    if part:
+        channel.send(PolicyPart(part))
+    removed = tuple(old.domains.keys() - new.domains.keys())
+    channel.send(PolicyUpdate(dataclasses.replace(new, domains={}), removed))
+
+
 class RemoteLimits:
     """A worker's side: the Limits of smartsink.limits, answered by the supervisor's Coordinator."""
 
-    def __init__(self, path: str, on_policy: Callable[[Policy], None], on_lost: Callable[[], None]):
+    def __init__(self, path: str, on_policy: Callable[[Policy], None], on_lost: Callable[[], None], policy: Policy):
         self.path = path
         self.on_policy = on_policy
         self.on_lost = on_lost
+        self.policy = policy  # the policy in force here, which the supervisor's changes apply to
+        self._parts: dict[str, DomainRules] = {}
         self.channel: Channel | None = None
         self._calls: dict[int, asyncio.Future[bool]] = {}
         self._call_ids = itertools.count(1)
@@ -331,8 +412,16 @@ class RemoteLimits:
         elif isinstance(message, Ping):
             self._flush_records()
             channel.send(Pong(message.ping_id))
+        elif isinstance(message, PolicyPart):
+            self._parts.update(message.domains)
         elif isinstance(message, PolicyUpdate):
-            self.on_policy(message.policy)
+            domains = dict(self.policy.domains)
+            domains.update(self._parts)
+            for name in message.removed:
+                domains.pop(name, None)
+            self._parts = {}
+            self.policy = dataclasses.replace(message.policy, domains=domains)
+            self.on_policy(self.policy)
 
     def send(self, message: Message) -> None:
         if self.channel is not None:

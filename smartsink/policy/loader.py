@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mailload import units
-from smartsink.policy import fallback
+from smartsink.policy import fallback, pieces
 from smartsink.policy.model import SCOPES, DomainRules, Escalation, Latency, ListenerRules, Policy, Rate, Reply, Window
 
 DEFAULT_NAME = "default"
@@ -71,12 +71,20 @@ def _split_dotted(text: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+_KEY = re.compile(r"""^\s*["']?(.*?)["']?\s*=""")
+
+
 @dataclass
 class _Lines:
-    """Where each table header and key of the file stands, to put line numbers on problems."""
+    """Where each table header and key of the file stands, to put line numbers on problems.
+
+    Indexed once (headers by path, a table's keys the first time one of them is asked for), so naming the line of
+    every key of a file is linear in its size, however many tables it has."""
 
     lines: list[str]
     headers: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    by_path: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
+    keys: dict[int, dict[str, int]] = field(default_factory=dict)  # a table's first line -> its keys' lines
 
     @classmethod
     def of(cls, text: str) -> _Lines:
@@ -84,11 +92,13 @@ class _Lines:
         for number, line in enumerate(found.lines, start=1):
             m = _HEADER.match(line)
             if m and not line.lstrip().startswith("#"):
-                found.headers.append((number, _split_dotted(m.group(2))))
+                path = _split_dotted(m.group(2))
+                found.headers.append((number, path))
+                found.by_path.setdefault(path, []).append(number)
         return found
 
     def table(self, path: tuple[str, ...], nth: int = 0) -> int | None:
-        matches = [n for n, p in self.headers if p == path]
+        matches = self.by_path.get(path, ())
         return matches[nth] if nth < len(matches) else (matches[0] if matches else None)
 
     def place(self, path: tuple[str, ...]) -> int | None:
@@ -105,14 +115,22 @@ class _Lines:
         start = self.table(path, nth) if path else 0
         if start is None:
             return self.key(path[:-1], path[-1])
-        pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        keys = self.keys.get(start)
+        if keys is None:
+            keys = self.keys[start] = self._keys_after(start)
+        return keys.get(key, start or None)
+
+    def _keys_after(self, start: int) -> dict[str, int]:
+        """The first line of each key between the header on line `start` (0: the top) and the next header."""
+        keys: dict[str, int] = {}
         for number in range(start + 1, len(self.lines) + 1):
             text = self.lines[number - 1]
             if _HEADER.match(text) and not text.lstrip().startswith("#"):
                 break
-            if pattern.match(text):
-                return number
-        return start or None
+            m = _KEY.match(text)
+            if m:
+                keys.setdefault(m.group(1), number)
+        return keys
 
 
 # --- values -------------------------------------------------------------------------------------------
@@ -259,11 +277,25 @@ _ENHANCED = re.compile(r"^\s*(?:\d{3}[ ,-])?\s*([245])\.\d{1,3}\.\d{1,3}\b")
 
 
 class _Reader:
-    def __init__(self, text: str, source: str):
+    def __init__(self, text: str, source: str, memory: Memory | None = None):
         self.source = source
-        self.where = _Lines.of(text)
+        self.text = text
+        self._where: _Lines | None = None
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
+        self.memory = memory or Memory()
+        self.kept = Memory()  # what this load leaves for the next one
+        self._replies_done: dict[tuple[str, str], tuple[Reply, ...]] = {}
+
+    @property
+    def where(self) -> _Lines:
+        """The file's lines, indexed the first time a problem needs one (a good file never needs them)."""
+        if self._where is None:
+            self._where = _Lines.of(self.text)
+        return self._where
+
+    def _quiet(self) -> tuple[int, int]:
+        return len(self.problems), len(self.warnings)
 
     def bad(self, line: int | None, key: str, message: str) -> None:
         self.problems.append(Problem(self.source, line, key, message))
@@ -272,23 +304,44 @@ class _Reader:
         self.warnings.append(str(Problem(self.source, line, key, message)))
 
     def settings(self, table: Any, path: tuple[str, ...], parsers: dict[str, Any]) -> dict[str, Any]:
-        label = _label(path)
+        known = self.memory.settings.get(path)
+        if known is not None and known[0] is table:  # the same piece of the file as last time: checked then
+            self.kept.settings[path] = known
+            return known[1]
+        quiet = self._quiet()
+        out: dict[str, Any] = {}
         if not isinstance(table, dict):
-            self.bad(self.where.place(path), label, "must be a table")
-            return {}
-        out = {}
+            self.bad(self.where.place(path), _label(path), "must be a table")
+            return out
         for key, value in table.items():
-            line = self.where.key(path, key)
             if key not in parsers:
-                self.bad(line, f"{label} {key}", f"unknown key (known: {', '.join(sorted(parsers))})")
+                message = f"unknown key (known: {', '.join(sorted(parsers))})"
+                self.bad(self.where.key(path, key), f"{_label(path)} {key}", message)
                 continue
             try:
                 out[key] = parsers[key](value)
             except _Bad as e:
-                self.bad(line, f"{label} {key}", str(e))
+                self.bad(self.where.key(path, key), f"{_label(path)} {key}", str(e))
+        if self._quiet() == quiet:
+            self.kept.settings[path] = (table, out)
         return out
 
     def replies(self, kind: str, name: str, entries: Any) -> tuple[Reply, ...]:
+        path = (kind, name)
+        done = self._replies_done.get(path)
+        if done is not None:  # asked twice in one load (the default's lists): its problems are named once
+            return done
+        known = self.memory.replies.get(path)
+        if known is not None and _same(known[0], entries):
+            self.kept.replies[path] = known
+            return known[1]
+        quiet = self._quiet()
+        out = self._replies_done[path] = self._replies(kind, name, entries)
+        if self._quiet() == quiet and isinstance(entries, list):
+            self.kept.replies[path] = (tuple(entries), out)
+        return out
+
+    def _replies(self, kind: str, name: str, entries: Any) -> tuple[Reply, ...]:
         path = (kind, name)
         label = f"[[{kind}.{_quote(name)}]]"
         if not isinstance(entries, list):
@@ -296,9 +349,8 @@ class _Reader:
             return ()
         out = []
         for nth, entry in enumerate(entries):
-            line = self.where.table(path, nth)
             if not isinstance(entry, dict):
-                self.bad(line, label, "each entry must be a table with code and msg")
+                self.bad(self.where.table(path, nth), label, "each entry must be a table with code and msg")
                 continue
             for key in sorted(set(entry) - {"code", "msg", "weight"}):
                 line_of_key = self.where.key(path, key, nth)
@@ -336,6 +388,25 @@ class _Reader:
         return tuple(out)
 
 
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECASE)
+
+
+def domain_problem(name: str) -> str | None:
+    """Why `name` is not a domain name as DNS has them (RFC 1035 2.3.4: at most 253 characters, labels of 1 to 63
+    letters, digits, hyphens inside, underscores), or None. The policy's names and the admin API's overrides alike."""
+    bare = name[:-1] if name.endswith(".") else name
+    if not bare:
+        return "is empty"
+    if len(bare) > 253:
+        return f"is {len(bare)} characters long, more than a domain name's 253"
+    for label in bare.split("."):
+        if not _LABEL.fullmatch(label):
+            shown = label if len(label) <= 70 else label[:60] + "..."
+            why = "longer than 63 characters" if len(label) > 63 else "letters, digits and inner hyphens only"
+            return f"label {shown!r} is not a domain name's ({why})"
+    return None
+
+
 def _quote(name: str) -> str:
     return f'"{name}"' if "." in name or not name.isidentifier() else name
 
@@ -352,28 +423,86 @@ def _suffixes(value: Any, reader: _Reader) -> tuple[str, ...]:
     return tuple(v.strip().strip(".").lower() for v in values if v.strip().strip("."))
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Build a Policy from the text of a responses.toml; raise PolicyError naming every problem."""
-    data = _toml(text, source)
-    reader = _Reader(text, source)
+@dataclass
+class Memory:
+    """What loading a file leaves for loading it again (PolicyStore keeps one): each piece of the text parsed, by
+    its text, and what was checked and built from each parsed value, by that value. A reload after an edit then
+    parses and checks the pieces that changed, and builds again only the domains they touch; everything else is
+    the same objects as before. Only what loaded without a problem or warning is kept (those name lines, which
+    move)."""
+
+    chunks: dict[str, pieces.Chunk] = field(default_factory=dict)
+    settings: dict[tuple[str, ...], tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    replies: dict[tuple[str, str], tuple[tuple[Any, ...], tuple[Reply, ...]]] = field(default_factory=dict)
+    rules: dict[str, tuple[tuple[Any, ...], DomainRules]] = field(default_factory=dict)
+    domains: dict[str, DomainRules] | None = None  # the last load's, built over `default`
+    default: DomainRules | None = None
+
+    def take(self, other: Memory) -> None:
+        self.__dict__.update(other.__dict__)
+
+
+def _same(known: tuple[Any, ...], now: Any) -> bool:
+    """The same objects, one for one (cheap: a piece of text that did not change parses to the same objects)."""
+    if not isinstance(now, list | tuple) or len(known) != len(now):
+        return False
+    return all(a is b for a, b in zip(known, now, strict=True))
+
+
+_LIST_FIELDS = {kind: f"{kind}s" for kind in LIST_KINDS}  # the list of a kind, and its field of DomainRules
+# What [default] builds on: the built-in reply lists where the file has none.
+_BUILT_IN = DomainRules(
+    name=OTHER_LABEL,
+    bounces=fallback.BOUNCES,
+    defers=fallback.DEFERS,
+    throttles=fallback.THROTTLES,
+    blocks=fallback.BLOCKS,
+    unknowns=fallback.UNKNOWNS,
+)
+_NO_SETTINGS: dict[str, Any] = {}
+
+
+def _rules(reader: _Reader, name: str, base: DomainRules, settings: dict[str, Any], lists: ReplyLists) -> DomainRules:
+    """One domain's rules (or the default's, name DEFAULT_NAME): its settings and lists over `base`'s."""
+    own = tuple(lists[kind].get(name) for kind in LIST_KINDS)
+    parts = (base, settings, *own)
+    known = reader.memory.rules.get(name)
+    if known is not None and _same(known[0], parts):
+        reader.kept.rules[name] = known
+        return known[1]
+    quiet = reader._quiet()
+    changed: dict[str, Any] = {field: mine for field, mine in zip(_LIST_FIELDS.values(), own, strict=True) if mine}
+    label = OTHER_LABEL if name == DEFAULT_NAME else name
+    rules = replace(base, name=label, **settings, **changed)
+    _check_sum(reader, rules, ("default",) if name == DEFAULT_NAME else ("domain", name))
+    problem = None if name == DEFAULT_NAME else domain_problem(name)
+    if problem is not None:
+        reader.bad(reader.where.place(("domain", name)), _label(("domain", name)), problem)
+    if reader._quiet() == quiet:
+        reader.kept.rules[name] = (parts, rules)
+    return rules
+
+
+def parse_policy(text: str, source: str = "<policy>", memory: Memory | None = None) -> Policy:
+    """Build a Policy from the text of a responses.toml; raise PolicyError naming every problem. With `memory`
+    (what the last load of this file left), only what changed is parsed and built again; the result is the same."""
+    reader = _Reader(text, source, memory)
+    data, touched = _toml(text, source, reader)
     _check_top_keys(reader, data)
-    lists = _reply_lists(reader, data)
-    default = replace(
-        DomainRules(name=OTHER_LABEL),
-        **reader.settings(data.get("default", {}), ("default",), _RULE_PARSERS),
-        bounces=lists["bounce"].get(DEFAULT_NAME) or fallback.BOUNCES,
-        defers=lists["defer"].get(DEFAULT_NAME) or fallback.DEFERS,
-        throttles=lists["throttle"].get(DEFAULT_NAME) or fallback.THROTTLES,
-        blocks=lists["block"].get(DEFAULT_NAME) or fallback.BLOCKS,
-        unknowns=lists["unknown"].get(DEFAULT_NAME) or fallback.UNKNOWNS,
-    )
-    _check_sum(reader, default, ("default",))
-    domains = _domains(reader, data, default, lists)
+    default = _default(reader, data)
+    if touched is not None and DEFAULT_NAME not in touched and default == reader.memory.default:
+        default = reader.memory.default  # the same rules: the domains built over it stand
+        domains = _touched_domains(reader, data, default, touched)  # the rest are the last load's
+    else:
+        domains = _domains(reader, data, default, _reply_lists(reader, data))
+    reader.kept.domains, reader.kept.default = domains, default
     listener_settings = reader.settings(data.get("listener", {}), ("listener",), _LISTENER_PARSERS)
     suffixes = _suffixes(data["domain_suffix"], reader) if "domain_suffix" in data else ()
     schedule = _schedule(reader, data.get("schedule", {}))
     if reader.problems:
         raise PolicyError(reader.problems)
+    if memory is not None:
+        memory.take(reader.kept)
     return Policy(
         source=source,
         default=default,
@@ -405,32 +534,29 @@ def _schedule(reader: _Reader, by_name: Any) -> tuple[Window, ...]:
 
 
 def _window(reader: _Reader, name: str, entry: Any, path: tuple[str, ...], nth: int, label: str) -> Window | None:
-    line = reader.where.table(path, nth)
     if not isinstance(entry, dict):
-        reader.bad(line, label, "each entry must be a table")
+        reader.bad(reader.where.table(path, nth), label, "each entry must be a table")
         return None
     try:
         timing = window_timing(entry)
     except ValueError as e:
-        reader.bad(line, label, str(e))
+        reader.bad(reader.where.table(path, nth), label, str(e))
         return None
     settings = {}
     for key, value in entry.items():
         if key in _WINDOW_TIMING:
             continue
-        where = reader.where.key(path, key, nth)
         if key not in _WINDOW_PARSERS:
-            reader.bad(
-                where, f"{label} {key}", f"unknown key (known: {', '.join(sorted(_WINDOW_PARSERS))}, start, at, length)"
-            )
+            known = f"{', '.join(sorted(_WINDOW_PARSERS))}, start, at, length"
+            reader.bad(reader.where.key(path, key, nth), f"{label} {key}", f"unknown key (known: {known})")
             continue
         try:
             settings[key] = _WINDOW_PARSERS[key](value)
         except _Bad as e:
-            reader.bad(where, f"{label} {key}", str(e))
+            reader.bad(reader.where.key(path, key, nth), f"{label} {key}", str(e))
     if not settings:
         if set(entry) <= set(_WINDOW_TIMING):
-            reader.bad(line, label, "changes nothing: give a rule key, like defer = 100")
+            reader.bad(reader.where.table(path, nth), label, "changes nothing: give a rule key, like defer = 100")
         return None
     start, length, relative = timing
     return Window(name.lower(), tuple(settings.items()), start, length, relative)
@@ -473,9 +599,18 @@ def rule_settings(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _toml(text: str, source: str) -> dict[str, Any]:
+def _toml(text: str, source: str, reader: _Reader | None = None) -> tuple[dict[str, Any], set[str] | None]:
+    """The file's TOML, and the domain names that changed since the last load of `reader.memory` (None: any)."""
+    if reader is not None:
+        try:
+            parsed = pieces.parse(text, reader.memory.chunks)
+        except pieces.Whole:
+            pass
+        else:
+            reader.kept.chunks = parsed.chunks
+            return parsed.data, parsed.touched if reader.memory.domains is not None else None
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text), None
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
@@ -509,6 +644,42 @@ def _reply_lists(reader: _Reader, data: dict[str, Any]) -> ReplyLists:
     return lists
 
 
+def _default(reader: _Reader, data: dict[str, Any]) -> DomainRules:
+    lists: ReplyLists = {kind: {} for kind in LIST_KINDS}
+    for kind in LIST_KINDS:
+        by_name = data.get(kind, {})
+        if isinstance(by_name, dict) and DEFAULT_NAME in by_name:
+            lists[kind][DEFAULT_NAME] = reader.replies(kind, DEFAULT_NAME, by_name[DEFAULT_NAME])
+    settings = reader.settings(data.get("default", {}), ("default",), _RULE_PARSERS)
+    return _rules(reader, DEFAULT_NAME, _BUILT_IN, settings, lists)
+
+
+def _touched_domains(
+    reader: _Reader, data: dict[str, Any], default: DomainRules, touched: set[str]
+) -> dict[str, DomainRules]:
+    """The last load's domains with those whose tables or lists changed built again (or gone), when [default] and
+    the default lists are as they were (pieces.parse found every name in lower case)."""
+    memory, kept = reader.memory, reader.kept
+    assert memory.domains is not None
+    kept.settings, kept.replies, kept.rules = dict(memory.settings), dict(memory.replies), dict(memory.rules)
+    domains = dict(memory.domains)
+    tables = data.get("domain", {})
+    for name in touched:
+        kept.settings.pop(("domain", name), None)
+        kept.rules.pop(name, None)
+        lists: ReplyLists = {kind: {} for kind in LIST_KINDS}
+        for kind in LIST_KINDS:
+            kept.replies.pop((kind, name), None)
+            if name in data.get(kind, ()):
+                lists[kind][name] = reader.replies(kind, name, data[kind][name])
+        if name not in tables and not any(lists.values()):
+            domains.pop(name, None)
+            continue
+        settings = reader.settings(tables[name], ("domain", name), _RULE_PARSERS) if name in tables else _NO_SETTINGS
+        domains[name] = _rules(reader, name, default, settings, lists)
+    return domains
+
+
 def _domains(reader: _Reader, data: dict[str, Any], default: DomainRules, lists: ReplyLists) -> dict[str, DomainRules]:
     """Every domain a table or a list names: its own settings and lists over the default's."""
     domain_tables = data.get("domain", {})
@@ -520,21 +691,7 @@ def _domains(reader: _Reader, data: dict[str, Any], default: DomainRules, lists:
     }
     names = set(per_domain) | {n for kind in LIST_KINDS for n in lists[kind]}
     names.discard(DEFAULT_NAME)
-    domains: dict[str, DomainRules] = {}
-    for name in sorted(names):
-        rules = replace(
-            default,
-            name=name,
-            **per_domain.get(name, {}),
-            bounces=lists["bounce"].get(name) or default.bounces,
-            defers=lists["defer"].get(name) or default.defers,
-            throttles=lists["throttle"].get(name) or default.throttles,
-            blocks=lists["block"].get(name) or default.blocks,
-            unknowns=lists["unknown"].get(name) or default.unknowns,
-        )
-        _check_sum(reader, rules, ("domain", name))
-        domains[name] = rules
-    return domains
+    return {name: _rules(reader, name, default, per_domain.get(name, _NO_SETTINGS), lists) for name in sorted(names)}
 
 
 def _check_sum(reader: _Reader, rules: DomainRules, path: tuple[str, ...]) -> None:
@@ -546,8 +703,9 @@ def _check_sum(reader: _Reader, rules: DomainRules, path: tuple[str, ...]) -> No
         )
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and parse a policy file; unreadable files are a PolicyError too."""
+def load_policy(path: str | Path, memory: Memory | None = None) -> Policy:
+    """Read and parse a policy file (with what its last load left in `memory`, when given); unreadable files are a
+    PolicyError too."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -559,4 +717,4 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError([Problem(source, None, "", f"not UTF-8 text ({e.reason} at byte {e.start})")]) from None
     except OSError as e:
         raise PolicyError([Problem(source, None, "", f"cannot be read: {e.strerror}")]) from None
-    return parse_policy(text, source)
+    return parse_policy(text, source, memory)

@@ -307,5 +307,6 @@ class TestKubernetes:
         assert statefulset["spec"]["serviceName"] == "smartsink"
         assert documents["smartsink/Service"]["spec"]["clusterIP"] == "None"
         assert documents["smartsink-smtp/Service"]["spec"]["ports"][0]["port"] == 25
-        probe = statefulset["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
-        assert probe["path"] == "/health"
+        container = statefulset["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"

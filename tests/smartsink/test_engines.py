@@ -104,6 +104,11 @@ CONVERSATIONS = {
     "header required": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<b@strict.test>", "DATA", *BODY],
     "weighted texts": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<b@weighted.test>"],
     "auth not offered": ["EHLO c", "AUTH PLAIN AGEAYg=="],
+    # Where the engines once answered apart: aiosmtpd took RCPT TO:<>, the fast engine took QUIT and RSET with an
+    # argument (RFC 5321 allows none).
+    "empty recipient": ["EHLO c", "MAIL FROM:<a@x.test>", "RCPT TO:<>", "RCPT TO:<b@example.com>"],
+    "quit with an argument": ["EHLO c", "QUIT now", "QUIT"],
+    "rset with an argument": ["EHLO c", "MAIL FROM:<a@x.test>", "RSET now", "MAIL FROM:<a@x.test>", "RSET"],
 }
 
 # (conversation, reply index) -> (fast engine's code, why it differs from aiosmtpd's there).

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import re
+import sys
 import tomllib
 from importlib import resources
 
 import pytest
 
+from bench.reload import big_policy, domain_name
 from harness.policies import KUMO_POLICY, SHIPPED_POLICY, needs_kumo_policy
-from smartsink.policy import PolicyError, fallback, load_policy, parse_policy
+from smartsink.policy import PolicyError, fallback, load_policy, parse_policy, pieces
+from smartsink.policy.loader import Memory
 from smartsink.policy.model import Escalation, Latency, Reply, Window
 
 SOURCE = "x.toml"
@@ -498,3 +503,122 @@ def test_policy_check_refuses_a_nan_rate():
     with pytest.raises(PolicyError) as caught:
         parse_policy('[default]\nrate = "nan/s"\n', "x.toml")
     assert str(caught.value).startswith("x.toml:2: [default] rate:")
+
+
+# --- big policies: linear work, the same result piece by piece ------------------------------------------------------
+
+
+def _steps(text: str) -> int:
+    """Lines of the loader's own code run to load `text` (its problems included): work counted, not timed."""
+    count = 0
+
+    def local(frame, event, arg):  # type: ignore[no-untyped-def]
+        nonlocal count
+        count += event == "line"
+        return local
+
+    def calls(frame, event, arg):  # type: ignore[no-untyped-def]
+        return local if frame.f_code.co_filename.endswith(("policy/loader.py", "policy/pieces.py")) else None
+
+    sys.settrace(calls)
+    try:
+        with contextlib.suppress(PolicyError):
+            parse_policy(text, SOURCE)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+class TestBigPolicies:
+    @pytest.mark.parametrize("broken", [False, True], ids=["good", "a-problem-in-each-domain"])
+    def test_work_grows_linearly_with_the_domains(self, broken):
+        """Twice the domains, about twice the work (the line index was scanned whole per key: four times)."""
+        small, large = big_policy(150), big_policy(300)
+        if broken:  # every domain names an unknown key: every problem needs its line
+            small, large = (t.replace("defer = 0\nlatency", "defer = 0\nbounse = 1\nlatency") for t in (small, large))
+        ratio = _steps(large) / _steps(small)
+        assert ratio < 2.4, ratio
+
+    def test_problems_name_their_lines_in_a_big_file(self):
+        """Problems deep in a file of thousands of tables are named at their own line."""
+        text = big_policy(3000)
+        lines = text.splitlines()
+        for index in (5, 1500, 2999):
+            at = lines.index(f'[domain."{domain_name(index)}"]') + 1  # its bounce line (numbered from 1: + 2)
+            lines[at] = "bounce = 250"
+        with pytest.raises(PolicyError) as caught:
+            parse_policy("\n".join(lines) + "\n", SOURCE)
+        expected = [
+            f'{SOURCE}:{lines.index(f"""[domain."{domain_name(i)}"]""") + 2}: [domain."{domain_name(i)}"] bounce'
+            for i in (5, 1500, 2999)
+        ]
+        assert [str(p).rpartition(":")[0] for p in caught.value.problems] == expected
+
+
+# Texts whose pieces are put together, or that must be parsed whole: each gives what tomllib gives, or its error.
+PIECEWISE = {
+    "shipped": SHIPPED_POLICY.read_text(),
+    "list-across-chunks": '[[bounce."a.test"]]\ncode = 550\nmsg = "one"\n[domain."b.test"]\nbounce = 1\n'
+    '[[bounce."a.test"]]\ncode = 551\nmsg = "two"\n',
+    "header-inside-a-string": '[[bounce."a.test"]]\ncode = 550\nmsg = """line\n[domain."x.test"]\nmore"""\n',
+    "header-inside-an-array": '[domain."a.test"]\nrequire_headers = [\n"Date",\n]\n[domain."b.test"]\nbounce = 1\n',
+    "table-twice": '[domain."a.test"]\nbounce = 1\n[domain."b.test"]\n[domain."a.test"]\ndefer = 1\n',
+    "default-twice": "[default]\nbounce = 1\n[listener]\n[default]\ndefer = 1\n",
+    "upper-case": '[domain."A.test"]\nbounce = 1\n[domain."a.test"]\nbounce = 2\n',
+    "inline-tables": '[domain]\n"a.test" = { bounce = 1 }\n"b.test" = { defer = 2 }\n',
+    "dotted-top-keys": 'domain_suffix = "x.test"\ndomain."a.test".bounce = 1\n[domain."b.test"]\n',
+    "same-text-twice": '[[defer."a.test"]]\ncode = 451\n[[defer."a.test"]]\ncode = 451\n',
+    "other-tables": "[default]\nbounce = 1\n[default.latency]\nmedian = '1s'\n",
+}
+
+
+@pytest.mark.parametrize("text", list(PIECEWISE.values()), ids=list(PIECEWISE))
+@pytest.mark.parametrize("mask", [0, pieces.CHUNK_MASK], ids=["a-chunk-a-table", "usual-chunks"])
+def test_pieces_put_together_are_tomllib(text, mask, monkeypatch):
+    """Chunks parsed alone and put together give tomllib's result; what they cannot give is parsed whole."""
+    monkeypatch.setattr(pieces, "CHUNK_MASK", mask)
+    try:
+        whole = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        with pytest.raises(pieces.Whole):
+            pieces.parse(text, {})
+        return
+    with contextlib.suppress(pieces.Whole):
+        assert pieces.parse(text, {}).data == whole
+
+
+def _domain_line(index: int, old: str, new: str) -> object:
+    header = f'[domain."{domain_name(index)}"]\n'
+    return lambda text: text.replace(header + old, header + new)
+
+
+EDITS = {
+    "a domain's value": _domain_line(7, "bounce = 0", "bounce = 5"),
+    "a domain added": lambda t: t + '[domain."new.test"]\ndefer = 3\n',
+    "a domain removed": lambda t: t.replace('[domain."d0000100.example"]', '[domain."d0000100.gone"]'),
+    "a list entry added": lambda t: t + '[[defer."d0000003.example"]]\ncode = 452\nmsg = "4.2.2 later"\n',
+    "a key line added": lambda t: t.replace('d0000050.example"]]\n', 'd0000050.example"]]\nweight = 2\n'),
+    "the default": lambda t: t.replace("[default]\nbounce = 0", "[default]\nbounce = 1"),
+    "a problem": _domain_line(9, "bounce = 0", "bounce = 900"),
+    "not valid TOML": _domain_line(9, "bounce = 0", "bounce = = 0"),
+}
+
+
+@pytest.mark.parametrize("mask", [1, pieces.CHUNK_MASK], ids=["small-chunks", "usual-chunks"])
+def test_a_reload_with_memory_is_a_fresh_load(mask, monkeypatch):
+    """Each edit, loaded with what the last load left, gives the policy (or the errors) a fresh load gives."""
+    monkeypatch.setattr(pieces, "CHUNK_MASK", mask)
+    memory = Memory()
+    text = big_policy(300)
+    assert parse_policy(text, SOURCE, memory) == parse_policy(text, SOURCE)
+    for name, edit in EDITS.items():
+        text = edit(text)
+        try:
+            fresh = parse_policy(text, SOURCE)
+        except PolicyError as e:
+            with pytest.raises(PolicyError, match=f"^{re.escape(str(e))}$"):
+                parse_policy(text, SOURCE, memory)
+            text = big_policy(300)
+            parse_policy(text, SOURCE, memory)
+            continue
+        assert parse_policy(text, SOURCE, memory) == fresh, name

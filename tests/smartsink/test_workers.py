@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -16,6 +17,7 @@ from harness.policies import PROVIDERS
 from harness.processes import gone, worker_pids
 from harness.sink import running_sink, start_sink, wait_for, write_policy
 from harness.smtp import BODY, close, connect, connected, needs_smtp_source, send, transaction
+from smartsink.supervisor import REPLACE_AFTER, STUCK_AFTER
 
 # One message per connection, cycling through these (recipient, reply code, metrics key).
 PLAN = [
@@ -57,7 +59,7 @@ class TestSums:
         """Messages over 120 connections reach both workers; every scrape of /metrics shows the sum."""
         connections = 120
         with running_sink("--workers", "2", "--seed", "5", policy=policy) as sink:
-            assert sink.health()["workers"] == {"configured": 2, "alive": 2, "restarts": 0}
+            assert sink.health()["workers"] == {"configured": 2, "alive": 2, "stuck": [], "restarts": 0}
             expected, workers = send_plan(sink, connections)
             assert workers == {0, 1}, "the kernel gave every connection to one worker; the sum proves nothing"
             for _ in range(5):
@@ -148,6 +150,38 @@ class TestRestart:
                 timeout=5,
                 what="connections_active back to 0",
             )
+
+
+class TestFrozen:
+    @pytest.mark.slow
+    def test_a_frozen_worker_is_reported_then_replaced(self, policy):
+        """kill -STOP one worker: /health says which within STUCK_AFTER (503, not ready, still live), and the
+        supervisor replaces it past REPLACE_AFTER; then the sink is whole again (200)."""
+        with running_sink("--workers", "2", policy=policy) as sink:
+            supervisor = sink.process.pid
+            workers = worker_pids(supervisor)
+            victim = min(workers)
+            frozen_at = time.monotonic()
+            os.kill(victim, signal.SIGSTOP)
+            try:
+                health = wait_for(
+                    lambda: (h := sink.health())["workers"]["stuck"] and h,
+                    timeout=STUCK_AFTER + 10,
+                    what="the frozen worker to be reported",
+                )
+                assert sink.get("/health")[0] == 503
+                assert health["serving"] is False
+                assert sink.get("/health/ready")[0] == 503
+                assert sink.get("/health/live")[0] == 200
+                wait_for(lambda: gone(victim), timeout=REPLACE_AFTER + 20, what="the frozen worker to be replaced")
+                assert time.monotonic() - frozen_at > REPLACE_AFTER
+                wait_for(lambda: sink.get("/health")[0] == 200, timeout=30, what="the sink whole again")
+                assert sink.health()["workers"]["stuck"] == []
+                assert victim not in worker_pids(supervisor)
+                assert send(sink, ["after@example.org"])[0] == 250
+            finally:
+                if not gone(victim):
+                    os.kill(victim, signal.SIGKILL)
 
 
 class TestStop:

@@ -126,6 +126,15 @@ class TestSaysWhatWentWrong:
         assert "is it an SMTP server?" in line
         assert "cut:" not in done.stderr
 
+    def test_greeting_then_silence_names_ehlo(self):
+        """A server that greets and never answers EHLO, --duration 2: exit 1, one line naming EHLO (it did greet)."""
+        with GreetOnly(b"220 mute.test ESMTP\r\n") as target:
+            done = run_trafficgen("--target", target, "--duration", "2", "--concurrency", "5", "-q")
+        assert done.returncode == 1
+        (line,) = error_lines(done)
+        assert line.startswith(f"trafficgen: error: timeout: {target} greeted, then sent no reply to EHLO in 2.")
+        assert "greeting" not in line.replace("greeted", "")
+
     def test_http_server_is_not_smtp(self):
         """python3 -m http.server as the target: exit 1, no greeting named as the problem."""
         with subprocess.Popen(

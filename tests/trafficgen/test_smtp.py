@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -292,3 +293,70 @@ class TestSession:
         assert "closed the connection" in outcome.text
         assert outcome.recipient_kinds == (ERROR,)
         assert not session.usable
+
+
+def answering(replies: dict[bytes, bytes], pipelining: bool) -> Raw:
+    """A raw server that greets, answers EHLO, and answers each command by its verb from `replies` (a message's
+    content lines get nothing until its ending dot)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw.test ESMTP\r\n")
+        in_data = False
+        while line := await reader.readline():
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    writer.write(replies.get(b".", b"250 2.0.0 queued\r\n"))
+                continue
+            verb = line.split(b" ", 1)[0].split(b":", 1)[0].strip().upper()
+            if verb == b"EHLO" and verb not in replies:
+                writer.write(b"250-raw.test\r\n250 PIPELINING\r\n" if pipelining else b"250 raw.test\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+            else:
+                answer = replies.get(verb, b"250 ok\r\n")
+                in_data = verb == b"DATA" and answer.startswith(b"354")
+                writer.write(answer)
+            await writer.drain()
+
+    return serve
+
+
+@pytest.mark.asyncio
+class TestUnexpectedReplies:
+    """A reply that answers nothing (354 to MAIL FROM, 250 to DATA, 354 to a message's end) is an error that names
+    the command and the reply, not the reply's text alone ("go", "ok")."""
+
+    @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "stepwise"])
+    @pytest.mark.parametrize(
+        ("replies", "words"),
+        [
+            ({b"MAIL": b"354 go\r\n"}, "unexpected reply 354 go to MAIL FROM"),
+            ({b"DATA": b"250 ok\r\n"}, "unexpected reply 250 ok to DATA"),
+            ({b"DATA": b"354 go on\r\n", b".": b"354 more\r\n"}, "unexpected reply 354 more to the end of DATA"),
+        ],
+        ids=["354-to-mail", "250-to-data", "354-to-the-end"],
+    )
+    async def test_names_the_command_and_the_reply(self, replies, words, pipelining):
+        """The outcome is an error whose text says which command got which reply."""
+        async with server(raw=answering(replies, pipelining)) as port:
+            config = config_for(port, pipelining=pipelining)
+            session = await open_session(config)
+            outcome = await session.send(MessageFactory(config, random.Random(1)).build(0, 0.0))
+            await session.quit()
+        assert outcome.kind == ERROR
+        assert outcome.text == words
+
+    async def test_a_silent_ehlo_is_named(self):
+        """A server that greets and never answers EHLO times out naming EHLO, not the greeting."""
+        async with server(raw=answering({b"EHLO": b""}, True)) as port:
+            registry: set = set()
+            opening = asyncio.ensure_future(Session.open(config_for(port), None, registry))
+            deadline = time.monotonic() + DEADLINE
+            while not opening.done():  # the run's sweep, as if the timeout had passed
+                assert time.monotonic() < deadline, "the opening never timed out"
+                for protocol in registry:
+                    protocol.timed_out(time.monotonic() + 10.0, 5.0)
+                await asyncio.sleep(0.05)
+            with pytest.raises(SessionError, match="no reply to EHLO in 5 s"):
+                opening.result()

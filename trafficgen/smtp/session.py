@@ -55,6 +55,8 @@ class ClientProtocol(asyncio.Protocol):
         self.failure: SessionError | None = None
         self.closed = False
         self.waiting_since = 0.0
+        self.awaiting = "the greeting"  # what the reply being waited for answers, for the words of a timeout
+        self.progress: list[str] | None = None  # the opening's steps, while it opens
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -92,7 +94,7 @@ class ClientProtocol(asyncio.Protocol):
         """Called by the run's once-a-second sweep: fail a wait longer than `timeout` (no timer per read)."""
         waiter = self.waiter
         if waiter is not None and not waiter.done() and now - self.waiting_since > timeout:
-            waiter.set_exception(SessionError("timeout", f"no reply in {timeout:g} s"))
+            waiter.set_exception(SessionError("timeout", f"no reply to {self.awaiting} in {timeout:g} s"))
 
     async def reply(self) -> Reply:
         while not self.replies:
@@ -139,13 +141,20 @@ class Session:
 
     @classmethod
     async def open(
-        cls, config: Any, tls: ssl.SSLContext | None, registry: set[ClientProtocol], source: str | None = None
+        cls,
+        config: Any,
+        tls: ssl.SSLContext | None,
+        registry: set[ClientProtocol],
+        source: str | None = None,
+        progress: list[str] | None = None,
     ) -> Session:
         """Connect (from the local address `source`, when given), read the greeting, EHLO (then STARTTLS and
-        EHLO again, AUTH) as the config asks.
+        EHLO again, AUTH) as the config asks. `progress`, when given, gets what the opening waits for as it goes
+        ("the greeting", then "EHLO"...): what a caller that gives up says was never answered.
 
         Raises SessionError for network and setup failures, Refused for a greeting or EHLO that says no.
         """
+        progress = [] if progress is None else progress
         loop = asyncio.get_running_loop()
         started = monotonic()
         local = (source, 0) if source else None
@@ -166,6 +175,8 @@ class Session:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         registry.add(protocol)
+        protocol.progress = progress
+        progress.append("the greeting")
         session = cls(protocol, config.pipelining)
         connected = monotonic()
         session.connect_s = connected - started
@@ -179,6 +190,7 @@ class Session:
                 await session._starttls(tls, config.ehlo)
             if config.auth_user:
                 await session._auth(config.auth_user, config.auth_password)
+            protocol.progress = None
         except BaseException:
             transport.abort()
             registry.discard(protocol)
@@ -186,8 +198,12 @@ class Session:
         return session
 
     async def _command(self, line: str) -> Reply:
-        self.protocol.write(line.encode("utf-8") + b"\r\n")
-        return await self.protocol.reply()
+        protocol = self.protocol
+        protocol.awaiting = line.split(" ", 1)[0] if not line.startswith(("MAIL", "RCPT")) else line.split(":")[0]
+        if protocol.progress is not None:
+            protocol.progress.append(protocol.awaiting)
+        protocol.write(line.encode("utf-8") + b"\r\n")
+        return await protocol.reply()
 
     async def _greet(self, name: str) -> None:
         sent = monotonic()
@@ -320,7 +336,7 @@ class Session:
         mail = await self._command(f"MAIL FROM:<{message.sender}>")
         self.too_many = self.too_many or mail.too_many_recipients
         if mail.code != 250:
-            return self._rejected(mail, message, started, mail_reply=mail)
+            return self._rejected(mail, message, started, mail_reply=mail, command="MAIL FROM")
         rcpts = []
         for recipient in message.recipients:
             answer = await self._command(f"RCPT TO:<{recipient}>")
@@ -350,7 +366,7 @@ class Session:
             self.needs_rset = True
             if data.code == 354:
                 await self._abort_data()
-            return self._rejected(mail, message, started, mail_reply=mail)
+            return self._rejected(mail, message, started, mail_reply=mail, command="MAIL FROM")
         self.too_many = self.too_many or mail.too_many_recipients or data.too_many_recipients
         if data.code != 354:
             self.needs_rset = True  # the server may still hold the MAIL transaction
@@ -358,7 +374,7 @@ class Session:
                 return self._closed_by(data, message, started)
             if not any(accepted):
                 return self._all_refused(rcpts, message, started, mail, data.at)
-            return self._rejected(data, message, started, mail_reply=mail, rcpts=rcpts)
+            return self._rejected(data, message, started, mail_reply=mail, rcpts=rcpts, command="DATA")
         if not any(accepted):
             # RFC 2920 3.1: a server may say 354 even though every recipient failed; end the empty message.
             await self._abort_data()
@@ -372,6 +388,8 @@ class Session:
         final = await protocol.reply()
         self.last_end = final.at
         self.too_many = self.too_many or final.too_many_recipients
+        if final.code // 100 not in (2, 4, 5):  # not an answer to a message's end at all
+            return self._rejected(final, message, started, mail_reply=mail, command="the end of DATA")
         kind = final.kind
         kinds = tuple(kind if ok else r.kind for ok, r in zip(accepted, rcpts, strict=True))
         if final.code == 421:
@@ -394,14 +412,20 @@ class Session:
         started: float,
         mail_reply: Reply,
         rcpts: list[Reply] | None = None,
+        command: str = "",
     ) -> Outcome:
+        """The message refused by `reply` to `command`; a reply that is not a refusal (354 to MAIL FROM, 250 to
+        DATA) is an error that says which command got which reply."""
         self.needs_rset = True
         kind = reply.kind if reply.kind != ACCEPTED else ERROR
+        text = reply.text
+        if kind == ERROR:
+            text = f"unexpected reply {reply.code} {reply.one_line()} to {command}".replace("  ", " ")
         if rcpts:
             kinds = tuple(r.kind if r.code // 100 != 2 else kind for r in rcpts)
         else:
             kinds = (kind,) * len(message.recipients)
-        return Outcome(kind, reply.code, reply.text, kinds, reply.code == 421, started, mail_reply.at, end=reply.at)
+        return Outcome(kind, reply.code, text, kinds, reply.code == 421, started, mail_reply.at, end=reply.at)
 
     def _all_refused(
         self, rcpts: list[Reply], message: Message, started: float, mail: Reply, end: float = 0.0
