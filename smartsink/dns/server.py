@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -118,9 +119,16 @@ class DnsServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind UDP, then TCP on the same port (port 0: the first free port both can have)."""
         loop = asyncio.get_running_loop()
+        family, _, _, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM))[0]
         for _ in range(20 if port == 0 else 1):
-            self.udp, _protocol = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=(host, port))
-            bound = self.udp.get_extra_info("sockname")
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind(address)  # bound here, not by the loop: an error keeps its errno ("address already in use")
+            except OSError:
+                sock.close()
+                raise
+            self.udp, _protocol = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
+            bound = sock.getsockname()
             try:
                 self.tcp = await loop.create_server(lambda: _Stream(self), host, bound[1], reuse_address=True)
             except OSError as e:
