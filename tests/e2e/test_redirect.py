@@ -270,9 +270,10 @@ class TestPostfixRoutesByMx:
             assert metrics.value("smartsink_mx_connections_total", mx=mx) >= 1
         sets = {shipped().exchanges(d) for d in DOMAINS} - {None}
         hosts_of_sets = sorted(len(s) for s in sets)
+        sample = next(line for line in scene["log"].splitlines() if "relay=gmail-smtp-in" in line)
         print(
             f"\nPostfix routed by MX: {sum(logged.values())} delivered, {len(sets) + 1} MX sets "
-            f"({hosts_of_sets} hosts, and one for {UNLISTED}), per MX: {dict(sorted(logged.items()))}"
+            f"({hosts_of_sets} hosts, and one for {UNLISTED}), per MX: {dict(sorted(logged.items()))}\n{sample}"
         )
 
     def test_postfix_asked_the_sinks_dns(self, scene):
