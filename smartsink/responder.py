@@ -27,7 +27,7 @@ from smartsink.limits import Limits
 from smartsink.limits.state import limit_key
 from smartsink.policy import decide as policy
 from smartsink.policy import fallback
-from smartsink.policy.model import DomainRules, Outcome, Policy, Reply
+from smartsink.policy.model import DomainRules, Exchange, Outcome, Policy, Reply
 
 _RULES_CACHE_MAX = 10_000
 OTHER_MX = "other"  # the per-MX label of an address in --dns-network that is no known MX host's
@@ -74,33 +74,40 @@ class SinkContext:
         seed = config.seed if config.seed is None else config.seed + worker
         self.rng = random.Random(seed)
         self._rules: dict[str, DomainRules] = {}
+        self.mx_addressing: tuple[Addressing, ...] = ()
+        self._mx_source: dict[str, tuple[Exchange, ...]] | None = None  # the policy `mx` the addressing is for
+        self._mx_at: dict[str, tuple[str | None, str]] = {}  # destination -> mx_at(destination), cached
         self.set_policy(policy_in_force)
         self._queue_ids = itertools.count((os.getpid() << 20) if seed is None else worker << 24)
         self.welcome = Action(replies.banner(config.hostname), accepted=True)
         self.tracing = logs.tracing()  # --log-level debug: each connection and transaction
 
     def set_policy(self, new: Policy) -> None:
-        previous = getattr(self, "policy", None)
         self.policy = new
         self.suffixes = tuple(dict.fromkeys((*self.config.domain_suffixes, *new.suffixes)))
         self._rules = {}
-        if previous is None or previous.mx != new.mx:
+        if self._mx_source is None or self._mx_source != new.mx:
+            # The same addresses the sink's DNS gives (smartsink.dns.server builds its zone from the same inputs).
             hosts = mx_table.for_policy(new).hosts
-            self.mx_addressing = tuple(
-                Addressing.of(network, hosts)
-                for network in (self.config.dns_network, self.config.dns_network6)
-                if network is not None
-            )
+            networks = (self.config.dns_network, self.config.dns_network6)
+            self.mx_addressing = tuple(Addressing.of(network, hosts) for network in networks if network is not None)
+            self._mx_source, self._mx_at = new.mx, {}
 
     def mx_at(self, address: str) -> tuple[str | None, str]:
         """The MX host a connection to `address` was meant for, as /metrics labels it (a host of the MX table, or
         "other" for an address of --dns-network that is no known host's: an unlisted domain's MX), None when the
         address is not in the network; and what `per = "mx"` counts it under (the host, else the address)."""
-        for addressing in self.mx_addressing:
-            if addressing.slot_of(address) is not None:
-                host = addressing.host_at(address)
-                return (host, host) if host is not None else (OTHER_MX, address)
-        return None, address
+        found = self._mx_at.get(address)
+        if found is None:
+            found = None, address
+            for addressing in self.mx_addressing:
+                if addressing.slot_of(address) is not None:
+                    host = addressing.host_at(address)
+                    found = (host, host) if host is not None else (OTHER_MX, address)
+            if len(self._mx_at) >= _RULES_CACHE_MAX:
+                self._mx_at = {}
+            self._mx_at[address] = found
+        return found
 
     def rules_for(self, domain: str) -> DomainRules:
         """The rules for a lower-cased recipient domain (policy.split_address), cached per domain."""

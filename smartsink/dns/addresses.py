@@ -81,10 +81,10 @@ class Addressing:
     def slot_of(self, address: str) -> int | None:
         """The slot of an address of this network, None when it is not one."""
         try:
-            value = int(ipaddress.ip_address(address))
+            parsed = ipaddress.ip_address(address)
         except ValueError:
             return None
-        if ipaddress.ip_address(address).version != self.network.version:
+        if parsed.version != self.network.version:
             return None
-        slot = value - self.first
+        slot = int(parsed) - self.first
         return slot if 0 <= slot < self.count else None

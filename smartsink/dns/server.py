@@ -200,21 +200,30 @@ class _Stream(asyncio.Protocol):
         self.buf += data
         self._drain()
 
+    def _next_query(self) -> bytes | None:
+        """The next complete query of the buffer, taken out of it; None when none is complete (or the length is
+        one no query has: the connection is then cut, and that counted)."""
+        if self.transport.is_closing() or len(self.buf) < 2:
+            return None
+        (size,) = _LENGTH.unpack_from(self.buf)
+        if size == 0 or size > MAX_QUERY:
+            _dropped("oversized" if size else "malformed")
+            self.buf.clear()
+            self.transport.abort()
+            return None
+        if len(self.buf) < 2 + size:
+            return None
+        wire = bytes(self.buf[2 : 2 + size])
+        del self.buf[: 2 + size]
+        return wire
+
     def _drain(self) -> None:
         """Answer the complete queries in the buffer, BATCH at a time; a flood yields to the loop in between."""
         self.draining = False
         for _ in range(BATCH):
-            if self.transport.is_closing() or len(self.buf) < 2:
+            wire = self._next_query()
+            if wire is None:
                 break
-            (size,) = _LENGTH.unpack_from(self.buf)
-            if size == 0 or size > MAX_QUERY:
-                _dropped("oversized" if size else "malformed")
-                self.transport.abort()
-                return
-            if len(self.buf) < 2 + size:
-                break
-            wire = bytes(self.buf[2 : 2 + size])
-            del self.buf[: 2 + size]
             reply = self.server.respond(wire, self.client, tcp=True)
             if reply is not None:
                 self.transport.write(_LENGTH.pack(len(reply)) + reply)
@@ -222,10 +231,12 @@ class _Stream(asyncio.Protocol):
             if len(self.buf) >= 2 and not self.transport.is_closing():
                 self.draining = True
                 self.loop.call_soon(self._drain)  # more queued: answer them on the loop's next turn
+        if self.transport.is_closing():
+            return
         self._flow()
         if self.eof and not self.draining:
             self._finish()
-        elif not self.transport.is_closing():
+        else:
             # A query begun and not complete must arrive within PARTIAL_TIMEOUT: a length the bytes never catch up
             # with is a lie. Between queries, the connection may idle for IDLE_TIMEOUT.
             self._arm(PARTIAL_TIMEOUT if self.buf else IDLE_TIMEOUT)
