@@ -221,6 +221,7 @@ def test_the_zone_follows_a_reload(tmp_path):
         wait_for(served, timeout=10, what="the reloaded MX set")
 
 
+@pytest.mark.slow
 def test_addresses_are_the_same_after_a_restart_and_with_workers(tmp_path):
     """Every MX host has the same address from a new sink with two workers as from the first."""
     path = write_policy(tmp_path, POLICY)
@@ -286,9 +287,12 @@ def answered(sink: SinkProcess) -> float:
     return sum(v for n, _, v in Metrics.scrape(sink).samples if n == "smartsink_dns_queries_total")
 
 
+RATE = 50  # queries a second per client for the hostile tests: a flood outruns it even on a loaded machine
+
+
 @pytest.fixture
 def hostile_sink(tmp_path: Path) -> Iterator[SinkProcess]:
-    with running_sink("--dns", "127.0.0.1:0", "--dns-rate", "500/s", policy=POLICY, tmp=tmp_path) as started:
+    with running_sink("--dns", "127.0.0.1:0", "--dns-rate", f"{RATE}/s", policy=POLICY, tmp=tmp_path) as started:
         yield started
 
 
@@ -355,12 +359,12 @@ class TestHostileInput:
 
     @pytest.mark.slow
     def test_a_pipelined_flood_over_the_rate_is_dropped_and_smtp_answers(self, hostile_sink):
-        """5,000 queries pipelined on one TCP connection at --dns-rate 500/s: at most a second's worth plus the
-        rate for the time it took are answered, the rest counted as dropped, exactly 5,000 in all; an SMTP session
-        beside it gets every reply in time."""
+        """3,000 queries pipelined on one TCP connection at --dns-rate 50/s: at most a second's worth plus the rate
+        for the time it took are answered, the rest counted as dropped, exactly 3,000 in all; an SMTP session beside
+        it gets every reply in time."""
         sink = hostile_sink
         assert sink.dns is not None
-        total, rate = 5000, 500
+        total, rate = 3000, RATE
         before = answered(sink)
         frames = b"".join(struct.pack("!H", len(q)) + q for q in (query(ident=n % 65536) for n in range(total)))
         replies, smtp_latencies = [], []
@@ -388,9 +392,10 @@ class TestHostileInput:
             size = struct.unpack("!H", data[:2])[0]
             replies.append(data[2 : 2 + size])
             data = data[2 + size :]
-        assert len(replies) <= rate + rate * elapsed + 1
+        allowed = rate + rate * elapsed + 1  # a second's worth at once, then the rate, for as long as it took
+        assert len(replies) <= allowed
         assert dropped(sink)["rate"] + len(replies) == total
-        assert dropped(sink)["rate"] > 0
+        assert dropped(sink)["rate"] >= total - allowed
         assert answered(sink) - before == len(replies)
         assert len(smtp_latencies) == 20, "the SMTP session went through"
         assert max(smtp_latencies) < 5.0
