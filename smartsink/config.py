@@ -6,6 +6,7 @@ text a user writes becomes its value are declared on the field; the command line
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 from mailload import contract, units
 from mailload.options import HIDDEN, OptionError, option, values
+from smartsink.policy.model import Rate
 
 DEFAULT_LISTEN = "127.0.0.1:2026"
 DEFAULT_HTTP = "127.0.0.1:8000"
@@ -29,7 +31,11 @@ MAX_MESSAGE_SIZE = 1024**3
 AUTH_MODES = ("off", "any", "required")
 ENGINES = ("fast", "aiosmtpd")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LISTEN, POLICY, SMTP, RUN = "Listeners", "Policy", "SMTP", "Running"
+LISTEN, POLICY, SMTP, DNS, RUN = "Listeners", "Policy", "SMTP", "DNS", "Running"
+# TEST-NET-1 (RFC 5737): documentation only, never a real host, so an MX address the sink's DNS gives out can only
+# reach the sink (through the redirect) and never anyone else.
+DEFAULT_DNS_NETWORK = "192.0.2.0/24"
+DEFAULT_DNS_RATE = "5000/s"
 
 
 class ConfigError(ValueError):
@@ -61,6 +67,41 @@ def _admin(text: str) -> tuple[str, int] | None:
         return None
     parsed: tuple[str, int] = _hostport("--http")(text)
     return parsed
+
+
+def _dns_listener(text: str) -> tuple[str, int] | None:
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    parsed: tuple[str, int] = _hostport("--dns")(text)
+    return parsed
+
+
+def _network(flag: str, version: int) -> Any:
+    def parse(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        if version == 6 and text.strip().lower() in ("", "off", "none"):
+            return None
+        try:
+            network = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            example = "2001:db8::/64" if version == 6 else DEFAULT_DNS_NETWORK
+            raise ConfigError(f"{flag} {text!r} is not a network like {example}") from None
+        if network.version != version:
+            raise ConfigError(f"{flag} {text!r} must be an IPv{version} network")
+        return network
+
+    return parse
+
+
+def _dns_rate(text: str) -> Rate | None:
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    try:
+        spec = units.parse_rate(text)
+    except ValueError as e:
+        raise ConfigError(f"--dns-rate: {e}") from None
+    if spec.count <= 0:
+        raise ConfigError(f"--dns-rate {text!r} must be more than 0 (or off)")
+    return Rate(spec.count, spec.per)
 
 
 def _suffixes(text: str) -> tuple[str, ...]:
@@ -289,6 +330,55 @@ class SinkConfig:
         panel=SMTP,
         metavar="SECONDS",
         given_as=float,
+    )
+    # DNS
+    dns: tuple[str, int] | None = option(
+        None,
+        help="Serve DNS on HOST:PORT (UDP and TCP): the providers' MX topology under the suffixes, for redirect mode",
+        doc=(
+            "serve DNS on HOST:PORT, UDP and TCP, for an MTA that routes by MX itself (the redirect mode, "
+            "[deployment.md](deployment.md#redirect-the-mtas-own-routing-to-the-sink)): authoritative for the names "
+            "under the suffixes (`--domain-suffix`, the policy's `domain_suffix`), each domain's real MX hosts "
+            "placed under the suffix, an address in `--dns-network` for each; REFUSED for any other name, never "
+            "recursion; port 0 picks a free one; `off` (the default) for none"
+        ),
+        panel=DNS,
+        metavar="HOST:PORT",
+        parse=_dns_listener,
+        shown_default="off",
+    )
+    dns_network: ipaddress.IPv4Network = option(
+        ipaddress.IPv4Network(DEFAULT_DNS_NETWORK),
+        help="The network the DNS gives MX hosts their addresses in (redirect its port 25 to the sink)",
+        doc=(
+            "the IPv4 network the DNS gives each MX host a stable address in (a hash of its name, distinct while the "
+            "network has room, the same after restarts); the sink maps a connection's original destination back to "
+            "its MX host. Redirect this network's port 25 to the sink"
+        ),
+        panel=DNS,
+        metavar="CIDR",
+        parse=_network("--dns-network", 4),
+        shown_default=DEFAULT_DNS_NETWORK,
+    )
+    dns_network6: ipaddress.IPv6Network | None = option(
+        None,
+        help="An IPv6 network for AAAA records too (none by default: no AAAA, so the MTA uses IPv4)",
+        doc="an IPv6 network for AAAA records, as `--dns-network`; without it MX hosts have no AAAA, so MTAs use IPv4",
+        panel=DNS,
+        metavar="CIDR",
+        parse=_network("--dns-network6", 6),
+    )
+    dns_rate: Rate | None = option(
+        Rate(5000, 1.0),
+        help="DNS queries a second one client address may ask; more are dropped and counted ('off': no limit)",
+        doc=(
+            "queries one client address may ask, as a rate (`5000/s`, one second's worth at once); the excess is "
+            'dropped and counted (`smartsink_dns_dropped_total{reason="rate"}`); `off` for no limit'
+        ),
+        panel=DNS,
+        metavar="RATE",
+        parse=_dns_rate,
+        shown_default=DEFAULT_DNS_RATE,
     )
     # Running
     log_level: str = option(

@@ -57,6 +57,16 @@ REDIRECTED = Counter(
     "smartsink_redirected_connections",
     "Connections whose original destination (SO_ORIGINAL_DST) was not the sink: an iptables redirect is live",
 )
+MX_CONNECTIONS = Counter(
+    "smartsink_mx_connections",
+    "SMTP connections by the MX host they were meant for (--dns-network; 'other': an unlisted domain's MX)",
+    ["mx"],
+)
+MX_MESSAGES = Counter(
+    "smartsink_mx_messages",
+    "Recipients answered, by the MX host their connection was meant for and outcome",
+    ["mx", "outcome"],
+)
 BYTES = Counter("smartsink_bytes_received", "Message bytes received after DATA")
 RELOADS = Counter("smartsink_policy_reloads", "Policy reloads, by result", ["result"])
 for _result in ("success", "error"):
@@ -89,6 +99,17 @@ AUTHS = Counter("smartsink_auth", "AUTH attempts, by result (ok, failed)", ["res
 for _result in ("ok", "failed"):
     TLS_HANDSHAKES.labels(_result)
     AUTHS.labels(_result)
+DNS_QUERIES = Counter(
+    "smartsink_dns_queries", "DNS queries answered (--dns), by type (A, MX, ...; 'other') and rcode", ["type", "rcode"]
+)
+DNS_DROPPED = Counter(
+    "smartsink_dns_dropped",
+    "DNS input dropped unanswered, by reason: malformed, truncated, oversized, length_lie (TCP), response, rate, busy",
+    ["reason"],
+)
+DNS_DROP_REASONS = ("malformed", "truncated", "oversized", "length_lie", "response", "rate", "busy")
+for _reason in DNS_DROP_REASONS:
+    DNS_DROPPED.labels(_reason)
 DSNS = Counter("smartsink_dsns", "Failure DSNs (RFC 3464) received that return a trafficgen message")
 INJECTED = Counter("smartsink_injected_messages", "Messages received on the HTTP inject API")
 ADMIN_REFUSED = Counter(

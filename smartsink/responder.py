@@ -20,14 +20,17 @@ from typing import NamedTuple
 from mailload import contract
 from smartsink import logs, metrics, replies
 from smartsink.config import SinkConfig
+from smartsink.dns import table as mx_table
+from smartsink.dns.addresses import Addressing
 from smartsink.ledger import Answered, RefusedAtRcpt, ReturnedInDsn
 from smartsink.limits import Limits
 from smartsink.limits.state import limit_key
 from smartsink.policy import decide as policy
 from smartsink.policy import fallback
-from smartsink.policy.model import DomainRules, Outcome, Policy, Reply
+from smartsink.policy.model import DomainRules, Exchange, Outcome, Policy, Reply
 
 _RULES_CACHE_MAX = 10_000
+OTHER_MX = "other"  # the per-MX label of an address in --dns-network that is no known MX host's
 _HEADER_NAME = re.compile(rb"(?m)^([!-9;-~]+):")
 
 
@@ -71,6 +74,9 @@ class SinkContext:
         seed = config.seed if config.seed is None else config.seed + worker
         self.rng = random.Random(seed)
         self._rules: dict[str, DomainRules] = {}
+        self.mx_addressing: tuple[Addressing, ...] = ()
+        self._mx_source: dict[str, tuple[Exchange, ...]] | None = None  # the policy `mx` the addressing is for
+        self._mx_at: dict[str, tuple[str | None, str]] = {}  # destination -> mx_at(destination), cached
         self.set_policy(policy_in_force)
         self._queue_ids = itertools.count((os.getpid() << 20) if seed is None else worker << 24)
         self.welcome = Action(replies.banner(config.hostname), accepted=True)
@@ -80,6 +86,28 @@ class SinkContext:
         self.policy = new
         self.suffixes = tuple(dict.fromkeys((*self.config.domain_suffixes, *new.suffixes)))
         self._rules = {}
+        if self._mx_source is None or self._mx_source != new.mx:
+            # The same addresses the sink's DNS gives (smartsink.dns.server builds its zone from the same inputs).
+            hosts = mx_table.for_policy(new).hosts
+            networks = (self.config.dns_network, self.config.dns_network6)
+            self.mx_addressing = tuple(Addressing.of(network, hosts) for network in networks if network is not None)
+            self._mx_source, self._mx_at = new.mx, {}
+
+    def mx_at(self, address: str) -> tuple[str | None, str]:
+        """The MX host a connection to `address` was meant for, as /metrics labels it (a host of the MX table, or
+        "other" for an address of --dns-network that is no known host's: an unlisted domain's MX), None when the
+        address is not in the network; and what `per = "mx"` counts it under (the host, else the address)."""
+        found = self._mx_at.get(address)
+        if found is None:
+            found = None, address
+            for addressing in self.mx_addressing:
+                if addressing.slot_of(address) is not None:
+                    host = addressing.host_at(address)
+                    found = (host, host) if host is not None else (OTHER_MX, address)
+            if len(self._mx_at) >= _RULES_CACHE_MAX:
+                self._mx_at = {}
+            self._mx_at[address] = found
+        return found
 
     def rules_for(self, domain: str) -> DomainRules:
         """The rules for a lower-cased recipient domain (policy.split_address), cached per domain."""
@@ -118,19 +146,23 @@ class Responder:
         "client",
         "completed",
         "ctx",
+        "destination",
         "drop_at",
         "exempt",
         "first",
         "holding",
+        "mx",
+        "mx_key",
         "recipients",
         "scope",
         "sender",
         "tls",
     )
 
-    def __init__(self, ctx: SinkContext, client: str):
+    def __init__(self, ctx: SinkContext, client: str, destination: str = ""):
         self.ctx = ctx
         self.client = client
+        self.meant_for(destination)
         self.sender = ""
         self.recipients: list[_Recipient] = []
         self.completed = 0
@@ -145,19 +177,32 @@ class Responder:
 
     # --- connection -----------------------------------------------------------------------------------
 
+    def meant_for(self, destination: str) -> None:
+        """The address the client dialled ("" when unknown): which MX host that is, for the per-MX metrics and
+        `per = "mx"` limits."""
+        self.destination = destination
+        self.mx, self.mx_key = self.ctx.mx_at(destination) if destination else (None, "")
+
     async def greet(self) -> Action:
         """The greeting, or 421 when the sink already has [listener] max_connections."""
         metrics.CONNECTIONS.inc()
+        if self.mx is not None:
+            metrics.child(metrics.MX_CONNECTIONS, self.mx).inc()
         listener = self.ctx.policy.listener
         # Every connection is counted sink-wide, so a max_connections added by a reload sees them all.
-        self.scope = policy.scope(self.client, listener.per)
+        self.scope = policy.scope(self.client, listener.per, self.mx_key)
         if not await self.ctx.limits.open_connection(listener.max_connections, self.scope):
             metrics.CONNECTIONS_REFUSED.inc()
             return _answer(fallback.TOO_MANY_CONNECTIONS)
         self.active = True
         metrics.CONNECTIONS_ACTIVE.inc()
         if self.ctx.tracing:
-            logs.trace("connection from %s", self.client, event="connection", client=self.client)
+            if self.mx is not None:
+                meant = self.destination
+                logs.trace("connection from %s meant for MX %s (%s)", self.client, self.mx, meant,
+                           event="connection", client=self.client, mx=self.mx, destination=meant)  # fmt: skip
+            else:
+                logs.trace("connection from %s", self.client, event="connection", client=self.client)
         if listener.banner_delay is not None:
             await hold(policy.sample_latency(listener.banner_delay, self.ctx.rng))
         return self.ctx.welcome
@@ -192,6 +237,8 @@ class Responder:
 
     def _count(self, rules: DomainRules, outcome: Outcome) -> None:
         metrics.message(rules.name, outcome.label).inc()
+        if self.mx is not None:
+            metrics.child(metrics.MX_MESSAGES, self.mx, outcome.label).inc()
 
     async def rcpt(self, address: str) -> Action:
         """The answer to RCPT TO:<address> (an address with an @, without brackets)."""
@@ -246,7 +293,7 @@ class Responder:
 
     def _key(self, rules: DomainRules) -> str:
         """What this domain's max_concurrency and rate count this client under."""
-        return limit_key(rules.name, policy.scope(self.client, rules.per))
+        return limit_key(rules.name, policy.scope(self.client, rules.per, self.mx_key))
 
     def _refuse(self, rules: DomainRules, reply: Reply, address: str) -> Action:
         """A recipient refused at RCPT time: counted, noted against the client's reputation, answered."""

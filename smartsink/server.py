@@ -105,9 +105,17 @@ def install_signals(stop: asyncio.Event, reload: Callable[[], object] | None) ->
         loop.add_signal_handler(signal.SIGHUP, reload)
 
 
-def announce(config: SinkConfig, smtp: tuple[str, int], http: tuple[str, int] | None, store: PolicyStore) -> None:
+def announce(
+    config: SinkConfig,
+    smtp: tuple[str, int],
+    http: tuple[str, int] | None,
+    store: PolicyStore,
+    dns: tuple[str, int] | None = None,
+) -> None:
     """The one line that says the sink is ready (tests and scripts wait for it)."""
     admin_part = f"admin http://{http[0]}:{http[1]}" if http else "admin off"
+    if dns is not None:
+        admin_part += f", dns {dns[0]}:{dns[1]} (udp, tcp; MX addresses in {config.dns_network})"
     workers = f"{config.workers} worker{'s' if config.workers > 1 else ''}"
     print(
         f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}), {admin_part}, "
@@ -120,6 +128,22 @@ def announce(config: SinkConfig, smtp: tuple[str, int], http: tuple[str, int] | 
 
 def on_reload(result: str) -> None:
     metrics.RELOADS.labels(result).inc()
+
+
+async def start_dns(config: SinkConfig, store: PolicyStore) -> Any:
+    """The DNS listeners of --dns (None without it), their zone following the policy's reloads."""
+    if config.dns is None:
+        return None
+    from smartsink.dns.server import DnsServer, SinkZone  # dnspython is loaded only by a sink that serves DNS
+
+    zone = SinkZone(config, store.policy)
+    store.listeners.append(zone.update)
+    server = DnsServer(zone, config.dns_rate)
+    try:
+        await server.start(*config.dns)
+    except OSError as e:  # socket.gaierror (an unknown host name) included
+        raise _describe_bind_error(e, "DNS", *config.dns) from None
+    return server
 
 
 class Sink:
@@ -137,6 +161,7 @@ class Sink:
         self.listener = SMTPListener(self.ctx, tls_context(config))
         self.runner: Any = None
         self.http_address: tuple[str, int] | None = None
+        self.dns: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -159,6 +184,11 @@ class Sink:
 
     async def start(self) -> None:
         await self.listener.start()
+        try:
+            self.dns = await start_dns(self.config, self.store)
+        except SinkStartError:
+            await self.listener.stop()
+            raise
         if self.config.http is not None:
             # /health's uptime counts from the moment the schedule's windows count from
             source = admin.AdminSource(self.ctx, self.health, self.ledger, self.keeper, self.overrides.started)
@@ -166,7 +196,7 @@ class Sink:
             try:
                 self.runner, self.http_address = await admin.start(app, *self.config.http)
             except OSError as e:
-                await self.listener.stop()
+                await self.stop()
                 raise _describe_bind_error(e, "admin HTTP", *self.config.http) from None
         self._tasks.append(asyncio.get_running_loop().create_task(self.store.watch()))
         self._tasks.append(asyncio.get_running_loop().create_task(self.keeper.run()))
@@ -175,6 +205,8 @@ class Sink:
         for task in self._tasks:
             task.cancel()
         await self.listener.stop()
+        if self.dns is not None:
+            await self.dns.stop()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -183,7 +215,7 @@ class Sink:
         stop = asyncio.Event()
         install_signals(stop, lambda: self.store.request_reload("SIGHUP"))
         await self.start()
-        announce(self.config, self.smtp_address, self.http_address, self.store)
+        announce(self.config, self.smtp_address, self.http_address, self.store, self.dns and self.dns.address)
         await stop.wait()
         log.info("stopping")
         await self.stop()

@@ -43,6 +43,7 @@ from smartsink.server import (
     announce,
     install_signals,
     on_reload,
+    start_dns,
     tls_context,
 )
 
@@ -129,6 +130,7 @@ class Supervisor:
         ctx = self.ctx = SinkContext(config, self.keeper.in_force, LocalLimits(self.state), worker=config.workers)
         self.store.listeners.append(self.keeper.reloaded)
         await self.coordinator.start()
+        dns = await start_dns(config, self.store)  # one DNS for the sink, in the supervisor beside its policy
         runner = None
         if config.http is not None:
             app = admin.make_app(admin.AdminSource(ctx, self.health, self.ledger, self.keeper, self.overrides.started))
@@ -146,7 +148,7 @@ class Supervisor:
                 self._spawn(index)
             if not await self._wait_ready(stop):
                 return ExitStatus.USAGE
-            announce(config, (host, port), self.http_address, self.store)
+            announce(config, (host, port), self.http_address, self.store, dns and dns.address)
             monitor = asyncio.get_running_loop().create_task(self._monitor())
             await stop.wait()
             monitor.cancel()
@@ -157,6 +159,8 @@ class Supervisor:
             keeper.cancel()
             await self._stop_workers()
             self.coordinator.close()
+            if dns is not None:
+                await dns.stop()
             if runner is not None:
                 await runner.cleanup()
             reservation.close()

@@ -24,12 +24,11 @@ import binascii
 import logging
 import socket
 import ssl
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailload import contract
-from smartsink import metrics, replies
+from smartsink import destination, metrics, replies
 from smartsink.responder import Action, Responder, SinkContext
 
 log = logging.getLogger("smartsink.smtp")
@@ -52,7 +51,6 @@ LINE_LIMITS = {b"MAIL": 1024, b"AUTH": 12288}
 LINE_LIMIT = 512  # RFC 5321 4.5.3.1.4, including CRLF
 COMMAND_LINE_MAX = max(LINE_LIMITS.values())
 MAX_ERRORS = 20  # like Postfix's smtpd_hard_error_limit
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h (and IP6T_SO_ORIGINAL_DST)
 
 
 class _Timeout(Exception):
@@ -60,24 +58,6 @@ class _Timeout(Exception):
 
 
 _TOO_LONG = object()
-
-
-def original_destination(sock: socket.socket | None) -> tuple[str, int] | None:
-    """Where the client meant to connect, when netfilter rewrote it (an iptables DNAT/REDIRECT)."""
-    if sock is None:
-        return None
-    try:
-        if sock.family == socket.AF_INET:
-            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-            port = struct.unpack_from("!H", raw, 2)[0]
-            return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
-        if sock.family == socket.AF_INET6:
-            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
-            port = struct.unpack_from("!H", raw, 2)[0]
-            return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
-    except OSError:
-        return None  # no conntrack entry: not a NATed connection
-    return None
 
 
 def _parse_path(arg: bytes, keyword: bytes) -> tuple[str, list[bytes]] | None:
@@ -365,8 +345,8 @@ class FastConnection(asyncio.BufferedProtocol):
     async def _run(self) -> None:
         peer = self.transport.get_extra_info("peername")
         client = peer[0] if isinstance(peer, tuple) else "unix"
-        self._check_redirect(client)
-        responder = Responder(self.ctx, client)
+        meant = self._destination(client)
+        responder = Responder(self.ctx, client, meant[0] if meant else "")
         try:
             if self.send(await responder.greet()):
                 await Conversation(self, responder).run()
@@ -382,14 +362,13 @@ class FastConnection(asyncio.BufferedProtocol):
             if not self.transport.is_closing() and not self.lingering:
                 self.close_after_reply()
 
-    def _check_redirect(self, client: str) -> None:
-        original = original_destination(self.transport.get_extra_info("socket"))
-        if original is None:
-            return
-        local = self.transport.get_extra_info("sockname")
-        if isinstance(local, tuple) and (original[0], original[1]) != (local[0], local[1]):
+    def _destination(self, client: str) -> tuple[str, int] | None:
+        """Where the client meant to connect; a redirect is counted and logged."""
+        meant, redirected = destination.of_transport(self.transport)
+        if redirected and meant is not None:
             metrics.REDIRECTED.inc()
-            log.info("redirected connection from %s: meant for %s:%d", client, original[0], original[1])
+            log.info("redirected connection from %s: meant for %s:%d", client, meant[0], meant[1])
+        return meant
 
     async def start_tls(self, context: ssl.SSLContext) -> bool:
         """Upgrade the connection (RFC 3207); False when the handshake failed (the connection is done)."""

@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope
 from aiosmtpd.smtp import Session as AioSession
 
 from mailload import contract
-from smartsink import metrics, replies
+from smartsink import destination, metrics, replies
 from smartsink.responder import Action, Responder, SinkContext
 
 
@@ -146,6 +146,8 @@ class ReferenceSMTP(SMTP):
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
         self.sink_responder.client = peer[0] if isinstance(peer, tuple) else "unix"
+        meant, _ = destination.of_transport(transport)
+        self.sink_responder.meant_for(meant[0] if meant else "")
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -61,8 +61,11 @@ def personal(reply: Reply, client: str, recipient: str) -> Reply:
     return Reply(reply.code, text, reply.weight)
 
 
-def scope(client: str, per: str) -> str:
-    """What a limit counts this client as: "" for the whole sink, its address, or its /24 (IPv6: its /64)."""
+def scope(client: str, per: str, mx: str = "") -> str:
+    """What a limit counts this client as: "" for the whole sink, its address, its /24 (IPv6: its /64), or the MX
+    host its connection was meant for (`mx`: the host, or the address it dialled)."""
+    if per == "mx":
+        return f"mx:{mx}"
     if per == "ip":
         return client
     if per == "net24":

@@ -15,9 +15,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mailload import units
+from mailload import contract, units
 from smartsink.policy import fallback, pieces
-from smartsink.policy.model import SCOPES, DomainRules, Escalation, Latency, ListenerRules, Policy, Rate, Reply, Window
+from smartsink.policy.model import (
+    SCOPES,
+    DomainRules,
+    Escalation,
+    Exchange,
+    Latency,
+    ListenerRules,
+    Policy,
+    Rate,
+    Reply,
+    Window,
+)
 
 DEFAULT_NAME = "default"
 OTHER_LABEL = "other"
@@ -227,6 +238,42 @@ def _header_names(value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+# RFC 1035 2.3.1 (with RFC 1123's leading digits): letters, digits and inner hyphens, 63 to a label
+_HOST_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MX_HOST_MAX = 200  # characters of an MX host name, so that any suffix of up to 52 still makes a name DNS can carry
+
+
+def parse_host(text: str) -> str:
+    """A host name as DNS carries it (lower case, no final dot); ValueError names the problem."""
+    host = text.strip().rstrip(".").lower()
+    if not host or len(host) > MX_HOST_MAX or not all(_HOST_LABEL.match(label) for label in host.split(".")):
+        raise _Bad(f"{text!r} is not a host name (letters, digits, hyphens and dots, at most {MX_HOST_MAX})")
+    return host
+
+
+def parse_exchanges(value: Any) -> tuple[Exchange, ...]:
+    """`mx = ["mx1.example.com", "20 mx2.example.com"]`: MX records as zone files write them, a preference (0 to
+    65535; 10 when left out) and a host name. ValueError names the problem."""
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
+        example = '["5 mx1.example.com", "10 mx2.example.com"]'
+        raise _Bad(f"must be a host name or a list of them, like {example}, got {value!r}")
+    out: dict[str, Exchange] = {}
+    for entry in entries:
+        first, _, rest = entry.strip().partition(" ")
+        if first.isdigit():
+            preference, host = int(first), rest
+            if preference > 65535:
+                raise _Bad(f"{entry!r}: a preference is 0 to 65535")
+        else:
+            preference, host = 10, entry
+        name = parse_host(host)
+        if name in out:
+            raise _Bad(f"{name} is listed twice")
+        out[name] = Exchange(preference, name)
+    return tuple(out.values())
+
+
 _ESCALATE_KEYS = {"after", "within", "to", "for"}
 
 
@@ -268,7 +315,8 @@ _LISTENER_PARSERS = {"max_connections": _count, "per": _per, "banner_delay": _la
 # What a schedule window may change: a domain's rules for a while (not its scope or escalation).
 _WINDOW_PARSERS = {k: v for k, v in _RULE_PARSERS.items() if k not in ("per", "escalate")}
 _WINDOW_TIMING = ("start", "at", "length")
-RULE_KEYS = frozenset(_RULE_PARSERS)  # the keys of [default] and [domain."NAME"]
+RULE_KEYS = frozenset(_RULE_PARSERS)  # the keys of [default] and [domain."NAME"] (and `mx`, the DNS's, apart)
+_MX = frozenset({"mx"})  # read apart from a domain's rules (_mx): the MX set the sink's DNS serves
 LISTENER_KEYS = frozenset(_LISTENER_PARSERS)
 _ENHANCED = re.compile(r"^\s*(?:\d{3}[ ,-])?\s*([245])\.\d{1,3}\.\d{1,3}\b")
 
@@ -303,7 +351,10 @@ class _Reader:
     def warn(self, line: int | None, key: str, message: str) -> None:
         self.warnings.append(str(Problem(self.source, line, key, message)))
 
-    def settings(self, table: Any, path: tuple[str, ...], parsers: dict[str, Any]) -> dict[str, Any]:
+    def settings(
+        self, table: Any, path: tuple[str, ...], parsers: dict[str, Any], apart: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The table's keys parsed; those `apart` are read elsewhere and left out."""
         known = self.memory.settings.get(path)
         if known is not None and known[0] is table:  # the same piece of the file as last time: checked then
             self.kept.settings[path] = known
@@ -314,6 +365,8 @@ class _Reader:
             self.bad(self.where.place(path), _label(path), "must be a table")
             return out
         for key, value in table.items():
+            if key in apart:
+                continue
             if key not in parsers:
                 message = f"unknown key (known: {', '.join(sorted(parsers))})"
                 self.bad(self.where.key(path, key), f"{_label(path)} {key}", message)
@@ -437,6 +490,7 @@ class Memory:
     rules: dict[str, tuple[tuple[Any, ...], DomainRules]] = field(default_factory=dict)
     domains: dict[str, DomainRules] | None = None  # the last load's, built over `default`
     default: DomainRules | None = None
+    mx: dict[str, tuple[Exchange, ...]] | None = None  # the last load's `mx` keys
 
     def take(self, other: Memory) -> None:
         self.__dict__.update(other.__dict__)
@@ -498,6 +552,7 @@ def parse_policy(text: str, source: str = "<policy>", memory: Memory | None = No
     reader.kept.domains, reader.kept.default = domains, default
     listener_settings = reader.settings(data.get("listener", {}), ("listener",), _LISTENER_PARSERS)
     suffixes = _suffixes(data["domain_suffix"], reader) if "domain_suffix" in data else ()
+    mx = _mx(reader, data, touched, suffixes)
     schedule = _schedule(reader, data.get("schedule", {}))
     if reader.problems:
         raise PolicyError(reader.problems)
@@ -511,7 +566,51 @@ def parse_policy(text: str, source: str = "<policy>", memory: Memory | None = No
         listener=ListenerRules(**listener_settings),
         schedule=schedule,
         warnings=tuple(reader.warnings),
+        mx=mx,
     )
+
+
+def _mx(
+    reader: _Reader, data: dict[str, Any], touched: set[str] | None, suffixes: tuple[str, ...]
+) -> dict[str, tuple[Exchange, ...]]:
+    """`mx = [...]` of each [domain."NAME"]: the MX set the sink's DNS serves for it (over the shipped table). With
+    what the last load left, only the domains whose text changed are read again."""
+    tables = data.get("domain", {})
+    if not isinstance(tables, dict):
+        return {}
+    previous = reader.memory.mx
+    if touched is None or previous is None:
+        out: dict[str, tuple[Exchange, ...]] = {}
+        names = list(tables)
+    else:
+        out = {name: mx for name, mx in previous.items() if name not in touched}
+        names = [name for name in touched if name in tables]
+    for name in names:
+        table = tables[name]
+        if isinstance(table, dict) and "mx" in table:
+            exchanges = _exchanges(reader, name, table["mx"], suffixes)
+            if exchanges is not None:
+                out[name.lower()] = exchanges
+    reader.kept.mx = out
+    return out
+
+
+def _exchanges(reader: _Reader, name: str, value: Any, suffixes: tuple[str, ...]) -> tuple[Exchange, ...] | None:
+    path = ("domain", name)
+    try:
+        exchanges = parse_exchanges(value)
+    except _Bad as e:
+        reader.bad(reader.where.key(path, "mx"), f"{_label(path)} mx", str(e))
+        return None
+    for exchange in exchanges:
+        suffix = next((s for s in (contract.DEFAULT_SUFFIX, *suffixes) if exchange.host.endswith("." + s)), None)
+        if suffix is not None:
+            reader.warn(
+                reader.where.key(path, "mx"),
+                f"{_label(path)} mx",
+                f"{exchange.host}: the sink's DNS adds the suffix itself (served as {exchange.host}.{suffix})",
+            )
+    return exchanges
 
 
 def _schedule(reader: _Reader, by_name: Any) -> tuple[Window, ...]:
@@ -650,7 +749,11 @@ def _default(reader: _Reader, data: dict[str, Any]) -> DomainRules:
         by_name = data.get(kind, {})
         if isinstance(by_name, dict) and DEFAULT_NAME in by_name:
             lists[kind][DEFAULT_NAME] = reader.replies(kind, DEFAULT_NAME, by_name[DEFAULT_NAME])
-    settings = reader.settings(data.get("default", {}), ("default",), _RULE_PARSERS)
+    table = data.get("default", {})
+    if isinstance(table, dict) and "mx" in table:  # a domain without an MX set has one named after itself
+        message = 'belongs in [domain."NAME"] tables: a domain without one gets one MX named after itself'
+        reader.bad(reader.where.key(("default",), "mx"), "[default] mx", message)
+    settings = reader.settings(table, ("default",), _RULE_PARSERS, apart=_MX)
     return _rules(reader, DEFAULT_NAME, _BUILT_IN, settings, lists)
 
 
@@ -675,7 +778,9 @@ def _touched_domains(
         if name not in tables and not any(lists.values()):
             domains.pop(name, None)
             continue
-        settings = reader.settings(tables[name], ("domain", name), _RULE_PARSERS) if name in tables else _NO_SETTINGS
+        settings = _NO_SETTINGS
+        if name in tables:
+            settings = reader.settings(tables[name], ("domain", name), _RULE_PARSERS, apart=_MX)
         domains[name] = _rules(reader, name, default, settings, lists)
     return domains
 
@@ -687,7 +792,8 @@ def _domains(reader: _Reader, data: dict[str, Any], default: DomainRules, lists:
         reader.bad(reader.where.key((), "domain"), "domain", 'must hold tables: write [domain."NAME"]')
         domain_tables = {}
     per_domain = {
-        name.lower(): reader.settings(table, ("domain", name), _RULE_PARSERS) for name, table in domain_tables.items()
+        name.lower(): reader.settings(table, ("domain", name), _RULE_PARSERS, apart=_MX)
+        for name, table in domain_tables.items()
     }
     names = set(per_domain) | {n for kind in LIST_KINDS for n in lists[kind]}
     names.discard(DEFAULT_NAME)

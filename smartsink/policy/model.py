@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 
 class Outcome(IntEnum):
@@ -76,7 +77,9 @@ class Rate:
         return self.count / self.per
 
 
-SCOPES = ("sink", "ip", "net24")  # what a limit counts: the whole sink, each client address, each client /24
+# What a limit counts: the whole sink, each client address, each client /24, or each MX host the connection was
+# meant for (the original destination of a redirected connection, or the sink's own address when it listens there).
+SCOPES = ("sink", "ip", "net24", "mx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,7 @@ class DomainRules:
     greylist: float | None = None  # seconds
     max_messages_per_connection: int | None = None
     disconnect: float = 0.0  # percent of transactions cut without a reply
-    per: str = "sink"  # what max_concurrency, rate and greylist count: "sink", "ip" or "net24" (SCOPES)
+    per: str = "sink"  # what max_concurrency and rate count: "sink", "ip", "net24" or "mx" (SCOPES)
     escalate: Escalation | None = None
     blocks: tuple[Reply, ...] = ()  # the answers of an escalation to "block"
     unknowns: tuple[Reply, ...] = ()  # the answers to unknown users
@@ -122,11 +125,22 @@ class ListenerRules:
     """The `[listener]` table: limits of the SMTP listener as a whole."""
 
     max_connections: int | None = None
-    per: str = "sink"  # what max_connections counts: "sink", "ip" or "net24"
+    per: str = "sink"  # what max_connections counts: "sink", "ip", "net24" or "mx"
     banner_delay: Latency | None = None
     # Mail from the null sender (<>: DSNs) is accepted whatever the domain's rules, so every bounce the MTA
     # under test returns reaches the ledger; "policy" answers it like any other mail.
     null_sender: str = "accept"
+
+
+class Exchange(NamedTuple):
+    """One MX record of a domain: its preference (lower is tried first) and the host name, without the suffix the
+    sink's DNS serves it under (`gmail-smtp-in.l.google.com`)."""
+
+    preference: int
+    host: str
+
+    def __str__(self) -> str:
+        return f"{self.preference} {self.host}"
 
 
 @dataclass(frozen=True)
@@ -152,3 +166,5 @@ class Policy:
     listener: ListenerRules = field(default_factory=ListenerRules)
     schedule: tuple[Window, ...] = ()
     warnings: tuple[str, ...] = ()
+    # `mx = [...]` of [domain."NAME"]: the MX sets the sink's DNS serves for these domains, over its shipped table
+    mx: dict[str, tuple[Exchange, ...]] = field(default_factory=dict)

@@ -6,9 +6,9 @@
 - smtp:      conversations with smtplib and raw sockets, wire replies, swaks and smtp-source
 - metrics:   one scrape of a sink's /metrics, by name and labels
 - mail:      message content as the wire carries it: transactions, dot-stuffing, headers, DSNs
-- net:       ports: free, refusing, busy; servers that greet and fall silent; /proc/net/tcp
+- net:       ports: free, refusing, busy; servers that greet and fall silent; /proc/net/tcp; network namespaces
 - processes: child processes and resident memory, from /proc
-- postfix:   a private Postfix between the two tools
+- postfix:   a private Postfix between the two tools, relaying to the sink or routing by MX in a namespace
 - policies:  the policy texts several test files share, and the policy files in the repository
 - stats:     binomial bounds and chi-square, for counts drawn at random
 - lag:       how late the machine wakes a sleeping process while a test runs: timing tolerances derive from it

@@ -1,10 +1,17 @@
-"""Ports and listeners: free, refused and busy ports, servers that greet and fall silent, /proc/net/tcp."""
+"""Ports and listeners: free, refused and busy ports, servers that greet and fall silent, /proc/net/tcp; network
+namespaces the tests create (and always delete), for what must not touch the host's own network."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
+import shutil
 import socket
+import subprocess
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -92,3 +99,62 @@ class GreetOnly:
         self.thread.join(5)
         for client in self.clients:
             client.close()
+
+
+# --- network namespaces -------------------------------------------------------------------------------------------
+
+NETNS_TOOLS = (("ip", "iproute2"), ("iptables", "iptables"))
+_namespaces = itertools.count()
+
+
+def netns_unusable() -> str | None:
+    """Why this machine cannot give a test a network namespace of its own, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root to create a network namespace (ip netns add)"
+    for tool, package in NETNS_TOOLS:
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install {package})"
+    return None
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A network namespace a test made: its name, and commands run inside it."""
+
+    name: str
+
+    @property
+    def prefix(self) -> list[str]:
+        """What runs a command inside: `ip netns exec NAME` (which also puts /etc/netns/NAME/* over /etc/*)."""
+        return ["ip", "netns", "exec", self.name]
+
+    def run(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.prefix, *command], capture_output=True, text=True, timeout=timeout)
+
+    def check(self, *command: str) -> str:
+        """Run a command inside that must succeed (setting up routes, rules); its output."""
+        done = self.run(*command)
+        assert done.returncode == 0, f"{' '.join(command)} failed in {self.name}: {done.stderr.strip()}"
+        return done.stdout
+
+
+@contextlib.contextmanager
+def namespace(resolv_conf: str | None = None) -> Iterator[Namespace]:
+    """A fresh network namespace with loopback up, deleted (its processes killed) at the end. `resolv_conf`: the
+    text of /etc/netns/NAME/resolv.conf, the resolver configuration `ip netns exec` gives what runs inside."""
+    name = f"tgtest{os.getpid()}n{next(_namespaces)}"
+    etc = Path("/etc/netns") / name
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        if resolv_conf is not None:
+            etc.mkdir(parents=True)
+            (etc / "resolv.conf").write_text(resolv_conf)
+        ns = Namespace(name)
+        ns.check("ip", "link", "set", "lo", "up")
+        yield ns
+    finally:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-9", pid], check=False)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+        shutil.rmtree(etc, ignore_errors=True)

@@ -4,6 +4,10 @@ Each instance has its own configuration, queue, data directory and log under one
 on a free loopback port, relays everything to the sink (`relayhost = [127.0.0.1]:PORT`, no DNS), and retries
 deferred mail every second or two. It never touches the system's Postfix (port 25, /etc/postfix, /var/spool).
 
+Without a relay port, the instance routes as a production Postfix does: MX lookups in DNS, one queue per
+destination, port 25 of each MX host. It then runs inside a network namespace the test made (harness.net), whose
+resolv.conf points at the sink's DNS and whose port 25 is redirected to the sink.
+
 Postfix's commands log to syslog unless stderr is a terminal; the instance logs to its own file instead
 (`maillog_file`, served by postlogd), which the tests read.
 """
@@ -16,6 +20,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.net import free_port
+from harness.net import Namespace, free_port
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
@@ -47,6 +52,10 @@ def _postfix_usable() -> str | None:
 
 needs_postfix = pytest.mark.skipif(_postfix_usable() is not None, reason=_postfix_usable() or "")
 
+# Not one service chrooted (the fifth column, n): Debian's own master.cf runs smtp(8) chrooted in the spool, where
+# it resolves with a copy of resolv.conf made when Postfix starts. Unchrooted, the smtp client of an instance in a
+# network namespace reads /etc/resolv.conf, which `ip netns exec` replaces with /etc/netns/NAME/resolv.conf: the
+# sink's DNS, nothing else.
 MASTER_CF = """\
 {listen} inet n - n - - smtpd
 pickup    unix  n - n 60 1 pickup
@@ -72,11 +81,24 @@ postlog   unix-dgram n - n - 1 postlogd
 """
 
 
-class Postfix:
-    """One private Postfix instance relaying all mail to a sink on loopback."""
+GREETS = """
+import socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+    sys.exit(0 if s.recv(512).startswith(b"220") else 1)
+"""
+# A delivery as smtp(8) logs it: to=<user@domain>, relay=host[address]:port, ... status=sent
+DELIVERY = re.compile(
+    r" to=<[^@>]*@(?P<domain>[^>]+)>, relay=(?P<host>[^\[, ]+)\[(?P<address>[^\]]+)\]:\d+, .* status=(?P<status>\w+) "
+)
 
-    def __init__(self, relay_port: int, **settings: str):
+
+class Postfix:
+    """One private Postfix instance relaying all mail to a sink on loopback (`relay_port`), or, with None, routing
+    by MX like a production one, inside `namespace`."""
+
+    def __init__(self, relay_port: int | None, namespace: Namespace | None = None, **settings: str):
         self.relay_port = relay_port
+        self.namespace = namespace
         self.port = free_port()
         # Postfix's daemons run as the postfix user and must reach their directories: not under pytest's
         # private (0700) tmp tree.
@@ -115,6 +137,7 @@ class Postfix:
             "relayhost": f"[127.0.0.1]:{self.relay_port}",
             "smtp_host_lookup": "native",
             "smtp_dns_support_level": "disabled",
+            **self._routing(),
             "smtp_tls_security_level": "none",
             "smtpd_tls_security_level": "none",
             "smtputf8_enable": "no",
@@ -129,9 +152,16 @@ class Postfix:
         }
         return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
+    def _routing(self) -> dict[str, str]:
+        """Its own routing (no relay port): no relayhost, no transport map, MX and A lookups in DNS."""
+        if self.relay_port is not None:
+            return {}
+        return {"relayhost": "", "smtp_host_lookup": "dns", "smtp_dns_support_level": "enabled"}
+
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # `script` gives the command a terminal, the only way its own errors reach us rather than syslog.
-        command = " ".join([POSTFIX, "-c", str(self.etc), *args])
+        prefix = self.namespace.prefix if self.namespace is not None else []
+        command = " ".join([*prefix, POSTFIX, "-c", str(self.etc), *args])
         done = subprocess.run(
             ["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=START_TIMEOUT
         )
@@ -148,11 +178,19 @@ class Postfix:
         self._postfix("start")
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                if s.recv(512).startswith(b"220"):
-                    return self
+            if self._greets():
+                return self
             time.sleep(0.05)  # polling for the listener, not standing in for it: the loop checks for the 220
         raise RuntimeError(f"Postfix did not answer on {self.target}: {self.log()[-2000:]}")
+
+    def _greets(self) -> bool:
+        """Its smtpd answers 220 (asked from inside its namespace, when it has one)."""
+        if self.namespace is not None:
+            asked = self.namespace.run(sys.executable, "-c", GREETS, str(self.port), timeout=START_TIMEOUT)
+            return asked.returncode == 0
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            return s.recv(512).startswith(b"220")
+        return False
 
     def stop(self) -> None:
         self._postfix("stop", check=False)
@@ -183,6 +221,11 @@ class Postfix:
         """Log lines of deliveries with status=sent|deferred|bounced."""
         return [line for line in self.log().splitlines() if f" status={status} " in line]
 
+    def relays(self, status: str = "sent") -> list[tuple[str, str, str]]:
+        """(recipient domain, relay host, relay address) of each delivery with this status, as smtp(8) logged it."""
+        found = (DELIVERY.search(line) for line in self.deliveries(status))
+        return [(m["domain"], m["host"], m["address"]) for m in found if m]
+
     def wait_for(self, condition: object, timeout: float = 60.0, what: str = "the condition") -> None:
         """Poll `condition()` (a callable) every 100 ms until it holds."""
         assert callable(condition)
@@ -194,8 +237,8 @@ class Postfix:
 
 
 @contextlib.contextmanager
-def running_postfix(relay_port: int, **settings: str) -> Iterator[Postfix]:
-    instance = Postfix(relay_port, **settings)
+def running_postfix(relay_port: int | None, namespace: Namespace | None = None, **settings: str) -> Iterator[Postfix]:
+    instance = Postfix(relay_port, namespace, **settings)
     try:
         yield instance.start()
     finally:

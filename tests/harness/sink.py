@@ -25,6 +25,16 @@ from typing import Any, TypeVar
 from harness import ROOT, child_env
 
 READY = re.compile(r"listening on smtp://(?P<host>[^ ]+):(?P<port>\d+) .*?(?:admin http://(?P<http>[^ ,]+)|admin off)")
+DNS = re.compile(r", dns (?P<host>[^ ,]+):(?P<port>\d+) ")
+# GET a URL and print its status and body as JSON: for a sink inside a network namespace, run there.
+FETCH = """
+import json, sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+        print(json.dumps([r.status, r.read().decode()]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, e.read().decode()]))
+"""
 START_TIMEOUT = 30.0
 CLI_TIMEOUT = 30.0
 
@@ -39,6 +49,8 @@ class SinkProcess:
     host: str = ""
     port: int = 0
     http: str | None = None
+    dns: tuple[str, int] | None = None  # where --dns serves, when it does
+    prefix: list[str] = field(default_factory=list)  # what the sink runs under (`ip netns exec NAME`)
     lines: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
 
@@ -55,6 +67,16 @@ class SinkProcess:
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
         assert self.http, "this sink has no admin listener"
+        if self.prefix:  # the sink's admin listener is in its namespace: ask from there
+            done = subprocess.run(
+                [*self.prefix, sys.executable, "-c", FETCH, f"http://{self.http}{path}", str(timeout)],
+                capture_output=True,
+                text=True,
+                timeout=timeout + 30,
+            )
+            assert done.returncode == 0, done.stderr
+            status, body = json.loads(done.stdout)
+            return int(status), str(body)
         try:
             with urllib.request.urlopen(f"http://{self.http}{path}", timeout=timeout) as response:
                 return response.status, response.read().decode()
@@ -121,7 +143,7 @@ def start_sink(
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(env), cwd=cwd or ROOT
     )
-    sink = SinkProcess(process)
+    sink = SinkProcess(process, prefix=list(prefix or []))
     ready = threading.Event()
 
     def read() -> None:
@@ -131,6 +153,8 @@ def start_sink(
             m = READY.search(line)
             if m and not ready.is_set():
                 sink.host, sink.port, sink.http = m["host"], int(m["port"]), m["http"]
+                dns = DNS.search(line)
+                sink.dns = (dns["host"], int(dns["port"])) if dns else None
                 ready.set()
         ready.set()
 

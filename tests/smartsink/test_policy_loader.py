@@ -15,7 +15,7 @@ from bench.reload import big_policy, domain_name
 from harness.policies import KUMO_POLICY, SHIPPED_POLICY, needs_kumo_policy
 from smartsink.policy import PolicyError, fallback, load_policy, parse_policy, pieces
 from smartsink.policy.loader import Memory
-from smartsink.policy.model import Escalation, Latency, Reply, Window
+from smartsink.policy.model import Escalation, Exchange, Latency, Reply, Window
 
 SOURCE = "x.toml"
 
@@ -337,6 +337,30 @@ BAD = {
         'x.toml:1: [[schedule."y.test"]]: ',
         "with its zone",
     ),
+    "mx-empty": ('[domain."e.test"]\nbounce = 1\nmx = []\n', 'x.toml:3: [domain."e.test"] mx: ', "a list of them"),
+    "mx-not-strings": ('[domain."e.test"]\nmx = [5]\n', 'x.toml:2: [domain."e.test"] mx: ', "a list of them"),
+    "mx-bad-host": ('[domain."e.test"]\nmx = ["mx_1.e.test"]\n', 'x.toml:2: [domain."e.test"] mx: ', "not a host"),
+    "mx-preference-too-big": (
+        '[domain."e.test"]\nmx = ["70000 mx.e.test"]\n',
+        'x.toml:2: [domain."e.test"] mx: ',
+        "0 to 65535",
+    ),
+    "mx-listed-twice": (
+        '[domain."e.test"]\nmx = ["mx.e.test", "20 MX.e.test."]\n',
+        'x.toml:2: [domain."e.test"] mx: ',
+        "listed twice",
+    ),
+    "mx-in-default": ('[default]\nbounce = 1\nmx = ["mx.e.test"]\n', "x.toml:3: [default] mx: ", "domain."),
+    "mx-in-a-window": (
+        '[[schedule."e.test"]]\nstart = "1m"\nmx = ["mx.e.test"]\n',
+        'x.toml:3: [[schedule."e.test"]] mx: ',
+        "unknown key",
+    ),
+    "per-mx-in-a-window": (
+        '[[schedule."e.test"]]\nstart = "1m"\nper = "mx"\n',
+        'x.toml:3: [[schedule."e.test"]] per: ',
+        "unknown key",
+    ),
     "not-toml": ("[default]\nbounce = 1\ndefer = \n", "x.toml:3: ", "not valid TOML"),
     "duplicate-key": ("[default]\nbounce = 1\nbounce = 2\n", "x.toml:3: ", "not valid TOML"),
 }
@@ -407,6 +431,11 @@ WARN = {
         'x.toml:2: [[bounce."a.test"]] code: ',
         "421 in a bounce list",
     ),
+    "mx-host-carries-the-suffix": (
+        '[domain."e.test"]\nmx = ["mx.e.test.sink.test"]\n',
+        'x.toml:2: [domain."e.test"] mx: ',
+        "served as mx.e.test.sink.test.sink.test",
+    ),
     "enhanced-code-class-mismatch": (
         '[[defer."a.test"]]\ncode = 451\nmsg = "5.1.1 no such user"\n',
         'x.toml:3: [[defer."a.test"]] msg: ',
@@ -423,6 +452,29 @@ class TestWarnings:
         assert len(policy.warnings) == 1, policy.warnings
         assert policy.warnings[0].startswith(where), policy.warnings[0]
         assert fragment in policy.warnings[0]
+
+
+class TestMx:
+    def test_mx_key_gives_the_domains_set_as_zone_files_write_it(self):
+        """`mx = [...]`: "PREFERENCE host" or a host alone (preference 10), lower-cased, without a final dot; the
+        domain's other keys are read as usual, and a domain with only `mx` is known to the policy."""
+        policy = parse_policy(
+            '[domain."Example.COM"]\nbounce = 3\nmx = ["5 MX1.example.net.", "mx2.example.net"]\n'
+            '[domain."only-mx.test"]\nmx = "mail.only-mx.test"\n',
+            SOURCE,
+        )
+        assert policy.mx == {
+            "example.com": (Exchange(5, "mx1.example.net"), Exchange(10, "mx2.example.net")),
+            "only-mx.test": (Exchange(10, "mail.only-mx.test"),),
+        }
+        assert policy.domains["example.com"].bounce == 3.0
+        assert "only-mx.test" in policy.domains
+        assert policy.warnings == ()
+
+    def test_per_mx_is_a_scope(self):
+        """`per = "mx"` is taken by a domain and by [listener]."""
+        policy = parse_policy('[listener]\nper = "mx"\nmax_connections = 3\n[domain."o.test"]\nper = "mx"\n', SOURCE)
+        assert policy.listener.per == policy.domains["o.test"].per == "mx"
 
 
 # --- the real files -------------------------------------------------------------------------------------
@@ -599,6 +651,10 @@ EDITS = {
     "a list entry added": lambda t: t + '[[defer."d0000003.example"]]\ncode = 452\nmsg = "4.2.2 later"\n',
     "a key line added": lambda t: t.replace('d0000050.example"]]\n', 'd0000050.example"]]\nweight = 2\n'),
     "the default": lambda t: t.replace("[default]\nbounce = 0", "[default]\nbounce = 1"),
+    "an mx added": _domain_line(11, "bounce = 0", 'bounce = 0\nmx = ["5 mx.d11.example"]'),
+    "an mx changed": lambda t: t.replace('mx = ["5 mx.d11.example"]', 'mx = ["7 mx.d11.example", "mx2.d11.example"]'),
+    "an mx removed": lambda t: t.replace('mx = ["7 mx.d11.example", "mx2.d11.example"]\n', ""),
+    "an mx problem": _domain_line(12, "bounce = 0", "bounce = 0\nmx = []"),
     "a problem": _domain_line(9, "bounce = 0", "bounce = 900"),
     "not valid TOML": _domain_line(9, "bounce = 0", "bounce = = 0"),
 }
