@@ -83,9 +83,14 @@ def test_sink_killed_without_keep_going(tmp_path):
     assert report["totals"]["errors"] >= 1
 
 
-@pytest.mark.parametrize("greeting", [None, b"220 silent ESMTP\r\n"], ids=["no-greeting", "silent-after-greeting"])
-def test_trafficgen_never_hangs_on_a_silent_server(greeting):
-    """A server that goes silent makes trafficgen give up after --timeout with a clear line, not hang."""
+@pytest.mark.parametrize(
+    ("greeting", "waited_for"),
+    [(None, "the greeting"), (b"220 silent ESMTP\r\n", "EHLO")],
+    ids=["no-greeting", "silent-after-greeting"],
+)
+def test_trafficgen_never_hangs_on_a_silent_server(greeting, waited_for):
+    """A server that goes silent makes trafficgen give up after --timeout with a clear line naming what it waited
+    for, not hang."""
     with GreetOnly(greeting) as target:
         started = time.monotonic()
         result = run_trafficgen(
@@ -93,7 +98,11 @@ def test_trafficgen_never_hangs_on_a_silent_server(greeting):
         )
         took = time.monotonic() - started
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("trafficgen: error: timeout: no reply in 2 s")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"trafficgen: error: timeout: no reply to {waited_for} in 2 s")
+    )
     assert took < 15
 
 

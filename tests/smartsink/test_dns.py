@@ -254,7 +254,7 @@ class TestBadOptions:
         ("args", "fragment"),
         [
             (("--dns-network", "2001:db8::/64"), "--dns-network '2001:db8::/64' must be an IPv4 network"),
-            (("--dns-network6", "10.0.0.0/8"), "--dns-network6 '10.0.0.0/8' must be an IPv6 network"),
+            (("--dns-network6", "127.0.0.0/8"), "--dns-network6 '127.0.0.0/8' must be an IPv6 network"),
             (("--dns-network", "nowhere"), "--dns-network 'nowhere' is not a network"),
             (("--dns-rate", "fast"), "--dns-rate: rate 'fast' needs a unit"),
             (("--dns", "53"), "--dns '53' must look like HOST:PORT"),

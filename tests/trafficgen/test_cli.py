@@ -165,7 +165,7 @@ class TestDeadTarget:
             done = run_trafficgen("--target", target, "--message-count", "1", "--timeout", "0.5", "-q")
         assert done.returncode == 1
         (line,) = error_lines(done)
-        assert "no reply in 0.5 s" in line
+        assert "no reply to the greeting in 0.5 s" in line
         assert time.monotonic() - started < 10
 
     def test_not_smtp(self):
