@@ -1,0 +1,125 @@
+"""The policy a production MTA's logs describe, in the responses.toml layout (pure): `smartsink policy from-logs`.
+
+From the Aggregate of mailload.mtalog, per destination domain (the `top` most attempted by name, every other one
+folded into [default]): the share of delivery attempts its servers answered with a temporary failure (`defer`)
+and a permanent one (`bounce`), of the attempts any server answered; the reply texts of each kind, weighted by how
+often they came, with addresses, IP addresses and ids masked (`{recipient}`, `{client_ip}`, `<id>`); `reject_at =
+"rcpt"` when most failures came at RCPT; and `latency`, the median and p99 of the time accepted transmissions took,
+where the log has it (Postfix's delays, Exim's DT=).
+
+The sink then answers each attempt as the providers answered the MTA: its answer rates are the log's.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from mailload.mtalog.aggregate import Aggregate, Answers
+from mailload.mtalog.read import LogError, ReadReport
+
+DEFAULT = "default"
+LATENCY_FLOOR = 0.001  # seconds: a median below this is no latency worth giving
+
+
+class DerivationError(LogError):
+    """Logs that hold no answer to derive a policy from; the message says why."""
+
+
+def policy(aggregate: Aggregate, report: ReadReport, top: int = 20, replies: int = 10) -> str:
+    """The text of a policy file."""
+    if aggregate.replies == 0:
+        raise DerivationError("no delivery attempt in these logs got an answer from a server: no policy to derive")
+    ranked = sorted(
+        ((name, a) for name, a in aggregate.answers.items() if a.replies and _writable(name)),
+        key=lambda item: (-item[1].replies, item[0]),
+    )
+    named, rest = ranked[:top], ranked[top:]
+    others = Answers()
+    others.merge(aggregate.others)
+    for _, answers in rest:
+        others.merge(answers)
+    for name, answers in aggregate.answers.items():
+        if answers.replies == 0 or not _writable(name):
+            others.merge(answers)
+    folded = len(rest) + aggregate.folded_domains + sum(
+        1 for n, a in aggregate.answers.items() if a.replies == 0 or not _writable(n)
+    )
+    out = _head(aggregate, report, len(named), folded)
+    out += _rules("[default]", others, f"the {folded:,} other domains" if folded else "no other domain")
+    out += _lists(DEFAULT, others, replies)
+    for name, answers in named:
+        out += _rules(f"[domain.{_quote(name)}]", answers, name)
+        out += _lists(name, answers, replies)
+    return out
+
+
+def _writable(name: str) -> bool:
+    return bool(name) and name != DEFAULT and all(c.isalnum() or c in "-._" for c in name)
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)  # a TOML basic string: JSON's escapes are TOML's
+
+
+def _comment(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, 116, initial_indent="# ", subsequent_indent="# ")) + "\n"
+
+
+def _head(aggregate: Aggregate, report: ReadReport, named: int, folded: int) -> str:
+    files = len(report.files)
+    return _comment(
+        f"A policy derived from an MTA's logs by `smartsink policy from-logs` ({files} file{'s' if files != 1 else ''}"
+        f", {report.total('lines'):,} lines): {aggregate.attempts:,} delivery attempts, {aggregate.replies:,} of "
+        f"them answered by a server ({aggregate.no_reply:,} without an answer, not counted). {named} domains by "
+        f"name, {folded:,} others in [default]. Per domain: the share of the answered attempts that got a temporary "
+        "(defer) and a permanent (bounce) failure, the failure texts weighted by how often they came (addresses, "
+        "IP addresses and ids masked), when the failures came (reject_at) and how long accepted transmissions "
+        "took (latency), where the log says. Check it: smartsink --check --policy THIS.toml"
+    ) + "\n"
+
+
+def _rules(header: str, answers: Answers, who: str) -> str:
+    replies = answers.replies
+    if replies == 0:
+        return f"{header}\nbounce = 0\ndefer = 0\n\n"
+    accepted = 100 * answers.accepted / replies
+    lines = [
+        header,
+        f"# {who}: {replies:,} answered attempts, {accepted:.2f}% accepted",
+        f"bounce = {_percent(answers.permfailed, replies)}",
+        f"defer = {_percent(answers.tempfailed, replies)}",
+    ]
+    failures = answers.at_rcpt + answers.at_data
+    if failures:
+        share = 100 * answers.at_rcpt / failures
+        if answers.at_rcpt > answers.at_data:
+            lines.append(f'reject_at = "rcpt"  # {share:.1f}% of the failures whose step is logged came at RCPT')
+        else:
+            lines.append(f"# {100 - share:.1f}% of the failures whose step is logged came at the end of DATA")
+    latency = answers.latency
+    if latency is not None and latency.count and latency.quantile(0.5) >= LATENCY_FLOOR:
+        median, p99 = latency.quantile(0.5), max(latency.quantile(0.5), latency.quantile(0.99))
+        lines.append(
+            f'latency = {{ median = "{_ms(median)}", p99 = "{_ms(p99)}" }}  # of {latency.count:,} accepted '
+            "transmissions"
+        )
+    return "\n".join(lines) + "\n\n"
+
+
+def _lists(name: str, answers: Answers, most: int) -> str:
+    out = ""
+    for kind, low, high in (("defer", 400, 500), ("bounce", 500, 600)):
+        texts = [((code, text), n) for (code, text), n in answers.texts.top(answers.texts.capacity) if low <= code < high]
+        for (code, text), n in texts[:most]:
+            out += f"[[{kind}.{_quote(name)}]]\ncode = {code}\nmsg = {_quote(text)}\nweight = {n}\n\n"
+    return out
+
+
+def _percent(count: int, total: int) -> str:
+    text = f"{100 * count / total:.4f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
