@@ -179,7 +179,9 @@ def policy_from_logs(
     output: OutputOption = None,
     fmt: FormatOption = "auto",
     top: Annotated[int, typer.Option("--top", help="Domains given a table of their own; the rest make [default]")] = 20,
-    replies: Annotated[int, typer.Option("--replies", help="Reply texts kept per domain and kind, the most frequent")] = 10,
+    replies: Annotated[
+        int, typer.Option("--replies", help="Reply texts kept per domain and kind, the most frequent")
+    ] = 10,
     quiet: QuietOption = False,
 ) -> None:
     from smartsink.policy.fromlogs import policy

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import itertools
 import math
+import textwrap
 from dataclasses import dataclass
 
 from mailload.mtalog.aggregate import NO_VALUE, Aggregate
@@ -27,10 +29,10 @@ OTHER_SENDERS = "other-senders.test"
 OTHER_LABEL = "others"
 NO_TENANT, NO_CAMPAIGN = "no-tenant", "no-campaign"
 HEADER_BYTES = 800  # a message's size less its body: trafficgen's headers and the MTA's Received line
-SIZE_TOLERANCE = 0.05  # the sizes' quantiles written reproduce the log's within 5% (checked where none is given)
+SIZE_TOLERANCE = 0.05  # the sizes' quantiles reproduce the log's within 5% (checked at every whole percentile)
 BASE_PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
-GRID = (0, 0.1, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 90, 92.5, 95,
-        97, 98, 99, 99.5, 99.9, 100)  # the percentiles a workload may give
+MAX_SIZE_POINTS = 48
+RANK_SLACK = 0.5  # percentile points: a size may stand where the log's stands this near (a gap between sizes)
 MAX_SOURCES = 250
 FIRST_SOURCE = ipaddress.ip_address("127.0.0.2")  # on Linux every 127.x.y.z is this host's, without setup
 
@@ -70,55 +72,57 @@ def workload(aggregate: Aggregate, report: ReadReport, shape: Shape) -> str:
 def _head(aggregate: Aggregate, report: ReadReport) -> str:
     files = len(report.files)
     return (
-        "# A workload derived from an MTA's logs by `trafficgen workload from-logs`: trafficgen --workload THIS.toml "
-        "--target MTA:PORT\n"
-        f"# From {files} file{'s' if files != 1 else ''}, {report.total('lines'):,} lines: {aggregate.messages:,} "
-        f"messages taken in, {aggregate.domains.total:,} recipients.\n"
-        "# Only domains, tenants, campaigns, counts and distributions are written: no address, local part, message "
-        "id or subject.\n"
-        "# Options given on the command line win over this file (--concurrency, --profile, --domain-suffix...).\n\n"
+        _comment(
+            "A workload derived from an MTA's logs by `trafficgen workload from-logs` "
+            f"({files} file{'s' if files != 1 else ''}, {report.total('lines'):,} lines: {aggregate.messages:,} messages "
+            f"taken in, {aggregate.domains.total:,} recipients). Only domains, tenants, campaigns, counts and "
+            "distributions are written: no address, local part, message id or subject. Run it: trafficgen --workload "
+            "THIS.toml --target MTA:PORT; options given on the command line win over this file (--concurrency, "
+            "--profile, --domain-suffix...)."
+        )
+        + "\n"
     )
 
 
 def _recipients(per_message: TopCounter[int]) -> str:
     if per_message.total == 0:
-        return "# Recipients per message: the logs do not say; one each.\n\n"
+        return _comment("Recipients per message: the logs do not say; one each.") + "\n"
     ranked = per_message.top(3)
     mode = ranked[0][0]
     mean = sum(n * c for n, c in per_message.counts.items()) / max(1, per_message.total - per_message.pruned)
     spread = ", ".join(f"{n} in {100 * c / per_message.total:.1f}%" for n, c in ranked)
     return (
-        f"# Recipients per message: {spread} of the messages (mean {mean:.2f}): the most common.\n"
-        f"recipients-per-message = {mode}\n\n"
+        _comment(f"Recipients per message: {spread} of the messages (mean {mean:.2f}): the most common.")
+        + f"recipients-per-message = {mode}\n\n"
     )
 
 
 def size_points(sizes: LogHistogram) -> tuple[list[float], float]:
-    """The percentiles to write (BASE_PERCENTILES, then those of GRID where the log's sizes are reproduced worst)
-    until they are within SIZE_TOLERANCE, and the largest relative difference left at the percentiles checked."""
+    """The percentiles to write (BASE_PERCENTILES, then where the log's sizes are reproduced worst, to a tenth of a
+    percentile) until the checked quantiles are within SIZE_TOLERANCE, and the largest difference left."""
     points = list(BASE_PERCENTILES)
     while True:
         worst, where = _worst(sizes, points)
-        if worst <= SIZE_TOLERANCE or where is None:
+        if worst <= SIZE_TOLERANCE or where is None or len(points) >= MAX_SIZE_POINTS:
             return points, worst
         points = sorted({*points, where})
 
 
 def _worst(sizes: LogHistogram, points: list[float]) -> tuple[float, float | None]:
-    """The largest relative difference between the log's sizes and the quantiles' interpolation, checked at each
-    percentile of GRID not given and half-way between two given; and the percentile of GRID to add for it (None
-    when none is left there)."""
+    """The largest difference between the quantiles the points give and the log's, checked at every whole
+    percentile and half-way between two points: a size's relative distance to the log's sizes within RANK_SLACK
+    percentile points of it. And the percentile to add for it (None when the points are already that close)."""
     spec = _spec(sizes, points)
-    checks = [p for p in GRID if p not in points] + [(a + b) / 2 for a, b in zip(points, points[1:], strict=False)]
+    checks = sorted({*range(1, 100), *((a + b) / 2 for a, b in itertools.pairwise(points))} - set(points))
     worst, where = 0.0, None
     for p in checks:
-        wanted = sizes.quantile(p / 100)
-        off = abs(spec.quantile(p / 100) - wanted) / max(1.0, wanted)
+        low = sizes.quantile(max(0.0, p - RANK_SLACK) / 100)
+        high = sizes.quantile(min(100.0, p + RANK_SLACK) / 100)
+        value = spec.quantile(p / 100)
+        off = (low - value) / max(1.0, low) if value < low else (value - high) / max(1.0, high) if value > high else 0.0
         if off > worst:
-            low = max(q for q in points if q < p)
-            high = min(q for q in points if q > p)
-            inside = [q for q in GRID if low < q < high]
-            worst, where = off, min(inside, key=lambda q: abs(q - p)) if inside else None
+            candidate = round(p, 1)
+            worst, where = off, candidate if candidate not in points else None
     return worst, where
 
 
@@ -131,16 +135,18 @@ def _spec(sizes: LogHistogram, points: list[float], less: int = 0) -> QuantileSi
 
 def _sizes(sizes: LogHistogram) -> str:
     if sizes.count == 0:
-        return "# Message sizes: the logs do not say; trafficgen's default.\n\n"
+        return _comment("Message sizes: the logs do not say; trafficgen's default.") + "\n"
     points, worst = size_points(sizes)
     spec = _spec(sizes, points, HEADER_BYTES)
     text = ",".join(f"{_key(q * 100)}={v}" for q, v in spec.points)
     return (
-        f"# Message sizes ({sizes.count:,}): their quantiles, less {HEADER_BYTES} bytes of headers, drawn log-linearly "
-        f"between them; the log's quantiles are reproduced within {worst:.1%} (checked at the other percentiles of a "
-        f"grid and half-way between two given; the tolerance: {SIZE_TOLERANCE:.0%}). Median {sizes.quantile(0.5):,.0f} bytes, p99 "
-        f"{sizes.quantile(0.99):,.0f}, mean {sizes.mean:,.0f}.\n"
-        f'body-size = "{text}"\n\n'
+        _comment(
+            f"Message sizes ({sizes.count:,}): their quantiles, less {HEADER_BYTES} bytes of headers, drawn log-linearly "
+            f"between them; the log's quantiles are reproduced within {worst:.1%} (each whole percentile and each "
+            f"half-way between two given, against the log's within {RANK_SLACK} percentile points of it; the tolerance: {SIZE_TOLERANCE:.0%}). Median {sizes.quantile(0.5):,.0f} bytes, p99 "
+            f"{sizes.quantile(0.99):,.0f}, mean {sizes.mean:,.0f}."
+        )
+        + f'body-size = "{text}"\n\n'
     )
 
 
@@ -175,19 +181,22 @@ def stages(arrivals: Timeline, shape: Shape) -> tuple[list[str], float, float]:
 
 def _profile(arrivals: Timeline, shape: Shape) -> str:
     if arrivals.total == 0:
-        return "# Rate: the logs give no time of arrival; trafficgen's default.\n\n"
+        return _comment("Rate: the logs give no time of arrival; trafficgen's default.") + "\n"
     texts, start, length = stages(arrivals, shape)
     if all(t.startswith("pause") for t in texts):
-        return "# Rate: at this share of the volume no stage sends anything: give a larger --share.\n\n"
+        return _comment("Rate: at this share of the volume no stage sends anything: give a larger --share.") + "\n"
     began = datetime.datetime.fromtimestamp(start, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
     total = arrivals.total * shape.share
     run = length / shape.speed
     listed = ",\n".join(f'    "{t}"' for t in texts)
     return (
-        f"# Rate: the {arrivals.total:,} arrivals of {_span(length)} from {began} (as logged), in {len(texts)} "
-        f"stage{'s' if len(texts) != 1 else ''}, replayed {_number(shape.speed)} times as fast at "
-        f"{_number(shape.share * 100)}% of the volume:\n# about {total:,.0f} messages in {_span(run)}.\n"
-        f"profile = [\n{listed},\n]\n\n"
+        _comment(
+            f"Rate: the {arrivals.total:,} arrivals of {_span(length)} from {began} (as logged), in {len(texts)} "
+            f"stage{'s' if len(texts) != 1 else ''}, replayed {_number(shape.speed)} times as fast at "
+            f"{_number(shape.share * 100)}% of the volume: about {total:,.0f} messages in {_span(run)}. Give "
+            "--concurrency enough connections for the busiest stage's rate."
+        )
+        + f"profile = [\n{listed},\n]\n\n"
     )
 
 
@@ -202,16 +211,21 @@ def _span(seconds: float) -> str:
 def _sources(count: int) -> str:
     if count < 2:
         return (
-            f"# Egress sources: {'one' if count else 'the logs name none'}; connections leave from the default "
-            "address.\n\n"
+            _comment(
+                f"Egress sources: {'one' if count else 'the logs name none'}; connections leave from the "
+                "default address."
+            )
+            + "\n"
         )
     used = min(count, MAX_SOURCES)
     addresses = ", ".join(f'"{FIRST_SOURCE + i}"' for i in range(used))
     more = f" (the first {MAX_SOURCES})" if count > MAX_SOURCES else ""
     return (
-        f"# Egress sources: {count:,} seen, as that many source addresses{more}: loopback addresses (every 127.x.y.z "
-        "is this host's on Linux), for a target on loopback; give this host's own with --source-address otherwise.\n"
-        f"source-address = [{addresses}]\n\n"
+        _comment(
+            f"Egress sources: {count:,} seen, as that many source addresses{more}: loopback addresses (every 127.x.y.z "
+            "is this host's on Linux), for a target on loopback; give this host's own with --source-address otherwise."
+        )
+        + f"source-address = [{addresses}]\n\n"
     )
 
 
@@ -239,18 +253,20 @@ def _weights(key: str, title: str, counter: TopCounter[str], top: int, valid: ob
             kept.append((written, n))
     rest = counter.total - sum(n for _, n in kept)
     if not kept:
-        return f"# {title}: none the logs name can be written.\n\n"
+        return _comment(f"{title}: none the logs name can be written.") + "\n"
     lines = [f'"{name}" = {_number(100 * n / counter.total)}' for name, n in kept]
     note = f"the {len(kept)} largest by name"
     if rest > 0:
         lines.append(f'"{rest_name}" = {_number(100 * rest / counter.total)}')
-        note += f"; the {max(0, counter.distinct - len(kept)):,} others as {rest_name}, {100 * rest / counter.total:.2f}%"
-    return f"# {title} ({counter.total:,}, in percent): {note}.\n[{key}]\n" + "\n".join(lines) + "\n\n"
+        note += (
+            f"; the {max(0, counter.distinct - len(kept)):,} others as {rest_name}, {100 * rest / counter.total:.2f}%"
+        )
+    return _comment(f"{title} ({counter.total:,}, in percent): {note}.") + f"[{key}]\n" + "\n".join(lines) + "\n\n"
 
 
 def _labels(key: str, title: str, counter: TopCounter[str], top: int, none_name: str) -> str:
     if set(counter.counts) <= {NO_VALUE}:
-        return f"# {title}: the logs name none.\n\n"
+        return _comment(f"{title}: the logs name none.") + "\n"
     kept: list[tuple[str, int]] = []
     for name, n in counter.top(top):
         written = none_name if name == NO_VALUE else _label_name(name)
@@ -262,7 +278,11 @@ def _labels(key: str, title: str, counter: TopCounter[str], top: int, none_name:
     if rest > 0:
         lines.append(f'"{OTHER_LABEL}" = {_number(100 * rest / counter.total)}')
         note += f"; the others as {OTHER_LABEL}, {100 * rest / counter.total:.2f}%"
-    return f"# {title} of the messages (in percent): {note}.\n[{key}]\n" + "\n".join(lines) + "\n\n"
+    return _comment(f"{title} of the messages (in percent): {note}.") + f"[{key}]\n" + "\n".join(lines) + "\n\n"
+
+
+def _comment(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, 116, initial_indent="# ", subsequent_indent="# ")) + "\n"
 
 
 def _number(x: float) -> str:

@@ -36,9 +36,13 @@ _SIZE = re.compile(r" S=(\d+)")
 _SUBJECT = re.compile(r' T="(?:[^"\\]|\\.)*"')
 _CONFIRMED = re.compile(r' C="(?P<code>[2-5]\d\d)[ -](?P<text>(?:[^"\\]|\\.)*)"')
 _ELAPSED = re.compile(r" DT=(?P<dt>[\d.wdhms]+)")
-_ERROR = re.compile(r"SMTP error from remote mail (?:server|host) after (?P<after>.+?): (?P<code>[2-5]\d\d)[ -](?P<text>.*)$")
+_ERROR = re.compile(
+    r"SMTP error from remote mail (?:server|host) after (?P<after>.+?): (?P<code>[2-5]\d\d)[ -](?P<text>.*)$"
+)
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-SNIFF = re.compile(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: [-+]\d{{4}})?(?: \[\d+\])? {_ID} (?:<=|=>|->|==|\*\*|\*>|Completed)")
+SNIFF = re.compile(
+    rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: [-+]\d{{4}})?(?: \[\d+\])? {_ID} (?:<=|=>|->|==|\*\*|\*>|Completed)"
+)
 
 
 def looks_like(line: str) -> bool:

@@ -31,7 +31,9 @@ from mailload.mtalog.events import Attempt, Event, Received, Recipient, Stage, d
 
 NAME = "postfix"
 MAX_OPEN = 100_000
-MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+MONTHS = {
+    m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)
+}
 
 _BSD = re.compile(
     r"^(?P<mon>[A-Z][a-z]{2}) +(?P<day>\d{1,2}) (?P<h>\d\d):(?P<m>\d\d):(?P<s>\d\d)(?:\.\d+)? \S+ "
@@ -68,8 +70,10 @@ class Parser:
     """Lines to events, keeping each open queue id's state (bounded)."""
 
     def __init__(self, reference: float | None = None, max_open: int = MAX_OPEN):
-        when = datetime.datetime.fromtimestamp(reference, datetime.UTC) if reference else datetime.datetime.now(
-            datetime.UTC
+        when = (
+            datetime.datetime.fromtimestamp(reference, datetime.UTC)
+            if reference
+            else datetime.datetime.now(datetime.UTC)
         )
         self.reference = when.timestamp() + 86400  # a day of slack for time zones
         self.year = when.year

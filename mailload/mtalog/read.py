@@ -161,6 +161,8 @@ def _read(
                 skipped += 1
     except SourceError as e:
         raise LogError(str(e)) from None
+    if wrong and used + skipped == 0:
+        raise LogError(f"{log.path}: not {formats.LABELS[report.format]}: none of its {wrong:,} lines is one")
     report.compression, report.cut_short = log.compression, log.cut_short
     report.lines, report.used, report.skipped, report.not_understood = lines, used, skipped, wrong
     report.first_not_understood = first_wrong

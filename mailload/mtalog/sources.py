@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import zstandard
 
@@ -62,11 +62,50 @@ class LogFile:
         if self.compression == "gzip":
             stream = gzip.GzipFile(fileobj=raw)
         elif self.compression == "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, read_size=BUFFER)
-            stream = io.BufferedReader(reader, BUFFER)  # type: ignore[arg-type]
+            stream = io.BufferedReader(ZstdFrames(raw), BUFFER)
         else:
             stream = raw
         return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None)
+
+
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of zstd frames one after another (kumod's segments), raising ZstdError when the
+    input ends inside a frame (zstandard's stream reader ends quietly there)."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.context = zstandard.ZstdDecompressor()
+        self.frame = self.context.decompressobj()
+        self.in_frame = False
+        self.out = b""
+        self.offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self.offset >= len(self.out):
+            chunk = self.raw.read(BUFFER)
+            if not chunk:
+                if self.in_frame:
+                    raise zstandard.ZstdError("the input ends inside a frame")
+                return 0
+            self.out, self.offset = self._decompress(chunk), 0
+        n = min(len(buffer), len(self.out) - self.offset)
+        buffer[:n] = self.out[self.offset : self.offset + n]
+        self.offset += n
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        parts = []
+        while chunk:
+            parts.append(self.frame.decompress(chunk))
+            self.in_frame = not self.frame.eof
+            if self.in_frame:
+                break
+            chunk = self.frame.unused_data
+            self.frame = self.context.decompressobj()
+        return b"".join(parts)
 
 
 def _compression(raw: IO[bytes]) -> str:

@@ -7,12 +7,18 @@ often they came, with addresses, IP addresses and ids masked (`{recipient}`, `{c
 "rcpt"` when most failures came at RCPT; and `latency`, the median and p99 of the time accepted transmissions took,
 where the log has it (Postfix's delays, Exim's DT=).
 
-The sink then answers each attempt as the providers answered the MTA: its answer rates are the log's.
+The sink then answers each attempt as the providers answered the MTA: its answer rates are the log's. One
+correction makes that hold for messages of several recipients (all in one domain, as trafficgen sends them): a
+domain that fails at the end of DATA fails the whole message, and the sink rolls each recipient and answers the
+message with the worst; so with `k` recipients a message (the log's most common count, the workload's), the
+percentages are those whose worst-of-k gives the log's shares: bounce = 1 - (1 - B)^(1/k), bounce + defer = 1 -
+(1 - B - D)^(1/k), for the log's shares B and D.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 
 from mailload.mtalog.aggregate import Aggregate, Answers
@@ -42,14 +48,18 @@ def policy(aggregate: Aggregate, report: ReadReport, top: int = 20, replies: int
     for name, answers in aggregate.answers.items():
         if answers.replies == 0 or not _writable(name):
             others.merge(answers)
-    folded = len(rest) + aggregate.folded_domains + sum(
-        1 for n, a in aggregate.answers.items() if a.replies == 0 or not _writable(n)
+    folded = (
+        len(rest)
+        + aggregate.folded_domains
+        + sum(1 for n, a in aggregate.answers.items() if a.replies == 0 or not _writable(n))
     )
+    ranked_counts = aggregate.per_message.top(1)
+    k = ranked_counts[0][0] if ranked_counts else 1
     out = _head(aggregate, report, len(named), folded)
-    out += _rules("[default]", others, f"the {folded:,} other domains" if folded else "no other domain")
+    out += _rules("[default]", others, f"the {folded:,} other domains" if folded else "no other domain", k)
     out += _lists(DEFAULT, others, replies)
     for name, answers in named:
-        out += _rules(f"[domain.{_quote(name)}]", answers, name)
+        out += _rules(f"[domain.{_quote(name)}]", answers, name, k)
         out += _lists(name, answers, replies)
     return out
 
@@ -68,32 +78,38 @@ def _comment(text: str) -> str:
 
 def _head(aggregate: Aggregate, report: ReadReport, named: int, folded: int) -> str:
     files = len(report.files)
-    return _comment(
-        f"A policy derived from an MTA's logs by `smartsink policy from-logs` ({files} file{'s' if files != 1 else ''}"
-        f", {report.total('lines'):,} lines): {aggregate.attempts:,} delivery attempts, {aggregate.replies:,} of "
-        f"them answered by a server ({aggregate.no_reply:,} without an answer, not counted). {named} domains by "
-        f"name, {folded:,} others in [default]. Per domain: the share of the answered attempts that got a temporary "
-        "(defer) and a permanent (bounce) failure, the failure texts weighted by how often they came (addresses, "
-        "IP addresses and ids masked), when the failures came (reject_at) and how long accepted transmissions "
-        "took (latency), where the log says. Check it: smartsink --check --policy THIS.toml"
-    ) + "\n"
+    return (
+        _comment(
+            f"A policy derived from an MTA's logs by `smartsink policy from-logs` ({files} file{'s' if files != 1 else ''}"
+            f", {report.total('lines'):,} lines): {aggregate.attempts:,} delivery attempts, {aggregate.replies:,} of "
+            f"them answered by a server ({aggregate.no_reply:,} without an answer, not counted). {named} domains by "
+            f"name, {folded:,} others in [default]. Per domain: the share of the answered attempts that got a temporary "
+            "(defer) and a permanent (bounce) failure, the failure texts weighted by how often they came (addresses, "
+            "IP addresses and ids masked), when the failures came (reject_at) and how long accepted transmissions "
+            "took (latency), where the log says. Check it: smartsink --check --policy THIS.toml"
+        )
+        + "\n"
+    )
 
 
-def _rules(header: str, answers: Answers, who: str) -> str:
+def _rules(header: str, answers: Answers, who: str, k: int) -> str:
     replies = answers.replies
     if replies == 0:
         return f"{header}\nbounce = 0\ndefer = 0\n\n"
-    accepted = 100 * answers.accepted / replies
-    lines = [
-        header,
-        f"# {who}: {replies:,} answered attempts, {accepted:.2f}% accepted",
-        f"bounce = {_percent(answers.permfailed, replies)}",
-        f"defer = {_percent(answers.tempfailed, replies)}",
-    ]
+    bounce, defer = answers.permfailed / replies, answers.tempfailed / replies
+    lines = [header, f"# {who}: {replies:,} answered attempts, {100 * answers.accepted / replies:.2f}% accepted"]
+    at_rcpt = answers.at_rcpt > answers.at_data
+    if not at_rcpt and k > 1:
+        lines.append(
+            f"# the log's {100 * bounce:.4g}% bounced and {100 * defer:.4g}% deferred, as messages of {k} recipients "
+            "answered at the end of DATA: per recipient, worst of the message wins"
+        )
+        bounce, defer = per_recipient(bounce, defer, k)
+    lines += [f"bounce = {_percent(bounce)}", f"defer = {_percent(defer)}"]
     failures = answers.at_rcpt + answers.at_data
     if failures:
         share = 100 * answers.at_rcpt / failures
-        if answers.at_rcpt > answers.at_data:
+        if at_rcpt:
             lines.append(f'reject_at = "rcpt"  # {share:.1f}% of the failures whose step is logged came at RCPT')
         else:
             lines.append(f"# {100 - share:.1f}% of the failures whose step is logged came at the end of DATA")
@@ -107,18 +123,28 @@ def _rules(header: str, answers: Answers, who: str) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def per_recipient(bounce: float, defer: float, k: int) -> tuple[float, float]:
+    """The shares of recipients to bounce and defer so that messages of `k`, answered with their worst, bounce and
+    defer as the given shares of messages did."""
+    b = 1 - (1 - bounce) ** (1 / k)
+    failed = 1 - max(0.0, 1 - bounce - defer) ** (1 / k)
+    return b, max(0.0, failed - b)
+
+
 def _lists(name: str, answers: Answers, most: int) -> str:
     out = ""
     for kind, low, high in (("defer", 400, 500), ("bounce", 500, 600)):
-        texts = [((code, text), n) for (code, text), n in answers.texts.top(answers.texts.capacity) if low <= code < high]
+        texts = [
+            ((code, text), n) for (code, text), n in answers.texts.top(answers.texts.capacity) if low <= code < high
+        ]
         for (code, text), n in texts[:most]:
             out += f"[[{kind}.{_quote(name)}]]\ncode = {code}\nmsg = {_quote(text)}\nweight = {n}\n\n"
     return out
 
 
-def _percent(count: int, total: int) -> str:
-    text = f"{100 * count / total:.4f}".rstrip("0").rstrip(".")
-    return text or "0"
+def _percent(share: float) -> str:
+    text = f"{100 * share:.4f}".rstrip("0").rstrip(".")
+    return text if math.isfinite(share) and text else "0"
 
 
 def _ms(seconds: float) -> str:
