@@ -100,7 +100,7 @@ class Log:
 
     def arrivals(self, rng: random.Random) -> list[float]:
         """Arrival times with a daily shape: busiest in the afternoon, quiet at night (rejection sampling)."""
-        times = []
+        times: list[float] = []
         while len(times) < self.messages:
             u = rng.random()
             if rng.random() * 2 <= 1 + math.sin(2 * math.pi * (u - 0.375)):
@@ -279,7 +279,8 @@ def _open(path: Path, kind: str) -> TextIO:
     if kind == "gzip":
         return gzip.open(path, "wt", encoding="utf-8", compresslevel=1)
     if kind == "zstd":
-        return zstandard.open(path, "wt", cctx=zstandard.ZstdCompressor(level=3), encoding="utf-8")
+        opened: TextIO = zstandard.open(path, "wt", cctx=zstandard.ZstdCompressor(level=3), encoding="utf-8")
+        return opened
     return open(path, "w", encoding="utf-8")
 
 
@@ -301,14 +302,15 @@ def postfix_lines(log: Log) -> Iterator[str]:
         yield f"{head}/qmgr[1203]: {qid}: from=<bounces@shop.example>, size={size}, nrcpt=1 (queue active)"
         roll = rng.random()
         relay = f"relay=mx.{provider.name}[127.0.0.1]:25, delay=0.4, delays=0.1/0/0.1/0.2"
+        to = f"{head}/smtp[1204]: {qid}: to=<{local}@{provider.name}>, {relay}"
+        host = f"host mx.{provider.name}[127.0.0.1] said:"
         if roll < provider.permanent:
-            said = f"host mx.{provider.name}[127.0.0.1] said: 550 5.1.1 <{local}@{provider.name}>: User unknown"
-            yield f"{head}/smtp[1204]: {qid}: to=<{local}@{provider.name}>, {relay}, dsn=5.1.1, status=bounced ({said} (in reply to RCPT TO command))"
+            said = f"{host} 550 5.1.1 <{local}@{provider.name}>: User unknown (in reply to RCPT TO command)"
+            yield f"{to}, dsn=5.1.1, status=bounced ({said})"
         elif roll < provider.permanent + provider.temporary:
-            said = f"host mx.{provider.name}[127.0.0.1] said: 421 4.7.0 Try again later"
-            yield f"{head}/smtp[1204]: {qid}: to=<{local}@{provider.name}>, {relay}, dsn=4.7.0, status=deferred ({said} (in reply to RCPT TO command))"
+            yield f"{to}, dsn=4.7.0, status=deferred ({host} 421 4.7.0 Try again later (in reply to RCPT TO command))"
         else:
-            yield f"{head}/smtp[1204]: {qid}: to=<{local}@{provider.name}>, {relay}, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as {rng.randrange(16**8):08X})"
+            yield f"{to}, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as {rng.randrange(16**8):08X})"
             yield f"{head}/qmgr[1203]: {qid}: removed"
 
 

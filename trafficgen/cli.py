@@ -393,7 +393,8 @@ def workload_from_logs(
         int, typer.Option("--top", help="Domains, tenants, campaigns and sender domains kept by name; the rest as one")
     ] = 20,
     speed: Annotated[
-        float, typer.Option("--speed", help="Replay the logged period this many times faster: 24 plays a day in an hour")
+        float,
+        typer.Option("--speed", help="Replay the logged period this many times faster: 24 plays a day in an hour"),
     ] = 1.0,
     share: Annotated[str, typer.Option("--share", help="Of the logged volume, in percent: 10 or 10%")] = "100",
     stages: Annotated[int, typer.Option("--stages", help="At most this many --profile stages")] = 24,

@@ -74,8 +74,8 @@ def _head(aggregate: Aggregate, report: ReadReport) -> str:
     return (
         _comment(
             "A workload derived from an MTA's logs by `trafficgen workload from-logs` "
-            f"({files} file{'s' if files != 1 else ''}, {report.total('lines'):,} lines: {aggregate.messages:,} messages "
-            f"taken in, {aggregate.domains.total:,} recipients). Only domains, tenants, campaigns, counts and "
+            f"({files} file{'s' if files != 1 else ''}, {report.total('lines'):,} lines: {aggregate.messages:,} "
+            f"messages taken in, {aggregate.domains.total:,} recipients). Only domains, tenants, campaigns, counts and "
             "distributions are written: no address, local part, message id or subject. Run it: trafficgen --workload "
             "THIS.toml --target MTA:PORT; options given on the command line win over this file (--concurrency, "
             "--profile, --domain-suffix...)."
@@ -141,9 +141,10 @@ def _sizes(sizes: LogHistogram) -> str:
     text = ",".join(f"{_key(q * 100)}={v}" for q, v in spec.points)
     return (
         _comment(
-            f"Message sizes ({sizes.count:,}): their quantiles, less {HEADER_BYTES} bytes of headers, drawn log-linearly "
-            f"between them; the log's quantiles are reproduced within {worst:.1%} (each whole percentile and each "
-            f"half-way between two given, against the log's within {RANK_SLACK} percentile points of it; the tolerance: {SIZE_TOLERANCE:.0%}). Median {sizes.quantile(0.5):,.0f} bytes, p99 "
+            f"Message sizes ({sizes.count:,}): their quantiles, less {HEADER_BYTES} bytes of headers, drawn "
+            f"log-linearly between them; the log's quantiles are reproduced within {worst:.1%} (each whole percentile "
+            f"and each half-way between two given, against the log's within {RANK_SLACK} percentile points of it; the "
+            f"tolerance: {SIZE_TOLERANCE:.0%}). Median {sizes.quantile(0.5):,.0f} bytes, p99 "
             f"{sizes.quantile(0.99):,.0f}, mean {sizes.mean:,.0f}."
         )
         + f'body-size = "{text}"\n\n'

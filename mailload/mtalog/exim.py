@@ -41,7 +41,8 @@ _ERROR = re.compile(
 )
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 SNIFF = re.compile(
-    rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: [-+]\d{{4}})?(?: \[\d+\])? {_ID} (?:<=|=>|->|==|\*\*|\*>|Completed)"
+    rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: [-+]\d{{4}})?(?: \[\d+\])? {_ID} "
+    r"(?:<=|=>|->|==|\*\*|\*>|Completed)"
 )
 
 
@@ -134,7 +135,7 @@ class Parser:
             if len(self._days) > 1000:
                 self._days.clear()
             self._days[m.group("date")] = day
-        when = day + int(m.group("h")) * 3600 + int(m.group("m")) * 60 + int(m.group("s"))
+        when: float = day + int(m.group("h")) * 3600 + int(m.group("m")) * 60 + int(m.group("s"))
         if m.group("frac"):
             when += float(m.group("frac"))
         zone = m.group("tz")

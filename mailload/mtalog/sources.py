@@ -58,7 +58,7 @@ class LogFile:
             raise SourceError(f"{self.path}: cannot be read: {e.strerror or e}") from None
 
     def _text(self, raw: IO[bytes]) -> io.TextIOWrapper:
-        stream: IO[bytes]
+        stream: IO[bytes] | gzip.GzipFile
         if self.compression == "gzip":
             stream = gzip.GzipFile(fileobj=raw)
         elif self.compression == "zstd":

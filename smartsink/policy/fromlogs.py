@@ -36,23 +36,7 @@ def policy(aggregate: Aggregate, report: ReadReport, top: int = 20, replies: int
     """The text of a policy file."""
     if aggregate.replies == 0:
         raise DerivationError("no delivery attempt in these logs got an answer from a server: no policy to derive")
-    ranked = sorted(
-        ((name, a) for name, a in aggregate.answers.items() if a.replies and _writable(name)),
-        key=lambda item: (-item[1].replies, item[0]),
-    )
-    named, rest = ranked[:top], ranked[top:]
-    others = Answers()
-    others.merge(aggregate.others)
-    for _, answers in rest:
-        others.merge(answers)
-    for name, answers in aggregate.answers.items():
-        if answers.replies == 0 or not _writable(name):
-            others.merge(answers)
-    folded = (
-        len(rest)
-        + aggregate.folded_domains
-        + sum(1 for n, a in aggregate.answers.items() if a.replies == 0 or not _writable(n))
-    )
+    named, others, folded = _split(aggregate, top)
     ranked_counts = aggregate.per_message.top(1)
     k = ranked_counts[0][0] if ranked_counts else 1
     out = _head(aggregate, report, len(named), folded)
@@ -62,6 +46,19 @@ def policy(aggregate: Aggregate, report: ReadReport, top: int = 20, replies: int
         out += _rules(f"[domain.{_quote(name)}]", answers, name, k)
         out += _lists(name, answers, replies)
     return out
+
+
+def _split(aggregate: Aggregate, top: int) -> tuple[list[tuple[str, Answers]], Answers, int]:
+    """The `top` most answered domains that can be named, and all the others folded into one (with their count)."""
+    ranked = sorted(aggregate.answers.items(), key=lambda item: (-item[1].replies, item[0]))
+    named = [(name, a) for name, a in ranked if a.replies and _writable(name)][:top]
+    others = Answers()
+    others.merge(aggregate.others)
+    kept = {name for name, _ in named}
+    for name, answers in ranked:
+        if name not in kept:
+            others.merge(answers)
+    return named, others, len(ranked) - len(named) + aggregate.folded_domains
 
 
 def _writable(name: str) -> bool:
@@ -80,11 +77,12 @@ def _head(aggregate: Aggregate, report: ReadReport, named: int, folded: int) -> 
     files = len(report.files)
     return (
         _comment(
-            f"A policy derived from an MTA's logs by `smartsink policy from-logs` ({files} file{'s' if files != 1 else ''}"
-            f", {report.total('lines'):,} lines): {aggregate.attempts:,} delivery attempts, {aggregate.replies:,} of "
-            f"them answered by a server ({aggregate.no_reply:,} without an answer, not counted). {named} domains by "
-            f"name, {folded:,} others in [default]. Per domain: the share of the answered attempts that got a temporary "
-            "(defer) and a permanent (bounce) failure, the failure texts weighted by how often they came (addresses, "
+            "A policy derived from an MTA's logs by `smartsink policy from-logs` "
+            f"({files} file{'s' if files != 1 else ''}, {report.total('lines'):,} lines): {aggregate.attempts:,} "
+            f"delivery attempts, {aggregate.replies:,} of them answered by a server ({aggregate.no_reply:,} without an "
+            f"answer, not counted). {named} domains by name, {folded:,} others in [default]. Per domain: the share of "
+            "the answered attempts that got a temporary (defer) and a permanent (bounce) failure, the failure texts "
+            "weighted by how often they came (addresses, "
             "IP addresses and ids masked), when the failures came (reject_at) and how long accepted transmissions "
             "took (latency), where the log says. Check it: smartsink --check --policy THIS.toml"
         )

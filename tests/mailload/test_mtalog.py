@@ -5,8 +5,12 @@ gzip, zstd, cut short) and the reading's report. The Postfix lines are copied fr
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
+import pty
 import random
+import select
 
 import pytest
 import zstandard
@@ -16,7 +20,8 @@ from mailload.mtalog import exim, formats, kumomta, postfix
 from mailload.mtalog.aggregate import Aggregate
 from mailload.mtalog.events import Attempt, Received, Recipient, Stage
 from mailload.mtalog.masking import mask
-from mailload.mtalog.read import LogError, read_logs, summary
+from mailload.mtalog.read import LogError, progress_bar, read_logs, summary
+from mailload.mtalog.sources import expand
 from mailload.mtalog.tally import LogHistogram, Timeline, TopCounter
 
 # Lines as the suite's private Postfix 3.7 wrote them (maillog_file), one message of two recipients: a deferral at
@@ -30,7 +35,7 @@ Dec 06 09:30:20 mta postfix/smtp[12323]: D3CA920D6F8: to=<user-1@gmail.com.sink.
 Dec 06 09:30:21 mta postfix/qmgr[12314]: D3CA920D6F8: from=<noreply@gmail.com.sink.test>, size=11827, nrcpt=2 (queue active)
 Dec 06 09:30:21 mta postfix/smtp[12326]: D3CA920D6F8: to=<user-0@gmail.com.sink.test>, relay=127.0.0.1[127.0.0.1]:45053, delay=0.16, delays=0.15/0/0.01/0, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 15)
 Dec 06 09:30:21 mta postfix/qmgr[12314]: D3CA920D6F8: removed
-"""
+"""  # noqa: E501 (log lines as Postfix and Exim write them)
 
 
 def feed_all(parser: formats.Parser, text: str) -> list[object]:
@@ -105,7 +110,9 @@ class TestPostfix:
         parser.start_file(1767312000.0)  # 2026-01-02
         line = "Dec 31 23:59:59 mta postfix/qmgr[1]: ABCDE12345: removed"
         parser.feed("Dec 31 23:59:59 mta postfix/smtpd[1]: ABCDE12345: client=x[127.0.0.1]")
-        (received,) = parser.feed("Dec 31 23:59:59 mta postfix/qmgr[1]: ABCDE12345: from=<a@b.example>, size=1, nrcpt=1")
+        (received,) = parser.feed(
+            "Dec 31 23:59:59 mta postfix/qmgr[1]: ABCDE12345: from=<a@b.example>, size=1, nrcpt=1"
+        )
         assert isinstance(received, Received)
         assert received.time == 1767225599.0  # 2025-12-31 23:59:59 UTC
         assert parser.feed(line) == []
@@ -133,7 +140,7 @@ EXIM = """\
 2026-03-05 10:10:01 1rhXyZ-000ABC-12 ** luis.q@gmail.com R=dnslookup T=remote_smtp H=mx.gmail.com [127.0.0.1]: SMTP error from remote mail server after end of data: 550 5.7.1 Refused
 2026-03-05 10:10:01 1rhXyZ-000ABC-12 Completed
 2026-03-05 10:10:02.250 +0100 [4242] 1rhXzA-0000000ABC-1234 <= <> R=1rhXyZ-000ABC-12 U=Debian-exim P=local S=1197
-"""
+"""  # noqa: E501 (log lines as Postfix and Exim write them)
 
 
 class TestExim:
@@ -142,7 +149,10 @@ class TestExim:
         and ** with the remote reply and its step; the sender <> a bounce notice."""
         events = feed_all(exim.Parser(), EXIM)
         received = [e for e in events if isinstance(e, Received)]
-        assert [(r.sender_domain, r.size, r.recipients) for r in received] == [("news.example", 5120, 2), (None, 1197, 0)]
+        assert [(r.sender_domain, r.size, r.recipients) for r in received] == [
+            ("news.example", 5120, 2),
+            (None, 1197, 0),
+        ]
         assert received[1].time == 1772701802.25  # +0100: 09:10:02.25 UTC
         attempts = [(a.code, a.stage, a.seconds) for a in events if isinstance(a, Attempt)]
         assert attempts == [(250, Stage.DATA, 0.3), (451, Stage.RCPT, None), (550, Stage.DATA, None)]
@@ -348,3 +358,30 @@ class TestFiles:
         assert formats.detect(EXIM.splitlines()) == "exim"
         assert formats.detect([kumo]) == "kumomta"
         assert formats.detect(["nothing", "here"]) is None
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal (a real pseudo-terminal) a bar shows the file, the lines and their rate; elsewhere none."""
+    path = written(tmp_path / "maillog", POSTFIX)
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        with progress_bar([path], stream=terminal) as update:
+            assert update is not None
+            log = expand([path])[0]
+            update(log, log.size // 2, 1234)
+        with progress_bar([path], enabled=False, stream=terminal) as none:
+            assert none is None
+    shown = b""
+    while select.select([leader], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert b"maillog" in shown
+    assert b"1,234 lines" in shown
+    with progress_bar([path], stream=io.StringIO()) as not_a_terminal:
+        assert not_a_terminal is None
