@@ -21,6 +21,7 @@ import zstandard
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BUFFER = 1 << 20
+COMPRESSED_CHUNK = 1 << 16  # zstd input read at once: JSON records decompress to some 14 times as much
 TELL_EVERY = 4095  # lines between two readings of the position on disk (a system call each)
 _CUT_SHORT = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
 
@@ -85,7 +86,7 @@ class ZstdFrames(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while self.offset >= len(self.out):
-            chunk = self.raw.read(BUFFER)
+            chunk = self.raw.read(COMPRESSED_CHUNK)
             if not chunk:
                 if self.in_frame:
                     raise zstandard.ZstdError("the input ends inside a frame")
