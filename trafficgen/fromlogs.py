@@ -15,8 +15,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import itertools
+import json
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailload.mtalog.aggregate import NO_VALUE, Aggregate
@@ -245,8 +247,9 @@ def _label_name(name: str) -> str | None:
         return None
 
 
-def _weights(key: str, title: str, counter: TopCounter[str], top: int, valid: object, rest_name: str) -> str:
-    assert callable(valid)
+def _weights(
+    key: str, title: str, counter: TopCounter[str], top: int, valid: Callable[[str], str | None], rest_name: str
+) -> str:
     kept: list[tuple[str, int]] = []
     for name, n in counter.top(top):
         written = valid(name) if name else None
@@ -255,10 +258,10 @@ def _weights(key: str, title: str, counter: TopCounter[str], top: int, valid: ob
     rest = counter.total - sum(n for _, n in kept)
     if not kept:
         return _comment(f"{title}: none the logs name can be written.") + "\n"
-    lines = [f'"{name}" = {_number(100 * n / counter.total)}' for name, n in kept]
+    lines = [f"{_key_of(name)} = {_number(100 * n / counter.total)}" for name, n in kept]
     note = f"the {len(kept)} largest by name"
     if rest > 0:
-        lines.append(f'"{rest_name}" = {_number(100 * rest / counter.total)}')
+        lines.append(f"{_key_of(rest_name)} = {_number(100 * rest / counter.total)}")
         note += (
             f"; the {max(0, counter.distinct - len(kept)):,} others as {rest_name}, {100 * rest / counter.total:.2f}%"
         )
@@ -274,12 +277,17 @@ def _labels(key: str, title: str, counter: TopCounter[str], top: int, none_name:
         if written is not None and written not in (k for k, _ in kept):
             kept.append((written, n))
     rest = counter.total - sum(n for _, n in kept)
-    lines = [f'"{name}" = {_number(100 * n / counter.total)}' for name, n in kept]
+    lines = [f"{_key_of(name)} = {_number(100 * n / counter.total)}" for name, n in kept]
     note = f"the {len(kept)} largest by name ({none_name}: messages without one)"
     if rest > 0:
-        lines.append(f'"{OTHER_LABEL}" = {_number(100 * rest / counter.total)}')
+        lines.append(f"{_key_of(OTHER_LABEL)} = {_number(100 * rest / counter.total)}")
         note += f"; the others as {OTHER_LABEL}, {100 * rest / counter.total:.2f}%"
     return _comment(f"{title} of the messages (in percent): {note}.") + f"[{key}]\n" + "\n".join(lines) + "\n\n"
+
+
+def _key_of(name: str) -> str:
+    """A name as a TOML key: a basic string (JSON's escapes are TOML's), whatever quotes or backslashes it holds."""
+    return json.dumps(name)
 
 
 def _comment(text: str) -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench import maillogs
-from mailload.mtalog.read import read_logs
+from mailload.mtalog.aggregate import Aggregate
+from mailload.mtalog.events import Received, Recipient
+from mailload.mtalog.read import ReadReport, read_logs
 from trafficgen import fromlogs
 from trafficgen.config import ConfigError, QuantileSize, Weighted, build
 from trafficgen.content import Sizes
@@ -107,6 +109,17 @@ class TestWorkload:
         domains = build(workload=str(path)).domains
         assert [d.name for d in domains] == ["gmail.com", fromlogs.OTHER_DOMAINS]
         assert sum(d.weight for d in domains) == pytest.approx(100, abs=1e-5)
+
+    def test_names_as_toml_reads_them(self, tmp_path):
+        """Tenants named with quotes, backslashes or spaces (any text a logged header holds) are written as keys
+        TOML reads back, a space made a dash."""
+        aggregate = Aggregate()
+        for tenant in ('say"hi', "back\\slash", "spa ce"):
+            aggregate.add(Received(1.0, "s.example", 1000, 1, tenant))
+            aggregate.add(Recipient("d.example"))
+        path = tmp_path / "w.toml"
+        path.write_text(fromlogs.workload(aggregate, ReadReport(), fromlogs.Shape()))
+        assert {t.name for t in build(workload=str(path)).tenants} == {'say"hi', "back\\slash", "spa-ce"}
 
     def test_a_log_without_new_messages(self, tmp_path):
         """Only deliveries of mail taken in before the log: no traffic to derive, said in one line."""
