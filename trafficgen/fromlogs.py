@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from mailload.mtalog.aggregate import NO_VALUE, Aggregate
 from mailload.mtalog.read import LogError, ReadReport
 from mailload.mtalog.tally import LogHistogram, Timeline, TopCounter
+from trafficgen import profile as profiles
 from trafficgen.config import ConfigError, QuantileSize, parse_domain, parse_label
 
 OTHER_DOMAINS = "other-domains.test"
@@ -186,8 +187,13 @@ def _profile(arrivals: Timeline, shape: Shape) -> str:
     if arrivals.total == 0:
         return _comment("Rate: the logs give no time of arrival; trafficgen's default.") + "\n"
     texts, start, length = stages(arrivals, shape)
-    if all(t.startswith("pause") for t in texts):
-        return _comment("Rate: at this share of the volume no stage sends anything: give a larger --share.") + "\n"
+    try:
+        profiles.parse(", ".join(texts))
+    except profiles.ProfileError as e:
+        raise WorkloadError(
+            f"the rate cannot be replayed at --speed {_number(shape.speed)} and --share {_number(shape.share * 100)}%: "
+            f"{e} (a smaller --speed, a larger --share, fewer --stages)"
+        ) from None
     began = datetime.datetime.fromtimestamp(start, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
     total = arrivals.total * shape.share
     run = length / shape.speed
@@ -256,8 +262,6 @@ def _weights(
         if written is not None:
             kept.append((written, n))
     rest = counter.total - sum(n for _, n in kept)
-    if not kept:
-        return _comment(f"{title}: none the logs name can be written.") + "\n"
     lines = [f"{_key_of(name)} = {_number(100 * n / counter.total)}" for name, n in kept]
     note = f"the {len(kept)} largest by name"
     if rest > 0:

@@ -121,6 +121,24 @@ class TestWorkload:
         path.write_text(fromlogs.workload(aggregate, ReadReport(), fromlogs.Shape()))
         assert {t.name for t in build(workload=str(path)).tenants} == {'say"hi', "back\\slash", "spa-ce"}
 
+    @pytest.mark.parametrize(
+        ("shape", "message"),
+        [
+            (fromlogs.Shape(speed=1e12), "a stage lasts more than 0 seconds"),
+            (fromlogs.Shape(share=1e-12), "no stage sends anything"),
+        ],
+        ids=["too-fast", "too-small-a-share"],
+    )
+    def test_a_rate_that_cannot_be_replayed(self, shape, message):
+        """Stages that would not run (shorter than the microsecond written, or sending nothing) are refused in one
+        line, not written for --workload to refuse later."""
+        aggregate = Aggregate()
+        for t in range(100):
+            aggregate.add(Received(1_700_000_000.0 + t, "s.example", 1000, 1))
+            aggregate.add(Recipient("d.example"))
+        with pytest.raises(fromlogs.WorkloadError, match=message):
+            fromlogs.workload(aggregate, ReadReport(), shape)
+
     def test_a_log_without_new_messages(self, tmp_path):
         """Only deliveries of mail taken in before the log: no traffic to derive, said in one line."""
         path = tmp_path / "maillog"
