@@ -12,6 +12,7 @@ import resource
 import sys
 from collections.abc import Callable, Sequence
 from enum import IntEnum
+from typing import Annotated
 
 import typer
 
@@ -70,3 +71,66 @@ def run_app(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> N
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     raise SystemExit(int(result or 0))
+
+
+# The arguments both `from-logs` commands take, declared once.
+LogsArgument = Annotated[
+    list[str],
+    typer.Argument(
+        help="Log files or directories (KumoMTA's log_dir): KumoMTA JSON records (plain, gzip or zstd), Postfix or "
+        "Exim log lines",
+        metavar="LOG...",
+        show_default=False,
+    ),
+]
+OutputOption = Annotated[
+    str | None, typer.Option("--output", "-o", help="Write it here [default: stdout]", metavar="FILE")
+]
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format", help="The logs' format: auto (told from each file's first lines), kumomta, postfix or exim"
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary of what was read")]
+
+
+def derive_from_logs(
+    prog: str,
+    logs: list[str],
+    render: Callable[..., str],
+    output: str | None,
+    fmt: str = "auto",
+    quiet: bool = False,
+    tenant_header: str = "X-Tenant",
+    campaign_header: str = "X-Campaign",
+) -> None:
+    """`PROG ... from-logs LOG...`: read the logs (a progress bar on a terminal), write what `render(aggregate,
+    report)` makes of them to `output` (stdout when None), and what was read to stderr. A log that cannot be read
+    or holds nothing to derive from is one line and exit 2."""
+    from mailload.mtalog.read import LogError, progress_bar, read_logs, summary
+
+    if output is not None and output != "-":
+        directory = os.path.dirname(os.path.abspath(output))
+        if os.path.isdir(output) or not os.path.isdir(directory):
+            fail(prog, f"--output {output}: {'is a directory' if os.path.isdir(output) else 'no such directory'}")
+    try:
+        with progress_bar(logs, enabled=not quiet) as progress:
+            aggregate, report = read_logs(logs, fmt, tenant_header, campaign_header, progress)
+        text = render(aggregate, report)
+    except LogError as e:
+        fail(prog, str(e))
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            fail(prog, f"--output {output}: cannot write: {e.strerror}")
+    if not quiet:
+        for line in summary(aggregate, report):
+            print(f"{prog}: {line}" if not line.startswith(" ") else line, file=sys.stderr)
+        if output not in (None, "-"):
+            print(f"{prog}: wrote {output}", file=sys.stderr)

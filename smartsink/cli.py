@@ -17,7 +17,18 @@ from typing import Annotated, Any
 import typer
 
 from mailload import options
-from mailload.cli import ExitStatus, event_loop_factory, fail, run_app, set_empty_in_environment
+from mailload.cli import (
+    ExitStatus,
+    FormatOption,
+    LogsArgument,
+    OutputOption,
+    QuietOption,
+    derive_from_logs,
+    event_loop_factory,
+    fail,
+    run_app,
+    set_empty_in_environment,
+)
 from smartsink import __version__, logs
 from smartsink.config import ConfigError, SinkConfig, build
 
@@ -27,7 +38,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
+    help="An SMTP sink that answers like real mailbox providers, from a KumoMTA-style responses.toml. "
+    "Run with options; `smartsink policy --help` to derive a policy from an MTA's logs.",
 )
 
 
@@ -39,6 +53,8 @@ def _version(value: bool) -> None:
 
 def main_command(ctx: typer.Context, **given: Any) -> int:
     """Every option of SinkConfig (mailload.options derives them), --check and --version."""
+    if ctx.invoked_subcommand is not None:
+        return ExitStatus.OK
     check = given.pop("check")
     given.pop("version", None)
     if set_empty_in_environment(ctx, "domain_suffixes", f"{ENV}_DOMAIN_SUFFIX"):
@@ -82,9 +98,7 @@ def _signature() -> inspect.Signature:
 
 
 main_command.__signature__ = _signature()  # type: ignore[attr-defined]
-app.command(help="An SMTP sink that answers like real mailbox providers, from a KumoMTA-style responses.toml.")(
-    main_command
-)
+app.callback()(main_command)
 
 
 def check_policy(path: str) -> int:
@@ -142,3 +156,37 @@ def _run(coro: Coroutine[Any, Any, None]) -> int:
 
 def main() -> None:
     run_app(app, PROG)
+
+
+policy_app = typer.Typer(
+    help="Policy files: derive one from an MTA's logs.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command(
+    "from-logs",
+    help="Write the policy an MTA's logs describe, in the responses.toml layout: per destination domain the share "
+    "of temporary and permanent failures its servers answered, their texts weighted by frequency (addresses, IP "
+    "addresses and ids masked), RCPT or DATA time, and latency where the log has it. "
+    "Then: smartsink --policy FILE",
+)
+def policy_from_logs(
+    logs: LogsArgument,
+    output: OutputOption = None,
+    fmt: FormatOption = "auto",
+    top: Annotated[int, typer.Option("--top", help="Domains given a table of their own; the rest make [default]")] = 20,
+    replies: Annotated[
+        int, typer.Option("--replies", help="Reply texts kept per domain and kind, the most frequent")
+    ] = 10,
+    quiet: QuietOption = False,
+) -> None:
+    from smartsink.policy.fromlogs import policy
+
+    for name, value in (("--top", top), ("--replies", replies)):
+        if value < 1:
+            fail(PROG, f"{name} must be at least 1, got {value}")
+    derive_from_logs(PROG, logs, lambda aggregate, report: policy(aggregate, report, top, replies), output, fmt, quiet)

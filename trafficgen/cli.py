@@ -18,7 +18,17 @@ from typing import Annotated, Any
 import typer
 
 from mailload import options
-from mailload.cli import ExitStatus, fail, run_app, set_empty_in_environment
+from mailload.cli import (
+    ExitStatus,
+    FormatOption,
+    LogsArgument,
+    OutputOption,
+    QuietOption,
+    derive_from_logs,
+    fail,
+    run_app,
+    set_empty_in_environment,
+)
 from trafficgen import __version__
 from trafficgen.config import ConfigError, RunConfig, build
 
@@ -357,3 +367,66 @@ def report_reconcile(
 
     with console_for(sys.stderr if json_path == "-" else sys.stdout) as console:
         print_reconciliation(console, reconciliation, document["totals"]["accepted"])
+
+
+workload_app = typer.Typer(
+    help="Workload files: derive one from an MTA's logs.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(workload_app, name="workload")
+
+
+@workload_app.command(
+    "from-logs",
+    help="Write the workload an MTA's logs describe, as a --workload file: destination domains, tenants, campaigns, "
+    "sender domains, egress sources, recipients per message, sizes, and the rate over the logged period as "
+    "--profile stages. Only domains, names, counts and distributions are written, never an address. "
+    "Then: trafficgen --workload FILE --target MTA:PORT",
+)
+def workload_from_logs(
+    logs: LogsArgument,
+    output: OutputOption = None,
+    fmt: FormatOption = "auto",
+    top: Annotated[
+        int, typer.Option("--top", help="Domains, tenants, campaigns and sender domains kept by name; the rest as one")
+    ] = 20,
+    speed: Annotated[
+        float,
+        typer.Option("--speed", help="Replay the logged period this many times faster: 24 plays a day in an hour"),
+    ] = 1.0,
+    share: Annotated[str, typer.Option("--share", help="Of the logged volume, in percent: 10 or 10%")] = "100",
+    stages: Annotated[int, typer.Option("--stages", help="At most this many --profile stages")] = 24,
+    tenant_header: Annotated[
+        str, typer.Option("--tenant-header", help="The logged header that names the tenant (KumoMTA's headers)")
+    ] = "X-Tenant",
+    campaign_header: Annotated[
+        str, typer.Option("--campaign-header", help="The logged header that names the campaign")
+    ] = "X-Campaign",
+    quiet: QuietOption = False,
+) -> None:
+    from trafficgen.fromlogs import Shape, workload
+
+    try:
+        percent = float(share.strip().removesuffix("%"))
+    except ValueError:
+        fail(PROG, f"--share {share!r} is not a percentage like 10 or 10%")
+    if not 0 < percent <= 100:
+        fail(PROG, f"--share {share!r}: a percentage above 0, at most 100")
+    if not speed > 0 or speed == float("inf"):
+        fail(PROG, f"--speed {speed:g}: a factor above 0, like 24 for a day in an hour")
+    for name, value in (("--top", top), ("--stages", stages)):
+        if value < 1:
+            fail(PROG, f"{name} must be at least 1, got {value}")
+    shape = Shape(top=top, speed=speed, share=percent / 100, stages=stages)
+    derive_from_logs(
+        PROG,
+        logs,
+        lambda aggregate, report: workload(aggregate, report, shape),
+        output,
+        fmt,
+        quiet,
+        tenant_header,
+        campaign_header,
+    )

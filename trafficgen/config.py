@@ -9,6 +9,7 @@ options run after each option is read, one function per concern.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -46,6 +47,8 @@ _URL = re.compile(r"^https?://[^/\s]+")
 CONTENT_KINDS = ("text", "html", "mixed")
 LOGNORMAL_MAX_P99S = 10  # a log-normal size without max= is capped at 10 x its p99
 _LOGNORMAL = re.compile(r"^\s*(?:log-?normal\s*[:(]?\s*)?median\s*=", re.I)
+_QUANTILES = re.compile(r"^\s*(?:quantiles\s*[:(]?\s*)?(?:min|p[0-9.]+)\s*=", re.I)
+_QUANTILE_KEY = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 _LABEL_VALUE = re.compile(r"^[!-9;-~]{1,200}$")  # a header value word: printable ASCII, no space, no ':'
 
 WORKLOAD, TARGET, MIX, LOAD, CONTENT, SMTP, OUTPUT, CI, RECONCILE, HTTP, FLEET = (
@@ -91,6 +94,33 @@ class LogNormalSize:
     @property
     def low(self) -> int:
         return 0
+
+
+@dataclass(frozen=True, slots=True)
+class QuantileSize:
+    """--body-size min=1kb,p10=3kb,p50=20kb,p90=80kb,p99=2mb,max=10mb: sizes whose quantiles are these (as a log's
+    are: `trafficgen workload from-logs` writes them), drawn between two given quantiles on a log scale."""
+
+    points: tuple[tuple[float, int], ...]  # (share from 0 to 1, bytes), from (0, the least) to (1, the most)
+
+    @property
+    def low(self) -> int:
+        return self.points[0][1]
+
+    @property
+    def high(self) -> int:
+        return self.points[-1][1]
+
+    def quantile(self, q: float) -> float:
+        """The size below which a share `q` of the sizes fall: log-linear between the two given around it."""
+        points = self.points
+        if q <= 0:
+            return float(points[0][1])
+        for (q0, s0), (q1, s1) in itertools.pairwise(points):
+            if q <= q1:
+                a, b = math.log1p(s0), math.log1p(s1)
+                return math.expm1(a + (b - a) * (q - q0) / (q1 - q0))
+        return float(points[-1][1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,11 +316,14 @@ def _suffix(text: str) -> str:
     return suffix
 
 
-def _body_size(text: str | int) -> tuple[int, int] | LogNormalSize:
-    """A size, a range low..high (uniform), or a log-normal median=20kb,p99=2mb[,max=50mb]."""
+def _body_size(text: str | int) -> tuple[int, int] | LogNormalSize | QuantileSize:
+    """A size, a range low..high (uniform), a log-normal median=20kb,p99=2mb[,max=50mb], or quantiles
+    min=1kb,p50=20kb,...,max=10mb."""
     text = str(text)
     if _LOGNORMAL.match(text):
         return _lognormal(text)
+    if _QUANTILES.match(text):
+        return _quantiles(text)
     try:
         size = units.parse_size_range(text)
     except ValueError as e:
@@ -323,6 +356,33 @@ def _lognormal(text: str) -> LogNormalSize:
     if high > MAX_BODY:
         raise ConfigError(f"--body-size {text!r}: max= is larger than {MAX_BODY // 1024 // 1024} MiB")
     return LogNormalSize(median, p99, high)
+
+
+def _quantiles(text: str) -> QuantileSize:
+    usage = "write min=SIZE,pN=SIZE,...,max=SIZE, like min=1kb,p50=20kb,p99=2mb,max=10mb"
+    body = re.sub(r"^\s*quantiles\s*[:(]?", "", text, flags=re.I).rstrip(" )")
+    points: dict[float, int] = {}
+    for item in body.split(","):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        key = key.lower()
+        m = _QUANTILE_KEY.match(key)
+        share = {"min": 0.0, "median": 50.0, "max": 100.0}.get(key, float(m.group(1)) if m else -1.0)
+        if not equals or not 0 <= share <= 100:
+            raise ConfigError(f"--body-size {text!r}: {key!r} is not min, max, median or p0..p100: {usage}")
+        if share / 100 in points:
+            raise ConfigError(f"--body-size {text!r}: {key} is given twice")
+        try:
+            points[share / 100] = units.parse_size(value)
+        except ValueError as e:
+            raise ConfigError(f"--body-size {text!r}: {e}") from None
+    if 0.0 not in points or 1.0 not in points:
+        raise ConfigError(f"--body-size {text!r}: quantiles need both ends, min= (p0) and max= (p100): {usage}")
+    ordered = tuple(sorted(points.items()))
+    if any(b[1] < a[1] for a, b in itertools.pairwise(ordered)):
+        raise ConfigError(f"--body-size {text!r}: a higher quantile cannot be a smaller size")
+    if ordered[-1][1] > MAX_BODY:
+        raise ConfigError(f"--body-size {text!r}: max= is larger than {MAX_BODY // 1024 // 1024} MiB")
+    return QuantileSize(ordered)
 
 
 def _readable_file(text: str) -> str:
@@ -430,9 +490,12 @@ def _show_sources(sources: tuple[Weighted, ...]) -> dict[str, Any]:
     }
 
 
-def _show_body_size(size: tuple[int, int] | LogNormalSize) -> dict[str, Any]:
+def _show_body_size(size: tuple[int, int] | LogNormalSize | QuantileSize) -> dict[str, Any]:
     if isinstance(size, LogNormalSize):
         return {"body_size": [size.low, size.high], "body_size_median": size.median, "body_size_p99": size.p99}
+    if isinstance(size, QuantileSize):
+        median, p99 = round(size.quantile(0.5)), round(size.quantile(0.99))
+        return {"body_size": [size.low, size.high], "body_size_median": median, "body_size_p99": p99}
     return {"body_size": list(size), "body_size_median": None, "body_size_p99": None}
 
 
@@ -752,13 +815,17 @@ class RunConfig:
         metavar="PERCENT",
         parse=_percent("--attachment-share"),
     )
-    body_size: tuple[int, int] | LogNormalSize = option(
+    body_size: tuple[int, int] | LogNormalSize | QuantileSize = option(
         (1024, 1024),
-        help="Body size: 1024, 60kb, 1MiB, a range 10kb..200kb, or log-normal median=20kb,p99=2mb",
+        help="Body size: 1024, 60kb, 1MiB, a range 10kb..200kb, log-normal median=20kb,p99=2mb, or quantiles "
+        "min=1kb,p50=20kb,max=10mb",
         doc=(
             "at least this many bytes of body (text, or all the MIME parts); `60kb` (1000s), `1MiB` (1024s); a "
             "range `10kb..200kb` picks a size per message, uniformly; `median=20kb,p99=2mb[,max=20mb]` draws it "
-            "from a log-normal with that median and 99th percentile, none above `max` (10 x the p99 unless given)"
+            "from a log-normal with that median and 99th percentile, none above `max` (10 x the p99 unless given); "
+            "`min=1kb,p10=3kb,p50=20kb,p99=2mb,max=10mb` draws it so that these are its quantiles (`pN` for any N, "
+            "`min` and `max` required), log-linearly between two of them: a log's sizes, as "
+            "[`trafficgen workload from-logs`](#deriving-a-workload-and-a-policy-from-the-mtas-logs) writes them"
         ),
         panel=CONTENT,
         metavar="SIZE",

@@ -24,7 +24,7 @@ import re
 from statistics import NormalDist
 from typing import NamedTuple
 
-from trafficgen.config import LogNormalSize
+from trafficgen.config import LogNormalSize, QuantileSize
 
 LINE_MAX = 78
 BLOCK_SIZE = 64 * 1024  # unique text; larger bodies repeat it
@@ -187,13 +187,18 @@ class Text:
 
 
 class Sizes:
-    """Body sizes: fixed, uniform in low..high, or log-normal (one of QUANTILES equally likely quantiles,
-    capped at the high end), drawn with the given random.Random."""
+    """Body sizes: fixed, uniform in low..high, log-normal (one of QUANTILES equally likely quantiles, capped at
+    the high end), or given quantiles (one of QUANTILES equally likely sizes between them), drawn with the given
+    random.Random."""
 
-    def __init__(self, spec: tuple[int, int] | LogNormalSize, rng: random.Random):
+    def __init__(self, spec: tuple[int, int] | LogNormalSize | QuantileSize, rng: random.Random):
         self.random = rng.random
         self.table: list[int] | None = None
-        if isinstance(spec, LogNormalSize):
+        if isinstance(spec, QuantileSize):
+            self.low, self.high = spec.low, spec.high
+            self.table = [round(spec.quantile((i + 0.5) / QUANTILES)) for i in range(QUANTILES)]
+            self.fixed: int | None = spec.low if spec.low == spec.high else None
+        elif isinstance(spec, LogNormalSize):
             self.low, self.high = spec.low, spec.high
             sigma = math.log(spec.p99 / spec.median) / Z99
             normal = NormalDist()
@@ -201,7 +206,7 @@ class Sizes:
                 min(spec.high, int(spec.median * math.exp(sigma * normal.inv_cdf((i + 0.5) / QUANTILES))))
                 for i in range(QUANTILES)
             ]
-            self.fixed: int | None = spec.median if sigma == 0 else None
+            self.fixed = spec.median if sigma == 0 else None
         else:
             self.low, self.high = spec
             self.fixed = self.low if self.low == self.high else None
