@@ -75,15 +75,15 @@ class TestPostfix:
     @pytest.mark.parametrize(
         ("why", "status", "expected"),
         [
-            ("connect to mx.example[192.0.2.1]:25: Connection refused", "deferred", (None, Stage.UNKNOWN)),
-            ("host mx.example[192.0.2.1] refused to talk to me: 421 4.7.0 Too busy", "deferred", (421, Stage.OTHER)),
+            ("connect to mx.example[127.0.0.21]:25: Connection refused", "deferred", (None, Stage.UNKNOWN)),
+            ("host mx.example[127.0.0.21] refused to talk to me: 421 4.7.0 Too busy", "deferred", (421, Stage.OTHER)),
             (
-                "host mx.example[192.0.2.1] said: 552 5.3.4 Message too big (in reply to end of DATA command)",
+                "host mx.example[127.0.0.21] said: 552 5.3.4 Message too big (in reply to end of DATA command)",
                 "bounced",
                 (552, Stage.DATA),
             ),
             (
-                "host mx.example[192.0.2.1] said: 550 5.7.1 Sender refused (in reply to MAIL FROM command)",
+                "host mx.example[127.0.0.21] said: 550 5.7.1 Sender refused (in reply to MAIL FROM command)",
                 "bounced",
                 (550, Stage.OTHER),
             ),
@@ -95,7 +95,7 @@ class TestPostfix:
         """Each kind of reason gives its code and step; none where no server answered."""
         line = (
             "2026-03-05T10:00:00.123456+00:00 mta postfix-out/smtp[77]: 4BF3A1E02C: to=<a.b@example.com>, "
-            f"orig_to=<c@example.com>, relay=mx.example[192.0.2.1]:25, conn_use=3, delay=1.2, delays=0.1/0/0.5/0.6, "
+            f"orig_to=<c@example.com>, relay=mx.example[127.0.0.21]:25, conn_use=3, delay=1.2, delays=0.1/0/0.5/0.6, "
             f"dsn=5.0.0, status={status} ({why})"
         )
         (attempt,) = postfix.Parser().feed(line) or []
@@ -226,7 +226,7 @@ class TestKumoMTA:
             "5.1.1 <{recipient}>: Recipient address rejected",
         ),
         (
-            "4.7.0 [192.0.2.9] Our system has detected an unusual rate  d9443c01a7336-21f4a4csi12345678pfb.123 - gsmtp",
+            "4.7.0 [127.0.0.29] Our system has detected an unusual rate  d9443c01a7336-21f4a4csi12345678pfb.123 - gsmtp",
             "4.7.0 [{client_ip}] Our system has detected an unusual rate <id>-<id>.123 - gsmtp",
         ),
         ("5.7.1 Client host [2001:db8::1] blocked", "5.7.1 Client host [{client_ip}] blocked"),
