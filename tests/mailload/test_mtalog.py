@@ -226,7 +226,7 @@ class TestKumoMTA:
             "5.1.1 <{recipient}>: Recipient address rejected",
         ),
         (
-            "4.7.0 [127.0.0.29] Our system has detected an unusual rate  d9443c01a7336-21f4a4csi12345678pfb.123 - gsmtp",
+            "4.7.0 [127.0.0.9] Our system has detected an unusual rate  d9443c01a7336-21f4a4csi12345678pfb.123 - gsmtp",
             "4.7.0 [{client_ip}] Our system has detected an unusual rate <id>-<id>.123 - gsmtp",
         ),
         ("5.7.1 Client host [2001:db8::1] blocked", "5.7.1 Client host [{client_ip}] blocked"),
