@@ -332,7 +332,8 @@ def kubernetes_validate(*manifests: Path) -> subprocess.CompletedProcess[str]:
 class TestKubernetes:
     def test_indexed_job_shards_one_run(self):
         """The Job is Indexed; each pod's --shard is its index over the completions; every variable is an option."""
-        job = yaml.safe_load((ROOT / "docker" / "k8s-trafficgen-job.yaml").read_text())
+        documents = yaml.safe_load_all((ROOT / "docker" / "k8s-trafficgen-job.yaml").read_text())
+        job = next(d for d in documents if d["kind"] == "Job")
         spec = job["spec"]
         assert job["kind"] == "Job"
         assert spec["completionMode"] == "Indexed"
