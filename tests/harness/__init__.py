@@ -9,6 +9,7 @@
 - net:       ports: free, refusing, busy; servers that greet and fall silent; /proc/net/tcp; network namespaces
 - processes: child processes and resident memory, from /proc
 - postfix:   a private Postfix between the two tools, relaying to the sink or routing by MX in a namespace
+- docker:    a dockerd of the tests' own, the image's Debian base built from packages, the host left as found
 - policies:  the policy texts several test files share, and the policy files in the repository
 - stats:     binomial bounds and chi-square, for counts drawn at random
 - lag:       how late the machine wakes a sleeping process while a test runs: timing tolerances derive from it

@@ -238,30 +238,41 @@ def _stop_own_containerd(root: Path) -> None:
 
 
 def _stop(engine: Engine) -> None:
-    """Containers and networks removed, the daemon stopped, then whatever it may have left behind undone."""
-    if engine.process.poll() is None:
-        containers = engine.run("ps", "--all", "--quiet", check=False).stdout.split()
-        if containers:
-            engine.run("rm", "--force", "--volumes", *containers, check=False)
-        engine.note_networks()
-        engine.run("network", "prune", "--force", check=False)
-        engine.process.terminate()
-        try:
-            engine.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            engine.process.kill()
-            engine.process.wait(STOP_TIMEOUT)
-    _stop_own_containerd(engine.root)
-    for point in mounts_under(engine.root):
-        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
-    for network in engine.networks:
-        bridge = f"br-{network[:12]}"
-        if Path(f"/sys/class/net/{bridge}").exists():
-            subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
-    leftovers = mounts_under(engine.root)
-    assert not leftovers, f"mounts left under the engine's root: {leftovers}"
-    shutil.rmtree(engine.root / "data", ignore_errors=True)
-    shutil.rmtree(engine.root / "exec", ignore_errors=True)
+    """Containers and networks removed, the daemon stopped, then whatever it may have left behind undone. How long
+    each step took goes to teardown.log beside the daemon's log."""
+    started = time.monotonic()
+    with (engine.root / "teardown.log").open("w") as log:
+
+        def done(step: str) -> None:
+            print(f"{time.monotonic() - started:7.1f} s  {step}", file=log, flush=True)
+
+        if engine.process.poll() is None:
+            containers = engine.run("ps", "--all", "--quiet", check=False).stdout.split()
+            if containers:
+                engine.run("rm", "--force", "--volumes", *containers, check=False)
+            engine.note_networks()
+            engine.run("network", "prune", "--force", check=False)
+            done(f"{len(containers)} containers and the networks removed")
+            engine.process.terminate()
+            try:
+                engine.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                engine.process.kill()
+                engine.process.wait(STOP_TIMEOUT)
+            done(f"dockerd ended: {engine.process.returncode}")
+        _stop_own_containerd(engine.root)
+        for point in mounts_under(engine.root):
+            subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+        for network in engine.networks:
+            bridge = f"br-{network[:12]}"
+            if Path(f"/sys/class/net/{bridge}").exists():
+                subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
+        leftovers = mounts_under(engine.root)
+        assert not leftovers, f"mounts left under the engine's root: {leftovers}"
+        done("mounts and bridges checked")
+        shutil.rmtree(engine.root / "data", ignore_errors=True)
+        shutil.rmtree(engine.root / "exec", ignore_errors=True)
+        done("data root removed")
 
 
 # --- the base image --------------------------------------------------------------------------------------------
