@@ -44,7 +44,7 @@ from harness.docker import (
     running_engine,
     why_not,
 )
-from harness.net import free_port
+from harness.net import free_port_outside_ephemeral
 from harness.sink import wait_for
 from harness.smtp import swaks_at
 from smartsink.policy.watcher import POLL_INTERVAL
@@ -75,7 +75,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     root = tmp_path_factory.mktemp("docker")
     try:
         with running_engine(root) as engine:
+            started = time.monotonic()
             import_base(engine, root)
+            print(f"\n{BASE_IMAGE} from debootstrap: {time.monotonic() - started:.0f} s")
             yield engine
     except EngineUnavailable as error:
         unavailable(str(error))
@@ -123,7 +125,7 @@ def stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     policy = work / "policy"
     policy.mkdir()
     shutil.copy(ROOT / "policy" / "responses.toml", policy / "responses.toml")
-    smtp, redirect, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    smtp, redirect, admin = (f"127.0.0.1:{free_port_outside_ephemeral()}" for _ in range(3))
     env = {
         "COMPOSE_FILE": compose_files("compose.yaml", machine_override(work / "machine.yaml")),
         "SMARTSINK_SMTP_PUBLISH": smtp,

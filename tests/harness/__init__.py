@@ -6,7 +6,7 @@
 - smtp:      conversations with smtplib and raw sockets, wire replies, swaks and smtp-source
 - metrics:   one scrape of a sink's /metrics, by name and labels
 - mail:      message content as the wire carries it: transactions, dot-stuffing, headers, DSNs
-- net:       ports: free, refusing, busy; servers that greet and fall silent; /proc/net/tcp; network namespaces
+- net:       ports: free (or outside the ephemeral range), refusing, busy; silent servers; /proc/net/tcp; netns
 - processes: child processes and resident memory, from /proc
 - postfix:   a private Postfix between the two tools, relaying to the sink or routing by MX in a namespace
 - docker:    a dockerd of the tests' own, the image's Debian base built from packages, the host left as found
