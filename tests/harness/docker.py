@@ -192,12 +192,12 @@ def _install_compose(env: dict[str, str]) -> None:
         raise EngineUnavailable(done.stderr.strip() or f"scripts/compose_plugin.py: exit {done.returncode}")
 
 
-def _data_in_memory(data: Path) -> None:
-    """The data root on a tmpfs of its own: images unpack without waiting on a busy disk, and the tens of thousands
-    of files go at once when it is unmounted (removing them from a disk took a minute here). On disk when the
-    mount is refused."""
-    data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DATA_SIZE},mode=0711", "tmpfs", str(data)], check=False)
+def _in_memory(folder: Path, size: str, mode: str = "0711") -> None:
+    """`folder` made, on a tmpfs of its own: files are written without waiting on a busy disk, and the tens of
+    thousands of a data root go at once when it is unmounted (removing them from the disk took a minute here).
+    On disk when the mount is refused."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(folder)], check=False)
 
 
 def _start_dockerd(root: Path) -> subprocess.Popen[bytes]:
@@ -228,7 +228,7 @@ def running_engine(root: Path) -> Iterator[Engine]:
     before = HostState.read()
     env = _clean_env(root)
     _install_compose(env)
-    _data_in_memory(root / "data")
+    _in_memory(root / "data", DATA_SIZE)
     engine = Engine(root=root, process=_start_dockerd(root), env=env)
     try:
         _wait_ready(engine)
@@ -353,6 +353,7 @@ def import_base(engine: Engine, work: Path) -> None:
     """BASE_IMAGE in the engine, from debootstrap; the root filesystem is removed once imported."""
     mirror, security = debian_mirrors()
     rootfs = work / "rootfs"
+    _in_memory(rootfs, "1g", mode="0755")  # about 200 MB; its mode is the image's /
     with (work / "debootstrap.log").open("w") as log:
         done = subprocess.run(
             ["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror],
