@@ -84,12 +84,13 @@ class TestCompose:
         assert "docker/compose.yaml" in root["include"]
 
     def test_smartsink_service(self, compose):
-        """Built from this repo, ports 2525 and 2026 to 25 and loopback's 8000 to 8000 by default, policy/ mounted,
-        restarts unless stopped, never pulled (test_docker.py has compose itself read the file)."""
+        """Built from this repo, ports 2525 and 2026 to 25, loopback's 8000 to 8000, 2053 to the DNS by default,
+        policy/ mounted, restarts unless stopped, never pulled (test_docker.py has compose itself read the file)."""
         service = compose["services"]["smartsink"]
         assert (COMPOSE.parent / service["build"]["context"]).resolve() == ROOT
         assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
-        assert [defaults(p) for p in service["ports"]] == ["2525:25", "2026:25", "127.0.0.1:8000:8000"]
+        ports = [defaults(p) for p in service["ports"]]
+        assert ports == ["2525:25", "2026:25", "127.0.0.1:8000:8000", "2053:53/udp", "2053:53/tcp"]
         source, target, *_ = defaults(service["volumes"][0]).split(":")
         assert (COMPOSE.parent / source).resolve() == ROOT / "policy"
         assert target == "/etc/smartsink"

@@ -125,12 +125,13 @@ def stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     policy = work / "policy"
     policy.mkdir()
     shutil.copy(ROOT / "policy" / "responses.toml", policy / "responses.toml")
-    smtp, redirect, admin = (f"127.0.0.1:{free_port_outside_ephemeral()}" for _ in range(3))
+    smtp, redirect, admin, dns = (f"127.0.0.1:{free_port_outside_ephemeral()}" for _ in range(4))
     env = {
         "COMPOSE_FILE": compose_files("compose.yaml", machine_override(work / "machine.yaml")),
         "SMARTSINK_SMTP_PUBLISH": smtp,
         "SMARTSINK_REDIRECT_PUBLISH": redirect,
         "SMARTSINK_ADMIN_PUBLISH": admin,
+        "SMARTSINK_DNS_PUBLISH": dns,
         "SMARTSINK_POLICY_DIR": str(policy),
     }
     seconds = run_logged(engine, UP, work / "up.log", env, timeout=BUILD_TIMEOUT)
@@ -266,10 +267,14 @@ def compose_config(directory: Path, **env: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
-def published(config: dict[str, Any], target: int) -> list[tuple[str, str]]:
+def published(config: dict[str, Any], target: int, protocol: str = "tcp") -> list[tuple[str, str]]:
     """(host address, host port) of each port the smartsink service publishes for `target`."""
     ports = config["services"]["smartsink"]["ports"]
-    return [(p.get("host_ip", ""), str(p["published"])) for p in ports if p["target"] == target]
+    return [
+        (p.get("host_ip", ""), str(p["published"]))
+        for p in ports
+        if p["target"] == target and p.get("protocol", "tcp") == protocol
+    ]
 
 
 class TestComposeConfig:
@@ -280,9 +285,11 @@ class TestComposeConfig:
         assert compose_config(ROOT)["name"] == compose_config(ROOT / "docker")["name"] == "smartsink"
 
     def test_defaults(self):
-        """SMTP on 2525 and 2026 of every interface, the admin API on loopback's 8000, the repository's policy."""
+        """SMTP on 2525 and 2026 and DNS on 2053 of every interface, the admin API on loopback's 8000 only, the
+        repository's policy."""
         config = compose_config(ROOT)
         assert published(config, 25) == [("", "2525"), ("", "2026")]
+        assert published(config, 53, "udp") == published(config, 53, "tcp") == [("", "2053")]
         assert published(config, 8000) == [("127.0.0.1", "8000")]
         volume = config["services"]["smartsink"]["volumes"][0]
         assert (volume["source"], volume["target"]) == (str(ROOT / "policy"), "/etc/smartsink")
@@ -295,9 +302,11 @@ class TestComposeConfig:
             SMARTSINK_SMTP_PUBLISH="127.0.0.1:2600",
             SMARTSINK_REDIRECT_PUBLISH="2601",
             SMARTSINK_ADMIN_PUBLISH="8000",
+            SMARTSINK_DNS_PUBLISH="127.0.0.1:2602",
             SMARTSINK_POLICY_DIR=str(tmp_path),
         )
         assert published(config, 25) == [("127.0.0.1", "2600"), ("", "2601")]
+        assert published(config, 53, "udp") == [("127.0.0.1", "2602")]
         assert published(config, 8000) == [("", "8000")]
         assert config["services"]["smartsink"]["volumes"][0]["source"] == str(tmp_path)
 

@@ -67,9 +67,10 @@ def free_port_outside_ephemeral() -> int:
     of free_port()'s on a busy machine."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for port in random.SystemRandom().sample(range(10_000, low), 200):
-        with socket.socket() as s:
+        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:  # free for both (a DNS port)
             try:
-                s.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
