@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -19,13 +20,23 @@ import pytest
 import yaml
 
 from harness import ROOT
-from harness.net import free_port
+from harness.net import free_port, refusing_port
 from harness.policies import ACCEPT_ALL as ACCEPT_ALL_POLICY
 from harness.sink import run_smartsink, running_sink, start_sink
 from harness.trafficgen import run_trafficgen
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
+
+
+def healthcheck() -> list[str]:
+    """The HEALTHCHECK's command as this machine runs it: the script the image copies to the command's name."""
+    args = next(a for i, a in dockerfile() if i == "HEALTHCHECK")
+    exec_form = re.search(r"CMD (\[.*\])$", args)
+    assert exec_form, "HEALTHCHECK should use the exec form"
+    command = yaml.safe_load(exec_form.group(1))  # a JSON array is YAML too
+    copies = {shlex.split(a)[-1]: shlex.split(a)[0] for i, a in dockerfile() if i == "COPY" and "--from" not in a}
+    return [sys.executable, str(ROOT / copies[f"/usr/local/bin/{command[0]}"]), *command[1:]]
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -56,6 +67,11 @@ def ignored(path: str) -> bool:
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
 
 
+def defaults(value: str) -> str:
+    """A compose value with each ${VARIABLE:-default} replaced by its default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
@@ -68,16 +84,18 @@ class TestCompose:
         assert "docker/compose.yaml" in root["include"]
 
     def test_smartsink_service(self, compose):
-        """Built from this repo, ports 2525 and 2026 to 25 and 8000, policy/ mounted, restarts unless stopped."""
+        """Built from this repo, ports 2525 and 2026 to 25, loopback's 8000 to 8000, 2053 to the DNS by default,
+        policy/ mounted, restarts unless stopped, never pulled (test_docker.py has compose itself read the file)."""
         service = compose["services"]["smartsink"]
         assert (COMPOSE.parent / service["build"]["context"]).resolve() == ROOT
         assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
-        assert {"2525:25", "2026:25", "8000:8000"} <= {str(p).split()[0] for p in service["ports"]}
-        source, target, *_ = service["volumes"][0].split(":")
+        ports = [defaults(p) for p in service["ports"]]
+        assert ports == ["2525:25", "2026:25", "127.0.0.1:8000:8000", "2053:53/udp", "2053:53/tcp"]
+        source, target, *_ = defaults(service["volumes"][0]).split(":")
         assert (COMPOSE.parent / source).resolve() == ROOT / "policy"
         assert target == "/etc/smartsink"
         assert service["restart"] == "unless-stopped"
-        assert service.get("pull_policy") == "build"
+        assert service.get("pull_policy") == "never"
 
     def test_trafficgen_service_is_behind_a_profile(self, compose):
         """`up smartsink` does not start trafficgen: it has a profile, and it sends to the sink service."""
@@ -132,20 +150,46 @@ class TestDockerfile:
         assert next(a for i, a in instructions if i == "EXPOSE").split() == ["25", "8000"]
         assert [a for i, a in instructions if i == "ENTRYPOINT"] == ['["smartsink-entrypoint"]']
         copies = [a for i, a in instructions if i == "COPY" and "smartsink-entrypoint" in a]
-        assert copies == ["--chmod=0755 docker/smartsink-entrypoint.sh /usr/local/bin/smartsink-entrypoint"]
+        assert copies == ["docker/smartsink-entrypoint.sh /usr/local/bin/smartsink-entrypoint"]
+
+    def test_scripts_are_committed_executable(self):
+        """A plain COPY keeps the mode git gave the scripts the image runs: they must be committed 100755."""
+        scripts = [s for i, a in dockerfile() if i == "COPY" for s in copy_sources(a) if s.startswith("docker/")]
+        assert scripts == ["docker/smartsink-entrypoint.sh", "docker/smartsink-healthcheck.py"]
+        staged = subprocess.run(["git", "ls-files", "--stage", *scripts], cwd=ROOT, capture_output=True, text=True)
+        assert [line.split()[0] for line in staged.stdout.splitlines()] == ["100755", "100755"], staged.stdout
+
+    def test_any_builder_can_build_it(self):
+        """Nothing only BuildKit knows (the classic builder stops at it), and no syntax directive (BuildKit would
+        fetch a frontend image from a registry before step 1). test_docker.py builds it with BuildKit for real."""
+        text = DOCKERFILE.read_text()
+        assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+        for instruction, args in dockerfile():
+            assert not re.search(r"--(chmod|chown|link|mount|parents|exclude|checksum|keep-git-dir)\b", args), args
+            assert "<<" not in args, f"{instruction} {args}: a heredoc"
 
     def test_healthcheck_passes_against_a_real_sink(self, tmp_path):
         """The HEALTHCHECK command, run as the image would, succeeds against a running sink and fails without one."""
-        args = next(a for i, a in dockerfile() if i == "HEALTHCHECK")
-        exec_form = re.search(r"CMD (\[.*\])$", args)
-        assert exec_form, "HEALTHCHECK should use the exec form"
-        command = yaml.safe_load(exec_form.group(1))  # a JSON array is YAML too
-        command[0] = sys.executable
+        command = healthcheck()
         with running_sink(policy=ROOT / "policy" / "responses.toml") as sink:
             ok = subprocess.run(command, env={**os.environ, "SMARTSINK_HTTP": sink.http}, capture_output=True)
             assert ok.returncode == 0, ok.stderr
         gone = subprocess.run(command, env={**os.environ, "SMARTSINK_HTTP": sink.http}, capture_output=True)
-        assert gone.returncode != 0
+        assert gone.returncode == 1
+        assert gone.stderr.decode().startswith("smartsink-healthcheck: http://127.0.0.1:")
+
+    def test_healthcheck_goes_through_no_proxy(self):
+        """Docker hands the client's proxy settings to every container; the check still asks the sink itself."""
+        refusing = refusing_port()
+        proxy = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        proxies = {name: proxy for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")}
+        try:
+            with running_sink(policy=ROOT / "policy" / "responses.toml") as sink:
+                env = {**os.environ, **proxies, "no_proxy": "127.0.0.0/8", "SMARTSINK_HTTP": sink.http}
+                check = subprocess.run(healthcheck(), env=env, capture_output=True, text=True)
+                assert check.returncode == 0, check.stderr
+        finally:
+            refusing.close()
 
     def test_image_environment_starts_the_sink(self, tmp_path):
         """smartsink started with only the image's environment (ports moved to free ones) serves the fixed policy."""
@@ -197,10 +241,7 @@ class TestKumoVariables:
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
                 assert client.sendmail("a@example.test", ["user@gmail.com.sink.test"], b"Subject: x\r\n\r\nx") == {}
             # the health check finds the sink by SINK_HTTP, whatever SMARTSINK_HTTP says
-            args = next(a for i, a in dockerfile() if i == "HEALTHCHECK")
-            command = yaml.safe_load(re.search(r"CMD (\[.*\])$", args).group(1))  # type: ignore[union-attr]
-            command[0] = sys.executable
-            check = subprocess.run(command, env={**env, "SMARTSINK_HTTP": "0.0.0.0:1"}, capture_output=True)
+            check = subprocess.run(healthcheck(), env={**env, "SMARTSINK_HTTP": "0.0.0.0:1"}, capture_output=True)
             assert check.returncode == 0, check.stderr
         finally:
             sink.stop()
@@ -248,8 +289,9 @@ def test_build_stage_makes_a_complete_wheel(tmp_path):
     context = tmp_path / "src"
     context.mkdir()
     instructions = dockerfile()
-    second_from = [n for n, (instruction, _) in enumerate(instructions) if instruction == "FROM"][1]
-    for instruction, args in instructions[:second_from]:  # the build stage
+    stages = [n for n, (instruction, _) in enumerate(instructions) if instruction == "FROM"] + [len(instructions)]
+    build = next(k for k, n in enumerate(stages[:-1]) if instructions[n][1].endswith(" AS build"))
+    for instruction, args in instructions[stages[build] : stages[build + 1]]:  # the build stage
         if instruction == "COPY":
             for source in copy_sources(args):
                 src = ROOT / source
@@ -282,10 +324,17 @@ def test_build_stage_makes_a_complete_wheel(tmp_path):
     assert shipped == (ROOT / "policy" / "responses.toml").read_bytes()
 
 
+def kubernetes_validate(*manifests: Path) -> subprocess.CompletedProcess[str]:
+    """kubernetes-validate --strict (a test dependency) on the files: the API's schemas, offline."""
+    command = [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet", *map(str, manifests)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 class TestKubernetes:
     def test_indexed_job_shards_one_run(self):
         """The Job is Indexed; each pod's --shard is its index over the completions; every variable is an option."""
-        job = yaml.safe_load((ROOT / "docker" / "k8s-trafficgen-job.yaml").read_text())
+        documents = yaml.safe_load_all((ROOT / "docker" / "k8s-trafficgen-job.yaml").read_text())
+        job = next(d for d in documents if d["kind"] == "Job")
         spec = job["spec"]
         assert job["kind"] == "Job"
         assert spec["completionMode"] == "Indexed"
@@ -310,3 +359,48 @@ class TestKubernetes:
         container = statefulset["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
         assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+
+    def test_manifests_validate_strictly(self):
+        """Every document of both manifests passes kubernetes-validate --strict (the API's schemas, offline: no
+        field unknown to Kubernetes, none missing)."""
+        manifests = [ROOT / "docker" / "k8s-smartsink.yaml", ROOT / "docker" / "k8s-trafficgen-job.yaml"]
+        result = kubernetes_validate(*manifests)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_every_claim_the_job_mounts_is_defined(self):
+        """The Job's pods mount claims its file defines, so they do not stay Pending; pods that may run on several
+        nodes write to it at once, so it is ReadWriteMany."""
+        documents = list(yaml.safe_load_all((ROOT / "docker" / "k8s-trafficgen-job.yaml").read_text()))
+        claims = {d["metadata"]["name"]: d for d in documents if d["kind"] == "PersistentVolumeClaim"}
+        job = next(d for d in documents if d["kind"] == "Job")
+        mounted = [v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["template"]["spec"]["volumes"]]
+        assert mounted == ["trafficgen-reports"]
+        for name in mounted:
+            assert name in claims, f"the Job mounts claim {name}, which no document defines"
+            if job["spec"]["parallelism"] > 1:
+                assert "ReadWriteMany" in claims[name]["spec"]["accessModes"]
+
+    def test_the_documented_configmap_is_what_the_sinks_mount(self, tmp_path):
+        """The manifest's own `kubectl create configmap` command, dry-run (no cluster needed), makes a ConfigMap
+        that validates and holds the policy where the image looks for it."""
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            pytest.skip("kubectl is not installed (apt-get install kubernetes-client)")
+        text = (ROOT / "docker" / "k8s-smartsink.yaml").read_text()
+        command = shlex.split(re.search(r"^#\s+(kubectl create configmap .*)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        made = subprocess.run(
+            [kubectl, *command[1:], "--dry-run=client", "-o", "yaml"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stderr
+        (tmp_path / "configmap.yaml").write_text(made.stdout)
+        validated = kubernetes_validate(tmp_path / "configmap.yaml")
+        assert validated.returncode == 0, validated.stdout + validated.stderr
+        configmap = yaml.safe_load(made.stdout)
+        statefulset = next(d for d in yaml.safe_load_all(text) if d["kind"] == "StatefulSet")
+        pod = statefulset["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if "configMap" in v)
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+        assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+        policy = image_env()["SMARTSINK_POLICY"]  # where the image reads the policy
+        assert f"{mount['mountPath']}/{next(iter(configmap['data']))}" == policy
+        assert configmap["data"]["responses.toml"] == (ROOT / "policy" / "responses.toml").read_text()

@@ -6,9 +6,10 @@
 - smtp:      conversations with smtplib and raw sockets, wire replies, swaks and smtp-source
 - metrics:   one scrape of a sink's /metrics, by name and labels
 - mail:      message content as the wire carries it: transactions, dot-stuffing, headers, DSNs
-- net:       ports: free, refusing, busy; servers that greet and fall silent; /proc/net/tcp; network namespaces
+- net:       ports: free (or outside the ephemeral range), refusing, busy; silent servers; /proc/net/tcp; netns
 - processes: child processes and resident memory, from /proc
 - postfix:   a private Postfix between the two tools, relaying to the sink or routing by MX in a namespace
+- docker:    a dockerd of the tests' own, the image's Debian base built from packages, the host left as found
 - policies:  the policy texts several test files share, and the policy files in the repository
 - stats:     binomial bounds and chi-square, for counts drawn at random
 - lag:       how late the machine wakes a sleeping process while a test runs: timing tolerances derive from it

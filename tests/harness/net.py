@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_outside_ephemeral() -> int:
+    """A free 127.0.0.1 port below the kernel's ephemeral range, for a tool told a port long before it binds it (a
+    compose file that builds an image first): bind(0) never hands such a port to anyone meanwhile, as it might one
+    of free_port()'s on a busy machine."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.SystemRandom().sample(range(10_000, low), 200):
+        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:  # free for both (a DNS port)
+            try:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port between 10000 and {low}")
 
 
 def refusing_port() -> socket.socket:

@@ -153,11 +153,16 @@ def read_reply(sock: socket.socket) -> bytes:
 
 def swaks(sink: SinkProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """swaks (installed separately) against the sink; its transcript is on stdout."""
+    return swaks_at(sink.target, *args)
+
+
+def swaks_at(server: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """swaks against `server` (host:port), a sink this harness did not start (in a container, say)."""
     return subprocess.run(
         [
             "swaks",
             "--server",
-            sink.target,
+            server,
             "--from",
             SENDER,
             "--helo",
