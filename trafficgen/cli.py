@@ -253,16 +253,32 @@ def report_html(
     print(target)
 
 
-@report_app.command("merge", help="Merge reports of instances that ran together into one (exact percentiles).")
+@report_app.command(
+    "merge",
+    help="Merge reports of instances that ran together into one (exact percentiles). A report of the same run and "
+    "shard twice is refused; runs apart in time or against different targets are merged with a warning.",
+)
 def report_merge(
-    paths: Annotated[list[str], typer.Argument(help="Reports written with --json")],
-    json_path: Annotated[str | None, typer.Option("--json", help="Write the merged report here ('-': stdout)")] = None,
+    paths: Annotated[list[str], typer.Argument(help="Reports written with --json", metavar="REPORT...")],
+    json_path: Annotated[
+        str | None, typer.Option("--json", help="Write the merged report here ('-': stdout)", metavar="PATH")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Merge even reports of the same run and shard (their counts add up)")
+    ] = False,
 ) -> None:
     from trafficgen.stats import report
-    from trafficgen.stats.combine import merge
+    from trafficgen.stats.combine import merge, merge_checks
 
+    documents = [_load(p) for p in paths]
     with _damaged(", ".join(paths)):
-        merged = merge([_load(p) for p in paths])
+        problems, warnings = merge_checks(list(zip(paths, documents, strict=True)))
+    if problems and not force:
+        fail(PROG, f"{problems[0]} (--force merges them anyway)")
+    for warning in [*problems, *warnings]:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    with _damaged(", ".join(paths)):
+        merged = merge(documents)
     if json_path:
         write_json(merged, json_path)
     report.summary(merged, sys.stderr if json_path == "-" else sys.stdout)

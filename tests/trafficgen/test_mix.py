@@ -135,7 +135,7 @@ class TestReported:
         assert sum(row["attempted"] for row in report["source_addresses"].values()) == 300
         path = tmp_path / "r.json"
         path.write_text(json.dumps(report))
-        done = run_trafficgen("report", "merge", str(path), str(path), "--json", "-")
+        done = run_trafficgen("report", "merge", str(path), str(path), "--force", "--json", "-")
         assert done.returncode == 0, done.stderr
         merged = json.loads(done.stdout)
         assert {n: row["attempted"] for n, row in merged["tenants"].items()} == {n: 2 * c for n, c in seen.items()}

@@ -62,6 +62,42 @@ def _time(document: dict[str, Any]) -> float:
     return datetime.datetime.fromisoformat(document["started_at"]).timestamp()
 
 
+def _parts(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (run id, shard) of each instance a report holds: itself, or the parts of a merged report."""
+    config = document.get("config") or {}
+    merged = config.get("merged_from")
+    if merged:
+        return [part for item in merged for part in _parts({"run_id": item.get("run_id"), "config": item})]
+    return [(str(document.get("run_id")), str(config.get("shard", "0/1")))]
+
+
+def merge_checks(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[str]]:
+    """What stands against merging these reports (name, report): problems (the same instance twice would count
+    its messages twice) and warnings (runs apart in time, or against different targets: rarely one test)."""
+    problems, warnings = [], []
+    seen: dict[tuple[str, str], str] = {}
+    for name, document in named:
+        for part in _parts(document):
+            if part in seen:
+                which = f"{name} is given twice" if seen[part] == name else f"{seen[part]} and {name} are one instance"
+                problems.append(f"{which} (run {part[0]}, shard {part[1]}): its messages would count twice")
+            seen[part] = name
+    targets = {name: document["target"] for name, document in named}
+    if len(set(targets.values())) > 1:
+        warnings.append("the reports differ in target: " + ", ".join(f"{t} ({n})" for n, t in targets.items()))
+    spans = [(name, _time(d), _time(d) + d["elapsed_s"]) for name, d in named]
+    for index, (name, start, end) in enumerate(spans):
+        for other, other_start, other_end in spans[index + 1 :]:
+            if start > other_end or other_start > end:
+                (a, a_end), (b, b_start) = (
+                    ((name, end), (other, other_start)) if start <= other_start else ((other, other_end), (name, start))
+                )
+                warnings.append(
+                    f"{a} and {b} do not overlap in time: {b} started {b_start - a_end:,.1f} s after {a} ended"
+                )
+    return list(dict.fromkeys(problems)), warnings
+
+
 def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """One report for all: as if one generator had sent every message of every report."""
     starts = [_time(d) for d in documents]
