@@ -74,8 +74,18 @@ def main_command(ctx: typer.Context, **given: Any) -> None:
     try:
         config = build(**given)
     except ConfigError as e:
-        fail(PROG, str(e))
+        fail(PROG, _from_environment(ctx, str(e)))
     raise typer.Exit(execute(config))
+
+
+def _from_environment(ctx: typer.Context, message: str) -> str:
+    """A problem with an option's value names the variable it came from, when it came from one."""
+    for item in options.declared(RunConfig):
+        variable = item.envvar(ENV)
+        source = getattr(ctx.get_parameter_source(item.name), "name", "")
+        if variable and source == "ENVIRONMENT" and message.startswith(item.long_flag + " "):
+            return f"{variable}{message[len(item.long_flag) :]}"
+    return message
 
 
 def _signature() -> inspect.Signature:
@@ -229,7 +239,7 @@ def _load(path: str) -> dict[str, Any]:
 
 
 @report_app.command("show", help="Print the summary of a saved report.")
-def report_show(path: Annotated[str, typer.Argument(help="A report written with --json")]) -> None:
+def report_show(path: Annotated[str, typer.Argument(help="A report written with --json", metavar="REPORT")]) -> None:
     from trafficgen.stats import report
 
     with _damaged(path):
@@ -238,7 +248,7 @@ def report_show(path: Annotated[str, typer.Argument(help="A report written with 
 
 @report_app.command("html", help="Write the HTML report (charts, one self-contained file) of a saved report.")
 def report_html(
-    path: Annotated[str, typer.Argument(help="A report written with --json")],
+    path: Annotated[str, typer.Argument(help="A report written with --json", metavar="REPORT")],
     output: Annotated[
         str | None,
         typer.Option(
@@ -259,12 +269,13 @@ def report_html(
     "shard twice is refused; runs apart in time or against different targets are merged with a warning.",
 )
 def report_merge(
-    paths: Annotated[list[str], typer.Argument(help="Reports written with --json", metavar="REPORT...")],
+    paths: Annotated[list[str], typer.Argument(help="Reports written with --json", metavar="REPORT")],
     json_path: Annotated[
         str | None, typer.Option("--json", help="Write the merged report here ('-': stdout)", metavar="PATH")
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Merge even reports of the same run and shard (their counts add up)")
+        bool,
+        typer.Option("--force", help="Merge even reports of the same run and shard (their counts add up)", metavar=""),
     ] = False,
 ) -> None:
     from trafficgen.stats import report
@@ -290,8 +301,8 @@ def report_merge(
     "when a run got worse by more than PERCENT.",
 )
 def report_compare(
-    before: Annotated[str, typer.Argument(help="The earlier report")],
-    after: Annotated[str, typer.Argument(help="The later report")],
+    before: Annotated[str, typer.Argument(help="The earlier report", metavar="BEFORE")],
+    after: Annotated[str, typer.Argument(help="The later report", metavar="AFTER")],
     json_path: Annotated[
         str | None, typer.Option("--json", help="Write the comparison as JSON here ('-': stdout)", metavar="PATH")
     ] = None,
@@ -336,15 +347,22 @@ def report_compare(
     "The report must come from a run with --reconcile.",
 )
 def report_reconcile(
-    path: Annotated[str, typer.Argument(help="A report written with --json by a run with --reconcile")],
+    path: Annotated[
+        str, typer.Argument(help="A report written with --json by a run with --reconcile", metavar="REPORT")
+    ],
     sink: Annotated[
-        str | None, typer.Option(help="The sinks' admin URLs, comma-separated [default: the run's --reconcile]")
+        str | None,
+        typer.Option(
+            help="The sinks' admin URLs, comma-separated [default: the run's --reconcile]", metavar="URL[,URL]"
+        ),
     ] = None,
     wait: Annotated[
-        float, typer.Option(help="Ask each second for up to this many seconds until nothing is pending")
+        float,
+        typer.Option(help="Ask each second for up to this many seconds until nothing is pending", metavar="SECONDS"),
     ] = 0.0,
     json_path: Annotated[
-        str | None, typer.Option("--json", help="Write the report with the new reconciliation here ('-': stdout)")
+        str | None,
+        typer.Option("--json", help="Write the report with the new reconciliation here ('-': stdout)", metavar="PATH"),
     ] = None,
 ) -> None:
     import asyncio

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -284,6 +285,18 @@ class Runner:
         self.recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
         return session
 
+    async def _resolves(self) -> bool:
+        """Whether the target's name resolves, asked once before any connection: a name that does not is the
+        run's one error, not a failure of every connection (each of whose lookups would be cancelled with the run
+        and leave asyncio's "exception was never retrieved" behind)."""
+        host, port = self.config.host, self.config.port
+        try:
+            await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            self.error = f"--target {self.config.target}: cannot resolve {host} ({getattr(e, 'strerror', None) or e})"
+            return False
+        return True
+
     async def _abandon(self, opening: asyncio.Future[Session], started: float, progress: list[str]) -> Outcome:
         opening.cancel()
         with contextlib.suppress(asyncio.CancelledError, SessionError, Refused):
@@ -336,6 +349,8 @@ class Runner:
             loop.call_at(loop.time() + self.deadline - time.monotonic(), self.over.set)
         if self.remaining == 0:
             self.over.set()
+        if not config.http and not await self._resolves():
+            return RunEnd(wall, 0.0, 0.0, self.error, False)
         concurrency = self.share.concurrency or config.concurrency
         workers = [asyncio.create_task(Worker(self, i).run()) for i in range(concurrency)]
         sweeper = asyncio.create_task(self._sweep())
