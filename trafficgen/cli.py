@@ -297,8 +297,8 @@ def report_merge(
 
 @report_app.command(
     "compare",
-    help="Show the change in throughput, success rate and each latency percentile; with --fail-if-regressed, exit 3 "
-    "when a run got worse by more than PERCENT.",
+    help="Show the change in throughput, success rate (in points) and each latency percentile; with "
+    "--fail-if-regressed, exit 3 when a run got worse by more than PERCENT (points for the success rate).",
 )
 def report_compare(
     before: Annotated[str, typer.Argument(help="The earlier report", metavar="BEFORE")],
@@ -314,8 +314,8 @@ def report_compare(
         float | None,
         typer.Option(
             "--fail-if-regressed",
-            help="Exit 3 when throughput or the success rate fell, or latency (p50, p90, p99) rose, by more than "
-            "this percentage",
+            help="Exit 3 when throughput fell or latency (p50, p90, p99) rose by more than this percentage, or the "
+            "success rate fell by more than this many percentage points",
             metavar="PERCENT",
         ),
     ] = None,

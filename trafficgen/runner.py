@@ -385,8 +385,11 @@ class Runner:
         window = elapsed
         if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
             window = min(elapsed, stopped - started)
+        # A --message-count run that sent its count before --duration ran out: the window is what the run took.
+        counted_out = self.remaining is not None and self.remaining <= 0 and elapsed < (config.duration or 0)
         if config.duration is not None:
-            window = config.duration if not (self.interrupted or self.error) else min(window, config.duration)
+            early = self.interrupted or self.error or counted_out
+            window = min(window, config.duration) if early else config.duration
         return RunEnd(wall, elapsed, window, self.error, self.interrupted)
 
 

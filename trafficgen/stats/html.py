@@ -16,6 +16,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from trafficgen.stats.combine import percent_change, points_change
+from trafficgen.stats.report import distinct_cuts
+
 OUTCOME_COLOURS = {
     "accepted": "#2e7d32",
     "tempfailed": "#f9a825",
@@ -287,13 +290,6 @@ def _domains(report: dict[str, Any], other: dict[str, Any] | None) -> dict[str, 
     return {"data": data, "layout": layout}
 
 
-def _reply_label(reply: dict[str, Any]) -> str:
-    text = str(reply["text"])
-    if len(text) > REPLY_LABEL:
-        text = text[: REPLY_LABEL - 1] + "…"
-    return f"{reply['code']} {text}"
-
-
 def _replies(report: dict[str, Any]) -> dict[str, Any] | None:
     replies = list(report.get("replies") or [])[:TOP_REPLIES]
     if not replies:
@@ -313,7 +309,10 @@ def _replies(report: dict[str, Any]) -> dict[str, Any] | None:
             "type": "bar",
             "orientation": "h",
             "name": "replies",
-            "y": [_reply_label(r) for r in replies],
+            "y": [
+                f"{r['code']} {text}"
+                for r, text in zip(replies, distinct_cuts([str(r["text"]) for r in replies], REPLY_LABEL), strict=True)
+            ],
             "x": [r["count"] for r in replies],
             "text": [f"{r['count']:,}" for r in replies],
             "textposition": "outside",
@@ -373,22 +372,6 @@ def _table(heads: list[str], rows: list[tuple[str, list[Any]]], css: str = "") -
         for name, values in rows
     )
     return f'<table class="{css}"><tr>{header}</tr>{body}</table>'
-
-
-def percent_change(before: Any, after: Any) -> str:
-    """The relative change, as `report compare` prints it: +12.5%, "new", or "-"."""
-    if not isinstance(before, int | float) or not isinstance(after, int | float):
-        return "-"
-    if before == 0:
-        return "-" if after == 0 else "new"
-    return f"{(after - before) / before * 100:+.1f}%"
-
-
-def points_change(before: float | None, after: float | None) -> str:
-    """The change of a share (0..1), in percentage points: +1.25 pt."""
-    if before is None or after is None:
-        return "-"
-    return f"{(after - before) * 100:+.2f} pt"
 
 
 def _percent(share: float | None, digits: int = 2) -> str:

@@ -32,9 +32,7 @@ BEHIND = 0.98  # the whole run's rate below this share of --throttle's: said at 
 SETTLE_S = 2.0  # seconds before a run can be called behind (connections are still opening)
 
 
-def behind(
-    snapshot: Snapshot, asked: float | None, elapsed: float, due: float | None = None, lag: float = 0.0
-) -> bool:
+def behind(snapshot: Snapshot, asked: float | None, elapsed: float, due: float | None = None, lag: float = 0.0) -> bool:
     """True when a --throttle run (or a --profile run, `due` messages due `lag` seconds ago) has answered less
     than 98% of what fell due more than `lag` seconds ago (the recent transaction p99: messages due since may still
     be on the wire, and in a ramp they are a large share of all due so far), a message short at least."""
