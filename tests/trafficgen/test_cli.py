@@ -171,6 +171,7 @@ class TestDeadTarget:
         assert report["connections"]["opened"] == 0
         line = error_lines(done)[-1]
         assert line == f"trafficgen: error: no message got an answer from {target}: {report['errors'][0]['text']}"
+        assert "throughput" not in done.stderr  # nothing reached a server: no rate to speak of
 
     @pytest.mark.netns
     def test_a_name_that_does_not_resolve(self):
@@ -330,6 +331,19 @@ class TestRunLength:
         assert report["config"]["duration_s"] is None
         assert report["totals"]["attempted"] == 120 == len(server.messages)
         assert report["elapsed_s"] >= 1.15  # the throttle spread them over 1.19 s
+
+    def test_a_count_sent_before_the_duration_ends(self):
+        """--message-count 100 --duration 60 against a fast server: the sending window is what the run took, not
+        60 s, and the throughput is over it; one connection is "1 connection"."""
+        with CaptureServer() as server:
+            report, done = run_report(
+                "--target", server.target, "--message-count", "100", "--duration", "60", "--concurrency", "1"
+            )  # fmt: skip
+        assert report["totals"]["attempted"] == 100
+        assert report["sending_s"] < 30, report["sending_s"]
+        assert report["sending_s"] == pytest.approx(report["elapsed_s"], abs=0.01)
+        assert report["throughput"]["per_second"] == pytest.approx(100 / report["sending_s"], rel=0.01)
+        assert f"100 messages in {report['sending_s']:,.1f} s  over 1 connection\n" in done.stderr, done.stderr
 
     def test_duration_cuts_a_message_count(self):
         """With both, --duration ends the run first: fewer than N attempts."""

@@ -404,10 +404,7 @@ def _pipelining_note(report: dict[str, Any]) -> str | None:
     rcpt = (report.get("phases_ms") or {}).get("rcpt") or {}
     if not (report.get("config") or {}).get("pipelining") or not rcpt.get("count"):
         return None
-    return (
-        "  pipelined: MAIL, RCPT and DATA go out together and their replies come back together, so rcpt is near "
-        "zero and data holds the server's time (--no-pipelining times each step)"
-    )
+    return "  pipelined: rcpt's reply comes with data's (data holds the server's time)"
 
 
 def _ms(value: float | None, narrow: bool) -> str:
