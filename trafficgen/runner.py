@@ -285,6 +285,20 @@ class Runner:
         self.recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
         return session
 
+    def _window(self, elapsed: float, stopped: float) -> float:
+        """The sending window of a run that took `elapsed` seconds (`stopped`: when the run was stopped, if it
+        was): a --duration run's is the duration, unless it was stopped early or sent its --message-count sooner."""
+        config = self.config
+        window = elapsed
+        if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
+            window = min(elapsed, stopped)
+        # A --message-count run that sent its count before --duration ran out: the window is what the run took.
+        counted_out = self.remaining is not None and self.remaining <= 0 and elapsed < (config.duration or 0)
+        if config.duration is not None:
+            early = self.interrupted or self.error or counted_out
+            window = min(window, config.duration) if early else config.duration
+        return window
+
     async def _resolves(self) -> bool:
         """Whether the target's name resolves, asked once before any connection: a name that does not is the
         run's one error, not a failure of every connection (each of whose lookups would be cancelled with the run
@@ -381,15 +395,7 @@ class Runner:
 
                 await inject.close_pool(self.http_pool)
         elapsed = time.monotonic() - started
-        # The sending window of a --duration run is the duration, unless it was stopped early.
-        window = elapsed
-        if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
-            window = min(elapsed, stopped - started)
-        # A --message-count run that sent its count before --duration ran out: the window is what the run took.
-        counted_out = self.remaining is not None and self.remaining <= 0 and elapsed < (config.duration or 0)
-        if config.duration is not None:
-            early = self.interrupted or self.error or counted_out
-            window = min(window, config.duration) if early else config.duration
+        window = self._window(elapsed, stopped - started)
         return RunEnd(wall, elapsed, window, self.error, self.interrupted)
 
 

@@ -343,7 +343,7 @@ class TestRunLength:
         assert report["sending_s"] < 30, report["sending_s"]
         assert report["sending_s"] == pytest.approx(report["elapsed_s"], abs=0.01)
         assert report["throughput"]["per_second"] == pytest.approx(100 / report["sending_s"], rel=0.01)
-        assert f"100 messages in {report['sending_s']:,.1f} s  over 1 connection\n" in done.stderr, done.stderr
+        assert f"100 messages in {report['sending_s']:,.1f} s over 1 connection\n" in done.stderr, done.stderr
 
     def test_duration_cuts_a_message_count(self):
         """With both, --duration ends the run first: fewer than N attempts."""

@@ -393,15 +393,17 @@ def _summary(report: dict[str, Any], other: dict[str, Any] | None) -> str:
         *[(f"latency {p} (ms)", [lat.get(p) for lat in latency]) for p in ("p50", "p90", "p99", "max")],
     ]
     if other is not None:
-        for index, (name, values) in enumerate(rows):
-            if name == "success rate":
-                change = points_change(other.get("success_rate"), report.get("success_rate"))
-            elif name in ("run id", "target", "started"):
-                change = ""
-            else:
-                change = percent_change(*values)
-            rows[index] = (name, [*values, change])
+        rows = [(name, [*values, _change(name, values, other, report)]) for name, values in rows]
     return f"<section><h2>Summary</h2>{_table(heads, rows, 'summary')}</section>"
+
+
+def _change(name: str, values: list[Any], before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A summary row's change: in points for the success rate, none for names, else in percent."""
+    if name == "success rate":
+        return points_change(before.get("success_rate"), after.get("success_rate"))
+    if name in ("run id", "target", "started"):
+        return ""
+    return percent_change(*values)
 
 
 def _body_size(config: dict[str, Any]) -> str:
@@ -516,6 +518,10 @@ def _reconciliation(r: dict[str, Any], label: str) -> str:
     return f'<section id="reconciliation"><h2>{heading}</h2>{"".join(parts)}</section>'
 
 
+def _counts_only(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_number(v) or v is None for v in value.values())
+
+
 def _reconciliation_part(key: str, value: Any) -> str:
     """One entry besides the counts: ids, a row of counts, a table of rows of counts, or its parts in turn."""
     name = html.escape(key.replace("_", " "))
@@ -525,21 +531,19 @@ def _reconciliation_part(key: str, value: Any) -> str:
         return f'<p><b>{name}</b>: <span class="ids">{shown or "none"}{more}</span></p>'
     if not isinstance(value, dict):
         return f"<p><b>{name}</b>: {_cell(value)}</p>"
-    if all(_is_number(v) or v is None for v in value.values()):
+    if _counts_only(value):
         return f"<h3>{name}</h3>" + _table(["", *map(str, value)], [("", list(value.values()))], "reconciliation")
-    rows = {
-        k: v for k, v in value.items() if isinstance(v, dict) and all(_is_number(x) or x is None for x in v.values())
-    }
-    out = f"<h3>{name}</h3>"
-    if rows:
-        columns = list(dict.fromkeys(c for row in rows.values() for c in row))
-        out += _table(
-            ["", *columns], [(str(k), [row.get(c) for c in columns]) for k, row in rows.items()], "reconciliation"
-        )
-    for k, v in value.items():
-        if k not in rows:
-            out += _reconciliation_part(f"{key} {k}", v)
-    return out
+    rows = {k: v for k, v in value.items() if _counts_only(v)}
+    out = f"<h3>{name}</h3>" + (_rows_table(rows) if rows else "")
+    return out + "".join(_reconciliation_part(f"{key} {k}", v) for k, v in value.items() if k not in rows)
+
+
+def _rows_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Rows of counts (a domain's transit times...) as one table, the union of their keys as columns."""
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    return _table(
+        ["", *columns], [(str(k), [row.get(c) for c in columns]) for k, row in rows.items()], "reconciliation"
+    )
 
 
 def _thresholds(thresholds: dict[str, Any]) -> str:

@@ -315,9 +315,9 @@ def _print_headline(console: Console, report: dict[str, Any]) -> None:
     _fit(
         console,
         [
-            f"{attempted:,} message{'' if attempted == 1 else 's'} in {sending:,.1f} s",
-            f"over {concurrency} connection{'' if concurrency == 1 else 's'}"
-            + (f" (last reply at {elapsed:,.1f} s)" if elapsed > sending + 0.5 else ""),
+            f"{attempted:,} message{'' if attempted == 1 else 's'} in {sending:,.1f} s over {concurrency} "
+            f"connection{'' if concurrency == 1 else 's'}",
+            *([f"(last reply at {elapsed:,.1f} s)"] if elapsed > sending + 0.5 else []),
             *([f"({report['stopped_by']})"] if report.get("stopped_by") else []),
         ],
     )
