@@ -238,6 +238,17 @@ def _load(path: str) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def _number(flag: str, text: str | None) -> float | None:
+    """A number option of the `report` commands, read here so a bad one is named in the project's words."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        fail(PROG, f"{flag} {text!r} is not a number")
+    raise AssertionError("unreachable")
+
+
 @report_app.command("show", help="Print the summary of a saved report.")
 def report_show(path: Annotated[str, typer.Argument(help="A report written with --json", metavar="REPORT")]) -> None:
     from trafficgen.stats import report
@@ -310,8 +321,8 @@ def report_compare(
         str | None,
         typer.Option("--html", help="Write both runs' charts overlaid to this HTML file", metavar="PATH"),
     ] = None,
-    regressed: Annotated[
-        float | None,
+    regressed_text: Annotated[
+        str | None,
         typer.Option(
             "--fail-if-regressed",
             help="Exit 3 when throughput fell or latency (p50, p90, p99) rose by more than this percentage, or the "
@@ -322,6 +333,7 @@ def report_compare(
 ) -> None:
     from trafficgen.stats.combine import compare, comparison
 
+    regressed = _number("--fail-if-regressed", regressed_text)
     if regressed is not None and not (regressed >= 0 and regressed < float("inf")):
         fail(PROG, f"--fail-if-regressed {regressed:g}: give a percentage of at least 0")
     human = sys.stderr if json_path == "-" else sys.stdout
@@ -356,10 +368,12 @@ def report_reconcile(
             help="The sinks' admin URLs, comma-separated [default: the run's --reconcile]", metavar="URL[,URL]"
         ),
     ] = None,
-    wait: Annotated[
-        float,
-        typer.Option(help="Ask each second for up to this many seconds until nothing is pending", metavar="SECONDS"),
-    ] = 0.0,
+    wait_text: Annotated[
+        str,
+        typer.Option(
+            "--wait", help="Ask each second for up to this many seconds until nothing is pending", metavar="SECONDS"
+        ),
+    ] = "0",
     json_path: Annotated[
         str | None,
         typer.Option("--json", help="Write the report with the new reconciliation here ('-': stdout)", metavar="PATH"),
@@ -376,8 +390,9 @@ def report_reconcile(
     previous = document.get("reconciliation") or {}
     if "marks" not in previous:
         fail(PROG, f"{path}: this run was not made with --reconcile, so the report does not say what the target took")
-    if wait < 0:
-        fail(PROG, f"--wait cannot be negative, got {wait}")
+    wait = _number("--wait", wait_text) or 0.0
+    if not 0 <= wait < float("inf"):
+        fail(PROG, f"--wait {wait:g}: give a number of seconds of at least 0")
     with _damaged(path):
         ours = decode_marks(previous["marks"])
         index, _, count = str(document["config"].get("shard", "0/1")).partition("/")

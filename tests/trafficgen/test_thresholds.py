@@ -314,3 +314,6 @@ class TestCompare:
         done = run_trafficgen("report", "compare", path, path, "--fail-if-regressed", "-5")
         assert done.returncode == 2
         assert error_lines(done)[-1].startswith("trafficgen: error: --fail-if-regressed")
+        done = run_trafficgen("report", "compare", path, path, "--fail-if-regressed", "abc")
+        assert done.returncode == 2
+        assert error_lines(done) == ["trafficgen: error: --fail-if-regressed 'abc' is not a number"]
