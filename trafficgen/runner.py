@@ -351,6 +351,8 @@ class Runner:
         """Run to the end. `soft` (first ^C): claim no more, let in-flight messages finish within the grace
         period. `hard` (second ^C): cut them now (each gets its error outcome)."""
         config = self.config
+        if not config.http and not await self._resolves():  # before the clock starts: no schedule waits on it
+            return RunEnd(time.time(), 0.0, 0.0, self.error, False)
         wall, started = time.time(), time.monotonic()
         self.started = started
         loop = asyncio.get_running_loop()
@@ -363,8 +365,6 @@ class Runner:
             loop.call_at(loop.time() + self.deadline - time.monotonic(), self.over.set)
         if self.remaining == 0:
             self.over.set()
-        if not config.http and not await self._resolves():
-            return RunEnd(wall, 0.0, 0.0, self.error, False)
         concurrency = self.share.concurrency or config.concurrency
         workers = [asyncio.create_task(Worker(self, i).run()) for i in range(concurrency)]
         sweeper = asyncio.create_task(self._sweep())

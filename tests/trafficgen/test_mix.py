@@ -194,7 +194,7 @@ class TestBadInput:
             (["--tenant", "has space"], "without spaces"),
             (["--tenant", "a", "--tenant", "a:2"], "given twice"),
             (["--sender-domain", "not a domain"], "--sender-domain"),
-            (["--sender-domain", "x.example:nan"], "weight must be more than 0"),
+            (["--sender-domain", "x.example:nan"], "weight 'nan' is not a number"),
             (["--source-address", "::2"], "--source-address ::2 is not an address of this host"),
             (["--source-address", "127.0.0.2:0"], "weight must be more than 0"),
             (["--source-address", "[::1:2"], "--source-address"),
