@@ -437,7 +437,7 @@ CONFIG_ROWS: tuple[tuple[str, Any], ...] = (
     ("domain suffix", lambda r, c: c.get("domain_suffix")),
     ("pipelining", lambda r, c: c.get("pipelining")),
     ("STARTTLS", lambda r, c: c.get("starttls")),
-    ("seed", lambda r, c: c.get("seed")),
+    ("seed", lambda r, c: None if c.get("seed") is None else str(c["seed"])),  # a seed, not a count: no commas
     ("merged from", lambda r, c: ", ".join(str(p.get("run_id")) for p in c.get("merged_from") or []) or None),
 )
 
