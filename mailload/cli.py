@@ -86,8 +86,9 @@ def missing_value(command: Any, args: Sequence[str]) -> str | None:
 
 
 def _plain_help(command: Any, help_names: list[str] | None = None) -> None:
-    """--help without Typer's type labels where the words say enough: no `<bool>` after -h, no `<str>` beside
-    an argument, and an argument's name in the usage line as its metavar gives it (not `{before}`)."""
+    """--help without Typer's type labels where the words say enough: no `<bool>` after -h or a flag, an option's
+    value named in upper case (not `<str>`, `<int>`), no `<str>` beside an argument, and an argument's name in the
+    usage line as its metavar gives it (not `{before}`)."""
     # a subcommand's help option has its group's names (-h too), as its context would inherit them
     help_names = command.context_settings.get("help_option_names", help_names) or ["--help"]
     context = command.context_class(command, **{**command.context_settings, "help_option_names": help_names})
@@ -95,10 +96,13 @@ def _plain_help(command: Any, help_names: list[str] | None = None) -> None:
     if help_option is not None:
         help_option.metavar = ""
     for param in command.params:
+        if getattr(param, "param_type_name", "") == "option" and param.metavar is None:
+            param.metavar = "" if param.is_flag else param.name.upper()  # not <str>, <int>, <bool>
         if getattr(param, "param_type_name", "") == "argument":
             name = param.metavar or param.name.upper()
             param.display_type_rich = lambda ctx: None
-            param._usage_display_name = lambda name=name, many=param.nargs != 1: name + ("..." if many else "")
+            many = param.nargs != 1 and not name.endswith("...")
+            param._usage_display_name = lambda name=name, many=many: name + ("..." if many else "")
     for sub in getattr(command, "commands", {}).values():
         _plain_help(sub, help_names)
 

@@ -65,6 +65,7 @@ def test_help_has_no_type_noise():
     {argument} in the usage line."""
     commands = [["trafficgen"], ["smartsink"], *(["trafficgen", "report", c] for c in ("show", "html", "merge"))]
     commands += [["trafficgen", "report", c] for c in ("compare", "reconcile")]
+    commands += [["trafficgen", "workload", "from-logs"], ["smartsink", "policy", "from-logs"]]
     for command in commands:
         module, *rest = command
         done = subprocess.run(
