@@ -8,13 +8,14 @@
 # make soak:    smartsink for 10 minutes under normal mail and hostile clients, watched for growth (SOAK_ARGS=--minutes 2)
 # make lint:    ruff, mypy --strict, radon (no function rated D), docs/cli.md's option tables current
 # make docs:    rewrite docs/cli.md's option tables from the options' declarations
+# make vendor-plotly: fetch the HTML report's charting bundle (npm's plotly.js-basic-dist-min) into trafficgen/stats/vendor/
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench bench-scale bench-reload soak lint docs clean
+.PHONY: install test test-fast demo bench bench-scale bench-reload soak lint docs vendor-plotly clean
 
 install: $(STAMP)
 
@@ -54,6 +55,9 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -m mailload.options docs/cli.md
+
+vendor-plotly:
+	sh scripts/vendor-plotly.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

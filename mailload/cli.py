@@ -12,7 +12,7 @@ import resource
 import sys
 from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -61,8 +61,58 @@ def fail(prog: str, message: str, status: ExitStatus = ExitStatus.USAGE) -> None
     raise SystemExit(int(status))
 
 
+def missing_value(command: Any, args: Sequence[str]) -> str | None:
+    """The problem when an option that takes a value is followed by another option (`--target --duration 2`):
+    Click would take `--duration` as the target and `2` as a command. Each command's own options are checked,
+    then its subcommand's."""
+    options = [p for p in command.params if getattr(p, "param_type_name", "") == "option"]
+    takes_value = {o for p in options if not (p.is_flag or p.count) for o in p.opts}
+    known = {o for p in options for o in (*p.opts, *p.secondary_opts)} | {"-h", "--help"}
+    subcommands = getattr(command, "commands", {})
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            break
+        if arg in subcommands:
+            return missing_value(subcommands[arg], args[index + 1 :])
+        if arg in takes_value:
+            following = args[index + 1] if index + 1 < len(args) else None
+            if following is not None and following.partition("=")[0] in known:
+                return f"{arg} needs a value: the next word, {following}, is an option"
+            index += 1
+        index += 1
+    return None
+
+
+def _plain_help(command: Any, help_names: list[str] | None = None) -> None:
+    """--help without Typer's type labels where the words say enough: no `<bool>` after -h or a flag, an option's
+    value named in upper case (not `<str>`, `<int>`), no `<str>` beside an argument, and an argument's name in the
+    usage line as its metavar gives it (not `{before}`)."""
+    # a subcommand's help option has its group's names (-h too), as its context would inherit them
+    help_names = command.context_settings.get("help_option_names", help_names) or ["--help"]
+    context = command.context_class(command, **{**command.context_settings, "help_option_names": help_names})
+    help_option = command.get_help_option(context)
+    if help_option is not None:
+        help_option.metavar = ""
+    for param in command.params:
+        if getattr(param, "param_type_name", "") == "option" and param.metavar is None:
+            param.metavar = "" if param.is_flag else param.name.upper()  # not <str>, <int>, <bool>
+        if getattr(param, "param_type_name", "") == "argument":
+            name = param.metavar or param.name.upper()
+            param.display_type_rich = lambda ctx: None
+            many = param.nargs != 1 and not name.endswith("...")
+            param._usage_display_name = lambda name=name, many=many: name + ("..." if many else "")
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub, help_names)
+
+
 def run_app(app: typer.Typer, prog: str, argv: Sequence[str] | None = None) -> None:
     command = typer.main.get_command(app)
+    _plain_help(command)
+    problem = missing_value(command, list(argv) if argv is not None else sys.argv[1:])
+    if problem is not None:
+        fail(prog, problem)
     try:
         result = command.main(args=list(argv) if argv is not None else None, prog_name=prog, standalone_mode=False)
     except (_USAGE_ERROR, _CLICK_ERROR) as e:

@@ -103,6 +103,7 @@ def values(config_class: type, given: Mapping[str, Any]) -> dict[str, Any]:
             continue
         parse = item.option.parse
         try:
+            raw = _number(item, raw)
             out[item.name] = parse(raw) if parse is not None else raw
         except ValueError as e:
             message = str(e)
@@ -112,6 +113,19 @@ def values(config_class: type, given: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"no such option: {', '.join(sorted(unknown))}")
     return out
+
+
+def _number(item: Declared, raw: Any) -> Any:
+    """A number option's text as its number (the command line and variables give text: Typer leaves it to us,
+    so the words are ours); ValueError names the option and what was given."""
+    kind = item.option.given_as
+    if kind not in (int, float) or not isinstance(raw, str):
+        return raw
+    try:
+        return kind(raw.strip().replace("_", ""))
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{item.long_flag} {raw!r} is not {what}") from None
 
 
 def report(config: Any) -> dict[str, Any]:
@@ -147,8 +161,10 @@ def signature(config_class: type, prefix: str, typer_option: Callable[..., Any],
         flag = spec.given_as is bool
         metavar = "" if flag else spec.metavar
         shown = item.default_text()
+        # numbers are taken as text and read by values(), which names a bad one in the project's words
+        given_as = str if spec.given_as in (int, float) else spec.given_as
         typed = Annotated[  # type: ignore[valid-type]
-            spec.given_as if flag else spec.given_as | None,
+            given_as if flag else given_as | None,
             typer_option(
                 *item.flags,
                 envvar=item.envvar(prefix),

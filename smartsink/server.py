@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -97,12 +98,21 @@ class SMTPListener:
                 await asyncio.wait_for(self.server.wait_closed(), 2.0)
 
 
+def on_terminal() -> bool:
+    """Whether the sink runs on a terminal (stdin, stdout or stderr is one): there SIGHUP means the terminal went
+    away, as it does for any foreground program; detached (a service, a container, nohup) it asks for a reload,
+    as daemons take it."""
+    return any(os.isatty(fd) for fd in (0, 1, 2))
+
+
 def install_signals(stop: asyncio.Event, reload: Callable[[], object] | None) -> None:
+    """SIGTERM and SIGINT stop the sink; SIGHUP reloads the policy, or stops the sink when it runs on a terminal
+    (closing the terminal must not leave it running, holding its port)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGHUP, stop.set if on_terminal() else reload)
 
 
 def announce(
@@ -124,6 +134,13 @@ def announce(
         file=sys.stderr,
         flush=True,
     )
+    if on_terminal():
+        print(
+            "smartsink: on a terminal: SIGHUP (the terminal closing) stops the sink; the policy reloads when its file "
+            "is saved (detached, SIGHUP reloads it)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def on_reload(result: str) -> None:

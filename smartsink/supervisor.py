@@ -287,6 +287,8 @@ async def _serve_worker(config: SinkConfig, index: int, coordinator_path: str, p
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # A hangup (its terminal closing) reaches the whole process group: the supervisor decides what it means.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
     limits = RemoteLimits(coordinator_path, on_policy=lambda p: None, on_lost=stop.set, policy=policy)
     await limits.connect()
     ctx = SinkContext(config, policy, limits, worker=index)

@@ -74,8 +74,18 @@ def main_command(ctx: typer.Context, **given: Any) -> None:
     try:
         config = build(**given)
     except ConfigError as e:
-        fail(PROG, str(e))
+        fail(PROG, _from_environment(ctx, str(e)))
     raise typer.Exit(execute(config))
+
+
+def _from_environment(ctx: typer.Context, message: str) -> str:
+    """A problem with an option's value names the variable it came from, when it came from one."""
+    for item in options.declared(RunConfig):
+        variable = item.envvar(ENV)
+        source = getattr(ctx.get_parameter_source(item.name), "name", "")
+        if variable and source == "ENVIRONMENT" and message.startswith(item.long_flag + " "):
+            return f"{variable}{message[len(item.long_flag) :]}"
+    return message
 
 
 def _signature() -> inspect.Signature:
@@ -228,8 +238,19 @@ def _load(path: str) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def _number(flag: str, text: str | None) -> float | None:
+    """A number option of the `report` commands, read here so a bad one is named in the project's words."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        fail(PROG, f"{flag} {text!r} is not a number")
+    raise AssertionError("unreachable")
+
+
 @report_app.command("show", help="Print the summary of a saved report.")
-def report_show(path: Annotated[str, typer.Argument(help="A report written with --json")]) -> None:
+def report_show(path: Annotated[str, typer.Argument(help="A report written with --json", metavar="REPORT")]) -> None:
     from trafficgen.stats import report
 
     with _damaged(path):
@@ -238,7 +259,7 @@ def report_show(path: Annotated[str, typer.Argument(help="A report written with 
 
 @report_app.command("html", help="Write the HTML report (charts, one self-contained file) of a saved report.")
 def report_html(
-    path: Annotated[str, typer.Argument(help="A report written with --json")],
+    path: Annotated[str, typer.Argument(help="A report written with --json", metavar="REPORT")],
     output: Annotated[
         str | None,
         typer.Option(
@@ -253,16 +274,33 @@ def report_html(
     print(target)
 
 
-@report_app.command("merge", help="Merge reports of instances that ran together into one (exact percentiles).")
+@report_app.command(
+    "merge",
+    help="Merge reports of instances that ran together into one (exact percentiles). A report of the same run and "
+    "shard twice is refused; runs apart in time or against different targets are merged with a warning.",
+)
 def report_merge(
-    paths: Annotated[list[str], typer.Argument(help="Reports written with --json")],
-    json_path: Annotated[str | None, typer.Option("--json", help="Write the merged report here ('-': stdout)")] = None,
+    paths: Annotated[list[str], typer.Argument(help="Reports written with --json", metavar="REPORT")],
+    json_path: Annotated[
+        str | None, typer.Option("--json", help="Write the merged report here ('-': stdout)", metavar="PATH")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Merge even reports of the same run and shard (their counts add up)", metavar=""),
+    ] = False,
 ) -> None:
     from trafficgen.stats import report
-    from trafficgen.stats.combine import merge
+    from trafficgen.stats.combine import merge, merge_checks
 
+    documents = [_load(p) for p in paths]
     with _damaged(", ".join(paths)):
-        merged = merge([_load(p) for p in paths])
+        problems, warnings = merge_checks(list(zip(paths, documents, strict=True)))
+    if problems and not force:
+        fail(PROG, f"{problems[0]} (--force merges them anyway)")
+    for warning in [*problems, *warnings]:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    with _damaged(", ".join(paths)):
+        merged = merge(documents)
     if json_path:
         write_json(merged, json_path)
     report.summary(merged, sys.stderr if json_path == "-" else sys.stdout)
@@ -270,12 +308,12 @@ def report_merge(
 
 @report_app.command(
     "compare",
-    help="Show the change in throughput, success rate and each latency percentile; with --fail-if-regressed, exit 3 "
-    "when a run got worse by more than PERCENT.",
+    help="Show the change in throughput, success rate (in points) and each latency percentile; with "
+    "--fail-if-regressed, exit 3 when a run got worse by more than PERCENT (points for the success rate).",
 )
 def report_compare(
-    before: Annotated[str, typer.Argument(help="The earlier report")],
-    after: Annotated[str, typer.Argument(help="The later report")],
+    before: Annotated[str, typer.Argument(help="The earlier report", metavar="BEFORE")],
+    after: Annotated[str, typer.Argument(help="The later report", metavar="AFTER")],
     json_path: Annotated[
         str | None, typer.Option("--json", help="Write the comparison as JSON here ('-': stdout)", metavar="PATH")
     ] = None,
@@ -283,18 +321,19 @@ def report_compare(
         str | None,
         typer.Option("--html", help="Write both runs' charts overlaid to this HTML file", metavar="PATH"),
     ] = None,
-    regressed: Annotated[
-        float | None,
+    regressed_text: Annotated[
+        str | None,
         typer.Option(
             "--fail-if-regressed",
-            help="Exit 3 when throughput or the success rate fell, or latency (p50, p90, p99) rose, by more than "
-            "this percentage",
+            help="Exit 3 when throughput fell or latency (p50, p90, p99) rose by more than this percentage, or the "
+            "success rate fell by more than this many percentage points",
             metavar="PERCENT",
         ),
     ] = None,
 ) -> None:
     from trafficgen.stats.combine import compare, comparison
 
+    regressed = _number("--fail-if-regressed", regressed_text)
     if regressed is not None and not (regressed >= 0 and regressed < float("inf")):
         fail(PROG, f"--fail-if-regressed {regressed:g}: give a percentage of at least 0")
     human = sys.stderr if json_path == "-" else sys.stdout
@@ -320,15 +359,24 @@ def report_compare(
     "The report must come from a run with --reconcile.",
 )
 def report_reconcile(
-    path: Annotated[str, typer.Argument(help="A report written with --json by a run with --reconcile")],
+    path: Annotated[
+        str, typer.Argument(help="A report written with --json by a run with --reconcile", metavar="REPORT")
+    ],
     sink: Annotated[
-        str | None, typer.Option(help="The sinks' admin URLs, comma-separated [default: the run's --reconcile]")
+        str | None,
+        typer.Option(
+            help="The sinks' admin URLs, comma-separated [default: the run's --reconcile]", metavar="URL[,URL]"
+        ),
     ] = None,
-    wait: Annotated[
-        float, typer.Option(help="Ask each second for up to this many seconds until nothing is pending")
-    ] = 0.0,
+    wait_text: Annotated[
+        str,
+        typer.Option(
+            "--wait", help="Ask each second for up to this many seconds until nothing is pending", metavar="SECONDS"
+        ),
+    ] = "0",
     json_path: Annotated[
-        str | None, typer.Option("--json", help="Write the report with the new reconciliation here ('-': stdout)")
+        str | None,
+        typer.Option("--json", help="Write the report with the new reconciliation here ('-': stdout)", metavar="PATH"),
     ] = None,
 ) -> None:
     import asyncio
@@ -342,8 +390,9 @@ def report_reconcile(
     previous = document.get("reconciliation") or {}
     if "marks" not in previous:
         fail(PROG, f"{path}: this run was not made with --reconcile, so the report does not say what the target took")
-    if wait < 0:
-        fail(PROG, f"--wait cannot be negative, got {wait}")
+    wait = _number("--wait", wait_text) or 0.0
+    if not 0 <= wait < float("inf"):
+        fail(PROG, f"--wait {wait:g}: give a number of seconds of at least 0")
     with _damaged(path):
         ours = decode_marks(previous["marks"])
         index, _, count = str(document["config"].get("shard", "0/1")).partition("/")

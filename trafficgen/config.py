@@ -139,7 +139,11 @@ def _weight(flag: str, text: str, weight_text: str) -> float:
         weight = float(weight_text)
     except ValueError:
         raise ConfigError(f"{flag} {text!r}: weight {weight_text!r} is not a number") from None
-    if not math.isfinite(weight) or weight <= 0:
+    if math.isnan(weight):
+        raise ConfigError(f"{flag} {text!r}: weight {weight_text!r} is not a number")
+    if math.isinf(weight):
+        raise ConfigError(f"{flag} {text!r}: weight {weight_text!r} is not finite: give a share like 67.4")
+    if weight <= 0:
         raise ConfigError(f"{flag} {text!r}: weight must be more than 0")
     return weight
 
@@ -455,10 +459,25 @@ def _run_id(text: str) -> str:
     return text
 
 
-def _finite(flag: str) -> Any:
+MAX_DURATION = 30 * 86400.0  # a run longer than 30 days is a typo (1e12 s), not a test
+MAX_WAIT = 86400.0  # --timeout, --reconcile-wait
+
+
+def _finite(flag: str, most: float) -> Any:
     def parse(value: float) -> float:
         if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{flag} must be more than 0 seconds, got {value}")
+            raise ConfigError(f"{flag} must be more than 0 seconds, got {value:g}")
+        if value > most:
+            raise ConfigError(f"{flag} {value:g} is more than {most:,.0f} seconds ({most / 86400:g} days)")
+        return value
+
+    return parse
+
+
+def _wait(flag: str) -> Any:
+    def parse(value: float) -> float:
+        if not 0 <= value <= MAX_WAIT:
+            raise ConfigError(f"{flag} {value:g} must be between 0 and {MAX_WAIT:,.0f} seconds")
         return value
 
     return parse
@@ -693,7 +712,7 @@ class RunConfig:
         panel=LOAD,
         metavar="SECONDS",
         given_as=float,
-        parse=_finite("--duration"),
+        parse=_finite("--duration", MAX_DURATION),
         shown_default="60, or none with --message-count, or the --profile's",
         report="duration_s",
     )
@@ -782,7 +801,7 @@ class RunConfig:
         panel=LOAD,
         metavar="SECONDS",
         given_as=float,
-        parse=_finite("--timeout"),
+        parse=_finite("--timeout", MAX_WAIT),
         report="timeout_s",
     )
     seed: int | None = option(
@@ -1015,6 +1034,7 @@ class RunConfig:
         panel=RECONCILE,
         metavar="SECONDS",
         given_as=float,
+        parse=_wait("--reconcile-wait"),
         report=HIDDEN,
     )
     run_id: str = option(
@@ -1220,6 +1240,11 @@ def _check_profile(fields: dict[str, Any]) -> None:
         return
     if fields.get("throttle") is not None:
         raise ConfigError("--profile and --throttle both set the rate: give one")
+    if fields.get("message_count") is not None:
+        raise ConfigError(
+            "--profile and --message-count both set how many messages are sent (the stages make them due): give "
+            "one (--duration caps a profile)"
+        )
     length = profile.duration
     given = fields.get("duration")
     # The run lasts as long as the profile; --duration, when given, caps it.

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -284,6 +285,32 @@ class Runner:
         self.recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
         return session
 
+    def _window(self, elapsed: float, stopped: float) -> float:
+        """The sending window of a run that took `elapsed` seconds (`stopped`: when the run was stopped, if it
+        was): a --duration run's is the duration, unless it was stopped early or sent its --message-count sooner."""
+        config = self.config
+        window = elapsed
+        if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
+            window = min(elapsed, stopped)
+        # A --message-count run that sent its count before --duration ran out: the window is what the run took.
+        counted_out = self.remaining is not None and self.remaining <= 0 and elapsed < (config.duration or 0)
+        if config.duration is not None:
+            early = self.interrupted or self.error or counted_out
+            window = min(window, config.duration) if early else config.duration
+        return window
+
+    async def _resolves(self) -> bool:
+        """Whether the target's name resolves, asked once before any connection: a name that does not is the
+        run's one error, not a failure of every connection (each of whose lookups would be cancelled with the run
+        and leave asyncio's "exception was never retrieved" behind)."""
+        host, port = self.config.host, self.config.port
+        try:
+            await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as e:
+            self.error = f"--target {self.config.target}: cannot resolve {host} ({getattr(e, 'strerror', None) or e})"
+            return False
+        return True
+
     async def _abandon(self, opening: asyncio.Future[Session], started: float, progress: list[str]) -> Outcome:
         opening.cancel()
         with contextlib.suppress(asyncio.CancelledError, SessionError, Refused):
@@ -324,6 +351,8 @@ class Runner:
         """Run to the end. `soft` (first ^C): claim no more, let in-flight messages finish within the grace
         period. `hard` (second ^C): cut them now (each gets its error outcome)."""
         config = self.config
+        if not config.http and not await self._resolves():  # before the clock starts: no schedule waits on it
+            return RunEnd(time.time(), 0.0, 0.0, self.error, False)
         wall, started = time.time(), time.monotonic()
         self.started = started
         loop = asyncio.get_running_loop()
@@ -366,12 +395,7 @@ class Runner:
 
                 await inject.close_pool(self.http_pool)
         elapsed = time.monotonic() - started
-        # The sending window of a --duration run is the duration, unless it was stopped early.
-        window = elapsed
-        if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
-            window = min(elapsed, stopped - started)
-        if config.duration is not None:
-            window = config.duration if not (self.interrupted or self.error) else min(window, config.duration)
+        window = self._window(elapsed, stopped - started)
         return RunEnd(wall, elapsed, window, self.error, self.interrupted)
 
 

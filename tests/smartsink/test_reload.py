@@ -4,17 +4,25 @@ and reported until a good file arrives; SIGHUP reloads; every reload is counted.
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from harness import ROOT, child_env
 from harness.metrics import Metrics
+from harness.net import listening
 from harness.policies import ACCEPT_ALL
-from harness.sink import running_sink, wait_for, write_policy
+from harness.sink import READY, START_TIMEOUT, running_sink, wait_for, write_policy
 from harness.smtp import close, connect, send, transaction
 
 RELOAD_WITHIN = 2.0  # seconds, as issue 2 promises
+STOP_TIMEOUT = 15.0  # a sink stops in about 2 s (its listeners close within 2 s each); room for a busy machine
 
 BOUNCE_ALL = '[default]\nbounce = 100\ndefer = 0\n\n[[bounce."default"]]\ncode = 554\nmsg = "5.7.1 policy two"\n'
 DEFER_ALL = '[default]\nbounce = 0\ndefer = 100\n\n[[defer."default"]]\ncode = 452\nmsg = "4.2.2 policy three"\n'
@@ -144,6 +152,38 @@ class TestSighup:
             wait_for(lambda: "policy reloaded (SIGHUP)" in sink.log(), timeout=RELOAD_WITHIN, what="the reload")
             assert send(sink, ["user@gmail.com"]) == (554, "5.7.1 policy two")
             assert sink.process.poll() is None
+
+    @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "2-workers"])
+    def test_sighup_on_a_terminal_stops_the_sink(self, tmp_path, workers):
+        """Started on a terminal (a pseudo-terminal here), the sink says at start that SIGHUP stops it, and a
+        SIGHUP (what closing the terminal sends) stops it and frees its port, instead of reloading and living on
+        as an orphan holding the port (issue 29)."""
+        path = write_policy(tmp_path, ACCEPT_ALL)
+        leader, follower = pty.openpty()
+        command = [sys.executable, "-m", "smartsink", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+        command += ["--policy", str(path), "--workers", str(workers)]
+        process = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower, env=child_env(), cwd=ROOT)
+        os.close(follower)
+        shown = ""
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while not READY.search(shown) or "SIGHUP" not in shown:
+                assert time.monotonic() < deadline, f"the sink did not start on the terminal:\n{shown}"
+                if select.select([leader], [], [], 0.5)[0]:
+                    shown += os.read(leader, 65536).decode(errors="replace")
+            assert "on a terminal: SIGHUP (the terminal closing) stops the sink" in shown, shown
+            ready = READY.search(shown)
+            assert ready is not None
+            address = (ready["host"], int(ready["port"]))
+            assert listening(address)
+            process.send_signal(signal.SIGHUP)
+            assert process.wait(STOP_TIMEOUT) == 0
+            assert not listening(address)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            os.close(leader)
 
 
 class TestReloadCounts:

@@ -15,17 +15,24 @@ import pytest
 
 from harness import ROOT, child_env
 from harness.capture import CaptureServer
-from harness.net import GreetOnly, refusing_port
+from harness.net import GreetOnly, namespace, netns_unusable, refusing_port
 from harness.policies import ACCEPT_ALL
 from harness.sink import running_sink, wait_for
-from harness.trafficgen import error_lines, run_report, run_trafficgen, start_trafficgen
+from harness.trafficgen import COMMAND, error_lines, run_report, run_trafficgen, start_trafficgen
 
 # (arguments, words the one error line must hold)
 BAD_INPUT = [
     (["--domain", "gmail.com:abc"], "weight 'abc' is not a number"),
     (["--domain", "gmail.com:0"], "weight must be more than 0"),
     (["--domain", "gmail.com:-2.5"], "weight must be more than 0"),
-    (["--domain", "gmail.com:nan"], "weight must be more than 0"),
+    (["--domain", "gmail.com:nan"], "weight 'nan' is not a number"),
+    (["--domain", "gmail.com:inf"], "weight 'inf' is not finite"),
+    (["--seed", "abc"], "--seed 'abc' is not a whole number"),
+    (["--concurrency", "1.5"], "--concurrency '1.5' is not a whole number"),
+    (["--duration", "1e12"], "--duration 1e+12 is more than 2,592,000 seconds (30 days)"),
+    (["--timeout", "1e12"], "--timeout 1e+12 is more than 86,400 seconds"),
+    (["--reconcile-wait", "-1"], "--reconcile-wait -1 must be between 0 and 86,400 seconds"),
+    (["--target", "--duration", "2"], "--target needs a value: the next word, --duration, is an option"),
     (["--domain", "not a domain"], "is not a domain name"),
     (["--domain-suffix", "bad suffix!"], "--domain-suffix"),
     (["--body-size", "10zb"], "unknown unit 'zb'"),
@@ -88,6 +95,13 @@ class TestBadInput:
         assert done.returncode == 2
         (line,) = error_lines(done)
         assert "TRAFFICGEN_CONCURRENCY" in line
+
+    def test_a_flag_is_named_as_given(self):
+        """`--seed abc` names --seed in the project's words; the variable only when the value came from it."""
+        (line,) = error_lines(run_trafficgen("--seed", "abc"))
+        assert line == "trafficgen: error: --seed 'abc' is not a whole number", line
+        (line,) = error_lines(run_trafficgen(env={"TRAFFICGEN_SEED": "abc"}))
+        assert line == "trafficgen: error: TRAFFICGEN_SEED 'abc' is not a whole number", line
 
 
 def with_file_limit(soft: int, hard: int) -> list[str]:
@@ -157,6 +171,23 @@ class TestDeadTarget:
         assert report["connections"]["opened"] == 0
         line = error_lines(done)[-1]
         assert line == f"trafficgen: error: no message got an answer from {target}: {report['errors'][0]['text']}"
+        assert "throughput" not in done.stderr  # nothing reached a server: no rate to speak of
+
+    @pytest.mark.netns
+    def test_a_name_that_does_not_resolve(self):
+        """`--target nonexistent.invalid:25` in a namespace with only loopback (no DNS query leaves it): one line
+        naming the target and the lookup's failure, exit 1; no asyncio "Future exception was never retrieved"."""
+        reason = netns_unusable()
+        if reason:
+            pytest.skip(reason)
+        with namespace() as ns:
+            done = run_trafficgen(
+                "--target", "nonexistent.invalid:25", "--duration", "2", "--concurrency", "20",
+                argv0=[*ns.prefix, *COMMAND],
+            )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        (line,) = error_lines(done)
+        assert line.startswith("trafficgen: error: --target nonexistent.invalid:25: cannot resolve nonexistent.invalid")
 
     def test_silent_server_times_out(self):
         """A server that never greets: exit 1 after --timeout with one line saying no reply came."""
@@ -300,6 +331,19 @@ class TestRunLength:
         assert report["config"]["duration_s"] is None
         assert report["totals"]["attempted"] == 120 == len(server.messages)
         assert report["elapsed_s"] >= 1.15  # the throttle spread them over 1.19 s
+
+    def test_a_count_sent_before_the_duration_ends(self):
+        """--message-count 100 --duration 60 against a fast server: the sending window is what the run took, not
+        60 s, and the throughput is over it; one connection is "1 connection"."""
+        with CaptureServer() as server:
+            report, done = run_report(
+                "--target", server.target, "--message-count", "100", "--duration", "60", "--concurrency", "1"
+            )  # fmt: skip
+        assert report["totals"]["attempted"] == 100
+        assert report["sending_s"] < 30, report["sending_s"]
+        assert report["sending_s"] == pytest.approx(report["elapsed_s"], abs=0.01)
+        assert report["throughput"]["per_second"] == pytest.approx(100 / report["sending_s"], rel=0.01)
+        assert f"100 messages in {report['sending_s']:,.1f} s over 1 connection\n" in done.stderr, done.stderr
 
     def test_duration_cuts_a_message_count(self):
         """With both, --duration ends the run first: fewer than N attempts."""

@@ -1,7 +1,10 @@
 """The report over time and the HTML report, end to end: `make demo`'s run renders in a real browser (Debian's
 chromium driven by Playwright) with every chart drawn from data and no console error; the timeline adds up to the
 totals in one process, across --processes and through `report merge`; each reply names its domains;
-`report html` and `report compare --html` write the page from saved reports (issue 14)."""
+`report html` and `report compare --html` write the page from saved reports (issue 14); the page holds what the
+terminal shows (success rate, configuration, domains with their numbers, reconciliation), is small, and its charts
+read right: no point before the start, a log axis labelled with whole values, the toolbar off the plots, a
+comparison's domains paired (issue 29)."""
 
 from __future__ import annotations
 
@@ -58,6 +61,59 @@ def browser_charts(page_path: Path, screenshot: Path | None = None) -> tuple[dic
     return charts, problems
 
 
+PAGE_FACTS = """() => {
+    const box = e => {
+        if (!e) return null;
+        const b = e.getBoundingClientRect();
+        return [b.left, b.top, b.right, b.bottom];
+    };
+    const ticks = (d, axis) => [...d.querySelectorAll('.' + axis + 'tick text')]
+        .map(t => [t.getBoundingClientRect().top, t.getBoundingClientRect().left, t.textContent]);
+    const charts = Object.fromEntries([...document.querySelectorAll('.chart')].map(d => [d.id, {
+        x_min: Math.min(...(d.data || []).flatMap(t => (t.x || []).filter(v => typeof v === 'number'))),
+        yticks: ticks(d, 'y').sort((a, b) => b[0] - a[0]).map(t => t[2]),
+        xticks: ticks(d, 'x').map(t => t[2]),
+        modebar: box(d.querySelector('.modebar')),
+        plot: box(d.querySelector('.nsewdrag')),
+        annotations: [...d.querySelectorAll('.annotation-text')].map(t => t.textContent),
+        bar_texts: [...d.querySelectorAll('.bartext')].map(t => t.textContent),
+    }]));
+    const tables = Object.fromEntries([...document.querySelectorAll('section')].map(s => [
+        s.querySelector('h2').textContent,
+        [...s.querySelectorAll('tr')].map(r => [...r.children].map(c => c.textContent)),
+    ]));
+    return {charts, tables, text: document.body.innerText};
+}"""
+
+
+def page_facts(page_path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Open the page in headless chromium: per chart, its leftmost x value, its y tick labels from the bottom up,
+    its x tick labels, where its toolbar and its plot area are, its annotations and bar texts; each section's
+    table rows (by heading); the page's text; and every console error, page error or network request."""
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    problems: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
+            page.goto(page_path.as_uri())
+            page.wait_for_load_state("load")
+            facts = page.evaluate(PAGE_FACTS)
+        finally:
+            browser.close()
+    return facts, problems
+
+
+def rows_of(table: list[list[str]]) -> dict[str, list[str]]:
+    """A table's rows by their first cell."""
+    return {row[0]: row[1:] for row in table}
+
+
 def timeline_sums(report: dict[str, Any]) -> dict[str, int]:
     return {key: sum(point[key] for point in report["timeline"]["points"]) for key in COUNTS}
 
@@ -107,7 +163,10 @@ def two_runs(tmp_path_factory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("html")
     with running_sink("--seed", "5", policy=POLICY, tmp=tmp) as sink:
         common = ["--target", sink.target, "--keep-going", "--domain", "gmail.com:3", "--domain", "yahoo.com:1"]
-        first, _ = run_report(*common, "--message-count", "600", "--concurrency", "6", "--throttle", "300/s")
+        first, _ = run_report(
+            *common, "--message-count", "600", "--concurrency", "6", "--throttle", "300/s",
+            "--reconcile", f"http://{sink.http}",
+        )  # fmt: skip
         (tmp / "first.json").write_text(json.dumps(first))
         html = tmp / "second.html"
         second, _ = run_report(
@@ -266,7 +325,7 @@ class TestHtmlFiles:
         saved.write_text(json.dumps(two_runs["first"]))
         done = run_trafficgen("report", "html", str(saved))
         assert done.returncode == 0, done.stderr
-        assert (tmp_path / "run.html").stat().st_size > 1_000_000  # Plotly is in it
+        assert (tmp_path / "run.html").stat().st_size > 1_000_000  # Plotly's basic bundle is in it
 
     def test_compare_overlays_the_two_runs(self, two_runs, tmp_path):
         """`report compare A B --html PATH`: the later run's charts with the earlier's drawn over them (its attempted
@@ -306,3 +365,130 @@ class TestHtmlFiles:
         assert done.returncode == 2, done.stderr
         (line,) = error_lines(done)
         assert line.startswith("trafficgen: error: --html"), line
+
+
+class TestWhatThePageShows:
+    """The page holds what the terminal summary shows, read in a browser (issue 29)."""
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def single(two_runs, tmp_path_factory) -> dict[str, Any]:
+        """The first run's page (a run with --reconcile), with two counts a later reconciliation may add."""
+        report = json.loads(json.dumps(two_runs["first"]))
+        report["reconciliation"]["recipients"] = {"delivered": 4321, "lost": 7}
+        report["reconciliation"]["messages_pending"] = 5
+        tmp = tmp_path_factory.mktemp("page")
+        (tmp / "run.json").write_text(json.dumps(report))
+        done = run_trafficgen("report", "html", str(tmp / "run.json"), "-o", str(tmp / "run.html"))
+        assert done.returncode == 0, done.stderr
+        facts, problems = page_facts(tmp / "run.html")
+        assert problems == []
+        return {"report": report, "facts": facts, "path": tmp / "run.html"}
+
+    def test_small_and_self_contained(self, single):
+        """The page carries a partial Plotly bundle, not the whole library: under 1.5 MB, and nothing fetched."""
+        size = single["path"].stat().st_size
+        assert size < 1_500_000, size
+        assert "<script src=" not in single["path"].read_text()
+
+    def test_summary_has_the_success_rate(self, single):
+        report, tables = single["report"], single["facts"]["tables"]
+        assert rows_of(tables["Summary"])["success rate"] == [f"{report['success_rate'] * 100:.2f}%"]
+
+    def test_configuration(self, single):
+        """The options that shaped the run: target, concurrency, duration or count, body size, domain weights."""
+        config = rows_of(single["facts"]["tables"]["Configuration"])
+        report = single["report"]
+        assert config["target"] == [report["target"]]
+        assert config["concurrency (connections)"] == ["6"]
+        assert config["message count"] == ["600"]
+        assert config["throttle (per second)"] == ["300"]
+        assert config["body size"] == ["1,024 B"]
+        assert config["domain weights"] == ["gmail.com 3 (75.0%), yahoo.com 1 (25.0%)"]
+
+    def test_domains_with_their_numbers(self, single):
+        """A table of each domain's counts and acceptance, and each bar has its count written beside it."""
+        report, facts = single["report"], single["facts"]
+        table = rows_of(facts["tables"]["Domains"])
+        for name, row in report["domains"].items():
+            share = f"{row['accepted'] / row['attempted'] * 100:.1f}%"
+            assert table[name] == [f"{row[k]:,}" for k in COUNTS] + [share], table
+            assert f"{row['attempted']:,} ({share} accepted)" in facts["charts"]["domains"]["annotations"]
+        for reply in report["replies"][:12]:
+            assert f"{reply['count']:,}" in facts["charts"]["replies"]["bar_texts"]
+
+    def test_reconciliation(self, single):
+        """Every count the reconciliation holds is shown, those of today and any added later; and its tables."""
+        reconciliation = single["report"]["reconciliation"]
+        text = single["facts"]["text"]
+        section = rows_of(single["facts"]["tables"]["Reconciliation"])
+        for key in ("delivered", "bounced", "deferred_pending", "lost", "duplicated", "messages_pending"):
+            assert section[key.replace("_", " ")] == [f"{reconciliation[key]:,}"], (key, section)
+        rows = single["facts"]["tables"]["Reconciliation"]
+        assert ["", "delivered", "lost"] in rows, rows  # the recipients' counts
+        assert ["", "4,321", "7"] in rows, rows
+        assert "recipients" in text
+        assert "transit ms" in text
+        assert "attempts" in text
+
+    def test_no_point_before_the_start(self, single):
+        """The first interval starts on a clock second before the run did: it is drawn at its end, never below 0."""
+        charts = single["facts"]["charts"]
+        for name in ("throughput", "latency", "connections"):
+            assert charts[name]["x_min"] >= 0, (name, charts[name])
+            assert not any(t.startswith(("-", "\N{MINUS SIGN}")) for t in charts[name]["xticks"]), charts[name][
+                "xticks"
+            ]
+
+    def test_the_toolbar_is_off_the_plots(self, single):
+        """Plotly's toolbar sits above each plot, not over it (the first chart's bars were under it)."""
+        for name, chart in single["facts"]["charts"].items():
+            bar, plot = chart["modebar"], chart["plot"]
+            assert bar is not None, name
+            assert plot is not None, name
+            assert bar[3] <= plot[1], (name, bar, plot)
+
+    def test_log_axis_labels_are_whole_values(self, two_runs, tmp_path):
+        """A latency spread over three decades: the axis labels read upwards as rising values, none a bare
+        mantissa such as "2" above "10"."""
+        report = json.loads(json.dumps(two_runs["first"]))
+        for point in report["timeline"]["points"]:
+            for key in ("latency_ms", "latency_from_intended_ms"):
+                if point.get(key):
+                    point[key] = {"p50": 1.5, "p90": 40.0, "p99": 900.0}
+        (tmp_path / "spread.json").write_text(json.dumps(report))
+        done = run_trafficgen("report", "html", str(tmp_path / "spread.json"), "-o", str(tmp_path / "spread.html"))
+        assert done.returncode == 0, done.stderr
+        facts, problems = page_facts(tmp_path / "spread.html")
+        assert problems == []
+        labels = facts["charts"]["latency"]["yticks"]
+        values = [float(label.replace(",", "")) for label in labels]
+        assert len(values) >= 4, labels
+        assert values == sorted(set(values)), labels
+        assert values[0] <= 2, labels
+        assert values[-1] >= 900, labels
+
+    def test_compare_pairs_the_domains(self, two_runs, tmp_path):
+        """`report compare --html`: each domain's before and after bars side by side, and a table with the change
+        in acceptance in points."""
+        out = tmp_path / "compare.html"
+        done = run_trafficgen(
+            "report", "compare", str(two_runs["dir"] / "first.json"), str(two_runs["dir"] / "second.json"),
+            "--html", str(out),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        facts, problems = page_facts(out)
+        assert problems == []
+        labels = list(reversed(facts["charts"]["domains"]["yticks"]))  # top down
+        names = sorted(two_runs["second"]["domains"], key=lambda n: -two_runs["second"]["domains"][n]["attempted"])
+        assert labels == [f"{name} {when}" for name in names for when in ("before", "after")], labels
+        table = facts["tables"]["Domains"]
+        assert table[0][-1] == "change", table
+        first, second = two_runs["first"]["domains"], two_runs["second"]["domains"]
+        for name, row in rows_of(table[1:]).items():
+            before = first[name]["accepted"] / first[name]["attempted"]
+            after = second[name]["accepted"] / second[name]["attempted"]
+            assert row[-1] == f"{(after - before) * 100:+.2f} pt", row
+        summary = rows_of(facts["tables"]["Summary"])
+        assert summary[""] == ["before", "after", "change"]
+        assert summary["success rate"][2].endswith(" pt")

@@ -135,7 +135,7 @@ class TestReported:
         assert sum(row["attempted"] for row in report["source_addresses"].values()) == 300
         path = tmp_path / "r.json"
         path.write_text(json.dumps(report))
-        done = run_trafficgen("report", "merge", str(path), str(path), "--json", "-")
+        done = run_trafficgen("report", "merge", str(path), str(path), "--force", "--json", "-")
         assert done.returncode == 0, done.stderr
         merged = json.loads(done.stdout)
         assert {n: row["attempted"] for n, row in merged["tenants"].items()} == {n: 2 * c for n, c in seen.items()}
@@ -194,7 +194,7 @@ class TestBadInput:
             (["--tenant", "has space"], "without spaces"),
             (["--tenant", "a", "--tenant", "a:2"], "given twice"),
             (["--sender-domain", "not a domain"], "--sender-domain"),
-            (["--sender-domain", "x.example:nan"], "weight must be more than 0"),
+            (["--sender-domain", "x.example:nan"], "weight 'nan' is not a number"),
             (["--source-address", "::2"], "--source-address ::2 is not an address of this host"),
             (["--source-address", "127.0.0.2:0"], "weight must be more than 0"),
             (["--source-address", "[::1:2"], "--source-address"),

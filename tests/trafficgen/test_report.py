@@ -338,3 +338,54 @@ class TestBuild:
         assert document["latency_ms"]["count"] == 0
         assert document["latency_ms"]["p99"] is None
         assert document["latency_from_intended_ms"] is None
+
+
+class TestMergeChecks:
+    """`report merge` refuses to count one instance twice and warns about runs that were not one test (issue 29)."""
+
+    def test_the_same_report_twice_is_refused(self, runs):
+        """One line naming the file and --force; nothing merged. With --force the counts add up, with a warning."""
+        path = str(runs["path"])
+        done = run_trafficgen("report", "merge", path, path, "--json", "-")
+        assert done.returncode == 2, done.stderr
+        (line,) = error_lines(done)
+        assert line.startswith(f"trafficgen: error: {path} is given twice (run golden, shard 0/1)"), line
+        assert "--force" in line
+        assert not done.stdout
+        forced = run_trafficgen("report", "merge", path, path, "--force", "--json", "-")
+        assert forced.returncode == 0, forced.stderr
+        assert "warning: " in forced.stderr
+        assert json.loads(forced.stdout)["totals"]["attempted"] == 2 * runs["report"]["totals"]["attempted"]
+
+    def test_a_copy_or_a_merged_part_is_refused(self, runs, tmp_path):
+        """A copy of a report under another name, or a merged report with one of its parts: refused too."""
+        copy = tmp_path / "copy.json"
+        copy.write_text(runs["path"].read_text())
+        done = run_trafficgen("report", "merge", str(runs["path"]), str(copy))
+        assert done.returncode == 2, done.stderr
+        (line,) = error_lines(done)
+        assert f"{runs['path']} and {copy} are one instance" in line, line
+        other = tmp_path / "other.json"
+        other.write_text(runs["to_stdout"].stdout)
+        merged = tmp_path / "merged.json"
+        assert run_trafficgen("report", "merge", str(runs["path"]), str(other), "--json", str(merged)).returncode == 0
+        done = run_trafficgen("report", "merge", str(merged), str(other))
+        assert done.returncode == 2, done.stderr
+        assert "are one instance" in error_lines(done)[0]
+
+    def test_runs_apart_or_against_other_targets_are_merged_with_a_warning(self, runs, tmp_path):
+        """Two runs 17 minutes apart against different targets: merged (exit 0), each difference said on stderr."""
+        later = json.loads(runs["to_stdout"].stdout)
+        start = datetime.datetime.fromisoformat(runs["report"]["started_at"]) + datetime.timedelta(minutes=17)
+        later["started_at"] = start.isoformat(timespec="milliseconds")
+        later["target"] = "127.0.0.9:2525"
+        path = tmp_path / "later.json"
+        path.write_text(json.dumps(later))
+        done = run_trafficgen("report", "merge", str(runs["path"]), str(path), "--json", "-")
+        assert done.returncode == 0, done.stderr
+        warnings = [line for line in error_lines(done) if line.startswith("trafficgen: warning: ")]
+        assert any("differ in target" in w and "127.0.0.9:2525" in w for w in warnings), warnings
+        apart = [w for w in warnings if "do not overlap in time" in w]
+        assert len(apart) == 1, warnings
+        assert f"{path} started " in apart[0], apart
+        assert json.loads(done.stdout)["totals"]["attempted"] == runs["report"]["totals"]["attempted"] + 200

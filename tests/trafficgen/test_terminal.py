@@ -1,6 +1,8 @@
 """The terminal: the live view and the summary follow the terminal's width (run under a real pseudo-terminal of
 80 and 120 columns), nothing is wrapped or cut where it matters, files get no trailing spaces, plain progress lines
-fit 100 columns and say the progress, the ETA, the rate asked and the live p99 (issue 14)."""
+fit 100 columns and say the progress, the ETA, the rate asked and the live p99 (issue 14); with the seeds' 13-domain
+mix and the shipped policy, and through Postfix, no headline part is broken, no number cut, rcpt under pipelining
+explained and replies that read alike told apart (issue 29)."""
 
 from __future__ import annotations
 
@@ -21,13 +23,26 @@ import pytest
 from rich.console import Console
 
 from harness import ROOT, child_env
+from harness.postfix import needs_postfix, running_postfix
 from harness.sink import running_sink
 from harness.trafficgen import run_report, run_trafficgen
 from trafficgen.stats.progress import PLAIN_WIDTH, Snapshot, Tick, clock, eta, lines, table
+from trafficgen.stats.report import distinct_cuts
 from trafficgen.stats.report import summary as summary_of
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 POLICY = "[default]\ndefer = 10\nbounce = 5\n"
+
+
+# The seeds' mix (scripts/demo.py's ten) and three more domains the shipped policy knows.
+THIRTEEN_DOMAINS = (
+    "gmail.com:67.4", "yahoo.com:5.9", "hotmail.com:8.8", "aol.com:1.5", "outlook.com:1.2", "icloud.com:1.2",
+    "comcast.net:0.5", "orange.fr:0.4", "gmx.de:0.3", "example.com:13.6", "live.com:0.5", "web.de:0.3",
+    "wanadoo.fr:0.2",
+)  # fmt: skip
+HEADLINE_PARTS = re.compile(
+    r"accepted [\d,]+|tempfailed [\d,]+|permfailed [\d,]+|errors [\d,]+|success rate [\d.]+%|throughput [\d,.]+/s"
+)
 
 
 def under_pty(args: list[str], columns: int, timeout: float = 60) -> str:
@@ -195,3 +210,117 @@ class TestWidths:
         assert all(len(line) <= width for line in text.splitlines())
         for number in ("12,345,678", "12,000,000", "234,567", "111,111", "1,234"):
             assert number in text
+
+
+def summary_of_screen(shown: list[str]) -> list[str]:
+    """The summary's lines of a screen (from its first line on)."""
+    start = max(i for i, line in enumerate(shown) if line.startswith("trafficgen run "))
+    return shown[start:]
+
+
+def section(lines: list[str], title: str) -> list[str]:
+    """The lines of one table of the summary: from its title to the next blank line after its rows."""
+    start = lines.index(title)
+    end = next((i for i in range(start + 4, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[start:end]
+
+
+def check_whole(lines: list[str], columns: int) -> None:
+    """Every line fits; each headline part is whole on one line; no number of the tables is cut."""
+    assert all(len(line) <= columns for line in lines), [line for line in lines if len(line) > columns]
+    text = "\n".join(lines)
+    for words in ("accepted", "tempfailed", "permfailed", "errors", "success rate", "throughput"):
+        assert re.search(rf"(^|  ){words} [\d,.]+", text, re.M), (words, text)
+    headline = lines[1 : lines.index("latency (ms)")]
+    parts = [p for line in headline for p in HEADLINE_PARTS.findall(line)]
+    assert len(parts) == 6, headline
+    for title in ("latency (ms)", "domains"):
+        cut = [line for line in section(lines, title) if "…" in line]
+        assert cut == [], cut
+
+
+@pytest.fixture(scope="module")
+def thirteen(tmp_path_factory) -> dict:
+    """The seeds' 13 domains against the shipped policy (its providers answer in 100-300 ms), on terminals of 80
+    and 120 columns; and the report that run wrote."""
+    tmp = tmp_path_factory.mktemp("thirteen")
+    policy = (ROOT / "policy" / "responses.toml").read_text()
+    screens = {}
+    with running_sink("--seed", "29", policy=policy, tmp=tmp) as sink:
+        for columns in (80, 120):
+            args = ["--target", sink.target, "--message-count", "2000", "--concurrency", "200", "--keep-going"]
+            args += ["--seed", "29", "--json", str(tmp / f"{columns}.json")]
+            for domain in THIRTEEN_DOMAINS:
+                args += ["--domain", domain]
+            screens[columns] = summary_of_screen(screen_lines(under_pty(args, columns)))
+    return {"screens": screens, "report": json.loads((tmp / "120.json").read_text()), "dir": tmp}
+
+
+class TestThirteenDomains:
+    @pytest.mark.parametrize("columns", [80, 120])
+    def test_nothing_broken_or_cut(self, thirteen, columns):
+        """The run's summary on the terminal: every line fits, the headline's parts whole, no number cut; the rcpt
+        row explained; the replies shown all read differently."""
+        lines = thirteen["screens"][columns]
+        check_whole(lines, columns)
+        assert any(line.split()[:1] == ["rcpt"] for line in section(lines, "latency (ms)"))
+        assert "  pipelined: rcpt's reply comes with data's (data holds the server's time)" in lines
+        replies = section(lines, "most frequent replies")[4:]
+        texts = [line.split(maxsplit=2)[2] for line in replies]
+        assert len(set(texts)) == len(texts), replies
+
+    @pytest.mark.parametrize("columns", [80, 120])
+    def test_counts_in_the_millions(self, thirteen, columns):
+        """`report show` of the same run with every count a thousand times larger, on the terminal: the totals
+        line wraps between its parts (at 80 columns it broke "success rate" from its value)."""
+        report = json.loads(json.dumps(thirteen["report"]))
+        for rows in (report["totals"], *report["domains"].values()):
+            for key in rows:
+                rows[key] *= 1000
+        path = thirteen["dir"] / f"big-{columns}.json"
+        path.write_text(json.dumps(report))
+        lines = summary_of_screen(screen_lines(under_pty(["report", "show", str(path)], columns)))
+        check_whole(lines, columns)
+
+
+@needs_postfix
+@pytest.mark.slow
+def test_through_postfix_latency_is_never_cut(tmp_path):
+    """Through a private Postfix with a throttle it cannot keep up with: latency from the intended send time runs
+    into seconds; at 80 and 120 columns the latency table's numbers are whole (at 120 they were cut: "86.0…")."""
+    with running_sink(policy=POLICY, tmp=tmp_path) as sink, running_postfix(sink.port) as postfix:
+        for columns in (80, 120):
+            args = ["--target", postfix.target, "--throttle", "3000/s", "--concurrency", "5", "--duration", "3"]
+            for domain in THIRTEEN_DOMAINS:
+                args += ["--domain", domain]
+            lines = summary_of_screen(screen_lines(under_pty([*args, "--keep-going"], columns)))
+            check_whole(lines, columns)
+            table = section(lines, "latency (ms)")
+            intended = next(line for line in table if line.strip().startswith("from intended send"))
+            # most messages sent a second or more late: the row of numbers that was cut
+            assert len(re.findall(r"\d,\d{3}", intended)) >= 5, table
+
+
+class TestDistinctReplies:
+    def test_alike_texts_show_where_they_differ(self):
+        """Two replies equal for their first 100 characters: each cut shows its difference; others are cut plainly."""
+        common = "4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume or user "
+        texts = [common + "complaints - 4.16.55.1; see https://postmaster.example", common + "complaints - 4.16.56.1"]
+        texts.append("2.0.0 Ok: queued as *" + " and more" * 10)
+        for width in (20, 32, 46, 70):
+            shown = distinct_cuts(texts, width)
+            assert all(len(s) <= width for s in shown), shown
+            assert len(set(shown)) == 3, shown
+            assert shown[2] == texts[2][: width - 1] + "…"
+            assert "4.16.55" in shown[0] or width < 32, shown
+
+    def test_summary_at_80_columns(self, saved_report):
+        """In the summary's replies at 80 columns two such replies read differently."""
+        common = "4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume - "
+        replies = [{"code": 421, "text": common + tail, "count": 5, "domains": {"yahoo.com": 5}} for tail in "AB"]
+        out = io.StringIO()
+        summary_of(saved_report | {"replies": replies}, out, width=80)
+        lines = out.getvalue().splitlines()
+        shown = [line.split(maxsplit=3)[3] for line in section(lines, "most frequent replies")[4:]]
+        assert len(shown) == 2
+        assert shown[0] != shown[1], shown

@@ -264,6 +264,25 @@ class TestCompare:
         assert "trafficgen: regressed: throughput" in done.stderr
         assert "throughput (msg/s)" in done.stderr  # the table, on stderr when the JSON takes stdout
 
+    def test_success_rate_is_judged_in_points(self, before, tmp_path):
+        """A success rate from 50% to 45%: the table says -5.00 pt, and --fail-if-regressed judges the same 5
+        points (it judged a relative 10% before: 7 passed as a regression)."""
+        first, after = copy.deepcopy(before), copy.deepcopy(before)
+        first["success_rate"], after["success_rate"], after["run_id"] = 0.5, 0.45, "after"
+        paths = saved(tmp_path, "a.json", first), saved(tmp_path, "b.json", after)
+        done = run_trafficgen("report", "compare", *paths, "--fail-if-regressed", "7", "--json", "-")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["success_rate"]["change_points"] == pytest.approx(-5.0)
+        assert result["regressions"] == []
+        row = next(line for line in done.stderr.splitlines() if line.strip().startswith("success rate"))
+        assert row.split()[-2:] == ["-5.00", "pt"], row
+        done = run_trafficgen("report", "compare", *paths, "--fail-if-regressed", "4", "--json", "-")
+        assert done.returncode == THRESHOLD_EXIT, done.stderr
+        (regression,) = json.loads(done.stdout)["regressions"]
+        assert regression["metric"] == "success rate"
+        assert "trafficgen: regressed: success rate 50.00% -> 45.00% (-5.00 pt, more than 4 pt worse)" in done.stderr
+
     def test_within_the_limit_exits_0(self, before, tmp_path):
         """The same report twice: nothing regressed, no warning, exit 0."""
         path = saved(tmp_path, "a.json", before)
@@ -295,3 +314,6 @@ class TestCompare:
         done = run_trafficgen("report", "compare", path, path, "--fail-if-regressed", "-5")
         assert done.returncode == 2
         assert error_lines(done)[-1].startswith("trafficgen: error: --fail-if-regressed")
+        done = run_trafficgen("report", "compare", path, path, "--fail-if-regressed", "abc")
+        assert done.returncode == 2
+        assert error_lines(done) == ["trafficgen: error: --fail-if-regressed 'abc' is not a number"]

@@ -62,6 +62,42 @@ def _time(document: dict[str, Any]) -> float:
     return datetime.datetime.fromisoformat(document["started_at"]).timestamp()
 
 
+def _parts(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (run id, shard) of each instance a report holds: itself, or the parts of a merged report."""
+    config = document.get("config") or {}
+    merged = config.get("merged_from")
+    if merged:
+        return [part for item in merged for part in _parts({"run_id": item.get("run_id"), "config": item})]
+    return [(str(document.get("run_id")), str(config.get("shard", "0/1")))]
+
+
+def merge_checks(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[str]]:
+    """What stands against merging these reports (name, report): problems (the same instance twice would count
+    its messages twice) and warnings (runs apart in time, or against different targets: rarely one test)."""
+    problems, warnings = [], []
+    seen: dict[tuple[str, str], str] = {}
+    for name, document in named:
+        for part in _parts(document):
+            if part in seen:
+                which = f"{name} is given twice" if seen[part] == name else f"{seen[part]} and {name} are one instance"
+                problems.append(f"{which} (run {part[0]}, shard {part[1]}): its messages would count twice")
+            seen[part] = name
+    targets = {name: document["target"] for name, document in named}
+    if len(set(targets.values())) > 1:
+        warnings.append("the reports differ in target: " + ", ".join(f"{t} ({n})" for n, t in targets.items()))
+    spans = [(name, _time(d), _time(d) + d["elapsed_s"]) for name, d in named]
+    for index, (name, start, end) in enumerate(spans):
+        for other, other_start, other_end in spans[index + 1 :]:
+            if start > other_end or other_start > end:
+                (a, a_end), (b, b_start) = (
+                    ((name, end), (other, other_start)) if start <= other_start else ((other, other_end), (name, start))
+                )
+                warnings.append(
+                    f"{a} and {b} do not overlap in time: {b} started {b_start - a_end:,.1f} s after {a} ended"
+                )
+    return list(dict.fromkeys(problems)), warnings
+
+
 def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """One report for all: as if one generator had sent every message of every report."""
     starts = [_time(d) for d in documents]
@@ -127,12 +163,19 @@ def _merged_reconciliation(parts: list[dict[str, Any]], single_run: bool) -> dic
     return combined
 
 
-def _percent_change(before: float | None, after: float | None) -> str:
-    if before is None or after is None:
+def percent_change(before: float | None, after: float | None) -> str:
+    """The relative change as the comparisons print it: +12.5%, "new", or "-"."""
+    if not isinstance(before, int | float) or not isinstance(after, int | float):
         return "-"
     if before == 0:
         return "-" if after == 0 else "new"
     return f"{(after - before) / before * 100:+.1f}%"
+
+
+def points_change(before: float | None, after: float | None) -> str:
+    """The change of a share (0..1) in percentage points, as the comparisons print it: +1.25 pt."""
+    points = _points(before, after)
+    return "-" if points is None else f"{points:+.2f} pt"
 
 
 def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None:
@@ -143,17 +186,17 @@ def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None
     for column in ("", "before", "after", "change"):
         table.add_column(column, justify="left" if not column else "right")
     tb, ta = before["throughput"]["per_second"], after["throughput"]["per_second"]
-    table.add_row("throughput (msg/s)", f"{tb:,.1f}", f"{ta:,.1f}", _percent_change(tb, ta))
+    table.add_row("throughput (msg/s)", f"{tb:,.1f}", f"{ta:,.1f}", percent_change(tb, ta))
     sb, sa = before["success_rate"], after["success_rate"]
     table.add_row(
         "success rate",
         "-" if sb is None else f"{sb * 100:.2f}%",
         "-" if sa is None else f"{sa * 100:.2f}%",
-        "-" if sb is None or sa is None else f"{(sa - sb) * 100:+.2f} pt",
+        points_change(sb, sa),
     )
     for key in ("attempted", "accepted", "tempfailed", "permfailed", "errors"):
         b, a = before["totals"][key], after["totals"][key]
-        table.add_row(key, f"{b:,}", f"{a:,}", _percent_change(b, a))
+        table.add_row(key, f"{b:,}", f"{a:,}", percent_change(b, a))
     lb, la = before["latency_ms"], after["latency_ms"]
     for key in ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max"):
         b, a = lb.get(key), la.get(key)
@@ -161,7 +204,7 @@ def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None
             f"latency {key.replace('_', '.')} (ms)",
             "-" if b is None else f"{b:,.3f}",
             "-" if a is None else f"{a:,.3f}",
-            _percent_change(b, a),
+            percent_change(b, a),
         )
     for name in sorted(set(before["domains"]) | set(after["domains"])):
         rates = []
@@ -207,8 +250,40 @@ def _change(before: float | None, after: float | None) -> float | None:
     return round((after - before) / before * 100, 3)
 
 
+def _points(before: float | None, after: float | None) -> float | None:
+    """The change of a share (0..1) in percentage points, as the table prints it."""
+    if before is None or after is None:
+        return None
+    return round((after - before) * 100, 3)
+
+
 def _pair(before: float | None, after: float | None) -> dict[str, Any]:
     return {"before": before, "after": after, "change_percent": _change(before, after)}
+
+
+def _regressions(result: dict[str, Any], regressed: float) -> list[dict[str, Any]]:
+    """What got worse by more than `regressed`: throughput and latency by that percentage of their value, the
+    success rate by that many percentage points (as the table shows it: 95% -> 90% is 5 points, not 5.3%)."""
+    found = []
+    checks: list[tuple[str, dict[str, Any], int, str]] = [
+        ("throughput", result["throughput_per_s"], -1, "change_percent"),
+        ("success rate", result["success_rate"], -1, "change_points"),
+        *(
+            (f"latency {p} ({result['latency']})", result["latency_ms"][p], 1, "change_percent")
+            for p in REGRESSION_PERCENTILES
+        ),
+    ]
+    for name, pair, worse, key in checks:
+        change = pair[key]
+        if change is None or change * worse <= regressed:
+            continue
+        if key == "change_points":
+            rates = f"{pair['before'] * 100:.2f}% -> {pair['after'] * 100:.2f}%"
+            shown = f"{rates} ({change:+.2f} pt, more than {regressed:g} pt"
+        else:
+            shown = f"{pair['before']:,} -> {pair['after']:,} ({change:+.1f}%, more than {regressed:g}%"
+        found.append({"metric": name, **pair, "text": f"{name} {shown} worse)"})
+    return found
 
 
 def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -237,7 +312,10 @@ def comparison(before: dict[str, Any], after: dict[str, Any], regressed: float |
         "after": after["run_id"],
         "warnings": differences(before, after),
         "throughput_per_s": _pair(before["throughput"]["per_second"], after["throughput"]["per_second"]),
-        "success_rate": _pair(before["success_rate"], after["success_rate"]),
+        "success_rate": {
+            **_pair(before["success_rate"], after["success_rate"]),
+            "change_points": _points(before["success_rate"], after["success_rate"]),
+        },
         "totals": {k: _pair(before["totals"][k], after["totals"][k]) for k in before["totals"]},
         "latency": "from_intended" if intended else "transaction",
         "latency_ms": {
@@ -254,21 +332,6 @@ def comparison(before: dict[str, Any], after: dict[str, Any], regressed: float |
             rates.append(row["accepted"] / row["attempted"] if row and row["attempted"] else None)
         result["domains"][name] = {"accepted_before": rates[0], "accepted_after": rates[1]}
     if regressed is not None:
-        checks: list[tuple[str, dict[str, Any], int]] = [
-            ("throughput", result["throughput_per_s"], -1),
-            ("success rate", result["success_rate"], -1),
-            *((f"latency {p} ({result['latency']})", result["latency_ms"][p], 1) for p in REGRESSION_PERCENTILES),
-        ]
-        for name, pair, worse in checks:
-            change = pair["change_percent"]
-            if change is not None and change * worse > regressed:
-                result["regressions"].append(
-                    {
-                        "metric": name,
-                        **pair,
-                        "text": f"{name} {pair['before']:,} -> {pair['after']:,} ({change:+.1f}%, more than "
-                        f"{regressed:g}% worse)",
-                    }
-                )
+        result["regressions"] = _regressions(result, regressed)
     result["regressed"] = bool(result["regressions"])
     return result

@@ -32,12 +32,13 @@ BEHIND = 0.98  # the whole run's rate below this share of --throttle's: said at 
 SETTLE_S = 2.0  # seconds before a run can be called behind (connections are still opening)
 
 
-def behind(snapshot: Snapshot, asked: float | None, elapsed: float, due: float | None = None) -> bool:
-    """True when a --throttle run (or a --profile run, `due` messages due so far) has sent less than 98% of what
-    has fallen due so far."""
+def behind(snapshot: Snapshot, asked: float | None, elapsed: float, due: float | None = None, lag: float = 0.0) -> bool:
+    """True when a --throttle run (or a --profile run, `due` messages due `lag` seconds ago) has answered less
+    than 98% of what fell due more than `lag` seconds ago (the recent transaction p99: messages due since may still
+    be on the wire, and in a ramp they are a large share of all due so far), a message short at least."""
     if due is None:
-        due = asked * elapsed if asked else None
-    return due is not None and elapsed >= SETTLE_S and snapshot.attempted < due * BEHIND
+        due = asked * max(0.0, elapsed - lag) if asked else None
+    return due is not None and elapsed >= SETTLE_S and snapshot.attempted < due * BEHIND - 1
 
 
 PLAIN_WIDTH = 100  # a plain progress line never passes this many columns
@@ -50,9 +51,14 @@ class Tick(NamedTuple):
     per_second: float  # achieved over the last second
     elapsed: float
     asked: float | None = None  # the rate asked now (--throttle, or the --profile's current stage)
-    due: float | None = None  # messages due so far by the schedule
+    due: float | None = None  # messages due by the schedule up to `lag` seconds ago
     message_count: int | None = None  # --message-count
     p99_ms: float | None = None  # transaction latency p99 of the timeline's last whole interval
+
+    @property
+    def lag(self) -> float:
+        """How long a message due now may take to be answered: the recent p99 (0 before there is one)."""
+        return min(self.elapsed, (self.p99_ms or 0.0) / 1000)
 
 
 def eta(tick: Tick) -> str | None:
@@ -80,11 +86,12 @@ def clock(seconds: float) -> str:
 
 
 def behind_text(tick: Tick) -> str | None:
-    snapshot, elapsed = tick.snapshot, tick.elapsed
-    if not behind(snapshot, tick.asked if tick.due is None else None, elapsed, tick.due):
+    snapshot, elapsed, lag = tick.snapshot, tick.elapsed, tick.lag
+    if not behind(snapshot, tick.asked if tick.due is None else None, elapsed, tick.due, lag):
         return None
-    rate = tick.due / elapsed if tick.due is not None and elapsed else tick.asked or 0.0
-    return f"BEHIND: asked {rate:,.1f}/s, achieved {snapshot.attempted / elapsed:,.1f}/s"
+    span = max(elapsed - lag, 1e-9)
+    rate = tick.due / span if tick.due is not None else tick.asked or 0.0
+    return f"BEHIND: asked {rate:,.1f}/s, achieved {snapshot.attempted / span:,.1f}/s"
 
 
 def lines(tick: Tick) -> list[str]:
@@ -182,11 +189,12 @@ class Progress:
         self.p99 = p99 or (lambda: None)  # the last whole interval's latency p99, in ms
 
     def tick(self, current: Snapshot, per_second: float, elapsed: float) -> Tick:
-        asked, due = self.asked, None
+        asked, due, p99 = self.asked, None, self.p99()
         if self.due is not None:
-            due = self.due(elapsed)
-            asked = due - self.due(max(0.0, elapsed - INTERVAL))  # the rate the profile asks now
-        return Tick(current, per_second, elapsed, asked, due, self.count, self.p99())
+            now = self.due(elapsed)
+            asked = now - self.due(max(0.0, elapsed - INTERVAL))  # the rate the profile asks now
+            due = self.due(max(0.0, elapsed - min(elapsed, (p99 or 0.0) / 1000)))  # due and answerable by now
+        return Tick(current, per_second, elapsed, asked, due, self.count, p99)
 
     async def run(self) -> None:
         """Show progress until cancelled."""

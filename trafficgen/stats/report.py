@@ -31,6 +31,8 @@ from trafficgen.stats.timeline import COUNT_KEYS, from_report
 SCHEMA = 1
 PERCENTILES = (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99_9", 99.9))
 TOP_REPLIES = 10
+NARROW = 110  # a summary narrower than this uses the narrow tables
+DEFAULT_WIDTH = 120  # a summary written to a file or a pipe (COLUMNS overrides it)
 
 
 def latency_ms(histogram: HdrHistogram | None) -> dict[str, float | int | None] | None:
@@ -260,7 +262,10 @@ def summary(report: dict[str, Any], out: IO[str], show_timeline: bool = False, w
 def _print_summary(console: Console, report: dict[str, Any], show_timeline: bool) -> None:
     narrow = console.width < NARROW
     _print_headline(console, report)
-    console.print(_latency_table(report, narrow))
+    console.print(_latency_table(report, console.width))
+    note = _pipelining_note(report)
+    if note:
+        console.print(note)
     console.print(_domains_table(report, narrow))
     for key, title in (
         ("tenants", "tenants"),
@@ -286,32 +291,63 @@ def _print_summary(console: Console, report: dict[str, Any], show_timeline: bool
         print_thresholds(console, report["thresholds"])
 
 
+def _fit(console: Console, parts: list[str], indent: str = "  ") -> None:
+    """Parts of a line printed two spaces apart, a new line (indented further) where the next part would pass
+    the console's width: a part is never broken (`success rate 41.07%` stays whole)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1] + "  " + part) <= console.width:
+            lines[-1] += "  " + part
+        else:
+            lines.append((indent if not lines else indent + "  ") + part)
+    for line in lines:
+        console.print(line, markup=False)
+
+
 def _print_headline(console: Console, report: dict[str, Any]) -> None:
     totals = report["totals"]
     attempted = totals["attempted"]
     config = report["config"]
     rate = report["success_rate"]
     sending, elapsed = report.get("sending_s", report["elapsed_s"]), report["elapsed_s"]
+    concurrency = config.get("concurrency", "?")
     console.print(f"[bold]trafficgen[/bold] run {report['run_id']} -> {report['target']}")
-    console.print(
-        f"  {attempted:,} message{'' if attempted == 1 else 's'} in "
-        f"{sending:,.1f} s over {config.get('concurrency', '?')} connections"
-        + (f" (last reply at {elapsed:,.1f} s)" if elapsed > sending + 0.5 else "")
-        + (f" ({report['stopped_by']})" if report.get("stopped_by") else "")
+    _fit(
+        console,
+        [
+            f"{attempted:,} message{'' if attempted == 1 else 's'} in {sending:,.1f} s over {concurrency} "
+            f"connection{'' if concurrency == 1 else 's'}",
+            *([f"(last reply at {elapsed:,.1f} s)"] if elapsed > sending + 0.5 else []),
+            *([f"({report['stopped_by']})"] if report.get("stopped_by") else []),
+        ],
     )
-    console.print(
-        f"  accepted {totals['accepted']:,}  tempfailed {totals['tempfailed']:,}  permfailed {totals['permfailed']:,}"
-        f"  errors {totals['errors']:,}  success rate {_n(rate * 100 if rate is not None else None, 2)}%"
+    _fit(
+        console,
+        [
+            f"accepted {totals['accepted']:,}",
+            f"tempfailed {totals['tempfailed']:,}",
+            f"permfailed {totals['permfailed']:,}",
+            f"errors {totals['errors']:,}",
+            f"success rate {_n(rate * 100 if rate is not None else None, 2)}%",
+        ],
     )
     recipients = report.get("recipients") or {}
     if (config.get("recipients_per_message") or 1) > 1 and recipients:
-        console.print(
-            f"  recipients: accepted {recipients['accepted']:,}  tempfailed {recipients['tempfailed']:,}"
-            f"  permfailed {recipients['permfailed']:,}  errors {recipients['errors']:,}"
-            f"  ({config['recipients_per_message']} a message)"
+        _fit(
+            console,
+            [
+                f"recipients: accepted {recipients['accepted']:,}",
+                f"tempfailed {recipients['tempfailed']:,}",
+                f"permfailed {recipients['permfailed']:,}",
+                f"errors {recipients['errors']:,}",
+                f"({config['recipients_per_message']} a message)",
+            ],
         )
     t = report["throughput"]
-    console.print(f"  throughput {_n(t['per_second'], 1)}/s  {_n(t['per_minute'])}/min  {_n(t['per_hour'])}/h")
+    if attempted > totals["errors"]:  # a run where no message reached a server has no throughput to speak of
+        _fit(
+            console, [f"throughput {_n(t['per_second'], 1)}/s", f"{_n(t['per_minute'])}/min", f"{_n(t['per_hour'])}/h"]
+        )
     plan = report.get("schedule")
     if plan and plan["behind"]:
         console.print(
@@ -325,13 +361,32 @@ def _print_headline(console: Console, report: dict[str, Any]) -> None:
         console.print(f"  connections that could not be opened: {connections['failed']:,} ({worst})")
 
 
-def _latency_table(report: dict[str, Any], narrow: bool = False) -> Table:
-    """Transaction latency, from the intended send time, and per phase. Narrow: the percentiles that matter most,
-    with fewer decimals on large values."""
+# The latency table's layouts, the most detailed first: (columns, fewer decimals on large values)
+LATENCY_LAYOUTS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max"), False),
+    (("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max"), True),
+    (("p50", "p90", "p99", "p99_9", "max"), True),
+)
+
+
+def _latency_table(report: dict[str, Any], width: int = DEFAULT_WIDTH) -> Table:
+    """Transaction latency, from the intended send time, and per phase: the most detailed layout whose numbers
+    fit `width` whole (a number cut short reads as another), the narrowest when none does."""
+    layouts = LATENCY_LAYOUTS if width >= NARROW else LATENCY_LAYOUTS[2:]
+    for columns, narrow in layouts:
+        table = _latency_layout(report, columns, narrow)
+        if natural_width(table) <= width:
+            return table
+    return table
+
+
+def natural_width(table: Table) -> int:
+    """The columns a table takes when nothing limits its width."""
+    return Console(width=10_000, file=io.StringIO()).measure(table).maximum
+
+
+def _latency_layout(report: dict[str, Any], columns: tuple[str, ...], narrow: bool) -> Table:
     latency = Table(box=box.SIMPLE, title="latency (ms)", title_justify="left", pad_edge=False)
-    columns: tuple[str, ...] = ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
-    if narrow:
-        columns = ("p50", "p90", "p99", "p99_9", "max")
     latency.add_column("", no_wrap=True)
     for c in columns:
         latency.add_column(c.replace("_", "."), justify="right", no_wrap=True)
@@ -342,6 +397,14 @@ def _latency_table(report: dict[str, Any], narrow: bool = False) -> Table:
     for label, stats in rows:
         latency.add_row(label, *(_ms(stats.get(c) if stats else None, narrow) for c in columns))
     return latency
+
+
+def _pipelining_note(report: dict[str, Any]) -> str | None:
+    """Why `rcpt` reads near zero when commands were pipelined (the server answers MAIL, RCPT and DATA together)."""
+    rcpt = (report.get("phases_ms") or {}).get("rcpt") or {}
+    if not (report.get("config") or {}).get("pipelining") or not rcpt.get("count"):
+        return None
+    return "  pipelined: rcpt's reply comes with data's (data holds the server's time)"
 
 
 def _ms(value: float | None, narrow: bool) -> str:
@@ -374,10 +437,6 @@ def _counts_table(title: str, column: str, rows: dict[str, dict[str, int]], narr
             _n(share, 1),
         )
     return table
-
-
-NARROW = 110  # a summary narrower than this uses the narrow tables
-DEFAULT_WIDTH = 120  # a summary written to a file or a pipe (COLUMNS overrides it)
 
 
 def width_of(out: IO[str]) -> int:
@@ -527,10 +586,41 @@ def _replies_table(report: dict[str, Any], width: int = 120) -> Table:
         replies.add_column("from", no_wrap=True, overflow="ellipsis", width=max(4, domain_width))
     # the rest of the line: a box.SIMPLE table spends 2 columns on its edges and 3 between two columns
     used = count_width + 4 + (max(4, domain_width) if domain_width else 0) + 2 + 3 * (3 if domain_width else 2)
-    replies.add_column("text", overflow="ellipsis", no_wrap=True, width=max(20, min(100, width - used)))
-    for r, came_from in zip(shown, domains, strict=True):
-        replies.add_row(f"{r['count']:,}", str(r["code"]), *([came_from] if domain_width else []), r["text"])
+    text_width = max(20, min(100, width - used))
+    replies.add_column("text", overflow="ellipsis", no_wrap=True, width=text_width)
+    texts = distinct_cuts([str(r["text"]) for r in shown], text_width)
+    for r, came_from, text in zip(shown, domains, texts, strict=True):
+        replies.add_row(f"{r['count']:,}", str(r["code"]), *([came_from] if domain_width else []), text)
     return replies
+
+
+def _common_start(a: str, b: str) -> int:
+    """How many characters two texts share from their start."""
+    return next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def distinct_cuts(texts: list[str], width: int) -> list[str]:
+    """Each text within `width` characters, an ellipsis where it was cut; two texts whose cuts would read alike
+    keep their start and show, after an ellipsis, where they differ ("4.7.0 Try… closing connection (#2)")."""
+
+    def cut(text: str) -> str:
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    cuts = [cut(t) for t in texts]
+    out = list(cuts)
+    for index, text in enumerate(texts):
+        alike = [other for n, other in enumerate(texts) if n != index and cuts[n] == cuts[index] and other != text]
+        if not alike or width < 12:
+            continue
+        differs = max(_common_start(text, other) for other in alike)
+        head = width // 3
+        room = width - head - 1
+        start = max(head, differs - room // 3)
+        window = text[start : start + room]
+        if start + room < len(text):
+            window = window[:-1] + "…"
+        out[index] = text[:head] + "…" + window
+    return out
 
 
 def _reply_domains(counts: dict[str, int]) -> str:
