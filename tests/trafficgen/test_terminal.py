@@ -305,7 +305,7 @@ class TestDistinctReplies:
     def test_alike_texts_show_where_they_differ(self):
         """Two replies equal for their first 100 characters: each cut shows its difference; others are cut plainly."""
         common = "4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume or user "
-        texts = [common + "complaints - 4.16.55.1; see https://postmaster.example", common + "complaints - 4.16.56.1"]
+        texts = [common + "complaints - 4.16.55; see https://postmaster.example", common + "complaints - 4.16.56"]
         texts.append("2.0.0 Ok: queued as *" + " and more" * 10)
         for width in (20, 32, 46, 70):
             shown = distinct_cuts(texts, width)
