@@ -597,7 +597,7 @@ class RunConfig:
         panel=TARGET,
         metavar="ADDRESS",
         parse=_address("--recipient"),
-        shown_default="user-<n>@<domain>.<suffix>",
+        shown_default="user-<n>.<run>@<domain>.<suffix>",
     )
     # Traffic mix
     tenants: tuple[Weighted, ...] = option(
@@ -1017,6 +1017,18 @@ class RunConfig:
         given_as=float,
         report=HIDDEN,
     )
+    mta_queue: str | None = option(
+        None,
+        help="A command that prints the MTA's queue (postqueue -j): recipients it names are deferred, not lost",
+        doc=(
+            "a shell command that prints the MTA's queue, run before each reading of the sinks' ledgers (Postfix: "
+            "`postqueue -j`; Exim: `exim -bp`; any listing that names each queued recipient): a recipient it names "
+            "is `deferred` (still in the MTA's queue), one the sink never took and it does not name is `lost`. "
+            "Without it, a recipient the sink only deferred is `pending`"
+        ),
+        panel=RECONCILE,
+        metavar="COMMAND",
+    )
     run_id: str = option(
         factory=lambda: secrets.token_hex(6),
         help="Run id for the trace header",
@@ -1108,6 +1120,12 @@ class RunConfig:
     @property
     def shard_count(self) -> int:
         return self.shard[1]
+
+    @property
+    def marks_per_message(self) -> int:
+        """What reconciliation follows in each message: every recipient trafficgen numbers, or with --recipient
+        (one fixed address, no number) the message as a whole."""
+        return 1 if self.recipient else self.recipients_per_message
 
     def domain_with_suffix(self, name: str) -> str:
         return f"{name}.{self.domain_suffix}" if self.domain_suffix else name
@@ -1210,6 +1228,12 @@ def _check_times(fields: dict[str, Any]) -> None:
         raise ConfigError(f"--timeout must be more than 0 seconds, got {fields['timeout']}")
     if fields.get("reconcile_wait", 0.0) < 0:
         raise ConfigError(f"--reconcile-wait cannot be negative, got {fields['reconcile_wait']}")
+    if fields.get("mta_queue") is not None and not fields.get("reconcile"):
+        raise ConfigError("--mta-queue is read at reconciliation: give --reconcile too")
+    if fields.get("mta_queue") is not None and not fields["mta_queue"].strip():
+        raise ConfigError("--mta-queue is empty: give the command that prints the MTA's queue")
+    if fields.get("mta_queue") is not None and fields.get("recipient"):
+        raise ConfigError("--mta-queue finds recipients trafficgen numbers, and --recipient gives one fixed address")
     if "duration" not in fields and fields.get("message_count") is not None:
         fields["duration"] = None  # --message-count alone is never cut short by the default duration
 
