@@ -107,8 +107,8 @@ def numbered(address: str) -> tuple[str, int] | None:
 # --- DSNs (RFC 3464), read as they stream by -------------------------------------------------------------------
 DSN_LINE_MAX = 4096  # longer lines are cut: the fields read (types, boundaries, recipients, actions) are short
 DSN_HEADERS_MAX = 64 * 1024  # a header section longer than this is not one of a DSN read here
-DSN_ENCODED_MAX = 1024 * 1024  # a base64 or quoted-printable part is gathered up to this, then decoded
-DSN_RECIPIENTS_MAX = 10_000  # failed recipients kept from one DSN
+DSN_ENCODED_MAX = 256 * 1024  # a base64 or quoted-printable part is gathered up to this, then decoded
+DSN_RECIPIENTS_MAX = 1000  # failed recipients kept from one DSN
 _STATUS_TYPES = (b"message/delivery-status", b"message/global-delivery-status")
 _RETURNED_TYPES = (b"message/rfc822", b"text/rfc822-headers", b"message/global", b"message/global-headers")
 _PARAMETER = re.compile(rb'(?i);\s*([a-z-]+)\s*=\s*(?:"([^"]*)"|([^;\s]+))')

@@ -995,10 +995,11 @@ class RunConfig:
     # Reconciliation
     reconcile: tuple[str, ...] | None = option(
         None,
-        help="At the end, ask the sinks at these admin URLs (comma-separated) what became of every message",
+        help="At the end, ask the sinks at these admin URLs (comma-separated) what became of every recipient",
         doc=(
-            "at the end, ask the sink(s) at these admin URLs what became of every message: delivered, bounced "
-            "(and whether the MTA sent a DSN), deferred, lost, duplicated, attempts, transit times "
+            "at the end, ask the sink(s) at these admin URLs what became of every recipient the target accepted, "
+            "and so of every message: delivered, duplicated, bounced (and whether the MTA sent a DSN), expired, "
+            "deferred or pending, lost; attempts, transit times "
             "([deployment.md](deployment.md#did-the-mta-lose-or-duplicate-mail-reconciliation))"
         ),
         panel=RECONCILE,
@@ -1010,7 +1011,8 @@ class RunConfig:
         0.0,
         help="Ask once a second for up to this long while the MTA delivers its queue",
         doc=(
-            "ask once a second for up to this long while the MTA delivers its queue; ends early once nothing is pending"
+            "ask once a second for up to this long while the MTA delivers its queue, showing the recipients "
+            "delivered and awaited so far and the time left; ends early once nothing is left to wait for"
         ),
         panel=RECONCILE,
         metavar="SECONDS",
@@ -1022,9 +1024,10 @@ class RunConfig:
         help="A command that prints the MTA's queue (postqueue -j): recipients it names are deferred, not lost",
         doc=(
             "a shell command that prints the MTA's queue, run before each reading of the sinks' ledgers (Postfix: "
-            "`postqueue -j`; Exim: `exim -bp`; any listing that names each queued recipient): a recipient it names "
-            "is `deferred` (still in the MTA's queue), one the sink never took and it does not name is `lost`. "
-            "Without it, a recipient the sink only deferred is `pending`"
+            "`postqueue -j`; Exim: `exim -bp`; any listing that names each queued recipient): a recipient the sink "
+            "has not taken that it names is `deferred` (still in the MTA's queue); one it does not name, neither "
+            "taken nor bounced nor returned in a DSN, is `lost`. Without it, a recipient the sink only deferred is "
+            "`pending`"
         ),
         panel=RECONCILE,
         metavar="COMMAND",
@@ -1033,8 +1036,8 @@ class RunConfig:
         factory=lambda: secrets.token_hex(6),
         help="Run id for the trace header",
         doc=(
-            "the run id (1 to 64 letters, digits, `-`, `_`) in `X-Trafficgen-Id: <run_id>.<seq>; t=<ms>` and in "
-            "the report"
+            "the run id (1 to 64 letters, digits, `-`, `_`) in `X-Trafficgen-Id: <run_id>.<seq>; t=<ms>`, in each "
+            "recipient (`user-<n>.<run>@...`: in lower case, or a digest of it past 32 characters) and in the report"
         ),
         panel=RECONCILE,
         metavar="ID",

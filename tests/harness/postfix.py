@@ -15,6 +15,7 @@ Postfix's commands log to syslog unless stderr is a terminal; the instance logs 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -208,6 +209,18 @@ class Postfix:
             [POSTQUEUE, "-c", str(self.etc), "-p"], capture_output=True, text=True, timeout=START_TIMEOUT
         )
         return done.stdout
+
+    @property
+    def queue_command(self) -> str:
+        """The command that prints this instance's queue as JSON lines (`postqueue -j`): trafficgen --mta-queue."""
+        return f"{POSTQUEUE} -c {self.etc} -j"
+
+    def queued_recipients(self) -> list[str]:
+        """The address of every recipient in this instance's queue now (`postqueue -j`), in any queue."""
+        done = subprocess.run(
+            [POSTQUEUE, "-c", str(self.etc), "-j"], capture_output=True, text=True, timeout=START_TIMEOUT
+        )
+        return [r["address"] for line in done.stdout.splitlines() for r in json.loads(line)["recipients"]]
 
     def queued(self) -> int:
         """Messages in the queue now (0 when empty)."""

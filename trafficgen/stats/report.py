@@ -625,26 +625,20 @@ def _print_attempts(console: Console, r: dict[str, Any], per_recipient: bool) ->
 
 def print_reconciliation(console: Console, r: dict[str, Any]) -> None:
     """What became of the recipients and messages the target accepted, as the sinks (and the MTA's queue) saw
-    them: a table of the outcomes, the DSNs, the attempts, and ids of each problem with what the sink saw."""
+    them: a table of the outcomes, the DSNs, the attempts, ids of each problem with what the sink saw, transit."""
     waited = f" after {r['waited_s']:g} s" if r.get("waited_s") else ""
     queue = f", asking the MTA's queue ({r['mta_queue']})" if r.get("mta_queue") else ""
     recipients, messages = r["recipients"], r["messages"]
     per_recipient = r.get("per") == "recipient"
-    of = f"{recipients['accepted']:,} recipients in {messages['accepted']:,} messages" if per_recipient else (
-        f"{messages['accepted']:,} messages")  # fmt: skip
-    console.print(f"reconciliation with {r['sink']}{waited}{queue}: of {of} the target accepted")
-    keys = [k for k in RECONCILE_HEADERS if k in RECONCILE_ALWAYS or recipients.get(k) or messages.get(k)]
-    table = Table(box=box.SIMPLE, pad_edge=False, show_edge=False)
-    table.add_column("")
-    for key in keys:
-        table.add_column(RECONCILE_HEADERS[key], justify="right", no_wrap=True)
+    of = f"{messages['accepted']:,} messages"
     if per_recipient:
-        table.add_row("recipients", *(_n(recipients[k]) if k in recipients else "-" for k in keys))
-    table.add_row("messages", *(_n(messages[k]) for k in keys))
-    console.print(table)
+        of = f"{recipients['accepted']:,} recipients in {of}"
+    console.print(f"reconciliation with {r['sink']}{waited}{queue}: of {of} the target accepted")
+    console.print(_reconciliation_table(recipients if per_recipient else None, messages))
+    who = "recipients" if per_recipient else "messages"
     if recipients["bounced"]:
         console.print(
-            f"  bounced {'recipients' if per_recipient else 'messages'}: DSN returned {recipients['dsn_returned']:,}, "
+            f"  bounced {who}: DSN returned {recipients['dsn_returned']:,}, "
             f"without DSN {recipients['bounced_without_dsn']:,}"
         )
     for key, text in (
@@ -652,30 +646,52 @@ def print_reconciliation(console: Console, r: dict[str, Any]) -> None:
         ("unexpected", "refused by the target, yet delivered to the sink"),
     ):
         if recipients.get(key):
-            console.print(f"  {'recipients' if per_recipient else 'messages'} {text}: {recipients[key]:,}")
+            console.print(f"  {who} {text}: {recipients[key]:,}")
     _print_attempts(console, r, per_recipient)
+    _print_samples(console, r.get("samples") or {})
+    _print_transit(console, r.get("transit_ms") or {})
+
+
+def _reconciliation_table(recipients: dict[str, Any] | None, messages: dict[str, Any]) -> Table:
+    """A row of recipients (None: not told apart) and one of messages, a column per outcome with something in it."""
+    rows = [("recipients", recipients)] if recipients is not None else []
+    rows.append(("messages", messages))
+    keys = [k for k in RECONCILE_HEADERS if k in RECONCILE_ALWAYS or any(row.get(k) for _, row in rows)]
+    table = Table(box=box.SIMPLE, pad_edge=False, show_edge=False)
+    table.add_column("")
+    for key in keys:
+        table.add_column(RECONCILE_HEADERS[key], justify="right", no_wrap=True)
+    for name, row in rows:
+        table.add_row(name, *(_n(row[k]) if k in row else "-" for k in keys))
+    return table
+
+
+def _print_samples(console: Console, samples: dict[str, list[dict[str, Any]]]) -> None:
     for kind in ("lost", "duplicated", "bounced_without_dsn", "dsn_after_delivery"):
-        for entry in (r.get("samples") or {}).get(kind, [])[:SAMPLES_SHOWN]:
+        for entry in samples.get(kind, [])[:SAMPLES_SHOWN]:
             who = f" {entry['recipient']}" if entry.get("recipient") else ""
             saw = f": the sink saw {entry['sink_saw']}" if entry.get("sink_saw") else ""
             console.print(f"  {kind.replace('_', ' ')}: {entry['id']}{who}{saw}")
-    transit = r.get("transit_ms") or {}
-    if transit.get("all"):
-        table = Table(
-            box=box.SIMPLE,
-            title="transit through the target to the sink's final answer (ms)",
-            title_justify="left",
-            pad_edge=False,
+
+
+def _print_transit(console: Console, transit: dict[str, Any]) -> None:
+    if not transit.get("all"):
+        return
+    table = Table(
+        box=box.SIMPLE,
+        title="transit through the target to the sink's final answer (ms)",
+        title_justify="left",
+        pad_edge=False,
+    )
+    columns = ("count", "min", "p50", "p90", "p99", "max")
+    table.add_column("domain")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, stats in (("all", transit["all"]), *transit["domains"].items()):
+        table.add_row(name, *(_n(stats[c]) for c in columns))
+    console.print(table)
+    if transit.get("clock_skew"):
+        console.print(
+            f"  {transit['clock_skew']:,} recipients arrived before they were sent: the clocks of trafficgen's "
+            "and the sink's hosts disagree (run both on one host, or keep them in sync with NTP)"
         )
-        columns = ("count", "min", "p50", "p90", "p99", "max")
-        table.add_column("domain")
-        for c in columns:
-            table.add_column(c, justify="right")
-        for name, stats in (("all", transit["all"]), *transit["domains"].items()):
-            table.add_row(name, *(_n(stats[c]) for c in columns))
-        console.print(table)
-        if transit.get("clock_skew"):
-            console.print(
-                f"  {transit['clock_skew']:,} recipients arrived before they were sent: the clocks of trafficgen's "
-                "and the sink's hosts disagree (run both on one host, or keep them in sync with NTP)"
-            )
