@@ -104,6 +104,11 @@ def lines(tick: Tick) -> list[str]:
         eta(tick),
         behind_text(tick),
     ]
+    return _packed(parts)
+
+
+def _packed(parts: list[str | None]) -> list[str]:
+    """Parts joined by two spaces into lines of at most PLAIN_WIDTH columns, the later ones indented."""
     out = [""]
     for part in parts:
         if part is None:
@@ -220,6 +225,11 @@ class Progress:
 # --- while --reconcile-wait asks the sinks --------------------------------------------------------------------
 
 
+def reconcile_lines(document: dict[str, Any], left_s: float) -> list[str]:
+    """Plain progress while --reconcile-wait asks: reconcile_parts() in lines of at most PLAIN_WIDTH columns."""
+    return _packed(list(reconcile_parts(document, left_s)))
+
+
 def reconcile_parts(document: dict[str, Any], left_s: float) -> list[str]:
     """What one reading of the sinks shows while trafficgen waits: the time left, the recipients (and messages)
     delivered so far of those the target accepted, and those still awaited: deferred in the MTA's queue, pending
@@ -271,14 +281,7 @@ class ReconcileProgress:
         if self.console is None:
             self.console = Console(file=self.out)
         if not self.console.is_terminal:
-            out, line = [], ""
-            for part in reconcile_parts(document, left_s):
-                if line and len(line) + 2 + len(part) > PLAIN_WIDTH:
-                    out.append(line)
-                    line = " " * 8 + part
-                else:
-                    line = f"{line}  {part}" if line else part
-            for text in [*out, line]:
+            for text in reconcile_lines(document, left_s):
                 print(text, file=self.out, flush=True)
             return
         view = reconcile_table(document, left_s)
