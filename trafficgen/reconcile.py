@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import json
 import re
@@ -32,6 +33,7 @@ from hdrh.histogram import HdrHistogram
 from mailload import contract
 from mailload.contract import MARK_DSN, MARK_PERMFAILED, MARK_TEMPFAILED, accepted, attempts
 from trafficgen.stats.recorder import MARK_ACCEPTED as TARGET_ACCEPTED
+from trafficgen.stats.recorder import MARK_REFUSED as TARGET_REFUSED
 
 SAMPLE_IDS = 100  # of each kind of contract.SAMPLE_KINDS
 POLL_INTERVAL = 1.0
@@ -222,67 +224,226 @@ def message_outcome(outcomes: int) -> str:
     return "partly_delivered"
 
 
-class _Tally:
-    """The counts and samples of one reconciliation, as reconcile() fills them."""
+# --- reading recipients in bulk -----------------------------------------------------------------------------------
+# reconcile() reads a million recipients in a few passes of bytes.translate, bytes.count and big-integer ORs (each
+# in C), through tables built once from recipient_outcome() and message_outcome(), which say what each case means.
+CHUNK = 1 << 20  # recipients read at a time: the temporary bytes stay within a few MiB
+_BEYOND = 24  # the class of a recipient whose number is beyond what the sink keeps
+_DSN = 0x10  # in a recipient's code: it came back in a DSN too
+_UNEXPECTED = 0x80  # a recipient's code: the target refused it, yet the sink accepted it
+_BUCKETS = contract.MARK_ATTEMPTS_MAX
 
-    def __init__(self, run_id: str, tag: str | None, queue: Queue | None):
-        self.run_id, self.tag, self.queue = run_id, tag, queue
-        self.recipients = dict.fromkeys((*contract.RECIPIENT_OUTCOMES, *contract.RECIPIENT_DETAILS), 0)
-        self.messages = dict.fromkeys(contract.MESSAGE_OUTCOMES, 0)
-        self.recipient_tries = [0] * contract.MARK_ATTEMPTS_MAX
-        self.message_tries = [0] * contract.MARK_ATTEMPTS_MAX
-        self.accepted = [0, 0]  # recipients, messages
+
+def _class(mark: int) -> int:
+    """What of a sink's mark decides a recipient's outcome, in 5 bits (0 to 23): accepted 0, 1 or more times,
+    refused permanently, returned in a DSN, refused temporarily."""
+    return (
+        min(accepted(mark), 2)
+        + 3 * bool(mark & MARK_PERMFAILED)
+        + 6 * bool(mark & MARK_DSN)
+        + 12 * bool(mark & MARK_TEMPFAILED)
+    )
+
+
+def _mark_of(cls: int) -> int:
+    """A sink's mark of this class."""
+    return cls % 3 | MARK_PERMFAILED * (cls // 3 % 2) | MARK_DSN * (cls // 6 % 2) | MARK_TEMPFAILED * (cls // 12)
+
+
+def _codes(asked: bool) -> bytes:
+    """A recipient's key (its class | our mark << 5 | held in the MTA's queue << 7) to its code: its outcome's
+    position in contract.RECIPIENT_OUTCOMES + 1 (| _DSN when it came back in a DSN) when the target accepted it,
+    _UNEXPECTED, or 0."""
+    table = bytearray(256)
+    for key in range(256):
+        cls, ours, held = key & 31, key >> 5 & 3, key >> 7
+        if cls > _BEYOND:
+            continue
+        mark = _mark_of(cls) if cls < _BEYOND else 0
+        if ours == TARGET_ACCEPTED:
+            outcome = UNKNOWN if cls == _BEYOND else recipient_outcome(mark, bool(held) if asked else None)
+            table[key] = outcome.bit_length() | (_DSN if mark & MARK_DSN else 0)
+        elif ours == TARGET_REFUSED and accepted(mark):
+            table[key] = _UNEXPECTED
+    return bytes(table)
+
+
+def _table(value: Callable[[int], int]) -> bytes:
+    return bytes(value(byte) for byte in range(256))
+
+
+_CLASS = _table(_class)
+_CODES = {False: _codes(False), True: _codes(True)}
+_OURS = _table(lambda mark: mark << 5 if mark in (TARGET_ACCEPTED, TARGET_REFUSED) else 0)
+_HELD = _table(lambda held: 0x80 if held else 0)
+_TAKEN = _table(lambda mark: 0x08 if mark == TARGET_ACCEPTED else 0)
+_TRIES = _table(lambda mark: min(_BUCKETS, max(1, attempts(mark))) if accepted(mark) else 0)
+_TRIED = _table(lambda mark: attempts(mark))
+_BITS = _table(lambda code: 1 << ((code & 0x0F) - 1) if not code & _UNEXPECTED and 1 <= code & 0x0F <= 8 else 0)
+_KINDS = _table(lambda bits: contract.MESSAGE_OUTCOMES.index(message_outcome(bits)) + 1 if bits else 0)
+_THERMOMETER = _table(lambda key: (1 << (key & 7)) - 1 if key & 0x08 else 0)  # attempts as that many low bits
+_MOST = _table(lambda bits: bits.bit_count() << 4)  # a message's most attempts (from the OR of its thermometers)
+
+
+def _code(outcome: int, dsn: bool = False) -> bytes:
+    return bytes([outcome.bit_length() | (_DSN if dsn else 0)])
+
+
+_SAMPLE_CODES = {
+    "lost": (_code(LOST),),
+    "duplicated": (_code(DUPLICATED), _code(DUPLICATED, True)),
+    "bounced_without_dsn": (_code(BOUNCED),),
+    "dsn_after_delivery": (_code(DELIVERED, True), _code(DUPLICATED, True)),
+    "deferred": (_code(DEFERRED),),
+    "pending": (_code(PENDING),),
+}
+
+
+def _or(a: bytes, b: bytes) -> bytes:
+    """Two byte strings of one length, OR-ed byte by byte (as big integers: in C)."""
+    return (int.from_bytes(a, "big") | int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def _by_message(values: bytes, per: int) -> bytes:
+    """Each message's values (per consecutive bytes) OR-ed into one byte."""
+    if per == 1:
+        return values
+    out = values[0::per]
+    for j in range(1, per):
+        out = _or(out, values[j::per])
+    return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where recipient j of our message m is: at m * per + j in our marks; its number (the sink's index) is
+    (m * shards + shard) * per + j."""
+
+    per: int
+    shards: int
+    shard: int
+
+    def number(self, index: int) -> int:
+        m, j = divmod(index, self.per)
+        return (m * self.shards + self.shard) * self.per + j
+
+    def seq(self, index: int) -> int:
+        return index // self.per * self.shards + self.shard
+
+    def aligned(self, source: bytes | bytearray, first: int, count: int) -> bytes:
+        """The bytes of `source` (indexed by number) for our messages first .. first + count - 1, in our order."""
+        per, stride = self.per, self.shards * self.per
+        if self.shards == 1:
+            piece = bytes(source[first * per : (first + count) * per])
+            return piece + bytes(count * per - len(piece))
+        out = bytearray(count * per)
+        for j in range(per):
+            start = (first * self.shards + self.shard) * per + j
+            column = source[start : start + count * stride : stride]
+            out[j : j + len(column) * per : per] = column
+        return bytes(out)
+
+    def first_beyond(self, capacity: int | None, first: int, count: int) -> int:
+        """The first of these recipients (from 0) whose number is at or beyond `capacity`; all of them: none."""
+        size = count * self.per
+        if capacity is None:
+            return size
+        start = first * self.per
+        return bisect.bisect_left(range(size), True, key=lambda i: self.number(start + i) >= capacity)
+
+
+class _Tally:
+    """The counts and samples of one reconciliation, as reconcile() adds up its chunks."""
+
+    def __init__(self, run_id: str, tag: str | None, queue: Queue | None, layout: _Layout):
+        self.run_id, self.tag, self.queue, self.layout = run_id, tag, queue, layout
+        self.recipients = dict.fromkeys(("accepted", *contract.RECIPIENT_OUTCOMES, *contract.RECIPIENT_DETAILS), 0)
+        self.messages = dict.fromkeys(("accepted", *contract.MESSAGE_OUTCOMES), 0)
+        self.recipient_tries = [0] * _BUCKETS
+        self.message_tries = [0] * _BUCKETS
         self.samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in contract.SAMPLE_KINDS}
 
-    def sample(self, kind: str, seq: int, number: int, sink: int) -> None:
-        found = self.samples[kind]
-        if len(found) >= SAMPLE_IDS:
-            return
+    def add(self, mine: bytes, theirs: bytes, held: bytes | None, first: int, beyond: int) -> None:
+        """One chunk: our marks, the sink's and the queue's for those recipients (from our message `first`), the
+        recipients from `beyond` on being past what the sink keeps."""
+        classes = theirs.translate(_CLASS)
+        if beyond < len(mine):
+            classes = classes[:beyond] + bytes([_BEYOND]) * (len(mine) - beyond)
+            theirs = theirs[:beyond] + bytes(len(mine) - beyond)
+        keys = _or(classes, mine.translate(_OURS))
+        if held is not None:
+            keys = _or(keys, held.translate(_HELD))
+        codes = keys.translate(_CODES[held is not None])
+        self._count_recipients(codes)
+        taken = mine.translate(_TAKEN)
+        tries = _or(theirs.translate(_TRIES), taken)
+        for n in range(1, _BUCKETS + 1):
+            self.recipient_tries[n - 1] += tries.count(bytes([n | 0x08]))
+        self._count_messages(codes, _or(theirs.translate(_TRIED), taken))
+        self._sample(codes, theirs, first * self.layout.per)
+
+    def _count_recipients(self, codes: bytes) -> None:
+        counts = self.recipients
+        for name in contract.RECIPIENT_OUTCOMES:
+            plain, dsn = _code(_BIT[name]), _code(_BIT[name], True)
+            counts[name] += codes.count(plain) + codes.count(dsn)
+            if name == "bounced":
+                counts["dsn_returned"] += codes.count(dsn)
+                counts["bounced_without_dsn"] += codes.count(plain)
+            elif name in ("delivered", "duplicated"):
+                counts["dsn_after_delivery"] += codes.count(dsn)
+        counts["accepted"] = sum(counts[name] for name in contract.RECIPIENT_OUTCOMES)
+        counts["unexpected"] += codes.count(bytes([_UNEXPECTED]))
+
+    def _count_messages(self, codes: bytes, tried: bytes) -> None:
+        per = self.layout.per
+        outcomes = _by_message(codes.translate(_BITS), per)
+        kinds = outcomes.translate(_KINDS)
+        most = _by_message(tried.translate(_THERMOMETER), per).translate(_MOST)
+        keyed = _or(kinds, most)
+        self.messages["accepted"] += len(kinds) - kinds.count(b"\0")
+        for position, name in enumerate(contract.MESSAGE_OUTCOMES, 1):
+            self.messages[name] += kinds.count(bytes([position]))
+            if name in ("delivered", "partly_delivered", "duplicated"):
+                for n in range(_BUCKETS + 1):
+                    self.message_tries[max(1, n) - 1] += keyed.count(bytes([position | n << 4]))
+
+    def _sample(self, codes: bytes, theirs: bytes, start: int) -> None:
+        for kind in contract.SAMPLE_KINDS:
+            found = self.samples[kind]
+            room = SAMPLE_IDS - len(found)
+            if room <= 0:
+                continue
+            positions: list[int] = []
+            for code in _SAMPLE_CODES[kind]:
+                at = codes.find(code)
+                while at >= 0 and len(positions) < room * 2:
+                    positions.append(at)
+                    at = codes.find(code, at + 1)
+            for at in sorted(positions)[:room]:
+                found.append(self._entry(start + at, theirs[at]))
+
+    def _entry(self, index: int, sink: int) -> dict[str, Any]:
+        number = self.layout.number(index)
         entry: dict[str, Any] = {
-            "id": f"{self.run_id}.{seq}",
+            "id": f"{self.run_id}.{self.layout.seq(index)}",
             "recipient": contract.recipient_local(self.tag, number) if self.tag is not None else None,
             "sink_saw": contract.describe_mark(sink),
         }
         if self.queue is not None and number in self.queue.reasons:
             entry["mta_said"] = self.queue.reasons[number]
-        found.append(entry)
-
-    def recipient(self, seq: int, number: int, sink: int, outcome: int) -> None:
-        counts = self.recipients
-        for name, bit in _BIT.items():
-            if outcome == bit:
-                counts[name] += 1
-                break
-        if outcome & (DELIVERED | DUPLICATED):
-            self.recipient_tries[max(1, attempts(sink)) - 1] += 1
-            if sink & MARK_DSN:
-                counts["dsn_after_delivery"] += 1
-                self.sample("dsn_after_delivery", seq, number, sink)
-            if outcome == DUPLICATED:
-                self.sample("duplicated", seq, number, sink)
-        elif outcome == BOUNCED:
-            if sink & MARK_DSN:
-                counts["dsn_returned"] += 1
-            else:
-                counts["bounced_without_dsn"] += 1
-                self.sample("bounced_without_dsn", seq, number, sink)
-        elif outcome in (LOST, DEFERRED, PENDING):
-            self.sample(
-                "lost" if outcome == LOST else "deferred" if outcome == DEFERRED else "pending", seq, number, sink
-            )
+        return entry
 
     def document(self) -> dict[str, Any]:
         buckets = contract.ATTEMPT_BUCKETS
         return {
             "per": "recipient" if self.tag is not None else "message",
             "recipients": {
-                "accepted": self.accepted[0],
                 **self.recipients,
                 # How many transactions the MTA made for each delivered recipient before the sink took it.
                 "attempts": dict(zip(buckets, self.recipient_tries, strict=True)),
             },
             "messages": {
-                "accepted": self.accepted[1],
                 **self.messages,
                 # For each message delivered (wholly or partly): the most transactions any of its recipients took.
                 "attempts": dict(zip(buckets, self.message_tries, strict=True)),
@@ -306,39 +467,18 @@ def reconcile(
 
     Our mark of recipient j of message seq is at (seq // shards) * per + j; the sink's at seq * per + j, the
     recipient's number (`numbered`: trafficgen numbered the recipients; else per is 1 and the number is seq)."""
-    tally = _Tally(run_id, contract.run_tag(run_id) if numbered else None, queue)
-    capacity = theirs.capacity
-    marks = theirs.marks
-    size = len(marks)
-    for index in range(0, len(ours) - per + 1, per):
-        mine = ours[index : index + per]
+    layout = _Layout(per, shards, shard)
+    tally = _Tally(run_id, contract.run_tag(run_id) if numbered else None, queue, layout)
+    messages = len(ours) // per
+    step = max(1, CHUNK // per)
+    for first in range(0, messages, step):
+        count = min(step, messages - first)
+        mine = bytes(ours[first * per : (first + count) * per])
         if not mine.strip(b"\0"):
             continue
-        seq = (index // per) * shards + shard
-        outcomes = tries = 0
-        for j, mark in enumerate(mine):
-            number = seq * per + j
-            if capacity is not None and number >= capacity:
-                if mark == TARGET_ACCEPTED:
-                    tally.recipients["unknown"] += 1
-                    tally.accepted[0] += 1
-                    outcomes |= UNKNOWN
-                continue
-            sink = marks[number] if number < size else 0
-            if mark != TARGET_ACCEPTED:
-                tally.recipients["unexpected"] += accepted(sink) > 0
-                continue
-            tally.accepted[0] += 1
-            outcome = recipient_outcome(sink, queue.holds(number) if queue is not None else None)
-            tally.recipient(seq, number, sink, outcome)
-            outcomes |= outcome
-            tries = max(tries, attempts(sink))
-        if outcomes:
-            tally.accepted[1] += 1
-            kind = message_outcome(outcomes)
-            tally.messages[kind] += 1
-            if kind in ("delivered", "partly_delivered", "duplicated"):
-                tally.message_tries[max(1, tries) - 1] += 1
+        held = layout.aligned(queue.held, first, count) if queue is not None else None
+        beyond = layout.first_beyond(theirs.capacity, first, count)
+        tally.add(mine, layout.aligned(theirs.marks, first, count), held, first, beyond)
     return tally.document()
 
 

@@ -6,9 +6,12 @@ in tests/e2e/."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.mail import dsn, generated
 from harness.policies import ACCEPT_ALL
@@ -18,7 +21,8 @@ from mailload import contract
 from smartsink.ledger import Ledgers
 from smartsink.policy.model import Outcome
 from smartsink.responder import returned_recipients
-from trafficgen.reconcile import Ledger, combine, message_outcome, read_queue, reconcile
+from trafficgen import reconcile as reconcile_module
+from trafficgen.reconcile import Ledger, combine, message_outcome, read_queue, recipient_outcome, reconcile
 
 A, T, P = contract.ANSWER_ACCEPTED, contract.ANSWER_TEMPFAILED, contract.ANSWER_PERMFAILED
 
@@ -226,6 +230,86 @@ class TestReconcile:
         assert [n for n in range(10) if queue.holds(n)] == [4, 7]
         assert queue.reasons == {4: "busy"}
         assert queue.recipients == 2
+
+
+def reference(ours: bytes, theirs: Ledger, per: int, shards: int, shard: int, held: set[int] | None) -> dict:
+    """The reconciliation written the plain way, one recipient at a time, for the property below."""
+    recipients: Counter[str] = Counter()
+    messages: Counter[str] = Counter()
+    recipient_tries: Counter[int] = Counter()
+    message_tries: Counter[int] = Counter()
+    lost: list[str] = []
+    for m in range(len(ours) // per):
+        seq = m * shards + shard
+        bits = most = 0
+        for j in range(per):
+            mine, number = ours[m * per + j], seq * per + j
+            beyond = theirs.capacity is not None and number >= theirs.capacity
+            sink = theirs.marks[number] if number < len(theirs.marks) and not beyond else 0
+            if mine == 2 and contract.accepted(sink):
+                recipients["unexpected"] += 1
+            if mine != 1:
+                continue
+            if beyond:
+                bits |= 1 << contract.RECIPIENT_OUTCOMES.index("unknown")
+                recipients["unknown"] += 1
+                continue
+            outcome = recipient_outcome(sink, None if held is None else number in held)
+            name = contract.RECIPIENT_OUTCOMES[outcome.bit_length() - 1]
+            recipients[name] += 1
+            bits |= outcome
+            most = max(most, contract.attempts(sink))
+            if name in ("delivered", "duplicated"):
+                recipient_tries[min(7, max(1, contract.attempts(sink)))] += 1
+            if name == "lost" and len(lost) < 100:
+                lost.append(f"r.{seq}")
+        if bits:
+            kind = message_outcome(bits)
+            messages[kind] += 1
+            if kind in ("delivered", "partly_delivered", "duplicated"):
+                message_tries[max(1, most)] += 1
+    return {"recipients": recipients, "messages": messages, "tries": (recipient_tries, message_tries), "lost": lost}
+
+
+class TestInBulk:
+    """reconcile() reads recipients a chunk at a time through tables; the plain loop above says what it must find."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        per=st.integers(1, 5),
+        shards=st.integers(1, 3),
+        data=st.data(),
+    )
+    def test_same_as_one_at_a_time(self, per, shards, data):
+        """Any marks, shards, capacity and queue, read in chunks of 7 messages or fewer: every count, attempt and
+        lost id as the plain loop finds them."""
+        shard = data.draw(st.integers(0, shards - 1))
+        messages = data.draw(st.integers(0, 30))
+        ours = bytes(
+            data.draw(st.lists(st.sampled_from([0, 1, 1, 1, 2]), min_size=messages * per, max_size=messages * per))
+        )
+        size = data.draw(st.integers(0, (messages * shards + shards) * per))
+        marks = bytes(data.draw(st.lists(st.integers(0, 255), min_size=size, max_size=size)))
+        capacity = data.draw(st.none() | st.integers(0, size + per))
+        held = data.draw(st.none() | st.sets(st.integers(0, size + per)))
+        queue = None if held is None else read_queue([f"user-{n}.r@a.test" for n in held], "r")
+        theirs = Ledger(marks, capacity)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(reconcile_module, "CHUNK", 7)  # a handful of messages cross chunk boundaries
+            found = reconcile(ours, theirs, "r", per=per, shards=shards, shard=shard, queue=queue)
+        expected = reference(ours, theirs, per, shards, shard, held)
+        counts = found["recipients"]
+        assert {k: counts[k] for k in (*contract.RECIPIENT_OUTCOMES, "unexpected") if counts[k]} == dict(
+            +expected["recipients"]
+        )
+        assert {k: v for k, v in found["messages"].items() if v and k not in ("accepted", "attempts")} == dict(
+            +expected["messages"]
+        )
+        tries = [
+            {int(k.rstrip("+")): v for k, v in view["attempts"].items() if v} for view in (counts, found["messages"])
+        ]
+        assert tries == [dict(t) for t in expected["tries"]]
+        assert [s["id"] for s in found["samples"]["lost"]] == expected["lost"]
 
 
 def test_unreachable_sink_is_one_clear_line(tmp_path):
