@@ -368,8 +368,9 @@ class DsnReader:
 def dsn_reader(head: bytes, stuffed: bool = False) -> DsnReader | None:
     """A DsnReader that has read a message's first bytes, when its header section may start a DSN (it says
     `multipart/report`); None for other mail, which then costs nothing more."""
-    headers = header_section(head)
-    if b"eport" not in headers and b"EPORT" not in headers:
+    end = head.find(b"\n\n") if (end := head.find(b"\r\n\r\n")) < 0 else end
+    end = len(head) if end < 0 else end
+    if head.find(b"eport", 0, end) < 0 and head.find(b"EPORT", 0, end) < 0:  # no copy: most mail stops here
         return None
     reader = DsnReader(stuffed)
     reader.feed(head)

@@ -421,8 +421,12 @@ class Responder:
         trace = contract.trace_of(head)
         groups: dict[str, list[int]] = {}
         for recipient in self.recipients:
-            if recipient.numbered is not None:
-                groups.setdefault(recipient.numbered[0], []).append(recipient.numbered[1])
+            numbered = recipient.numbered
+            if numbered is not None:
+                if numbered[0] in groups:
+                    groups[numbered[0]].append(numbered[1])
+                else:
+                    groups[numbered[0]] = [numbered[1]]
         if not groups and trace is not None:  # mail to an address trafficgen did not number: the message's own
             groups[contract.run_tag(trace.run_id)] = [trace.seq]
         if groups:
