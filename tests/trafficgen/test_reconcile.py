@@ -330,3 +330,85 @@ def test_report_reconcile_needs_a_reconciled_run(tmp_path: Path, accept_all_sink
     done = run_trafficgen("report", "reconcile", str(path))
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+class TestMtaQueueCommand:
+    """--mta-queue as a user gives it: a shell command whose output lists the MTA's queue."""
+
+    def test_recipients_the_queue_names_are_deferred(self, tmp_path, accept_all_sink):
+        """A queue listing (here a file, `cat`) naming two of the run's recipients, against a sink that saw none of them
+        (the mail went to another sink): those two are deferred, the rest lost, with the listing's reason."""
+        listing = tmp_path / "queue.json"
+        listing.write_text(
+            '{"recipients": [{"address": "user-1.q1@x.test", "delay_reason": "busy"}]}\n'
+            "                         user-3.q1@x.test\n"
+        )
+        with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as elsewhere:
+            report, _ = run_report(
+                *("--target", accept_all_sink.target, "--message-count", "4", "--concurrency", "1", "--run-id", "q1"),
+                *("--reconcile", f"http://{elsewhere.http}", "--mta-queue", f"cat {listing}"),
+            )
+        r = report["reconciliation"]
+        assert (r["recipients"]["deferred"], r["recipients"]["lost"]) == (2, 2)
+        assert r["mta_queue"] == f"cat {listing}"
+        assert [(s["id"], s.get("mta_said")) for s in r["samples"]["deferred"]] == [("q1.1", "busy"), ("q1.3", None)]
+        assert [s["sink_saw"] for s in r["samples"]["lost"]] == ["nothing", "nothing"]
+
+    @pytest.mark.parametrize(
+        ("command", "problem"),
+        [("exit 3", "exited with status 3"), ("echo broken >&2; exit 1", "status 1: broken")],
+        ids=["fails", "says-why"],
+    )
+    def test_a_failing_command_is_one_line(self, accept_all_sink, command, problem):
+        """A queue command that fails: the report is written, then one line naming it, exit 1."""
+        result = run_trafficgen(
+            *("--target", accept_all_sink.target, "--message-count", "2", "--quiet"),
+            *("--reconcile", f"http://{accept_all_sink.http}", "--mta-queue", command),
+        )
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("trafficgen: error: reconciliation: --mta-queue"), result.stderr
+        assert problem in last
+
+    @pytest.mark.parametrize(
+        ("args", "problem"),
+        [
+            (["--mta-queue", "postqueue -j"], "give --reconcile too"),
+            (["--reconcile", "http://127.0.0.1:1", "--mta-queue", " "], "--mta-queue is empty"),
+            (["--reconcile", "http://127.0.0.1:1", "--mta-queue", "x", "--recipient", "a@b.test"], "--recipient"),
+        ],
+        ids=["without-reconcile", "empty", "fixed-recipient"],
+    )
+    def test_bad_options_are_one_line(self, args, problem):
+        done = run_trafficgen("--quiet", "--message-count", "1", *args)
+        assert done.returncode == 2
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert problem in done.stderr
+
+
+def test_a_report_of_schema_1_is_read_and_reconciled_again(tmp_path: Path, accept_all_sink):
+    """A report written before reconciliation was per recipient (schema 1, one mark per message): `report show`
+    prints its reconciliation, `report reconcile` asks again, per message."""
+    report, _ = run_report(
+        *("--target", accept_all_sink.target, "--message-count", "5", "--concurrency", "1", "--run-id", "old1"),
+        *("--reconcile", f"http://{accept_all_sink.http}"),
+    )
+    marks = report["reconciliation"]["marks"]
+    report["schema"] = 1
+    report["reconciliation"] = {
+        "sink": f"http://{accept_all_sink.http}",
+        "waited_s": 0,
+        "delivered": 5, "bounced": 0, "dsn_returned": 0, "bounced_without_dsn": 0, "expired": 0,
+        "dsn_after_delivery": 0, "deferred_pending": 0, "lost": 0, "duplicated": 0, "unexpected": 0, "unknown": 0,
+        "attempts": {"1": 5}, "lost_ids": [], "duplicated_ids": [], "marks": marks,
+    }  # fmt: skip
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(report))
+    shown = run_trafficgen("report", "show", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert "of 5 messages the target accepted" in shown.stdout
+    again = run_trafficgen("report", "reconcile", str(path), "--json", "-")
+    assert again.returncode == 0, again.stderr
+    reconciled = json.loads(again.stdout)["reconciliation"]
+    assert reconciled["per"] == "message"
+    assert reconciled["messages"]["delivered"] == 5
