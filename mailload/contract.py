@@ -113,6 +113,7 @@ _STATUS_TYPES = (b"message/delivery-status", b"message/global-delivery-status")
 _RETURNED_TYPES = (b"message/rfc822", b"text/rfc822-headers", b"message/global", b"message/global-headers")
 _PARAMETER = re.compile(rb'(?i);\s*([a-z-]+)\s*=\s*(?:"([^"]*)"|([^;\s]+))')
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:[ \t]*(.*?)[ \t]*$")
+_REPORT_TYPE = re.compile(rb"(?im)^content-type:[ \t]*(?:\r?\n[ \t]+)?multipart/report")
 _TRACE_FIELD = re.compile(rb"(?i)x-trafficgen-id:[ \t]*" + _TRACE_VALUE)
 _TOP, _PREAMBLE, _PART_HEADERS, _PART_BODY, _DONE = range(5)
 _OTHER, _STATUS, _RETURNED = range(3)
@@ -371,6 +372,8 @@ def dsn_reader(head: bytes, stuffed: bool = False) -> DsnReader | None:
     end = head.find(b"\n\n") if (end := head.find(b"\r\n\r\n")) < 0 else end
     end = len(head) if end < 0 else end
     if head.find(b"eport", 0, end) < 0 and head.find(b"EPORT", 0, end) < 0:  # no copy: most mail stops here
+        return None
+    if _REPORT_TYPE.search(head, 0, end) is None:  # "report" said elsewhere (a Subject)
         return None
     reader = DsnReader(stuffed)
     reader.feed(head)

@@ -175,6 +175,12 @@ class TestDsn:
         data = dsn(generated("gone", 1))
         assert contract.returned_message(data.replace(damage, b"X-Other" + damage[1:], 1)) is None
 
+    def test_only_a_report_is_read_further(self):
+        """The sink reads on only mail whose top-level type is multipart/report: a Subject saying "report" costs
+        nothing more."""
+        assert contract.dsn_reader(b"Subject: the report\r\nContent-Type: text/plain\r\n\r\nbody\r\n") is None
+        assert contract.dsn_reader(dsn(generated())[:2000]) is not None
+
     def test_long_lines_and_headers_cost_bounded_memory(self):
         """A line of a megabyte and a header section of a megabyte: read in bounded memory, and no DSN."""
         reader = contract.DsnReader()
