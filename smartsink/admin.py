@@ -171,12 +171,13 @@ def make_app(source: AdminSource) -> web.Application:
             metrics.child(metrics.AUTHS, "ok").inc()
         peer = request.remote or "http"
         raw = injected.content.encode("utf-8", "replace")
+        head = raw[: contract.HEAD_BYTES]
         results: list[str | None] = []
         recipients = injected.recipients
         for start in range(0, len(recipients), INJECT_CHUNK):
             chunk = recipients[start : start + INJECT_CHUNK]
             results += await asyncio.gather(
-                *(_inject_one(source.ctx, peer, injected.sender, email, len(raw)) for email in chunk)
+                *(_inject_one(source.ctx, peer, injected.sender, email, len(raw), head) for email in chunk)
             )
             await asyncio.sleep(0)  # the loop's other work (SMTP, the workers' questions) between chunks
         metrics.INJECTED.inc(len(results))
@@ -300,7 +301,10 @@ async def _read_inject(request: web.Request) -> inject_api.Request:
 
 
 def _record_trace(ctx: SinkContext, raw: bytes, recipients: tuple[str, ...], results: list[str | None]) -> None:
-    """One message to several recipients: delivered if any of them took it."""
+    """One message to recipients trafficgen did not number (each numbered one is recorded as it is answered):
+    delivered if any of them took it."""
+    if any(contract.numbered(email) for email in recipients):
+        return
     trace = contract.trace_of(raw[: contract.HEAD_BYTES])
     taken = [err for email, err in zip(recipients, results, strict=True) if inject_api.recipient_problem(email) is None]
     if trace is None or not taken:
@@ -310,11 +314,12 @@ def _record_trace(ctx: SinkContext, raw: bytes, recipients: tuple[str, ...], res
     if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
         transit = int(time.time() * 1000) - trace.sent_ms
     domain = strip_suffix(recipients[0].rpartition("@")[2].lower(), ctx.suffixes)
-    ctx.limits.report(Answered(trace.run_id, trace.seq, int(outcome), domain, transit, ""))
+    ctx.limits.report(Answered(contract.run_tag(trace.run_id), (trace.seq,), int(outcome), domain, transit))
 
 
-async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int) -> str | None:
-    """The policy's answer for one injected recipient: None when accepted, else the reply as text."""
+async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int, head: bytes) -> str | None:
+    """The policy's answer for one injected recipient: None when accepted, else the reply as text. A recipient
+    trafficgen numbered is recorded in the ledger as it is answered (with the message's `head`, its trace)."""
     problem = inject_api.recipient_problem(email)
     if problem is not None:
         return problem
@@ -323,7 +328,8 @@ async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size
     try:
         action = await responder.rcpt(email)
         if action.accepted:
-            action = await responder.data_end(size, b"")  # the trace is recorded once per request
+            # Mail to an address trafficgen did not number is recorded once per request (_record_trace).
+            action = await responder.data_end(size, head if contract.numbered(email) else b"")
     finally:
         responder.closed()
     reply = action.reply

@@ -22,7 +22,7 @@ from smartsink import logs, metrics, replies
 from smartsink.config import SinkConfig
 from smartsink.dns import table as mx_table
 from smartsink.dns.addresses import Addressing
-from smartsink.ledger import Answered, RefusedAtRcpt, ReturnedInDsn
+from smartsink.ledger import Answered, ReturnedInDsn
 from smartsink.limits import Limits
 from smartsink.limits.state import limit_key
 from smartsink.policy import decide as policy
@@ -127,6 +127,8 @@ class _Recipient(NamedTuple):
     rules: DomainRules
     verdict: Reply | None  # the DATA-time answer for this recipient; None: accept
     rate_taken: bool
+    numbered: tuple[str, int] | None  # (run tag, number) of a recipient trafficgen numbered (mailload.contract)
+    domain: str  # the recipient's domain, lower-cased
 
 
 def _answer(reply: Reply) -> Action:
@@ -170,7 +172,7 @@ class Responder:
         self.drop_at: str | None = None
         self.active = False
         self.begun = False  # the transaction's own rules (limits, disconnect roll) have been applied
-        self.first = ""  # the transaction's first recipient (lower-cased), as the ledger keys RCPT-time refusals
+        self.first = ""  # the transaction's first recipient (lower-cased): its domain names the transaction
         self.exempt = False  # a null-sender transaction the policy lets through ([listener] null_sender)
         self.scope = ""  # what [listener] max_connections counted this connection as
         self.tls = False  # the engine sets it once STARTTLS is done
@@ -242,22 +244,24 @@ class Responder:
 
     async def rcpt(self, address: str) -> Action:
         """The answer to RCPT TO:<address> (an address with an @, without brackets)."""
-        action = await self._rcpt(address)
+        numbered = contract.numbered(address)
+        action = await self._rcpt(address, numbered)
         wire = action.wire
-        if not action.accepted and wire is not None and wire[:1] in b"45":
-            # The ledger cannot name this message yet (its trace header comes with DATA): it counts the attempt
-            # against the recipient, and adds it to the message when the MTA brings it to DATA or returns it.
-            self.ctx.limits.report(RefusedAtRcpt(address.lower(), Outcome.of_code(int(wire[:3]))))
+        if numbered is not None and not action.accepted and wire is not None and wire[:1] in b"45":
+            # A recipient trafficgen numbered names its run and number: the refusal counts now, header or not.
+            self.ctx.limits.report(Answered(numbered[0], (numbered[1],), int(Outcome.of_code(int(wire[:3]))), "", None))
         return action
 
-    async def _rcpt(self, address: str) -> Action:
+    async def _rcpt(self, address: str, numbered: tuple[str, int] | None) -> Action:
         ctx = self.ctx
         local, domain = policy.split_address(address)
+        if numbered is not None:
+            local = local[: local.index(".")]  # the policy reads user-<n>: a run id never forces an answer
         rules = ctx.rules_for(domain)
         if not self.first:
             self.first = address.lower()
         if self.exempt:  # a DSN: measurement, not load
-            self.recipients.append(_Recipient(rules, None, True))
+            self.recipients.append(_Recipient(rules, None, True, numbered, domain))
             return RCPT_OK
         refused = await self._requirements(rules)
         if refused is not None:
@@ -286,9 +290,9 @@ class Responder:
                 if not await ctx.limits.take_rate(self._key(rules), rules.rate):
                     metrics.child(metrics.THROTTLED, rules.name).inc()
                     return self._refuse(rules, policy.pick(rules.throttles, ctx.rng), address)
-                self.recipients.append(_Recipient(rules, None, True))
+                self.recipients.append(_Recipient(rules, None, True, numbered, domain))
                 return RCPT_OK
-        self.recipients.append(_Recipient(rules, verdict, False))
+        self.recipients.append(_Recipient(rules, verdict, False, numbered, domain))
         return RCPT_OK
 
     def _key(self, rules: DomainRules) -> str:
@@ -375,8 +379,11 @@ class Responder:
             return DROP
         return None
 
-    async def data_end(self, size: int, head: bytes, too_big: bool = False) -> Action:
-        """The answer to the end of DATA, for a message of `size` bytes starting with `head`."""
+    async def data_end(
+        self, size: int, head: bytes, too_big: bool = False, returned: contract.Returned | None = None
+    ) -> Action:
+        """The answer to the end of DATA, for a message of `size` bytes starting with `head`; `returned`: what it
+        returns when it is a failure DSN of a trafficgen message (the engine read it with a contract.DsnReader)."""
         ctx = self.ctx
         recipients = self.recipients
         if self.drop_at == "data_end":
@@ -401,27 +408,39 @@ class Responder:
             self._count(recipient.rules, outcome)
         if ctx.tracing:
             self._trace("message", first.name, outcome, verdict, size)
-        self._record(head, outcome)
+        self._record(head, outcome, returned)
         self.completed += 1
         self.reset()
         if verdict is None:
             return ctx.queued()
         return _answer(verdict)
 
-    def _record(self, head: bytes, outcome: Outcome) -> None:
-        """Note a trafficgen message's answer (and transit time) in the run's ledger, or a DSN returning one."""
+    def _record(self, head: bytes, outcome: Outcome, returned: contract.Returned | None) -> None:
+        """Note the answer to a trafficgen message's recipients (and its transit time) in the run's ledger, or the
+        recipients a DSN returns."""
         trace = contract.trace_of(head)
-        if trace is not None:
+        groups: dict[str, list[int]] = {}
+        for recipient in self.recipients:
+            numbered = recipient.numbered
+            if numbered is not None:
+                if numbered[0] in groups:
+                    groups[numbered[0]].append(numbered[1])
+                else:
+                    groups[numbered[0]] = [numbered[1]]
+        if not groups and trace is not None:  # mail to an address trafficgen did not number: the message's own
+            groups[contract.run_tag(trace.run_id)] = [trace.seq]
+        if groups:
             transit = None
-            if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
+            if trace is not None and outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
                 transit = int(time.time() * 1000) - trace.sent_ms
-            domain = policy.strip_suffix(policy.split_address(self.first)[1], self.ctx.suffixes)
-            self.ctx.limits.report(Answered(trace.run_id, trace.seq, int(outcome), domain, transit, self.first))
-            return
-        returned = contract.returned_message(head)
-        if returned is not None:
+            taken = self.recipients[0].domain if self.recipients else policy.split_address(self.first)[1]
+            domain = policy.strip_suffix(taken, self.ctx.suffixes)
+            for tag, numbers in groups.items():
+                self.ctx.limits.report(Answered(tag, tuple(numbers), int(outcome), domain, transit))
+        elif returned is not None:
             metrics.DSNS.inc()
-            self.ctx.limits.report(ReturnedInDsn(returned.trace.run_id, returned.trace.seq, returned.recipient))
+            for tag, returned_numbers in returned_recipients(returned).items():
+                self.ctx.limits.report(ReturnedInDsn(tag, returned_numbers))
 
     def _content_verdict(self, rules: DomainRules, size: int, head: bytes, too_big: bool) -> Reply | None:
         """What the message itself earns: too big for the sink or the domain, or a header the domain requires."""
@@ -446,3 +465,16 @@ class Responder:
                 metrics.child(metrics.THROTTLED, rules.name).inc()
                 return policy.pick(rules.throttles, self.ctx.rng)
         return None
+
+
+def returned_recipients(returned: contract.Returned) -> dict[str, tuple[int, ...]]:
+    """The recipients a DSN returns, by run tag: each one trafficgen numbered; when it names none of those (mail to
+    --recipient's fixed address), the message of its trace header."""
+    groups: dict[str, set[int]] = {}
+    for address in returned.recipients:
+        numbered = contract.numbered(address)
+        if numbered is not None:
+            groups.setdefault(numbered[0], set()).add(numbered[1])
+    if not groups:
+        groups[contract.run_tag(returned.trace.run_id)] = {returned.trace.seq}
+    return {tag: tuple(sorted(numbers)) for tag, numbers in groups.items()}

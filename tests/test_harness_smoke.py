@@ -1,10 +1,14 @@
 """The harness itself: a sink started by the tests answers SMTP and HTTP on the ports it announced, and the tools
-the harness starts never see the test run's own TRAFFICGEN_* and SMARTSINK_* variables."""
+the harness starts never see the test run's own TRAFFICGEN_* and SMARTSINK_* variables, and a private Postfix
+starts whatever took its port meanwhile."""
 
 import smtplib
+import socket
 
 from harness.capture import CaptureServer
+from harness.net import free_port
 from harness.policies import ACCEPT_ALL
+from harness.postfix import Postfix, needs_postfix
 from harness.sink import running_sink
 from harness.trafficgen import run_report
 
@@ -30,3 +34,21 @@ def test_the_test_runs_variables_do_not_leak(tmp_path, monkeypatch):
     with CaptureServer() as server:
         report, _ = run_report("--target", server.target, "--message-count", "3")
     assert report["totals"]["accepted"] == 3 == len(server.messages)
+
+
+@needs_postfix
+def test_postfix_whose_port_was_taken_starts_on_another():
+    """Another test binds the port a private Postfix was given before Postfix does (the suite shares the machine):
+    it starts on another port, and its greeting is its own."""
+    postfix = Postfix(free_port())
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", postfix.port))
+        taken.listen()
+        try:
+            postfix.start()
+            assert postfix.port != taken.getsockname()[1]
+            with smtplib.SMTP("127.0.0.1", postfix.port, timeout=10) as client:
+                assert client.ehlo()[0] == 250
+        finally:
+            postfix.stop()

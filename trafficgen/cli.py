@@ -353,10 +353,52 @@ def report_compare(
     raise typer.Exit(ExitStatus.THRESHOLD if result["regressions"] else ExitStatus.OK)
 
 
+def _asking(path: str, document: dict[str, Any], sink: str | None, mta_queue: str | None, wait: float) -> Any:
+    """What `report reconcile` asks (a trafficgen.reconcile.Asking), from a saved report and the command's options."""
+    import zlib
+
+    from trafficgen.config import parse_sink_urls
+    from trafficgen.reconcile import Asking, decode_marks
+
+    previous, config = document["reconciliation"], document["config"]
+    try:
+        ours = decode_marks(previous["marks"])
+    except zlib.error as e:
+        fail(PROG, f"{path}: a report is damaged (reconciliation.marks: {e})")
+    per = previous.get("marks_per_message")
+    numbered = not config.get("recipient")
+    if per is None:  # schema 1: one mark per message, recipients without the run's tag
+        if numbered and (config.get("recipients_per_message") or 1) != 1:
+            fail(PROG, f"{path}: a report of schema 1 keeps one mark per message of several recipients: reconcile it "
+                 "with the trafficgen that wrote it")  # fmt: skip
+        per, numbered = 1, False
+    index, _, count = str(config.get("shard", "0/1")).partition("/")
+    try:
+        sinks = parse_sink_urls(sink, "--sink") if sink else tuple(config.get("reconcile") or [])
+    except ConfigError as e:
+        fail(PROG, str(e))
+    if not sinks:
+        fail(PROG, f"{path}: no sink URL in the report: give --sink")
+    queue = mta_queue if mta_queue is not None else config.get("mta_queue")
+    if queue is not None and not numbered:
+        fail(PROG, f"{path}: --mta-queue finds recipients trafficgen numbered, and this run's recipients are not")
+    return Asking(
+        sinks,
+        document["run_id"],
+        ours,
+        per=int(per),
+        numbered=numbered,
+        shards=int(count),
+        shard=int(index),
+        mta_queue=queue or None,
+        wait_s=wait,
+    )
+
+
 @report_app.command(
     "reconcile",
-    help="Ask the sinks again what became of a saved run's messages (the MTA may have delivered more since). "
-    "The report must come from a run with --reconcile.",
+    help="Ask the sinks again what became of a saved run's recipients and messages (the MTA may have delivered "
+    "more since). The report must come from a run with --reconcile.",
 )
 def report_reconcile(
     path: Annotated[
@@ -374,6 +416,14 @@ def report_reconcile(
             "--wait", help="Ask each second for up to this many seconds until nothing is pending", metavar="SECONDS"
         ),
     ] = "0",
+    mta_queue: Annotated[
+        str | None,
+        typer.Option(
+            "--mta-queue",
+            metavar="COMMAND",
+            help="A command that prints the MTA's queue (postqueue -j) [default: the run's --mta-queue]",
+        ),
+    ] = None,
     json_path: Annotated[
         str | None,
         typer.Option("--json", help="Write the report with the new reconciliation here ('-': stdout)", metavar="PATH"),
@@ -382,8 +432,8 @@ def report_reconcile(
     import asyncio
 
     from mailload.cli import event_loop_factory
-    from trafficgen.config import parse_sink_urls
-    from trafficgen.reconcile import ask_sinks, decode_marks
+    from trafficgen.reconcile import ask_sinks
+    from trafficgen.stats.progress import ReconcileProgress
     from trafficgen.stats.report import print_reconciliation
 
     document = _load(path)
@@ -394,28 +444,24 @@ def report_reconcile(
     if not 0 <= wait < float("inf"):
         fail(PROG, f"--wait {wait:g}: give a number of seconds of at least 0")
     with _damaged(path):
-        ours = decode_marks(previous["marks"])
-        index, _, count = str(document["config"].get("shard", "0/1")).partition("/")
-        urls = document["config"].get("reconcile") or []
+        asking = _asking(path, document, sink, mta_queue, wait)
+        progress = ReconcileProgress(not wait, sys.stderr)
         try:
-            sinks = parse_sink_urls(sink, "--sink") if sink else tuple(urls)
-        except ConfigError as e:
-            fail(PROG, str(e))
-        if not sinks:
-            fail(PROG, f"{path}: no sink URL in the report: give --sink")
-        ask = ask_sinks(sinks, document["run_id"], ours, shards=int(count), shard=int(index), wait_s=wait)
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            reconciliation = runner.run(ask)
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                reconciliation = runner.run(ask_sinks(asking, progress.update))
+        finally:
+            progress.close()
     if "error" in reconciliation:
         fail(PROG, f"reconciliation: {reconciliation['error']}", ExitStatus.ERROR)
     reconciliation["marks"] = previous["marks"]
+    reconciliation["marks_per_message"] = asking.per
     document["reconciliation"] = reconciliation
     if json_path:
         write_json(document, json_path)
     from trafficgen.stats.report import console_for
 
     with console_for(sys.stderr if json_path == "-" else sys.stdout) as console:
-        print_reconciliation(console, reconciliation, document["totals"]["accepted"])
+        print_reconciliation(console, reconciliation)
 
 
 workload_app = typer.Typer(

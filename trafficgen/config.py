@@ -616,7 +616,7 @@ class RunConfig:
         panel=TARGET,
         metavar="ADDRESS",
         parse=_address("--recipient"),
-        shown_default="user-<n>@<domain>.<suffix>",
+        shown_default="user-<n>.<run>@<domain>.<suffix>",
     )
     # Traffic mix
     tenants: tuple[Weighted, ...] = option(
@@ -1014,10 +1014,11 @@ class RunConfig:
     # Reconciliation
     reconcile: tuple[str, ...] | None = option(
         None,
-        help="At the end, ask the sinks at these admin URLs (comma-separated) what became of every message",
+        help="At the end, ask the sinks at these admin URLs (comma-separated) what became of every recipient",
         doc=(
-            "at the end, ask the sink(s) at these admin URLs what became of every message: delivered, bounced "
-            "(and whether the MTA sent a DSN), deferred, lost, duplicated, attempts, transit times "
+            "at the end, ask the sink(s) at these admin URLs what became of every recipient the target accepted, "
+            "and so of every message: delivered, duplicated, bounced (and whether the MTA sent a DSN), expired, "
+            "deferred or pending, lost; attempts, transit times "
             "([deployment.md](deployment.md#did-the-mta-lose-or-duplicate-mail-reconciliation))"
         ),
         panel=RECONCILE,
@@ -1029,7 +1030,8 @@ class RunConfig:
         0.0,
         help="Ask once a second for up to this long while the MTA delivers its queue",
         doc=(
-            "ask once a second for up to this long while the MTA delivers its queue; ends early once nothing is pending"
+            "ask once a second for up to this long while the MTA delivers its queue, showing the recipients "
+            "delivered and awaited so far and the time left; ends early once nothing is left to wait for"
         ),
         panel=RECONCILE,
         metavar="SECONDS",
@@ -1037,12 +1039,25 @@ class RunConfig:
         parse=_wait("--reconcile-wait"),
         report=HIDDEN,
     )
+    mta_queue: str | None = option(
+        None,
+        help="A command that prints the MTA's queue (postqueue -j): recipients it names are deferred, not lost",
+        doc=(
+            "a shell command that prints the MTA's queue, run before each reading of the sinks' ledgers (Postfix: "
+            "`postqueue -j`; Exim: `exim -bp`; any listing that names each queued recipient): a recipient the sink "
+            "has not taken that it names is `deferred` (still in the MTA's queue); one it does not name, neither "
+            "taken nor bounced nor returned in a DSN, is `lost`. Without it, a recipient the sink only deferred is "
+            "`pending`"
+        ),
+        panel=RECONCILE,
+        metavar="COMMAND",
+    )
     run_id: str = option(
         factory=lambda: secrets.token_hex(6),
         help="Run id for the trace header",
         doc=(
-            "the run id (1 to 64 letters, digits, `-`, `_`) in `X-Trafficgen-Id: <run_id>.<seq>; t=<ms>` and in "
-            "the report"
+            "the run id (1 to 64 letters, digits, `-`, `_`) in `X-Trafficgen-Id: <run_id>.<seq>; t=<ms>`, in each "
+            "recipient (`user-<n>.<run>@...`: in lower case, or a digest of it past 32 characters) and in the report"
         ),
         panel=RECONCILE,
         metavar="ID",
@@ -1128,6 +1143,12 @@ class RunConfig:
     @property
     def shard_count(self) -> int:
         return self.shard[1]
+
+    @property
+    def marks_per_message(self) -> int:
+        """What reconciliation follows in each message: every recipient trafficgen numbers, or with --recipient
+        (one fixed address, no number) the message as a whole."""
+        return 1 if self.recipient else self.recipients_per_message
 
     def domain_with_suffix(self, name: str) -> str:
         return f"{name}.{self.domain_suffix}" if self.domain_suffix else name
@@ -1230,6 +1251,12 @@ def _check_times(fields: dict[str, Any]) -> None:
         raise ConfigError(f"--timeout must be more than 0 seconds, got {fields['timeout']}")
     if fields.get("reconcile_wait", 0.0) < 0:
         raise ConfigError(f"--reconcile-wait cannot be negative, got {fields['reconcile_wait']}")
+    if fields.get("mta_queue") is not None and not fields.get("reconcile"):
+        raise ConfigError("--mta-queue is read at reconciliation: give --reconcile too")
+    if fields.get("mta_queue") is not None and not fields["mta_queue"].strip():
+        raise ConfigError("--mta-queue is empty: give the command that prints the MTA's queue")
+    if fields.get("mta_queue") is not None and fields.get("recipient"):
+        raise ConfigError("--mta-queue finds recipients trafficgen numbers, and --recipient gives one fixed address")
     if "duration" not in fields and fields.get("message_count") is not None:
         fields["duration"] = None  # --message-count alone is never cut short by the default duration
 

@@ -115,29 +115,39 @@ async def run_async(config: RunConfig) -> Result:
 
 
 async def _reconcile(config: RunConfig, recorder: Recorder) -> dict[str, Any]:
-    """Ask the sinks what became of each message the target accepted, for up to --reconcile-wait seconds
-    while the MTA may still be delivering."""
+    """Ask the sinks what became of each recipient the target accepted, for up to --reconcile-wait seconds
+    while the MTA may still be delivering, with live progress."""
     assert config.reconcile is not None
     if config.reconcile_wait and not config.quiet:
         print(
-            f"trafficgen: asking the sink each second, for up to {config.reconcile_wait:g} s, until every message "
+            f"trafficgen: asking the sink each second, for up to {config.reconcile_wait:g} s, until every recipient "
             "the target accepted has its final answer",
             file=sys.stderr,
         )
     ours = bytes(recorder.marks or b"")
-    from trafficgen.reconcile import ask_sinks, encode_marks  # aiohttp: only with --reconcile
+    from trafficgen.reconcile import Asking, ask_sinks, encode_marks  # aiohttp: only with --reconcile
+    from trafficgen.stats.progress import ReconcileProgress
 
-    document = await ask_sinks(
+    asking = Asking(
         config.reconcile,
         config.run_id,
         ours,
+        per=config.marks_per_message,
+        numbered=not config.recipient,
         shards=config.shard_count,
         shard=config.shard_index,
+        mta_queue=config.mta_queue,
         wait_s=config.reconcile_wait,
         request_s=config.timeout,
     )
+    progress = ReconcileProgress(config.quiet or not config.reconcile_wait)
+    try:
+        document = await ask_sinks(asking, progress.update)
+    finally:
+        progress.close()
     # What the target accepted, kept so that `trafficgen report reconcile` can ask again later.
     document["marks"] = encode_marks(ours)
+    document["marks_per_message"] = asking.per
     return document
 
 

@@ -93,6 +93,7 @@ class MessageFactory:
         self.config = config
         self.rng = rng
         self.run_id = config.run_id
+        self.tag = contract.run_tag(config.run_id)  # in each recipient's local part: the sink ties answers to it
         if config.recipient:
             self.full_domains = [config.recipient.rpartition("@")[2]]
         else:
@@ -151,10 +152,10 @@ class MessageFactory:
         if config.recipient:
             recipients: tuple[str, ...] = (config.recipient,) * count
         elif count == 1:
-            recipients = (f"user-{seq}@{self.full_domains[domain]}",)
+            recipients = (f"user-{seq}.{self.tag}@{self.full_domains[domain]}",)
         else:
-            full = self.full_domains[domain]
-            recipients = tuple(f"user-{seq * count + j}@{full}" for j in range(count))
+            full, tag = self.full_domains[domain], self.tag
+            recipients = tuple(f"user-{seq * count + j}.{tag}@{full}" for j in range(count))
         trace = contract.trace_header(self.run_id, seq, int(time.time() * 1000))
         if self.file_content is not None:
             head = trace.encode("ascii") + mix.encode("ascii") + self.file_extra

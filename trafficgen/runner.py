@@ -71,6 +71,7 @@ def new_recorder(config: RunConfig) -> Recorder:
         corrected=config.scheduled,
         marks=config.reconcile is not None,
         shards=config.shard_count,
+        marks_per_message=config.marks_per_message,
         intervals=config.hdr_log is not None,
         dimensions=config.dimensions,
         stages=config.profile is not None,

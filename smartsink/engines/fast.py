@@ -4,11 +4,12 @@ commands in one write.
 Why not aiosmtpd on this path (measured in docs/performance.md): aiosmtpd reads DATA line by line through
 a StreamReader and awaits a drain after every reply. Here each connection is one coroutine over a byte
 buffer: commands are split from the buffer without copies beyond the line itself, the end of DATA is found
-with one bytes.find per packet, a message body is never kept (only its first 16 KiB, for the trace header),
-and replies are gathered and written once each time the input runs dry (or every OUT_BATCH replies). A client
-that does not read its replies is answered no further, and not read either, while WRITE_HIGH of them wait, so
-what any client can make the sink hold is bounded. aiosmtpd stays as the reference engine (smartsink.engines.reference);
-tests drive the same conversations through both and compare the answers.
+with one bytes.find per packet, a message body is never kept (only its first 16 KiB, for the trace header; a DSN
+is read to its returned headers as it streams by), and replies are gathered and written once each time the input
+runs dry (or every OUT_BATCH replies). A client that does not read its replies is answered no further, and not
+read either, while WRITE_HIGH of them wait, so what any client can make the sink hold is bounded. aiosmtpd stays
+as the reference engine (smartsink.engines.reference); tests drive the same conversations through both
+and compare the answers.
 
 Two parts: FastConnection owns the socket (buffers, waits, timeouts, flow control); Conversation owns the SMTP
 state of one connection (HELO seen, AUTH, a transaction in progress) and answers each verb with a method of its
@@ -271,29 +272,40 @@ class FastConnection(asyncio.BufferedProtocol):
             if self.closing:
                 return None
 
-    async def read_body(self) -> tuple[int, bytes] | None:
-        """(size, first bytes) of a message up to CRLF.CRLF, not keeping the rest; None at EOF."""
+    async def read_body(self) -> tuple[int, bytes, contract.Returned | None] | None:
+        """(size, first bytes, what it returns if it is a DSN) of a message up to CRLF.CRLF, not keeping the rest;
+        None at EOF. A message whose first bytes may start a DSN is read to its returned headers as it streams by
+        (contract.DsnReader, bounded memory) before its bytes are dropped."""
         dropped = 0
         head = b""
+        reader: contract.DsnReader | None = None
+        fed = 0  # bytes of the message, from its start, the DSN reader has read
         checked = 0  # bytes after self.pos already searched (offsets move when _wait() compacts the buffer)
         while True:
             buf, start = self.buf, self.pos
             if dropped == 0 and buf[start : start + 3] == b".\r\n":
                 self.pos = start + 3
-                return 0, b""
+                return 0, b"", None
             found = buf.find(b"\r\n.\r\n", start + checked)
             if found >= 0:
                 if not head:
                     head = bytes(buf[start : min(found + 2, start + HEAD_MAX)])
+                    reader, fed = contract.dsn_reader(head, stuffed=True), len(head)
+                if reader is not None and reader.wanted:
+                    reader.feed(buf[start + fed - dropped : found + 2])
                 self.pos = found + 5
-                return dropped + found + 2 - start, head
+                return dropped + found + 2 - start, head, reader.result() if reader is not None else None
             if self.eof:
                 return None
             available = len(buf) - start
             if not head and available >= HEAD_MAX:
                 head = bytes(buf[start : start + HEAD_MAX])
+                reader, fed = contract.dsn_reader(head, stuffed=True), len(head)
             if available > BODY_DISCARD and head:
                 drop = available - 4  # keep the tail: the terminator may straddle two packets
+                if reader is not None and reader.wanted:
+                    reader.feed(buf[start + fed - dropped : start + drop])
+                    fed = dropped + drop
                 dropped += drop
                 del buf[: start + drop]
                 self.pos = start = 0
@@ -516,9 +528,9 @@ class Conversation:
         body = await wire.read_body()
         if body is None:
             return False
-        size, head = body
+        size, head, returned = body
         wire.flush()  # earlier pipelined replies go out before any latency the policy adds
-        action = await responder.data_end(size, head, size > self.config.max_message_size)
+        action = await responder.data_end(size, head, size > self.config.max_message_size, returned)
         return wire.send(action)
 
     async def smtp_rset(self, arg: bytes) -> bool:

@@ -54,7 +54,9 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
         content = envelope.original_content or b""
-        action = await self.responder.data_end(len(content), content[: contract.HEAD_BYTES])
+        reader = contract.dsn_reader(content)  # aiosmtpd holds the whole message: the reader reads what it needs
+        returned = reader.result() if reader is not None else None
+        action = await self.responder.data_end(len(content), content[: contract.HEAD_BYTES], returned=returned)
         return self._after(server, action)
 
     async def handle_EHLO(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from email.message import EmailMessage
+from random import Random
 
 import pytest
 
@@ -15,6 +16,7 @@ from harness.mail import dsn, generated
 from mailload import contract
 from mailload.contract import ATTEMPT_BUCKETS, MARK_ATTEMPTS_MAX, Trace
 from trafficgen.config import build
+from trafficgen.messages import MessageFactory
 
 
 class TestTraceHeader:
@@ -60,6 +62,33 @@ class TestTraceHeader:
         assert contract.trace_of(b"Subject: x\n\nX-Trafficgen-Id: lf.3\n") is None
 
 
+class TestRecipients:
+    def test_round_trip(self):
+        """What trafficgen's MessageFactory puts in RCPT, the sink reads back: the run's tag and each number."""
+        factory = MessageFactory(build(domains=["gmail.com"], run_id="Run_A-1", recipients_per_message=3), Random(1))
+        recipients = factory.build(5, 0.0).recipients
+        assert [contract.numbered(r) for r in recipients] == [("run_a-1", n) for n in (15, 16, 17)]
+        assert contract.numbered(recipients[0].upper()) == ("run_a-1", 15), "an MTA may fold the case of an address"
+
+    def test_local_part_within_64_octets(self):
+        """The longest run id and a 15-digit number still make a local part of at most 64 octets (RFC 5321)."""
+        tag = contract.run_tag("r" * contract.RUN_ID_MAX)
+        assert tag != contract.run_tag("r" * (contract.RUN_ID_MAX - 1))
+        local = contract.recipient_local(tag, 10**15 - 1)
+        assert len(local) <= 64
+        assert contract.numbered(local + "@x.test") == (tag, 10**15 - 1)
+        assert contract.run_tag("3f2a9c41d0be") == "3f2a9c41d0be", "a random run id is its own tag"
+
+    @pytest.mark.parametrize(
+        "address",
+        ["user-5@gmail.com", "user-5.@gmail.com", "user-.run@gmail.com", "someone.run@gmail.com", "tempfail@x.test"],
+        ids=["no-tag", "empty-tag", "no-number", "not-user", "forced"],
+    )
+    def test_other_addresses_are_not_numbered(self, address):
+        """Addresses trafficgen did not number (or an older trafficgen's user-<n>) name no run."""
+        assert contract.numbered(address) is None
+
+
 class TestDsn:
     @pytest.mark.parametrize("returned", ["message", "headers"], ids=["message/rfc822", "text/rfc822-headers"])
     def test_failure_dsn_names_the_original(self, returned):
@@ -67,7 +96,7 @@ class TestDsn:
         found = contract.returned_message(dsn(generated("dsnrun", 42), returned=returned))
         assert found is not None
         assert (found.trace.run_id, found.trace.seq) == ("dsnrun", 42)
-        assert found.recipient == "user-42@gmail.com.sink.test"
+        assert found.recipients == ("user-42.dsnrun@gmail.com.sink.test",)
 
     def test_the_dsn_itself_is_not_the_message(self):
         """The DSN quotes the original's trace header in its body, so it is never taken for the original."""
@@ -88,10 +117,78 @@ class TestDsn:
         plain.set_content("hello")
         assert contract.returned_message(dsn(plain.as_bytes())) is None
 
-    def test_found_within_the_bytes_the_sink_keeps(self):
-        """A DSN with a long human-readable part still shows its returned headers within HEAD_BYTES."""
-        data = dsn(generated("long", 1))
-        assert contract.returned_message(data[: contract.HEAD_BYTES]) is not None
+    @pytest.mark.parametrize("encoding", [None, "base64"], ids=["7bit", "base64"])
+    @pytest.mark.parametrize("returned", ["message", "headers"], ids=["message/rfc822", "text/rfc822-headers"])
+    def test_sixty_recipients_each_matched(self, returned, encoding):
+        """A DSN for 60 recipients puts the returned headers past 16 KiB: found all the same, and each failed
+        recipient named (the 16 KiB prefix the sink once read held none of it)."""
+        data = dsn(generated("long", 3, recipients=60), returned=returned, encoding=encoding)
+        assert data.find(b"X-Trafficgen-Id") > 16 * 1024 or encoding
+        found = contract.returned_message(data)
+        assert found is not None
+        assert found.trace[:2] == ("long", 3)
+        assert [contract.numbered(r) for r in found.recipients] == [("long", n) for n in range(180, 240)]
+
+    def test_read_as_it_streams_by(self):
+        """Fed in pieces of 7 bytes, dot-stuffed as on the wire (a line of the returned body starts with a dot), a
+        DSN reads the same; the reader stops wanting more once it has the returned headers."""
+        original = generated("stream", 9, recipients=4).replace(b"\r\n\r\n", b"\r\n\r\n.leading dot\r\n", 1)
+        data = dsn(original)
+        wire = data.replace(b"\r\n.", b"\r\n..")
+        reader = contract.DsnReader(stuffed=True)
+        fed = 0
+        while reader.wanted and fed < len(wire):
+            reader.feed(wire[fed : fed + 7])
+            fed += 7
+        assert fed < len(wire) - len(original) // 2, "it stopped after the returned headers"
+        found = reader.result()
+        assert found is not None
+        assert found.trace[:2] == ("stream", 9)
+        assert len(found.recipients) == 4
+
+    def test_original_recipient_wins_when_numbered(self):
+        """An MTA that rewrote the recipient says so in Final-Recipient; the Original-Recipient names ours."""
+        data = dsn(
+            generated("orig", 1),
+            recipients=["someone@elsewhere.test"],
+            original_recipients=["user-1.orig@gmail.com.sink.test"],
+        )
+        found = contract.returned_message(data)
+        assert found is not None
+        assert found.recipients == ("user-1.orig@gmail.com.sink.test",)
+
+    def test_only_failed_recipients(self):
+        """Of a DSN's recipients, only those with Action: failed are returned."""
+        data = dsn(generated("mixed", 2, recipients=2))
+        data = data.replace(b"Action: failed", b"Action: delivered", 1)
+        found = contract.returned_message(data)
+        assert found is not None
+        assert found.recipients == ("user-5.mixed@gmail.com.sink.test",)
+
+    @pytest.mark.parametrize(
+        "damage",
+        [b"boundary=", b"Content-Type: message/delivery-status", b"X-Trafficgen-Id"],
+        ids=["no-boundary", "no-status-part", "no-trace"],
+    )
+    def test_not_a_dsn_when_a_sign_is_missing(self, damage):
+        """Without its boundary, its delivery-status part or the returned trace header, it is no DSN of ours."""
+        data = dsn(generated("gone", 1))
+        assert contract.returned_message(data.replace(damage, b"X-Other" + damage[1:], 1)) is None
+
+    def test_only_a_report_is_read_further(self):
+        """The sink reads on only mail whose top-level type is multipart/report: a Subject saying "report" costs
+        nothing more."""
+        assert contract.dsn_reader(b"Subject: the report\r\nContent-Type: text/plain\r\n\r\nbody\r\n") is None
+        assert contract.dsn_reader(dsn(generated())[:2000]) is not None
+
+    def test_long_lines_and_headers_cost_bounded_memory(self):
+        """A line of a megabyte and a header section of a megabyte: read in bounded memory, and no DSN."""
+        reader = contract.DsnReader()
+        reader.feed(b"Subject: " + b"x" * 1_000_000 + b"\r\n")
+        assert len(reader._partial) == 0
+        reader.feed(b"X-Many: header\r\n" * 100_000)
+        assert not reader.wanted
+        assert reader.result() is None
 
 
 class TestMarks:
@@ -128,3 +225,21 @@ class TestMarks:
 
     def test_runs_path(self):
         assert contract.runs_path("abc") == "/runs/abc"
+
+    @pytest.mark.parametrize(
+        ("answers", "said"),
+        [
+            ((), "nothing"),
+            ((contract.ANSWER_TEMPFAILED, contract.ANSWER_TEMPFAILED), "refused temporarily (2 attempts)"),
+            ((contract.ANSWER_ACCEPTED,) * 2, "accepted 2 times (2 attempts)"),
+            ((contract.ANSWER_PERMFAILED,), "refused permanently (1 attempt)"),
+        ],
+        ids=["unseen", "deferred", "twice", "bounced"],
+    )
+    def test_described(self, answers, said):
+        """What the sink saw of a recipient, in words, for the lost and the other problems' samples."""
+        mark = 0
+        for answer in answers:
+            mark = contract.mark_answer(mark, answer)
+        assert contract.describe_mark(mark) == said
+        assert contract.describe_mark(contract.mark_dsn(mark)).endswith("returned in a DSN")

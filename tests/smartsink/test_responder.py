@@ -19,7 +19,7 @@ from harness.mail import dsn, generated
 from harness.policies import ACCEPT_ALL, PROVIDERS, greylisting
 from mailload import contract
 from smartsink.config import build
-from smartsink.ledger import Answered, LedgerEntry, RefusedAtRcpt, ReturnedInDsn
+from smartsink.ledger import Answered, LedgerEntry, ReturnedInDsn
 from smartsink.limits.local import LocalLimits
 from smartsink.limits.state import SharedState
 from smartsink.policy import parse_policy
@@ -104,7 +104,9 @@ async def send(
             return answers
     if responder.recipients:
         assert responder.data() is None
-        answers.append(said(await responder.data_end(len(head), head)))
+        reader = contract.dsn_reader(head)  # as the engines read a DSN
+        returned = reader.result() if reader is not None else None
+        answers.append(said(await responder.data_end(len(head), head, returned=returned)))
     return answers
 
 
@@ -157,20 +159,20 @@ class TestGreylisting:
         assert await outcome(await sink.connect("127.0.1.7"), "user@greylist.test") == 451
         assert await outcome(await sink.connect(), "user@example.com") == 250
 
-    async def test_retry_is_counted_into_the_attempts_of_its_message(self):
-        """The refusal at RCPT (no message id yet) is reported by recipient, then counted into the attempts of the
-        message the retry delivers: two attempts, delivered once."""
+    async def test_retry_is_counted_into_the_attempts_of_its_recipient(self):
+        """The refusal at RCPT (no header yet) is reported for the recipient trafficgen numbered, and the retry
+        that delivers it is its second attempt: two attempts, delivered once."""
         sink = sink_of(self.POLICY)
-        recipient = "user-7@greylist.test.sink.test"
+        recipient = "user-7.grey@greylist.test.sink.test"
         head = traced("grey", 7, int(time.time() * 1000))
         assert await outcome(await sink.connect(), recipient, head=head) == 451
-        assert sink.limits.entries == [RefusedAtRcpt(recipient, Outcome.TEMPFAILED)]
+        assert sink.limits.entries == [Answered("grey", (7,), Outcome.TEMPFAILED, "", None)]
         sink.clock.advance(300)
         assert await outcome(await sink.connect(), recipient, head=head) == 250
         ledger = sink.state.ledgers.run("grey")
         assert ledger is not None
         summary = ledger.summary()
-        assert (summary["seen"], summary["delivered"], summary["deferred_pending"]) == (1, 1, 0)
+        assert (summary["seen"], summary["delivered"], summary["deferred"]) == (1, 1, 0)
         assert summary["attempts"]["2"] == 1
         assert sum(summary["attempts"].values()) == 1
 
@@ -337,14 +339,30 @@ class TestRejectAt:
         assert sink.limits.entries == []
 
     async def test_rcpt_answers_each_recipient(self):
-        """reject_at = "rcpt": the refused recipient is answered at RCPT (and reported to the ledger by address);
-        the message goes to the others."""
-        sink = sink_of(PROVIDERS + '\n[domain."gmail.com"]\nreject_at = "rcpt"\n')
+        """reject_at = "rcpt": the refused recipient is answered at RCPT (and, numbered by trafficgen, reported to
+        the ledger at once); the message goes to the others, and its answer is reported for them alone."""
+        sink = sink_of(
+            PROVIDERS
+            + '\n[domain."gmail.com"]\nreject_at = "rcpt"\n[domain."no.test"]\nreject_at = "rcpt"\nbounce = 100\n'
+        )
         answers = await send(await sink.connect(), "permfail@gmail.com", "ok@gmail.com")
         assert answers[:2] == [(550, "5.1.1 gmail: no such user"), (250, "2.1.5 Ok")]
         assert answers[2][0] == 250
         assert answers[2][1].startswith(QUEUED)
-        assert sink.limits.entries == [RefusedAtRcpt("permfail@gmail.com", Outcome.PERMFAILED)]
+        assert sink.limits.entries == [], "addresses trafficgen did not number, a message without a trace header"
+        answers = await send(await sink.connect(), "user-4.r@no.test", "user-5.r@no.test", "user-6.r@gmail.com")
+        assert [code for code, _ in answers] == [550, 550, 250, 250]
+        assert sink.limits.entries == [
+            Answered("r", (4,), Outcome.PERMFAILED, "", None),
+            Answered("r", (5,), Outcome.PERMFAILED, "", None),
+            Answered("r", (6,), Outcome.ACCEPTED, "gmail.com", None),
+        ]
+
+    async def test_a_run_id_never_forces_an_answer(self):
+        """A run id holding "permfail" in a numbered recipient is not a forced failure: the policy reads user-<n>."""
+        sink = sink_of(PROVIDERS)
+        assert await outcome(await sink.connect(), "user-1.permfail@gmail.com") == 250
+        assert await outcome(await sink.connect(), "permfail-user-1@gmail.com") == 550
 
 
 class TestNullSender:
@@ -375,54 +393,57 @@ class TestNullSender:
 
 class TestLedgerEntries:
     async def test_answered_with_its_transit_time(self):
-        """A trafficgen message's answer is reported with its id, the domain without the suffix, the first recipient
-        and the time since the trace header's t= (none for a deferral: the message is not there yet)."""
+        """A trafficgen message's answer is reported for each recipient trafficgen numbered (the others: for the
+        message, by its trace header) with the domain without the suffix and the time since the trace header's t=
+        (none for a deferral: the message is not there yet)."""
         sink = sink_of(PROVIDERS)
         sent = int(time.time() * 1000) - 5000
-        await send(await sink.connect(), "user-1@gmail.com.sink.test", "Else@Yahoo.com", head=traced("run1", 1, sent))
+        await send(
+            await sink.connect(), "user-1.run1@gmail.com.sink.test", "Else@Yahoo.com", head=traced("run1", 1, sent)
+        )
         await send(await sink.connect(), "tempfail@gmail.com.sink.test", head=traced("run1", 2, sent))
         accepted, deferred = sink.limits.entries
         assert isinstance(accepted, Answered)
         assert isinstance(deferred, Answered)
-        assert accepted._replace(transit_ms=None) == Answered(
-            "run1", 1, Outcome.ACCEPTED, "gmail.com", None, "user-1@gmail.com.sink.test"
-        )
+        assert accepted._replace(transit_ms=None) == Answered("run1", (1,), Outcome.ACCEPTED, "gmail.com", None)
         assert accepted.transit_ms is not None
         assert 5000 <= accepted.transit_ms < 5000 + 5000
-        assert deferred == Answered("run1", 2, Outcome.TEMPFAILED, "gmail.com", None, "tempfail@gmail.com.sink.test")
+        assert deferred == Answered("run1", (2,), Outcome.TEMPFAILED, "gmail.com", None)
         ledger = sink.state.ledgers.run("run1")
         assert ledger is not None
         summary = ledger.summary()
-        assert (summary["seen"], summary["delivered"], summary["deferred_pending"]) == (2, 1, 1)
+        assert (summary["seen"], summary["delivered"], summary["deferred"]) == (2, 1, 1)
         assert set(ledger.transit) == {"gmail.com"}
 
     async def test_ledger_entry_of_an_answered_message(self):
-        """The responder reports an answered trafficgen message to the ledger with its transit time and recipient."""
+        """Mail to an address trafficgen did not number is reported for its message, with its transit time."""
         sink = sink_of(ACCEPT_ALL)
         responder = Responder(sink.ctx, "127.0.0.2")
         responder.mail(SENDER)
         await responder.rcpt("User@x.test")
-        head = contract.trace_header("run1", 7, int(time.time() * 1000) - 1500).encode() + b"Subject: x\r\n\r\n"
+        head = contract.trace_header("Run1", 7, int(time.time() * 1000) - 1500).encode() + b"Subject: x\r\n\r\n"
         await responder.data_end(len(head), head)
         (entry,) = sink.limits.entries
         assert isinstance(entry, Answered)
-        assert (entry.run_id, entry.seq, entry.rcpt, entry.domain) == ("run1", 7, "user@x.test", "x.test")
+        assert (entry.tag, entry.numbers, entry.domain) == ("run1", (7,), "x.test")
         assert entry.transit_ms is not None
         assert 1500 <= entry.transit_ms < 60_000
 
-    async def test_dsn_returning_a_message(self):
-        """A failure DSN (built with the email package) from <> is accepted and reported as returning its message."""
+    async def test_dsn_returning_recipients(self):
+        """A failure DSN (built with the email package) from <> is accepted and reported as returning each of the
+        recipients it names."""
         sink = sink_of(PROVIDERS)
-        head = dsn(generated("dsnrun", 42))[: contract.HEAD_BYTES]
-        answers = await send(await sink.connect(), "noreply@gmail.com.sink.test", head=head, sender="")
+        data = dsn(generated("dsnrun", 42, recipients=3))
+        answers = await send(await sink.connect(), "noreply@gmail.com.sink.test", head=data, sender="")
         assert answers[-1][0] == 250
-        assert sink.limits.entries == [ReturnedInDsn("dsnrun", 42, "user-42@gmail.com.sink.test")]
+        assert sink.limits.entries == [ReturnedInDsn("dsnrun", (126, 127, 128))]
         ledger = sink.state.ledgers.run("dsnrun")
         assert ledger is not None
-        assert ledger.summary()["dsn_received"] == 1
+        assert ledger.summary()["dsn_received"] == 3
 
     async def test_mail_without_a_trace_reports_nothing(self):
-        """Mail that trafficgen did not send (no trace header, not a DSN) leaves the ledger alone."""
+        """Mail that trafficgen did not send (no trace header, no numbered recipient, not a DSN) leaves the ledger
+        alone."""
         sink = sink_of(PROVIDERS)
         await send(await sink.connect(), "user@gmail.com")
         await send(await sink.connect(), "noreply@gmail.com", head=dsn(MESSAGE), sender="")

@@ -54,13 +54,14 @@ class TestShards:
         assert ledger["seen"] == 300
         assert ledger["duplicated"] == 0
         for report in reports:
-            reconciled = report["reconciliation"]
+            reconciled = report["reconciliation"]["recipients"]
             assert reconciled["lost"] == reconciled["duplicated"] == 0
             assert reconciled["delivered"] == report["totals"]["accepted"]
         merged = run_trafficgen("report", "merge", *(str(tmp_path / f"shard-{i}.json") for i in (0, 1)), "--json", "-")
         combined = json.loads(merged.stdout)
         assert combined["run_id"] == "fleet1"
-        assert combined["reconciliation"]["delivered"] == sum(r["reconciliation"]["delivered"] for r in reports)
+        merged_counts = combined["reconciliation"]["recipients"]
+        assert merged_counts["delivered"] == sum(r["reconciliation"]["recipients"]["delivered"] for r in reports)
 
     @pytest.mark.parametrize("shard", ["2/2", "x/3", "1/0", "-1/2"])
     def test_bad_shard(self, shard):
@@ -122,7 +123,7 @@ class TestMerge:
 
     @pytest.mark.parametrize(
         ("content", "problem"),
-        [(None, "no such file"), ("{not json", "not JSON"), ('{"schema": 7}', "schema 1")],
+        [(None, "no such file"), ("{not json", "not JSON"), ('{"schema": 7}', "schema 2")],
         ids=["missing", "not-json", "other-schema"],
     )
     def test_bad_report_files(self, tmp_path, content, problem):

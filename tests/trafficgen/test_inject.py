@@ -47,10 +47,10 @@ class TestTrafficgenHttp:
         }
         assert sink_counts == {k: recipients[k] for k in sink_counts}
         assert metrics["smartsink_injected_messages_total"] == 300
-        # One trace per message, whatever the number of recipients: no false duplicates.
-        assert ledger["seen"] == 100
+        # One mark per recipient trafficgen numbered: each answered once, no false duplicates.
+        assert ledger["seen"] == 300
         assert ledger["duplicated"] == 0
-        assert ledger["delivered"] == report["totals"]["accepted"]
+        assert ledger["delivered"] == recipients["accepted"]
 
     def test_unreachable_endpoint_is_one_clear_line(self):
         """Nothing listening at the URL: exit 1 with one line naming it."""

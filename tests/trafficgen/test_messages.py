@@ -106,19 +106,20 @@ class TestFactory:
         return b"".join(bytes(part) for part in factory.build(seq, 0.0).content)
 
     def test_envelope(self):
-        """Recipient user-<seq>@<domain>.<suffix>, sender noreply@ the same domain."""
+        """Recipient user-<seq>.<run>@<domain>.<suffix>, sender noreply@ the same domain."""
         factory = MessageFactory(build(domains=["gmail.com"], run_id="f1"), random.Random(1))
         message = factory.build(17, 3.5)
-        assert message.recipients == ("user-17@gmail.com.sink.test",)
+        assert message.recipients == ("user-17.f1@gmail.com.sink.test",)
         assert message.sender == "noreply@gmail.com.sink.test"
         assert (message.seq, message.domain, message.intended) == (17, 0, 3.5)
 
     def test_several_recipients_are_distinct_across_messages(self):
         """With N recipients per message, message k holds user-(kN) .. user-(kN+N-1): never shared."""
-        factory = MessageFactory(build(domains=["a.test"], recipients_per_message=3), random.Random(1))
+        config = build(domains=["a.test"], recipients_per_message=3, run_id="r3")
+        factory = MessageFactory(config, random.Random(1))
         everyone = [r for seq in range(50) for r in factory.build(seq, 0).recipients]
         assert len(set(everyone)) == 150
-        assert factory.build(2, 0).recipients == tuple(f"user-{n}@a.test.sink.test" for n in (6, 7, 8))
+        assert factory.build(2, 0).recipients == tuple(f"user-{n}.r3@a.test.sink.test" for n in (6, 7, 8))
 
     def test_headers(self):
         """From, To, Subject, Date, Message-ID <run.seq@domain>, X-Trafficgen-Id, X-Mailer, extras; size counted."""
@@ -129,7 +130,7 @@ class TestFactory:
         assert message.size == len(data)
         parsed = BytesParser(policy=email.policy.default).parsebytes(data)
         assert parsed["From"] == "noreply@yahoo.com.sink.test"
-        assert parsed["To"] == "user-4@yahoo.com.sink.test"
+        assert parsed["To"] == "user-4.hdr@yahoo.com.sink.test"
         assert parsed["Message-ID"] == "<hdr.4@yahoo.com.sink.test>"
         assert MESSAGE_ID.match(parsed["Message-ID"])
         trace = contract.trace_of(data)

@@ -94,7 +94,7 @@ class TestProcesses:
             )
         check_invariants(report)
         assert report["totals"]["attempted"] == 301 == report["totals"]["accepted"] == len(server.messages)
-        numbers = sorted(int(m.rcpt_tos[0].split("@")[0].removeprefix("user-")) for m in server.messages)
+        numbers = sorted(int(m.rcpt_tos[0].split("@")[0].split(".")[0].removeprefix("user-")) for m in server.messages)
         assert numbers == list(range(301))
         assert HdrHistogram.decode(report["histogram"]).get_total_count() == 301 == report["latency_ms"]["count"]
         assert report["connections"]["opened"] == 4 == len(server.connections)

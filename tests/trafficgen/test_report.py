@@ -1,4 +1,4 @@
-"""The JSON report (schema 1) and the human summary: a golden key structure, the invariants, the histogram,
+"""The JSON report (schema 2) and the human summary: a golden key structure, the invariants, the histogram,
 where each output goes, and saved reports shown and merged (issue 3, "Reports")."""
 
 from __future__ import annotations
@@ -188,9 +188,9 @@ class TestStructure:
         conforms(json.loads(runs["to_stdout"].stdout), GOLDEN)
 
     def test_identity(self, runs):
-        """schema 1, the run id given, the target, a UTC start time of this run, and the options used."""
+        """schema 2, the run id given, the target, a UTC start time of this run, and the options used."""
         report = runs["report"]
-        assert report["schema"] == 1
+        assert report["schema"] == 2
         assert report["run_id"] == "golden"
         assert report["target"] == runs["target"]
         started = datetime.datetime.fromisoformat(report["started_at"])

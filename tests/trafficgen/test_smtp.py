@@ -109,7 +109,7 @@ class Rules(CaptureHandler):
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope: Envelope, address: str, options):
-        number = int(address.split("@")[0].removeprefix("user-"))
+        number = int(address.split("@")[0].split(".")[0].removeprefix("user-"))
         answer = self.rcpt.get(number)
         if answer:
             return answer
@@ -186,7 +186,7 @@ class TestSession:
             await session.quit()
         assert (outcome.kind, outcome.code, outcome.recipient_kinds) == (ACCEPTED, 250, (ACCEPTED,))
         assert outcome.started <= outcome.mail <= outcome.rcpt <= outcome.end
-        assert rules.delivered == [["user-0@unit.test.sink.test"]]
+        assert rules.delivered == [["user-0.unit@unit.test.sink.test"]]
 
     @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "stepwise"])
     async def test_rcpt_time_answers_per_recipient(self, pipelining):
@@ -202,7 +202,7 @@ class TestSession:
         assert outcome.kind == ACCEPTED
         assert outcome.recipient_kinds == (ACCEPTED, PERMFAILED, TEMPFAILED, ACCEPTED)
         assert second.recipient_kinds == (ACCEPTED,) * 4
-        assert rules.delivered[0] == ["user-0@unit.test.sink.test", "user-3@unit.test.sink.test"]
+        assert rules.delivered[0] == ["user-0.unit@unit.test.sink.test", "user-3.unit@unit.test.sink.test"]
 
     @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "stepwise"])
     @pytest.mark.parametrize(

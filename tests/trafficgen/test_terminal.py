@@ -26,7 +26,17 @@ from harness import ROOT, child_env
 from harness.postfix import needs_postfix, running_postfix
 from harness.sink import running_sink
 from harness.trafficgen import run_report, run_trafficgen
-from trafficgen.stats.progress import PLAIN_WIDTH, Snapshot, Tick, clock, eta, lines, table
+from trafficgen.stats.progress import (
+    PLAIN_WIDTH,
+    Snapshot,
+    Tick,
+    clock,
+    eta,
+    lines,
+    reconcile_lines,
+    reconcile_table,
+    table,
+)
 from trafficgen.stats.report import distinct_cuts
 from trafficgen.stats.report import summary as summary_of
 
@@ -152,6 +162,22 @@ def test_recipients_per_message_shows_recipient_outcomes(sink):
     assert "(3 a message)" in line
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+def test_reconcile_wait_shows_progress(sink, tmp_path, columns):
+    """While --reconcile-wait asks, the live view says the time left and the recipients accepted, delivered and not
+    seen yet (here a second sink that receives nothing: every recipient stays unseen for the 2 s), within the
+    terminal's width."""
+    with running_sink(policy=POLICY, tmp=tmp_path) as elsewhere:
+        args = ["--target", sink.target, "--message-count", "30", "--recipients-per-message", "2", "--keep-going"]
+        args += ["--reconcile", f"http://{elsewhere.http}", "--reconcile-wait", "2"]
+        shown = screen_lines(under_pty(args, columns))
+    assert [line for line in shown if len(line) > columns] == []
+    titles = [line for line in shown if re.match(r"^reconciling +\d+ s left$", line.strip())]
+    assert titles, "\n".join(shown)
+    header = next(line for line in shown if "not seen yet" in line)
+    assert [word for word in header.split() if word.isalpha()][:2] == ["accepted", "delivered"]
+
+
 class TestPlainLines:
     """Pure: what one plain progress update prints."""
 
@@ -165,6 +191,28 @@ class TestPlainLines:
         text = "\n".join(out)
         for words in ("asked 200,000.0/s", "p99 12,345.6 ms", "50% of 20,000,000, ETA 1:41", "BEHIND: asked"):
             assert words in text, text
+
+    def test_reconcile_lines_within_100_columns(self):
+        """While --reconcile-wait asks: the time left, recipients and messages delivered of those accepted, and
+        those awaited, in lines of at most 100 columns even with counts in the millions; the live view alike."""
+        recipients = {"accepted": 9_999_999, "delivered": 8_000_000, "duplicated": 1, "bounced": 12_345, "expired": 0}
+        recipients |= {"deferred": 1_234_567, "pending": 0, "lost": 98_765, "bounced_without_dsn": 4_321}
+        document = {"per": "recipient", "recipients": recipients}
+        document["messages"] = {"accepted": 2_500_000, "delivered": 1_999_999, "duplicated": 1}
+        out = reconcile_lines(document, 3_599.0)
+        assert all(len(line) <= PLAIN_WIDTH for line in out), out
+        text = "\n".join(out)
+        for words in (
+            "reconciling  59:59 left",
+            "delivered 8,000,001 of 9,999,999 recipients (2,000,000 of 2,500,000 messages)",
+            "deferred 1,234,567",
+            "not seen yet 98,765",
+            "bounced awaiting DSN 4,321",
+        ):
+            assert words in text, text
+        console = Console(file=io.StringIO(), width=80)
+        console.print(reconcile_table(document, 3_599.0))
+        assert all(len(line) <= 80 for line in console.file.getvalue().splitlines())
 
     def test_one_line_when_nothing_extra(self):
         assert len(lines(Tick(Snapshot(10, 9, 1, 0, 0, 2), 10.0, 1.0))) == 1

@@ -21,7 +21,7 @@ from smartsink.tls import self_signed, server_context
 
 DEFAULT_DOMAINS = ("aol.com", "gmail.com", "hotmail.com", "yahoo.com")
 LINE_MAX = 78
-RECIPIENT = re.compile(rb"^user-(\d+)@(.+)$")
+RECIPIENT = re.compile(rb"^user-(\d+)\.[a-z0-9_-]+@(.+)$")
 AUTH_WARNING = "ignore:Requiring AUTH while not requiring TLS:UserWarning"
 
 
@@ -43,14 +43,15 @@ class TestEnvelope:
         ids=["default-suffix", "custom-suffix", "no-suffix"],
     )
     def test_generated_addresses_carry_the_suffix(self, args, suffix):
-        """Recipients are user-<n>@<domain><suffix> and the sender noreply@ the same domain; '' drops the suffix."""
+        """Recipients are user-<n>.<run>@<domain><suffix> and the sender noreply@ the same domain; '' drops the
+        suffix."""
         with CaptureServer() as server:
             send(server, "--concurrency", "3", *args)
         assert len(server.messages) == 20
         for message in server.messages:
             (recipient,) = message.rcpt_tos
             local, _, domain = recipient.partition("@")
-            assert re.fullmatch(r"user-\d+", local)
+            assert re.fullmatch(r"user-\d+\.[0-9a-f]{12}", local), "numbered, and the run's tag (a random run id)"
             assert domain.removesuffix(suffix) in DEFAULT_DOMAINS
             assert domain.endswith(suffix)
             assert message.mail_from == f"noreply@{domain}"

@@ -28,8 +28,8 @@ class ReportError(ValueError):
 
 def check(document: Any, name: str) -> dict[str, Any]:
     """The document, if it is a report these commands can read; else ReportError naming the first problem."""
-    if not isinstance(document, dict) or document.get("schema") != reports.SCHEMA:
-        raise ReportError(f"{name} is not a trafficgen report with schema {reports.SCHEMA}")
+    if not isinstance(document, dict) or document.get("schema") not in reports.READABLE_SCHEMAS:
+        raise ReportError(f"{name} is not a trafficgen report with schema {reports.SCHEMA} (or 1)")
     for key in (
         "run_id",
         "target",
@@ -55,7 +55,7 @@ def check(document: Any, name: str) -> dict[str, Any]:
         reports.recorder_of(document)  # counts, replies and every histogram decode
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, zlib.error) as e:
         raise ReportError(f"{name}: the report is damaged ({type(e).__name__}: {e})") from None
-    return document
+    return reports.upgrade(document)
 
 
 def _time(document: dict[str, Any]) -> float:
@@ -148,15 +148,26 @@ def _merged_recorder(documents: list[dict[str, Any]]) -> Recorder:
 
 
 def _merged_reconciliation(parts: list[dict[str, Any]], single_run: bool) -> dict[str, Any]:
-    """The reconciliations of instances (shards) added up."""
-    combined: dict[str, Any] = {"sink": ", ".join(sorted({p["sink"] for p in parts}))}
-    for key in contract.RECONCILE_COUNTS:
-        combined[key] = sum(p.get(key, 0) for p in parts)
-    combined["attempts"] = {
-        bucket: sum((p.get("attempts") or {}).get(bucket, 0) for p in parts) for bucket in contract.ATTEMPT_BUCKETS
+    """The reconciliations of instances (shards) added up: both views' counts and attempts, and the samples."""
+    pers = {p.get("per") for p in parts}
+    combined: dict[str, Any] = {
+        "sink": ", ".join(sorted({p["sink"] for p in parts})),
+        "mta_queue": next((p["mta_queue"] for p in parts if p.get("mta_queue")), None),
+        "per": pers.pop() if len(pers) == 1 else "mixed",
     }
-    for key in ("lost_ids", "duplicated_ids", "bounced_without_dsn_ids", "dsn_after_delivery_ids"):
-        combined[key] = [i for p in parts for i in p.get(key, [])][:100]
+    views = {
+        "recipients": ("accepted", *contract.RECIPIENT_OUTCOMES, *contract.RECIPIENT_DETAILS),
+        "messages": ("accepted", *contract.MESSAGE_OUTCOMES),
+    }
+    for view, keys in views.items():
+        combined[view] = {key: sum(p[view].get(key, 0) for p in parts) for key in keys}
+        combined[view]["attempts"] = {
+            bucket: sum((p[view].get("attempts") or {}).get(bucket, 0) for p in parts)
+            for bucket in contract.ATTEMPT_BUCKETS
+        }
+    combined["samples"] = {
+        kind: [s for p in parts for s in (p.get("samples") or {}).get(kind, [])][:100] for kind in contract.SAMPLE_KINDS
+    }
     # Instances of one run (shards) share its run id, so each sink's transit times are the whole run's.
     if single_run:
         combined["transit_ms"] = parts[0].get("transit_ms")

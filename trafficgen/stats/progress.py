@@ -10,7 +10,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from rich.console import Console
 from rich.live import Live
@@ -111,6 +111,11 @@ def lines(tick: Tick) -> list[str]:
         eta(tick),
         behind_text(tick),
     ]
+    return _packed(parts)
+
+
+def _packed(parts: list[str | None]) -> list[str]:
+    """Parts joined by two spaces into lines of at most PLAIN_WIDTH columns, the later ones indented."""
     out = [""]
     for part in parts:
         if part is None:
@@ -223,3 +228,77 @@ class Progress:
         finally:
             if live is not None:
                 live.stop()
+
+
+# --- while --reconcile-wait asks the sinks --------------------------------------------------------------------
+
+
+def reconcile_lines(document: dict[str, Any], left_s: float) -> list[str]:
+    """Plain progress while --reconcile-wait asks: reconcile_parts() in lines of at most PLAIN_WIDTH columns."""
+    return _packed(list(reconcile_parts(document, left_s)))
+
+
+def reconcile_parts(document: dict[str, Any], left_s: float) -> list[str]:
+    """What one reading of the sinks shows while trafficgen waits: the time left, the recipients (and messages)
+    delivered so far of those the target accepted, and those still awaited: deferred in the MTA's queue, pending
+    (only deferred by the sink), not seen yet, bounced without their DSN yet."""
+    r, m = document["recipients"], document["messages"]
+    per_recipient = document.get("per") == "recipient"
+    delivered = f"delivered {r['delivered'] + r['duplicated']:,} of {r['accepted']:,}"
+    if per_recipient:
+        delivered += f" recipients ({m['delivered'] + m['duplicated']:,} of {m['accepted']:,} messages)"
+    parts = [f"reconciling  {clock(left_s)} left", delivered]
+    for key, label in (("deferred", "deferred"), ("pending", "pending"), ("lost", "not seen yet")):
+        if r[key]:
+            parts.append(f"{label} {r[key]:,}")
+    if r["bounced_without_dsn"]:
+        parts.append(f"bounced awaiting DSN {r['bounced_without_dsn']:,}")
+    return parts
+
+
+def reconcile_table(document: dict[str, Any], left_s: float) -> Table:
+    """The live view of reconcile_parts(): one row, a column each."""
+    r = document["recipients"]
+    view = Table(title=f"reconciling  {clock(left_s)} left", title_justify="left", show_edge=False, pad_edge=False)
+    cells = [("accepted", r["accepted"]), ("delivered", r["delivered"] + r["duplicated"])]
+    cells += [(key, r[key]) for key in ("bounced", "expired", "deferred", "pending") if r[key]]
+    cells.append(("not seen yet", r["lost"]))
+    for label, _ in cells:
+        view.add_column(label, justify="right", no_wrap=True)
+    view.add_row(*(f"{value:,}" for _, value in cells))
+    if document.get("per") == "recipient":
+        view.caption = f"recipients; messages delivered {document['messages']['delivered']:,} of "
+        view.caption += f"{document['messages']['accepted']:,}"
+        view.caption_justify = "left"
+    return view
+
+
+class ReconcileProgress:
+    """Live progress while --reconcile-wait asks the sinks (each reading: `update`), on a terminal as a live view,
+    else as plain lines; nothing when quiet."""
+
+    def __init__(self, quiet: bool = False, out: IO[str] | None = None):
+        self.quiet = quiet
+        self.out = out or sys.stderr
+        self.live: Live | None = None
+        self.console: Console | None = None
+
+    def update(self, document: dict[str, Any], left_s: float) -> None:
+        if self.quiet:
+            return
+        if self.console is None:
+            self.console = Console(file=self.out)
+        if not self.console.is_terminal:
+            for text in reconcile_lines(document, left_s):
+                print(text, file=self.out, flush=True)
+            return
+        view = reconcile_table(document, left_s)
+        if self.live is None:
+            self.live = Live(view, console=self.console, auto_refresh=False)
+            self.live.start()
+        self.live.update(view, refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None

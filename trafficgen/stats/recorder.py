@@ -87,6 +87,7 @@ class Recorder:
         corrected: bool = False,
         marks: bool = False,
         shards: int = 1,
+        marks_per_message: int = 1,
         intervals: bool = False,
         dimensions: dict[str, list[str]] | None = None,
         stages: bool = False,
@@ -116,9 +117,11 @@ class Recorder:
         self.connection_errors: Counter[str] = Counter()  # connections that could not be opened, by why
         self._keys: dict[tuple[int, str], tuple[int, str]] = {}
         self._heads: dict[tuple[int, str], tuple[int, str]] = {}
-        # For --reconcile: one byte per message of this instance (seq // shards): 1 accepted, 2 not.
+        # For --reconcile: one byte per recipient of this instance (recipient j of message seq at (seq // shards) *
+        # marks_per_message + j; one per message with --recipient): 1 the target accepted it, 2 not.
         self.marks: bytearray | None = bytearray() if marks else None
         self.shards = shards
+        self.marks_per_message = marks_per_message
         # For --hdr-log: the transaction latency since the last take_interval().
         self.interval: Histogram | None = new_histogram() if intervals else None
         # The run over time (the report's timeline): counts, connections and latency per interval.
@@ -133,7 +136,7 @@ class Recorder:
     def record(self, message: Message, outcome: Outcome) -> None:
         kind = outcome.kind
         if self.marks is not None:
-            self._mark(message.seq // self.shards, MARK_ACCEPTED if kind == ACCEPTED else MARK_REFUSED)
+            self._mark(message.seq // self.shards, kind, outcome.recipient_kinds)
         row = self.counts[message.domain]
         row[0] += 1
         row[kind + 1] += 1
@@ -192,12 +195,20 @@ class Recorder:
             self.stage_counts.append([0, 0, 0, 0, 0])
             self.stage_latency.append(new_histogram())
 
-    def _mark(self, index: int, mark: int) -> None:
+    def _mark(self, index: int, kind: int, recipient_kinds: tuple[int, ...]) -> None:
+        """A message's marks: each recipient the target accepted in a message it accepted is 1, any other 2."""
         marks = self.marks
         assert marks is not None
-        if index >= len(marks):
-            marks.extend(bytes(max(index + 1 - len(marks), len(marks), 1024)))
-        marks[index] = mark
+        per = self.marks_per_message
+        first = index * per
+        if first + per > len(marks):
+            marks.extend(bytes(max(first + per - len(marks), len(marks), 1024)))
+        if per == 1:
+            marks[first] = MARK_ACCEPTED if kind == ACCEPTED else MARK_REFUSED
+            return
+        for j in range(per):
+            taken = kind == ACCEPTED and j < len(recipient_kinds) and recipient_kinds[j] == ACCEPTED
+            marks[first + j] = MARK_ACCEPTED if taken else MARK_REFUSED
 
     def _reply_key(self, code: int, text: str) -> tuple[int, str]:
         """reply_key(), remembered: the regular expressions run once per kind of reply, not once per message.

@@ -1,4 +1,4 @@
-"""The report of a run: a JSON document (schema 1, docs/report.md) and the summary people read.
+"""The report of a run: a JSON document (schema 2, docs/report.md) and the summary people read.
 
 build() turns a Recorder into the document; summary() renders a document, so a merged or saved report
 prints exactly like a live one. The document carries every histogram in HdrHistogram's standard compressed
@@ -20,6 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from mailload import contract
 from trafficgen import __version__
 from trafficgen import profile as profiles
 from trafficgen import thresholds as threshold_parser
@@ -28,7 +29,9 @@ from trafficgen.stats.histogram import summary as histogram_summary
 from trafficgen.stats.recorder import DIMENSIONS, PHASES, Recorder
 from trafficgen.stats.timeline import COUNT_KEYS, from_report
 
-SCHEMA = 1
+SCHEMA = 2
+# Schema 1 differs only in its reconciliation (one verdict per message, in flat keys): upgrade() rewrites it.
+READABLE_SCHEMAS = (1, SCHEMA)
 PERCENTILES = (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99_9", 99.9))
 TOP_REPLIES = 10
 NARROW = 110  # a summary narrower than this uses the narrow tables
@@ -51,6 +54,52 @@ def latency_ms(histogram: HdrHistogram | None) -> dict[str, float | int | None] 
         out[key] = round(value / 1000, 3)
     out["max"] = round(histogram.get_max_value() / 1000, 3)
     return out
+
+
+def upgrade(document: dict[str, Any]) -> dict[str, Any]:
+    """A report of schema 1 as schema 2: its reconciliation, one verdict per message in flat keys, becomes the
+    `recipients` and `messages` views of one per message (`per: "message"`). Other reports are returned as they are."""
+    if document.get("schema") != 1:
+        return document
+    old = document.get("reconciliation")
+    if isinstance(old, dict) and "error" not in old and "recipients" not in old:
+        document["reconciliation"] = _reconciliation_of_schema_1(old)
+    document["schema"] = SCHEMA
+    return document
+
+
+def _reconciliation_of_schema_1(old: dict[str, Any]) -> dict[str, Any]:
+    duplicated = old.get("duplicated", 0)
+    outcomes = {
+        "delivered": old.get("delivered", 0) - duplicated,  # schema 1 counted the duplicated among the delivered
+        "duplicated": duplicated,
+        "bounced": old.get("bounced", 0),
+        "expired": old.get("expired", 0),
+        "deferred": 0,
+        "pending": old.get("deferred_pending", 0),
+        "lost": old.get("lost", 0),
+        "unknown": old.get("unknown", 0),
+    }
+    accepted = sum(outcomes.values())
+    attempts = old.get("attempts") or {}
+    details = {key: old.get(key, 0) for key in contract.RECIPIENT_DETAILS}
+    samples = {
+        kind: [{"id": i, "recipient": None, "sink_saw": None} for i in old.get(f"{kind}_ids") or []]
+        for kind in contract.SAMPLE_KINDS
+    }
+    return {
+        **{key: old[key] for key in ("sink", "waited_s") if key in old},
+        "mta_queue": None,
+        "per": "message",
+        "recipients": {"accepted": accepted, **outcomes, **details, "attempts": attempts},
+        "messages": {
+            "accepted": accepted,
+            **{k: outcomes.get(k, 0) for k in contract.MESSAGE_OUTCOMES},
+            "attempts": attempts,
+        },
+        "samples": samples,
+        **{key: old[key] for key in ("transit_ms", "marks") if key in old},
+    }
 
 
 BEHIND = 0.98  # an achieved rate below this share of the asked one is reported as behind schedule
@@ -284,7 +333,7 @@ def _print_summary(console: Console, report: dict[str, Any], show_timeline: bool
         console.print(_replies_table(report, console.width))
     reconciliation = report.get("reconciliation")
     if reconciliation and "error" not in reconciliation:
-        print_reconciliation(console, reconciliation, report["totals"]["accepted"])
+        print_reconciliation(console, reconciliation)
     if report["errors"]:
         console.print(_errors_table(report, console.width))
     if report.get("thresholds"):
@@ -641,45 +690,98 @@ def _errors_table(report: dict[str, Any], width: int = 120) -> Table:
     return errors
 
 
-def print_reconciliation(console: Console, r: dict[str, Any], accepted: int) -> None:
-    """What became of the messages the target accepted, as the sinks saw them."""
+RECONCILE_HEADERS = {
+    "delivered": "delivered",
+    "partly_delivered": "partly delivered",
+    "duplicated": "duplicated",
+    "bounced": "bounced",
+    "expired": "expired",
+    "deferred": "deferred",
+    "pending": "pending",
+    "lost": "lost",
+    "unknown": "unknown",
+}
+RECONCILE_ALWAYS = ("delivered", "duplicated", "lost")  # the questions reconciliation answers: shown even at 0
+SAMPLES_SHOWN = 5
+
+
+def _print_attempts(console: Console, r: dict[str, Any], per_recipient: bool) -> None:
+    views = (("recipients", "each delivered recipient"), ("messages", "each delivered message (its recipients' most)"))
+    for view, who in views if per_recipient else views[1:]:
+        tries = {k: v for k, v in (r[view].get("attempts") or {}).items() if v}
+        if tries:
+            console.print(f"  attempts {who}: " + "  ".join(f"{k}: {v:,}" for k, v in tries.items()))
+
+
+def print_reconciliation(console: Console, r: dict[str, Any]) -> None:
+    """What became of the recipients and messages the target accepted, as the sinks (and the MTA's queue) saw
+    them: a table of the outcomes, the DSNs, the attempts, ids of each problem with what the sink saw, transit."""
     waited = f" after {r['waited_s']:g} s" if r.get("waited_s") else ""
-    console.print(f"reconciliation with {r['sink']}{waited}: of {accepted:,} accepted by the target")
-    bounced = f"bounced {r['bounced']:,}"
-    if r["bounced"]:
-        bounced += f" (DSN returned {r.get('dsn_returned', 0):,}, without DSN {r.get('bounced_without_dsn', 0):,})"
-    line = (
-        f"  delivered {r['delivered']:,}  {bounced}  deferred {r['deferred_pending']:,}"
-        + (f"  expired {r['expired']:,}" if r.get("expired") else "")
-        + f"  [bold]lost {r['lost']:,}  duplicated {r['duplicated']:,}[/bold]"
-    )
-    for key in ("dsn_after_delivery", "unexpected", "unknown"):
-        if r.get(key):
-            line += f"  {key.replace('_', ' ')} {r[key]:,}"
-    console.print(line)
-    tries = {k: v for k, v in (r.get("attempts") or {}).items() if v}
-    if tries:
-        console.print("  attempts each delivered message took: " + "  ".join(f"{k}: {v:,}" for k, v in tries.items()))
-    for kind in ("lost", "duplicated", "bounced_without_dsn", "dsn_after_delivery"):
-        if r.get(f"{kind}_ids"):
-            console.print(f"  {kind.replace('_', ' ')}: {' '.join(r[f'{kind}_ids'][:10])}")
-    transit = r.get("transit_ms") or {}
-    if transit.get("all"):
-        table = Table(
-            box=box.SIMPLE,
-            title="transit through the target to the sink's final answer (ms)",
-            title_justify="left",
-            pad_edge=False,
+    queue = f", asking the MTA's queue ({r['mta_queue']})" if r.get("mta_queue") else ""
+    recipients, messages = r["recipients"], r["messages"]
+    per_recipient = r.get("per") == "recipient"
+    of = f"{messages['accepted']:,} messages"
+    if per_recipient:
+        of = f"{recipients['accepted']:,} recipients in {of}"
+    console.print(f"reconciliation with {r['sink']}{waited}{queue}: of {of} the target accepted")
+    console.print(_reconciliation_table(recipients if per_recipient else None, messages))
+    who = "recipients" if per_recipient else "messages"
+    if recipients["bounced"]:
+        console.print(
+            f"  bounced {who}: DSN returned {recipients['dsn_returned']:,}, "
+            f"without DSN {recipients['bounced_without_dsn']:,}"
         )
-        columns = ("count", "min", "p50", "p90", "p99", "max")
-        table.add_column("domain")
-        for c in columns:
-            table.add_column(c, justify="right")
-        for name, stats in (("all", transit["all"]), *transit["domains"].items()):
-            table.add_row(name, *(_n(stats[c]) for c in columns))
-        console.print(table)
-        if transit.get("clock_skew"):
-            console.print(
-                f"  {transit['clock_skew']:,} messages arrived before they were sent: the clocks of trafficgen's "
-                "and the sink's hosts disagree (run both on one host, or keep them in sync with NTP)"
-            )
+    for key, text in (
+        ("dsn_after_delivery", "delivered, yet returned in a DSN (a bounce for delivered mail)"),
+        ("unexpected", "refused by the target, yet delivered to the sink"),
+    ):
+        if recipients.get(key):
+            console.print(f"  {who} {text}: {recipients[key]:,}")
+    _print_attempts(console, r, per_recipient)
+    _print_samples(console, r.get("samples") or {})
+    _print_transit(console, r.get("transit_ms") or {})
+
+
+def _reconciliation_table(recipients: dict[str, Any] | None, messages: dict[str, Any]) -> Table:
+    """A row of recipients (None: not told apart) and one of messages, a column per outcome with something in it."""
+    rows = [("recipients", recipients)] if recipients is not None else []
+    rows.append(("messages", messages))
+    keys = [k for k in RECONCILE_HEADERS if k in RECONCILE_ALWAYS or any(row.get(k) for _, row in rows)]
+    table = Table(box=box.SIMPLE, pad_edge=False, show_edge=False)
+    table.add_column("")
+    for key in keys:
+        table.add_column(RECONCILE_HEADERS[key], justify="right", no_wrap=True)
+    for name, row in rows:
+        table.add_row(name, *(_n(row[k]) if k in row else "-" for k in keys))
+    return table
+
+
+def _print_samples(console: Console, samples: dict[str, list[dict[str, Any]]]) -> None:
+    for kind in ("lost", "duplicated", "bounced_without_dsn", "dsn_after_delivery"):
+        for entry in samples.get(kind, [])[:SAMPLES_SHOWN]:
+            who = f" {entry['recipient']}" if entry.get("recipient") else ""
+            saw = f": the sink saw {entry['sink_saw']}" if entry.get("sink_saw") else ""
+            console.print(f"  {kind.replace('_', ' ')}: {entry['id']}{who}{saw}")
+
+
+def _print_transit(console: Console, transit: dict[str, Any]) -> None:
+    if not transit.get("all"):
+        return
+    table = Table(
+        box=box.SIMPLE,
+        title="transit through the target to the sink's final answer (ms)",
+        title_justify="left",
+        pad_edge=False,
+    )
+    columns = ("count", "min", "p50", "p90", "p99", "max")
+    table.add_column("domain")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, stats in (("all", transit["all"]), *transit["domains"].items()):
+        table.add_row(name, *(_n(stats[c]) for c in columns))
+    console.print(table)
+    if transit.get("clock_skew"):
+        console.print(
+            f"  {transit['clock_skew']:,} recipients arrived before they were sent: the clocks of trafficgen's "
+            "and the sink's hosts disagree (run both on one host, or keep them in sync with NTP)"
+        )
