@@ -375,8 +375,12 @@ class TestWhatThePageShows:
     def single(two_runs, tmp_path_factory) -> dict[str, Any]:
         """The first run's page (a run with --reconcile), with two counts a later reconciliation may add."""
         report = json.loads(json.dumps(two_runs["first"]))
-        report["reconciliation"]["recipients"] = {"delivered": 4321, "lost": 7}
-        report["reconciliation"]["messages_pending"] = 5
+        reconciliation = report["reconciliation"]
+        reconciliation["recipients"]["resent"] = 3  # a count a later schema may add to a view
+        reconciliation["messages_pending"] = 5  # and one beside the views
+        reconciliation["samples"]["lost"] = [
+            {"id": "run.17", "recipient": "user-17.run", "sink_saw": "nothing", "mta_said": None}
+        ]
         tmp = tmp_path_factory.mktemp("page")
         (tmp / "run.json").write_text(json.dumps(report))
         done = run_trafficgen("report", "html", str(tmp / "run.json"), "-o", str(tmp / "run.html"))
@@ -418,18 +422,25 @@ class TestWhatThePageShows:
             assert f"{reply['count']:,}" in facts["charts"]["replies"]["bar_texts"]
 
     def test_reconciliation(self, single):
-        """Every count the reconciliation holds is shown, those of today and any added later; and its tables."""
+        """The recipients' and the messages' outcomes in one table (the columns with something in them, and
+        delivered, duplicated, lost always), counts added later shown too, the attempts, transit times and the ids
+        of each problem with what the sink saw of them."""
         reconciliation = single["report"]["reconciliation"]
+        assert reconciliation["per"] == "recipient"
         text = single["facts"]["text"]
-        section = rows_of(single["facts"]["tables"]["Reconciliation"])
-        for key in ("delivered", "bounced", "deferred_pending", "lost", "duplicated", "messages_pending"):
-            assert section[key.replace("_", " ")] == [f"{reconciliation[key]:,}"], (key, section)
         rows = single["facts"]["tables"]["Reconciliation"]
-        assert ["", "delivered", "lost"] in rows, rows  # the recipients' counts
-        assert ["", "4,321", "7"] in rows, rows
-        assert "recipients" in text
-        assert "transit ms" in text
-        assert "attempts" in text
+        at = next(i for i, row in enumerate(rows) if row[:2] == ["", "accepted"])
+        header, outcomes = rows[at], rows_of(rows[at + 1 : at + 3])  # the attempts' table has rows of those names
+        section = rows_of(rows)
+        for view in ("recipients", "messages"):
+            counts = reconciliation[view]
+            for column in ("accepted", "delivered", "duplicated", "lost"):
+                assert outcomes[view][header.index(column) - 1] == f"{counts[column]:,}", (view, column, rows)
+        assert outcomes["recipients"][header.index("resent") - 1] == "3"
+        assert section["messages pending"] == ["5"]
+        assert section["run.17"] == ["user-17.run", "nothing", "-"], rows
+        for words in ("attempts", "transit ms", "lost"):
+            assert words in text
 
     def test_no_point_before_the_start(self, single):
         """The first interval starts on a clock second before the run did: it is drawn at its end, never below 0."""

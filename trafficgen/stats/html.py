@@ -511,11 +511,61 @@ def _reconciliation(r: dict[str, Any], label: str) -> str:
     counts = [(k.replace("_", " "), [v]) for k, v in r.items() if _is_number(v) and k != "waited_s"]
     if counts:
         parts.append(_table(["", "count"], counts, "reconciliation"))
+    views = {k: r[k] for k in VIEWS if isinstance(r.get(k), dict)}
+    if views:
+        parts.append(_outcomes(views))
     for key, value in r.items():
-        if key in ("marks", "sink") or _is_number(value) or value is None:
+        if key in ("marks", "sink", *views) or _is_number(value) or value is None:
             continue
-        parts.append(_reconciliation_part(key, value))
+        parts.append(_samples(value) if key == "samples" else _reconciliation_part(key, value))
     return f'<section id="reconciliation"><h2>{heading}</h2>{"".join(parts)}</section>'
+
+
+VIEWS = ("recipients", "messages")  # schema 2: the outcome of each recipient, and of each message from its recipients
+ALWAYS = ("delivered", "duplicated", "lost")  # columns shown even at 0, as the terminal shows them
+
+
+def _outcomes(views: dict[str, dict[str, Any]]) -> str:
+    """The recipients' and the messages' outcomes as one table, a row each (the columns with something in them and
+    always delivered, duplicated, lost, as in the terminal), then their attempts, then any other part."""
+    columns = [
+        c
+        for c in dict.fromkeys(k for view in views.values() for k, v in view.items() if _is_number(v))
+        if c in ALWAYS or c == "accepted" or any(view.get(c) for view in views.values())
+    ]
+    out = _table(
+        ["", *(c.replace("_", " ") for c in columns)],
+        [(k, [v.get(c) for c in columns]) for k, v in views.items()],
+        "reconciliation",
+    )
+    nested = {
+        key: {name: view[key] for name, view in views.items() if isinstance(view.get(key), dict)}
+        for key in dict.fromkeys(k for view in views.values() for k, v in view.items() if isinstance(v, dict))
+    }
+    for key, rows in nested.items():
+        out += f"<h3>{html.escape(key.replace('_', ' '))}</h3>" + _rows_table(rows)
+    return out
+
+
+def _samples(samples: Any) -> str:
+    """Up to 20 of each problem's recipients: the message id, the recipient, what the sink and the MTA said."""
+    if not isinstance(samples, dict):
+        return _reconciliation_part("samples", samples)
+    out = ""
+    for kind, entries in samples.items():
+        if not entries:
+            continue
+        if not (isinstance(entries, list) and all(isinstance(e, dict) for e in entries)):
+            out += _reconciliation_part(kind, entries)
+            continue
+        columns = list(dict.fromkeys(k for e in entries[:20] for k in e))
+        more = f" (the first 20 of {len(entries):,})" if len(entries) > 20 else ""
+        out += f"<h3>{html.escape(kind.replace('_', ' '))}{more}</h3>" + _table(
+            columns,
+            [(str(e.get(columns[0])), [e.get(c) for c in columns[1:]]) for e in entries[:20]],
+            "reconciliation",
+        )
+    return out
 
 
 def _counts_only(value: Any) -> bool:
