@@ -285,29 +285,29 @@ class TestComposeConfig:
         assert compose_config(ROOT)["name"] == compose_config(ROOT / "docker")["name"] == "smartsink"
 
     def test_defaults(self):
-        """SMTP on 2525 and 2026 and DNS on 2053 of every interface, the admin API on loopback's 8000 only, the
-        repository's policy."""
+        """SMTP on 2525 and 2026 and DNS on 2053 of every interface, the admin API on loopback's 8026 only (not
+        kumod's 8000), the repository's policy."""
         config = compose_config(ROOT)
         assert published(config, 25) == [("", "2525"), ("", "2026")]
         assert published(config, 53, "udp") == published(config, 53, "tcp") == [("", "2053")]
-        assert published(config, 8000) == [("127.0.0.1", "8000")]
+        assert published(config, 8026) == [("127.0.0.1", "8026")]
         volume = config["services"]["smartsink"]["volumes"][0]
         assert (volume["source"], volume["target"]) == (str(ROOT / "policy"), "/etc/smartsink")
         assert volume["read_only"] is True
 
     def test_variables_move_ports_open_the_admin_api_and_change_the_policy(self, tmp_path: Path):
-        """SMARTSINK_ADMIN_PUBLISH=8000 opens the admin API on every interface; the others move what they name."""
+        """SMARTSINK_ADMIN_PUBLISH=8026 opens the admin API on every interface; the others move what they name."""
         config = compose_config(
             ROOT,
             SMARTSINK_SMTP_PUBLISH="127.0.0.1:2600",
             SMARTSINK_REDIRECT_PUBLISH="2601",
-            SMARTSINK_ADMIN_PUBLISH="8000",
+            SMARTSINK_ADMIN_PUBLISH="8026",
             SMARTSINK_DNS_PUBLISH="127.0.0.1:2602",
             SMARTSINK_POLICY_DIR=str(tmp_path),
         )
         assert published(config, 25) == [("127.0.0.1", "2600"), ("", "2601")]
         assert published(config, 53, "udp") == [("127.0.0.1", "2602")]
-        assert published(config, 8000) == [("", "8000")]
+        assert published(config, 8026) == [("", "8026")]
         assert config["services"]["smartsink"]["volumes"][0]["source"] == str(tmp_path)
 
     def test_trafficgen_runs_the_built_image_and_never_builds(self):
