@@ -226,6 +226,19 @@ class TestImage:
         ids = stack.engine.run("run", "--rm", "--network", "none", "--entrypoint", "id", IMAGE).stdout
         assert ids.split()[:2] == ["uid=10025(smartsink)", "gid=10025(smartsink)"]
 
+    def test_kumomtas_policy_path_is_served_when_mounted(self, stack: Stack, tmp_path: Path):
+        """A policy mounted where KumoMTA's smart-sink compose file puts it (./policy:/opt/kumomta/etc/policy), no
+        policy named: the image serves that file; without the mount, its own /etc/smartsink/responses.toml."""
+        kumo = tmp_path / "kumo-policy"
+        kumo.mkdir(mode=0o755)
+        (kumo / "responses.toml").write_text('[domain."kumo.test"]\nbounce = 100\n')
+        (kumo / "responses.toml").chmod(0o644)
+        run = ("run", "--rm", "--network", "none")
+        mounted = stack.engine.run(*run, "-v", f"{kumo}:/opt/kumomta/etc/policy:ro", IMAGE, "--check").stdout
+        assert mounted == "/opt/kumomta/etc/policy/responses.toml: OK, 1 domains\n"
+        own = stack.engine.run(*run, IMAGE, "--check").stdout
+        assert own.startswith("/etc/smartsink/responses.toml: OK, ")
+
     def test_no_layer_holds_wheels_or_pip(self, stack: Stack):
         """No layer of the image carries a wheel or pip: removing them in a later layer would not shrink it."""
         saved = subprocess.Popen(["docker", "save", IMAGE], env=stack.engine.env, stdout=subprocess.PIPE)
