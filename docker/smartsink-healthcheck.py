@@ -19,7 +19,7 @@ def admin_address() -> str:
     port = os.environ.get("SINK_HTTP")
     if port:
         return f"127.0.0.1:{port}"
-    host, _, port = os.environ.get("SMARTSINK_HTTP", "127.0.0.1:8000").rpartition(":")
+    host, _, port = os.environ.get("SMARTSINK_HTTP", "127.0.0.1:8026").rpartition(":")
     if host in ("", "0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"

@@ -1,4 +1,5 @@
-"""The admin HTTP listener (aiohttp): /health, /metrics, KumoMTA's inject API, and the run ledger.
+"""The admin HTTP listener (aiohttp): /health, /metrics, KumoMTA's inject API, the run ledger, and /state (what
+the sink has learnt: see it, reset it).
 
 It is served by the process that owns the sink as a whole: the only process with one worker, the
 supervisor with several, so /metrics and /runs always describe the whole sink.
@@ -16,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
 import time
@@ -29,6 +31,7 @@ from mailload import contract
 from smartsink import inject as inject_api
 from smartsink import logs, metrics
 from smartsink.ledger import Answered, RunLedger
+from smartsink.limits.state import VIEW_LIMIT, VIEW_LIMIT_MAX, Filter, SharedState
 from smartsink.overrides import OverrideKeeper
 from smartsink.policy.decide import strip_suffix
 from smartsink.policy.loader import domain_problem, rule_settings, window_timing
@@ -123,12 +126,16 @@ class AdminSource:
         ledger: Callable[[str], Awaitable[RunLedger | None]],
         keeper: OverrideKeeper | None = None,
         started: float | None = None,
+        state: SharedState | None = None,
+        barrier: Callable[[], Awaitable[None]] | None = None,
     ):
         self.ctx = ctx
         self.health = health
         self.ledger = ledger
         self.keeper = keeper  # the policy's windows and the API's overrides
         self.started = time.time() if started is None else started  # /health's uptime counts from it
+        self.state = state  # the sink-wide state (the supervisor's with several workers)
+        self.barrier = barrier  # waits until every worker's reports are in it
 
 
 def make_app(source: AdminSource) -> web.Application:
@@ -152,7 +159,9 @@ def make_app(source: AdminSource) -> web.Application:
         return web.json_response({"ready": serving}, status=200 if serving else 503)
 
     async def metrics_text(request: web.Request) -> web.Response:
-        data = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+        state = source.state
+        families = [] if state is None else metrics.state_families(state.summary(), state.by_domain())
+        data = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition, families)
         return web.Response(body=data, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def inject(request: web.Request) -> web.Response:
@@ -216,7 +225,80 @@ def make_app(source: AdminSource) -> web.Application:
     app.router.add_get(contract.runs_path("{run_id}"), run)
     if source.keeper is not None:
         OverrideRoutes(source.keeper).add_to(app)
+    if source.state is not None:
+        StateRoutes(source).add_to(app)
     return app
+
+
+class StateRoutes:
+    """/state: what the sink has learnt, as a provider remembers a sender (smartsink.limits.state).
+
+    GET answers it (each kind counted, at most `?limit=` entries of each, 100 unless asked, 1000 at most) with the
+    override windows; DELETE forgets it: all, or `?domain=NAME` (a recipient domain as the policy names it), or
+    `?address=IP` (a client, or a network as /state shows it), or both."""
+
+    def __init__(self, source: AdminSource):
+        assert source.state is not None
+        self.source = source
+        self.state = source.state
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/state", self.show)
+        app.router.add_delete("/state", self.forget)
+
+    async def _settled(self) -> None:
+        if self.source.barrier is not None:
+            await self.source.barrier()
+
+    async def show(self, request: web.Request) -> web.Response:
+        query = request.query
+        unknown = sorted(set(query) - {"limit"})
+        if unknown:
+            return _bad(f"GET /state takes ?limit=N, not {unknown[0]!r}")
+        limit = VIEW_LIMIT
+        if "limit" in query:
+            text = query["limit"]
+            if not text.isdigit() or not 1 <= int(text) <= VIEW_LIMIT_MAX:
+                return _bad(f"limit must be a whole number from 1 to {VIEW_LIMIT_MAX}, got {text!r}")
+            limit = int(text)
+        await self._settled()
+        body = self.state.view(limit)
+        keeper = self.source.keeper
+        body["overrides"] = [] if keeper is None else keeper.overrides.public()
+        return web.json_response(body)
+
+    async def forget(self, request: web.Request) -> web.Response:
+        try:
+            only = _state_filter(request.query, self.source.ctx.suffixes)
+        except ValueError as e:
+            return _bad(str(e))
+        await self._settled()
+        removed = self.state.forget(only)
+        metrics.STATE_RESETS.inc()
+        log.info(
+            "state reset (%s): %s",
+            ", ".join(f"{k}={v}" for k, v in (("domain", only.domain), ("address", only.address)) if v) or "all",
+            ", ".join(f"{n} {kind}" for kind, n in removed.items()),
+        )
+        return web.json_response({"domain": only.domain, "address": only.address, "removed": removed})
+
+
+def _state_filter(query: Any, suffixes: tuple[str, ...]) -> Filter:
+    """DELETE /state's ?domain= and ?address=, checked; ValueError names the bad one."""
+    unknown = sorted(set(query) - {"domain", "address"})
+    if unknown:
+        raise ValueError(f"DELETE /state takes ?domain=NAME and ?address=IP, not {unknown[0]!r}")
+    domain = query.get("domain")
+    problem = None if domain is None else domain_problem(domain)
+    if problem is not None:
+        raise ValueError(f'domain must be a domain name, like "gmail.com": {domain!r} {problem}')
+    address = query.get("address")
+    if address is not None:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise ValueError(f'address must be an IP address or network, like "127.0.0.1", got {address!r}') from None
+    return Filter(domain, address, suffixes)
 
 
 class OverrideRoutes:

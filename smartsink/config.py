@@ -19,7 +19,11 @@ from mailload.options import HIDDEN, OptionError, option, values
 from smartsink.policy.model import Rate
 
 DEFAULT_LISTEN = "127.0.0.1:2026"
-DEFAULT_HTTP = "127.0.0.1:8000"
+# Not 8000: kumod's HTTP listener and KumoMTA traffic-gen's --http target are there, so a sink on a kumod host
+# could not start, and trafficgen --http with its default would inject straight into the sink. 8026 is free of
+# both, and pairs with the SMTP port 2026.
+DEFAULT_HTTP_PORT = 8026
+DEFAULT_HTTP = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
 DEFAULT_POLICY = "policy/responses.toml"
 DEFAULT_SUFFIX = contract.DEFAULT_SUFFIX
 # KumoMTA traffic-gen's default suffix: a public name whose MX is loopback. Stripped too, so its users' runs get
@@ -31,11 +35,16 @@ MAX_MESSAGE_SIZE = 1024**3
 AUTH_MODES = ("off", "any", "required")
 ENGINES = ("fast", "aiosmtpd")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LISTEN, POLICY, SMTP, DNS, RUN = "Listeners", "Policy", "SMTP", "DNS", "Running"
 # TEST-NET-1 (RFC 5737): documentation only, never a real host, so an MX address the sink's DNS gives out can only
 # reach the sink (through the redirect) and never anyone else.
 DEFAULT_DNS_NETWORK = "192.0.2.0/24"
 DEFAULT_DNS_RATE = "5000/s"
+STATE_MODES = ("fresh", "keep")
+DEFAULT_STATE_FILE = "smartsink-state.json"
+# Where KumoMTA's smart sink keeps its policy (its compose file mounts ./policy there): served when it exists and
+# no --policy is given, so a KumoMTA user's mount is not silently ignored.
+KUMO_POLICY = "/opt/kumomta/etc/policy/responses.toml"
+LISTEN, POLICY, SMTP, DNS, RUN = "Listeners", "Policy", "SMTP", "DNS", "Running"
 
 
 class ConfigError(ValueError):
@@ -43,9 +52,11 @@ class ConfigError(ValueError):
 
 
 def default_policy_path() -> str:
-    """./policy/responses.toml when run from a checkout, else the copy shipped inside the package."""
-    if Path(DEFAULT_POLICY).is_file():
-        return DEFAULT_POLICY
+    """./policy/responses.toml when run from a checkout, else KumoMTA's policy path when a file is there, else the
+    copy shipped inside the package."""
+    for path in (DEFAULT_POLICY, KUMO_POLICY):
+        if Path(path).is_file():
+            return path
     return str(resources.files("smartsink").joinpath("data/responses.toml"))
 
 
@@ -177,11 +188,12 @@ class SinkConfig:
         shown_default=DEFAULT_LISTEN,
     )
     http: tuple[str, int] | None = option(
-        ("127.0.0.1", 8000),
-        help="The admin listener HOST:PORT (/health, /metrics, /runs, the inject API); 'off' for none",
+        ("127.0.0.1", DEFAULT_HTTP_PORT),
+        help="The admin listener HOST:PORT (/health, /metrics, /state, /runs, the inject API); 'off' for none",
         doc=(
-            "the admin listener: `/health`, `/metrics`, `/api/inject/v1`, `/runs/<id>`, `/policy/overrides` "
-            "([policy.md](policy.md#behaviour-over-time-schedulename-and-policyoverrides)); `off` for none"
+            "the admin listener: `/health`, `/metrics`, `/state`, `/api/inject/v1`, `/runs/<id>`, "
+            "`/policy/overrides` ([policy.md](policy.md#behaviour-over-time-schedulename-and-policyoverrides)); "
+            "`off` for none. Not 8000, where kumod and KumoMTA traffic-gen's `--http` are"
         ),
         panel=LISTEN,
         metavar="HOST:PORT",
@@ -193,8 +205,9 @@ class SinkConfig:
         help="A secret every admin request that changes something must carry (Bearer, or Basic's password)",
         doc=(
             "a secret (16 or more visible characters) that every admin request that changes state must carry "
-            "(`POST`/`DELETE /policy/overrides`, `POST /api/inject/v1`): `Authorization: Bearer TOKEN`, or HTTP "
-            "basic auth with any user and the token as the password; others get 401. Unset: no credential "
+            "(`POST`/`DELETE /policy/overrides`, `DELETE /state`, `POST /api/inject/v1`): `Authorization: Bearer "
+            "TOKEN`, or HTTP basic auth with any user and the token as the password; others get 401. Unset: no "
+            "credential "
             "([deployment.md](deployment.md#the-admin-listener))"
         ),
         panel=LISTEN,
@@ -230,7 +243,18 @@ class SinkConfig:
         panel=POLICY,
         metavar="PATH",
         flags=("--policy",),
-        shown_default="./policy/responses.toml, else the copy inside the package",
+        shown_default=f"./policy/responses.toml, else {KUMO_POLICY}, else the copy inside the package",
+    )
+    accept_all: bool = option(
+        False,
+        help="A plain black hole: every recipient 250 at once, no policy read (raw-throughput runs)",
+        doc=(
+            "a plain black hole for raw-throughput runs: every recipient and message gets 250 at once, no latency, "
+            "no limits; no policy is read (`--policy` is ignored). `--max-message-size`, `--auth` and STARTTLS "
+            "still apply"
+        ),
+        panel=POLICY,
+        given_as=bool,
     )
     domain_suffixes: tuple[str, ...] = option(
         (DEFAULT_SUFFIX, KUMO_SUFFIX),
@@ -257,6 +281,27 @@ class SinkConfig:
         metavar="N",
         given_as=int,
     )
+    state: str = option(
+        "fresh",
+        help="fresh: start knowing nothing; keep: write what the sink learnt at stop and read it back at start",
+        doc=(
+            "what the sink has learnt (clients blocked by `escalate`, rate buckets, the greylist; `GET /state`) "
+            "lives as long as the sink. `fresh`: a start knows nothing; `keep`: it is written to `--state-file` "
+            "at a clean stop and read back at the next start, times kept (a block with 10 minutes left has 10 "
+            "minutes less the downtime). Either way `DELETE /state` (or `trafficgen --reset-sink`) forgets it "
+            "([policy.md](policy.md#state-what-the-sink-remembers))"
+        ),
+        panel=POLICY,
+        metavar="MODE",
+        parse=_one_of("--state", STATE_MODES),
+    )
+    state_file: str = option(
+        DEFAULT_STATE_FILE,
+        help="With --state keep: the file the state is written to and read from",
+        doc="with `--state keep`: where the state is written at stop and read at start (JSON; written whole or not)",
+        panel=POLICY,
+        metavar="PATH",
+    )
     # SMTP
     max_message_size: int = option(
         50_000_000,
@@ -267,10 +312,22 @@ class SinkConfig:
         parse=_size,
         shown_default=DEFAULT_MAX_MESSAGE_SIZE,
     )
+    starttls: bool = option(
+        True,
+        help="Offer STARTTLS (--tls-cert, else a certificate made at start); --no-tls: plain SMTP only",
+        doc=(
+            "offer STARTTLS, as every large provider does, so an MTA with opportunistic TLS makes a handshake per "
+            "connection: with `--tls-cert`/`--tls-key`, else a self-signed certificate made at start. `--no-tls` "
+            "offers none"
+        ),
+        panel=SMTP,
+        flags=("--tls/--no-tls",),
+        given_as=bool,
+    )
     tls_cert: str | None = option(
         None,
         help="PEM certificate for STARTTLS",
-        doc="offer STARTTLS with this certificate",
+        doc="offer STARTTLS with this certificate (and `--tls-key`) instead of one made at start",
         panel=SMTP,
         metavar="PATH",
         parse=_file("--tls-cert"),
@@ -280,8 +337,8 @@ class SinkConfig:
     )
     tls_self_signed: bool = option(
         False,
-        help="Offer STARTTLS with a certificate made at start",
-        doc="offer STARTTLS with a certificate made at start",
+        help="Offer STARTTLS with a certificate made at start (the default now)",
+        doc="STARTTLS with a certificate made at start: the default now, kept for command lines that give it",
         panel=SMTP,
         given_as=bool,
     )
@@ -400,7 +457,13 @@ class SinkConfig:
 
     @property
     def tls(self) -> bool:
-        return bool(self.tls_cert or self.tls_self_signed)
+        """STARTTLS is offered."""
+        return self.starttls
+
+    @property
+    def self_signed(self) -> bool:
+        """STARTTLS with a certificate made at start."""
+        return self.starttls and not self.tls_cert
 
     @property
     def admin_secret(self) -> str | None:
@@ -413,6 +476,9 @@ def _check_tls(fields: dict[str, Any]) -> None:
         raise ConfigError("--tls-cert and --tls-key go together: give both")
     if fields.get("tls_cert") and fields.get("tls_self_signed"):
         raise ConfigError("--tls-self-signed makes its own certificate: do not give --tls-cert with it")
+    if fields.get("starttls") is False and (fields.get("tls_cert") or fields.get("tls_self_signed")):
+        given = "--tls-cert" if fields.get("tls_cert") else "--tls-self-signed"
+        raise ConfigError(f"--no-tls offers no STARTTLS: do not give {given} with it")
 
 
 def _check_numbers(fields: dict[str, Any]) -> None:

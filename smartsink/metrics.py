@@ -9,6 +9,7 @@ imported by a program) the values stay in the process, in the default registry: 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -16,6 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 # (prometheus-client's multiprocess helpers carry no annotations: their calls are marked below.)
 from prometheus_client import multiprocess as _mp
 from prometheus_client import values as _values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -121,6 +125,7 @@ ADMIN_REFUSED = Counter(
 ADMIN_REASONS = ("credential", "body", "hangup")
 for _reason in ADMIN_REASONS:
     ADMIN_REFUSED.labels(_reason)
+STATE_RESETS = Counter("smartsink_state_resets", "DELETE /state calls: what the sink learnt forgotten (all or part)")
 
 _children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
@@ -139,13 +144,48 @@ def message(domain: str, outcome: str) -> Any:
     return child(MESSAGES, domain, outcome)
 
 
-def exposition() -> bytes:
-    """The text of /metrics: the sum over every process of this sink."""
+def state_families(summary: dict[str, int], by_domain: dict[str, dict[str, float]]) -> list[Metric]:
+    """The gauges of what the sink has learnt (smartsink.limits.state), read by the process that owns it at
+    each scrape: a provider's memory as numbers. Domains are the policy's (unknown ones fold into 'other')."""
+    families: list[Metric] = []
+    for name, key, text in (
+        ("blocked_clients", "blocked", "Clients a domain refuses outright now (escalate), by domain"),
+        ("rate_tokens", "tokens", "Messages the domain's rate buckets would take now, summed over its clients"),
+        ("rate_capacity", "capacity", "What the domain's rate buckets hold when full, summed over its clients"),
+        ("transactions", "transactions", "Transactions in flight counted by max_concurrency, by domain"),
+    ):
+        family = GaugeMetricFamily(f"smartsink_state_{name}", text, labels=["domain"])
+        for domain, row in sorted(by_domain.items()):
+            family.add_metric([domain], row[key])
+        families.append(family)
+    for name, key, text in (
+        ("greylist_entries", "greylist", "Greylist triplets remembered"),
+        ("reputations", "reputations", "Clients whose deferrals a domain remembers (escalate), blocked or not"),
+        ("rate_buckets", "rate_buckets", "Rate buckets (one per domain, or per domain and client)"),
+    ):
+        families.append(GaugeMetricFamily(f"smartsink_state_{name}", text, value=summary[key]))
+    return families
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]):
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def exposition(extra: Iterable[Metric] = ()) -> bytes:
+    """The text of /metrics: the sum over every process of this sink, and `extra` families (the state gauges)."""
     if MULTIPROC:
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest()
+        text = generate_latest(registry)
+    else:
+        text = generate_latest()
+    added = CollectorRegistry()
+    added.register(_Families(extra))
+    return text + generate_latest(added)
 
 
 def process_exited(pid: int) -> None:

@@ -71,6 +71,7 @@ class SinkContext:
     def __init__(self, config: SinkConfig, policy_in_force: Policy, limits: Limits, worker: int = 0):
         self.config = config
         self.limits = limits
+        self.accept_all = config.accept_all  # a plain black hole: every transaction is let through as a DSN is
         seed = config.seed if config.seed is None else config.seed + worker
         self.rng = random.Random(seed)
         self._rules: dict[str, DomainRules] = {}
@@ -173,7 +174,7 @@ class Responder:
         self.active = False
         self.begun = False  # the transaction's own rules (limits, disconnect roll) have been applied
         self.first = ""  # the transaction's first recipient (lower-cased): its domain names the transaction
-        self.exempt = False  # a null-sender transaction the policy lets through ([listener] null_sender)
+        self.exempt = False  # let through whatever the rules: a DSN ([listener] null_sender), or --accept-all
         self.scope = ""  # what [listener] max_connections counted this connection as
         self.tls = False  # the engine sets it once STARTTLS is done
 
@@ -193,7 +194,8 @@ class Responder:
         listener = self.ctx.policy.listener
         # Every connection is counted sink-wide, so a max_connections added by a reload sees them all.
         self.scope = policy.scope(self.client, listener.per, self.mx_key)
-        if not await self.ctx.limits.open_connection(listener.max_connections, self.scope):
+        limits = self.ctx.limits
+        if not await limits.open_connection(listener.max_connections, self.scope, self.client, self.mx or ""):
             metrics.CONNECTIONS_REFUSED.inc()
             return _answer(fallback.TOO_MANY_CONNECTIONS)
         self.active = True
@@ -214,7 +216,7 @@ class Responder:
         self.reset()
         if self.active:
             self.active = False
-            self.ctx.limits.close_connection(self.scope)
+            self.ctx.limits.close_connection(self.scope, self.client, self.mx or "")
             metrics.CONNECTIONS_ACTIVE.dec()
             if self.ctx.tracing:
                 logs.trace("%s closed after %d messages", self.client, self.completed, event="closed",
@@ -225,7 +227,7 @@ class Responder:
     def mail(self, sender: str) -> None:
         self.reset()
         self.sender = sender
-        self.exempt = not sender and self.ctx.policy.listener.null_sender == "accept"
+        self.exempt = self.ctx.accept_all or (not sender and self.ctx.policy.listener.null_sender == "accept")
 
     def reset(self) -> None:
         """End the transaction (RSET, a new MAIL, the end of DATA, a lost connection)."""
@@ -260,7 +262,7 @@ class Responder:
         rules = ctx.rules_for(domain)
         if not self.first:
             self.first = address.lower()
-        if self.exempt:  # a DSN: measurement, not load
+        if self.exempt:  # a DSN (measurement, not load), or a black hole
             self.recipients.append(_Recipient(rules, None, True, numbered, domain))
             return RCPT_OK
         refused = await self._requirements(rules)
@@ -287,7 +289,7 @@ class Responder:
             if verdict is not None:
                 return self._refuse(rules, verdict, address)
             if rules.rate is not None:
-                if not await ctx.limits.take_rate(self._key(rules), rules.rate):
+                if not await ctx.limits.take_rate(self._key(rules), rules.rate, rules.rate_start == "full"):
                     metrics.child(metrics.THROTTLED, rules.name).inc()
                     return self._refuse(rules, policy.pick(rules.throttles, ctx.rng), address)
                 self.recipients.append(_Recipient(rules, None, True, numbered, domain))
@@ -461,7 +463,7 @@ class Responder:
             if rules.rate is None or recipient.rate_taken or rules.name in taken:
                 continue
             taken.add(rules.name)
-            if not await self.ctx.limits.take_rate(self._key(rules), rules.rate):
+            if not await self.ctx.limits.take_rate(self._key(rules), rules.rate, rules.rate_start == "full"):
                 metrics.child(metrics.THROTTLED, rules.name).inc()
                 return policy.pick(rules.throttles, self.ctx.rng)
         return None

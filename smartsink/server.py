@@ -12,12 +12,13 @@ import os
 import signal
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 from mailload.cli import raise_open_files_limit
-from smartsink import admin, metrics, tls
+from smartsink import admin, metrics, statefile, tls
 from smartsink.config import SinkConfig
 from smartsink.engines.fast import FastServer
 from smartsink.ledger import RunLedger
@@ -25,6 +26,7 @@ from smartsink.limits import Limits
 from smartsink.limits.local import LocalLimits
 from smartsink.limits.state import SharedState
 from smartsink.overrides import OverrideKeeper, Overrides
+from smartsink.policy.loader import ACCEPT_ALL, accept_all
 from smartsink.policy.watcher import PolicyStore
 from smartsink.responder import SinkContext
 
@@ -35,18 +37,50 @@ class SinkStartError(Exception):
     """The sink cannot start (a port in use, a certificate that does not load); one line for the user."""
 
 
-def tls_context(config: SinkConfig, tls_dir: str | None = None) -> ssl.SSLContext | None:
+def tls_context(config: SinkConfig) -> ssl.SSLContext | None:
+    """The STARTTLS context: None with --no-tls; the given certificate; else one made now (its files are removed
+    once loaded: the context holds it)."""
     if not config.tls:
         return None
+    if config.self_signed:
+        with tempfile.TemporaryDirectory(prefix="smartsink-tls-") as folder:
+            return tls.server_context(*tls.self_signed(config.hostname, folder))
     cert, key = config.tls_cert, config.tls_key
-    if config.tls_self_signed:
-        cert, key = tls.self_signed(config.hostname, tls_dir)
     assert cert
     assert key
     try:
         return tls.server_context(cert, key)
     except (ssl.SSLError, OSError) as e:
         raise SinkStartError(f"--tls-cert {cert} / --tls-key {key} do not load: {e}") from None
+
+
+def policy_store(config: SinkConfig) -> PolicyStore:
+    """The policy file, watched; with --accept-all, the black hole's, read from no file."""
+    if config.accept_all:
+        return PolicyStore(ACCEPT_ALL, on_reload, fixed=accept_all())
+    return PolicyStore(config.policy_path, on_reload)
+
+
+def load_state(config: SinkConfig, state: SharedState) -> int | None:
+    """--state keep: the state the last clean stop wrote (the entries read); None with --state fresh."""
+    if config.state != "keep":
+        return None
+    try:
+        statefile.check_writable(config.state_file)
+        return statefile.load(state, config.state_file)
+    except statefile.StateFileError as e:
+        raise SinkStartError(str(e)) from None
+
+
+def save_state(config: SinkConfig, state: SharedState) -> None:
+    if config.state == "keep":
+        statefile.save(state, config.state_file)
+
+
+def describe_state(config: SinkConfig, read: int | None) -> str:
+    if config.state != "keep":
+        return "state fresh"
+    return f"state kept in {config.state_file} ({read or 0} entries read)"
 
 
 def _describe_bind_error(e: OSError, what: str, host: str, port: int) -> SinkStartError:
@@ -120,17 +154,23 @@ def announce(
     smtp: tuple[str, int],
     http: tuple[str, int] | None,
     store: PolicyStore,
+    state: str,
     dns: tuple[str, int] | None = None,
 ) -> None:
-    """The one line that says the sink is ready (tests and scripts wait for it)."""
-    admin_part = f"admin http://{http[0]}:{http[1]}" if http else "admin off"
+    """The one line that says the sink is ready (tests and scripts wait for it): what listens where, which
+    policy file is served, STARTTLS, AUTH and the state."""
+    admin_part = f"admin http://{http[0]}:{http[1]} (/health /metrics /state /api/inject/v1)" if http else "admin off"
     if dns is not None:
         admin_part += f", dns {dns[0]}:{dns[1]} (udp, tcp; MX addresses in {config.dns_network})"
     workers = f"{config.workers} worker{'s' if config.workers > 1 else ''}"
+    if store.fixed:
+        served = f"policy none ({store.path}: every recipient 250)"
+    else:
+        served = f"policy {store.path} ({len(store.policy.domains)} domains)"
+    tls_part = "off" if not config.tls else ("self-signed" if config.self_signed else config.tls_cert)
     print(
         f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}), {admin_part}, "
-        f"policy {store.path} ({len(store.policy.domains)} domains), "
-        f"STARTTLS {'on' if config.tls else 'off'}, AUTH {config.auth}",
+        f"{served}, STARTTLS {tls_part}, AUTH {config.auth}, {state}",
         file=sys.stderr,
         flush=True,
     )
@@ -168,8 +208,9 @@ class Sink:
 
     def __init__(self, config: SinkConfig):
         self.config = config
-        self.store = PolicyStore(config.policy_path, on_reload)
+        self.store = policy_store(config)
         self.state = SharedState()
+        self.state_read = load_state(config, self.state)
         self.limits: Limits = LocalLimits(self.state)
         self.ctx = SinkContext(config, self.store.policy, self.limits)
         self.overrides = Overrides()
@@ -193,6 +234,7 @@ class Sink:
             "workers": {"configured": 1, "alive": 1},
             "engine": self.config.engine,
             "overrides": [o.public(time.time()) for o in self.overrides.active()],
+            "state": self.state.summary(),
         }
 
     async def ledger(self, run_id: str) -> RunLedger | None:
@@ -208,7 +250,15 @@ class Sink:
             raise
         if self.config.http is not None:
             # /health's uptime counts from the moment the schedule's windows count from
-            source = admin.AdminSource(self.ctx, self.health, self.ledger, self.keeper, self.overrides.started)
+            source = admin.AdminSource(
+                self.ctx,
+                self.health,
+                self.ledger,
+                self.keeper,
+                self.overrides.started,
+                state=self.state,
+                barrier=self.limits.barrier,
+            )
             app = admin.make_app(source)
             try:
                 self.runner, self.http_address = await admin.start(app, *self.config.http)
@@ -226,13 +276,15 @@ class Sink:
             await self.dns.stop()
         if self.runner is not None:
             await self.runner.cleanup()
+        save_state(self.config, self.state)
 
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads the policy."""
         stop = asyncio.Event()
         install_signals(stop, lambda: self.store.request_reload("SIGHUP"))
         await self.start()
-        announce(self.config, self.smtp_address, self.http_address, self.store, self.dns and self.dns.address)
+        state = describe_state(self.config, self.state_read)
+        announce(self.config, self.smtp_address, self.http_address, self.store, state, self.dns and self.dns.address)
         await stop.wait()
         log.info("stopping")
         await self.stop()

@@ -41,8 +41,11 @@ from smartsink.server import (
     SMTPListener,
     _describe_bind_error,
     announce,
+    describe_state,
     install_signals,
-    on_reload,
+    load_state,
+    policy_store,
+    save_state,
     start_dns,
     tls_context,
 )
@@ -86,8 +89,9 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 class Supervisor:
     def __init__(self, config: SinkConfig):
         self.config = config
-        self.store = PolicyStore(config.policy_path, on_reload)
+        self.store: PolicyStore = policy_store(config)
         self.state = SharedState()
+        self.state_read = load_state(config, self.state)
         self.workdir = tempfile.mkdtemp(prefix="smartsink-")
         self.overrides = Overrides()
         self.keeper = OverrideKeeper(self.overrides, lambda: self.store.policy, self._push)
@@ -118,7 +122,7 @@ class Supervisor:
         reservation = _reserve_port(*config.listen)
         host, port = reservation.getsockname()[:2]
         worker_config = dataclasses.replace(config, listen=(host, port))
-        if config.tls_self_signed:
+        if config.self_signed:  # one certificate for every worker
             from smartsink import tls
 
             cert, key = tls.self_signed(config.hostname, self.workdir)
@@ -133,7 +137,16 @@ class Supervisor:
         dns = await start_dns(config, self.store)  # one DNS for the sink, in the supervisor beside its policy
         runner = None
         if config.http is not None:
-            app = admin.make_app(admin.AdminSource(ctx, self.health, self.ledger, self.keeper, self.overrides.started))
+            source = admin.AdminSource(
+                ctx,
+                self.health,
+                self.ledger,
+                self.keeper,
+                self.overrides.started,
+                state=self.state,
+                barrier=self.coordinator.barrier,
+            )
+            app = admin.make_app(source)
             try:
                 runner, self.http_address = await admin.start(app, *config.http)
             except OSError as e:
@@ -148,7 +161,8 @@ class Supervisor:
                 self._spawn(index)
             if not await self._wait_ready(stop):
                 return ExitStatus.USAGE
-            announce(config, (host, port), self.http_address, self.store, dns and dns.address)
+            state = describe_state(config, self.state_read)
+            announce(config, (host, port), self.http_address, self.store, state, dns and dns.address)
             monitor = asyncio.get_running_loop().create_task(self._monitor())
             await stop.wait()
             monitor.cancel()
@@ -161,6 +175,7 @@ class Supervisor:
             self.coordinator.close()
             if dns is not None:
                 await dns.stop()
+            save_state(config, self.state)
             if runner is not None:
                 await runner.cleanup()
             reservation.close()
@@ -264,6 +279,7 @@ class Supervisor:
             "workers": workers,
             "engine": self.config.engine,
             "overrides": [o.public(time.time()) for o in self.overrides.active()],
+            "state": self.state.summary(),
         }
 
     async def ledger(self, run_id: str) -> RunLedger | None:

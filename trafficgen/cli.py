@@ -152,12 +152,15 @@ def write_html(document: dict[str, Any], other: dict[str, Any] | None, path: str
 def execute(config: RunConfig) -> int:
     """Run, print the summary, write the JSON and HTML reports; the exit status."""
     from trafficgen.launch import run
+    from trafficgen.sinkstate import ResetError
     from trafficgen.stats import report
 
     try:
         result = run(config)
     except ConfigError as e:
         fail(PROG, str(e))
+    except ResetError as e:
+        fail(PROG, str(e), ExitStatus.ERROR)
     document, end = result.report, result.end
     human = sys.stderr if config.json_path == "-" else sys.stdout
     totals = document["totals"]
@@ -167,7 +170,12 @@ def execute(config: RunConfig) -> int:
     if config.html_path:
         write_html(document, None, config.html_path)
     if not (end.error and reached == 0):
-        report.summary(document, human)
+        if config.output == "kumomta":
+            from trafficgen.stats import kumomta
+
+            print("\n".join(kumomta.lines(document)), file=human, flush=True)
+        else:
+            report.summary(document, human)
     if end.error:
         print(f"{PROG}: error: {end.error}", file=sys.stderr)
         return ExitStatus.ERROR

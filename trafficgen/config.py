@@ -45,6 +45,7 @@ _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 _URL = re.compile(r"^https?://[^/\s]+")
 
 CONTENT_KINDS = ("text", "html", "mixed")
+OUTPUTS = ("summary", "kumomta")
 LOGNORMAL_MAX_P99S = 10  # a log-normal size without max= is capped at 10 x its p99
 _LOGNORMAL = re.compile(r"^\s*(?:log-?normal\s*[:(]?\s*)?median\s*=", re.I)
 _QUANTILES = re.compile(r"^\s*(?:quantiles\s*[:(]?\s*)?(?:min|p[0-9.]+)\s*=", re.I)
@@ -218,7 +219,7 @@ def parse_sink_urls(text: str, option_name: str = "--reconcile") -> tuple[str, .
     sinks = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
     if not sinks or not all(re.match(r"^https?://[^/\s]+$", u) for u in sinks):
         raise ConfigError(
-            f"{option_name} {text!r}: give each sink's admin URL, like http://127.0.0.1:8000 (comma-separated)"
+            f"{option_name} {text!r}: give each sink's admin URL, like http://127.0.0.1:8026 (comma-separated)"
         )
     return sinks
 
@@ -269,6 +270,13 @@ def _content(text: str) -> str:
     kind = text.strip().lower()
     if kind not in CONTENT_KINDS:
         raise ConfigError(f"--content {text!r}: use one of {', '.join(CONTENT_KINDS)}")
+    return kind
+
+
+def _output(text: str) -> str:
+    kind = text.strip().lower()
+    if kind not in OUTPUTS:
+        raise ConfigError(f"--output {text!r}: use one of {', '.join(OUTPUTS)}")
     return kind
 
 
@@ -544,6 +552,21 @@ def _show_reconcile(sinks: tuple[str, ...] | None) -> dict[str, Any]:
     return {"reconcile": list(sinks) if sinks else None}
 
 
+def _reset_sinks(texts: list[str]) -> tuple[str, ...]:
+    sinks = [url for text in _listed(texts) for url in parse_sink_urls(text, "--reset-sink")]
+    return tuple(dict.fromkeys(sinks))
+
+
+def without_credentials(url: str) -> str:
+    """The URL as shown: a sink's admin token given in it (`http://:TOKEN@host:8026`) left out."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def _show_reset(sinks: tuple[str, ...]) -> dict[str, Any]:
+    return {"reset_sink": [without_credentials(url) for url in sinks]}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every option of a run. A field's default is what a run does when the option is not given."""
@@ -786,8 +809,13 @@ class RunConfig:
     )
     keep_going: bool = option(
         False,
-        help="Count errors and reconnect with backoff instead of stopping",
-        doc="count errors and reconnect with backoff (50 ms doubling to 2 s) instead of stopping at the first one",
+        help="Go on when a connection cannot be opened: count it and retry with backoff, instead of stopping",
+        doc=(
+            "an error on an open connection (lost, a timeout) always ends only that connection: it is counted and "
+            "the worker reconnects with backoff (50 ms doubling to 2 s), as KumoMTA's traffic-gen does. "
+            "`--keep-going` goes on when a connection cannot be opened too (refused, no greeting, failed TLS or "
+            "AUTH: a target restarting); without it that ends the run, exit 1 ([below](#outcomes))"
+        ),
         panel=LOAD,
         given_as=bool,
     )
@@ -955,6 +983,19 @@ class RunConfig:
         parse=_writable("--html"),
         report=HIDDEN,
     )
+    output: str = option(
+        "summary",
+        help="summary (per domain and reply), or kumomta (KumoMTA traffic-gen's closing lines)",
+        doc=(
+            "what is printed at the end: `summary`, the per-domain and per-reply tables; `kumomta`, the lines "
+            "KumoMTA's traffic-gen prints, which its users' scripts grep: `sent N messages, failed F over T.`, "
+            "`transaction latency: avg=... p99=...`, `overall rate: N msgs/s, ...` ([below](#kumomta-output))"
+        ),
+        panel=OUTPUT,
+        metavar="FORMAT",
+        parse=_output,
+        report=HIDDEN,
+    )
     quiet: bool = option(
         False,
         help="No live progress",
@@ -1051,6 +1092,23 @@ class RunConfig:
         ),
         panel=RECONCILE,
         metavar="COMMAND",
+    )
+    reset_sink: tuple[str, ...] = option(
+        (),
+        help="Before the run, make the sink at this admin URL forget what it learnt (DELETE /state); repeatable",
+        doc=(
+            "before sending, ask the sink(s) at these admin URLs to forget what they learnt from earlier runs "
+            "(`DELETE /state`: clients blocked by `escalate`, rate buckets, the greylist), so runs compared with "
+            "`report compare` start equal; repeatable, or comma-separated. A sink with `--admin-token` takes it in "
+            "the URL, `http://:TOKEN@host:8026` (never shown). A sink that does not answer stops the run before it "
+            "starts (exit 1). The report's `config.reset_sink` lists them "
+            "([policy.md](policy.md#state-what-the-sink-remembers))"
+        ),
+        panel=RECONCILE,
+        metavar="URL",
+        given_as=list[str],
+        parse=_reset_sinks,
+        report=_show_reset,
     )
     run_id: str = option(
         factory=lambda: secrets.token_hex(6),

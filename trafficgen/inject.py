@@ -60,7 +60,8 @@ class HttpSession:
         except TimeoutError:
             return Outcome.error(f"timeout: no answer from {self.url}", count, started, monotonic())
         except aiohttp.ClientConnectorError as e:
-            return Outcome.error(f"refused: cannot connect to {self.url}: {e.os_error}", count, started, monotonic())
+            text = f"refused: cannot connect to {self.url}: {e.os_error}"
+            return Outcome.error(text, count, started, monotonic(), connecting=True)
         except (aiohttp.ClientError, ValueError) as e:
             return Outcome.error(f"http: {type(e).__name__}: {e}", count, started, monotonic())
         end = monotonic()

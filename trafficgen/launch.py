@@ -78,7 +78,20 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+async def reset_sinks(config: RunConfig) -> None:
+    """--reset-sink: every sink forgets what earlier runs taught it, before anything is sent (ResetError when one
+    cannot: the run does not start)."""
+    from trafficgen import sinkstate  # aiohttp: only with --reset-sink
+
+    forgotten = await sinkstate.reset(config.reset_sink, config.timeout)
+    if not config.quiet:
+        for line in sinkstate.describe(forgotten):
+            print(line, file=sys.stderr)
+
+
 async def run_async(config: RunConfig) -> Result:
+    if config.reset_sink:
+        await reset_sinks(config)
     tune_gc()
     interrupts = _Interrupts()
     interrupts.install()

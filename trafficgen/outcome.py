@@ -36,9 +36,10 @@ class Outcome:
     Times are time.monotonic() (uvloop's loop.time() is only millisecond-precise): when the transaction
     started, when its MAIL and last RCPT replies arrived (0 when none), and when the deciding reply arrived
     (`end`). The recorder turns them into per-step durations. `close`: the connection is done (a 421, an error).
+    `connecting`: an error met while opening a connection (nothing reached the target: --http's refused connect).
     """
 
-    __slots__ = ("close", "code", "end", "kind", "mail", "rcpt", "recipient_kinds", "started", "text")
+    __slots__ = ("close", "code", "connecting", "end", "kind", "mail", "rcpt", "recipient_kinds", "started", "text")
 
     def __init__(
         self,
@@ -51,8 +52,10 @@ class Outcome:
         mail: float = 0.0,
         rcpt: float = 0.0,
         end: float = 0.0,
+        connecting: bool = False,
     ):
         self.kind = kind
+        self.connecting = connecting
         self.code = code
         self.text = text
         self.recipient_kinds = recipient_kinds
@@ -63,9 +66,9 @@ class Outcome:
         self.end = end
 
     @classmethod
-    def error(cls, text: str, recipients: int, started: float, end: float) -> Outcome:
+    def error(cls, text: str, recipients: int, started: float, end: float, connecting: bool = False) -> Outcome:
         """An error ("kind: what happened"): every recipient shares it, and the connection is done."""
-        return cls(ERROR, 0, text, (ERROR,) * recipients, True, started, end=end)
+        return cls(ERROR, 0, text, (ERROR,) * recipients, True, started, end=end, connecting=connecting)
 
     @classmethod
     def refused(cls, code: int, text: str, recipients: int, started: float, end: float) -> Outcome:

@@ -4,8 +4,10 @@ Each of `concurrency` workers opens its connection at its turn (--connect-rate s
 out), then claims a message (waiting for the throttle's due time), sends, records the outcome, and reconnects
 when the server closed (421), after --messages-per-connection, or after an error. A worker holds its
 connection until the run is over, even when the throttle leaves it idle, as a real sender's connection pool
-does. Without --keep-going the first error stops the run; with it, errors are counted and the worker
-reconnects with backoff. Nothing here prints.
+does. An error on an open connection (lost, a timeout, a protocol violation) ends that connection only: it is
+counted and the worker reconnects with backoff, as KumoMTA's traffic-gen does. A connection that cannot be opened
+(refused, no greeting, failed TLS or AUTH) ends the run without --keep-going: there is no target to test; with
+it, that too is counted and retried with backoff. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class RunEnd:
     started: float  # time.time()
     elapsed: float  # until the last reply
     window: float  # the sending window: --duration, or the whole run with --message-count
-    error: str | None = None  # what stopped the run, without --keep-going
+    error: str | None = None  # what stopped the run: a connection that could not be opened, without --keep-going
     interrupted: bool = False
     aborted: dict[str, Any] | None = None  # the --fail-fast threshold that stopped the run (trafficgen.watch)
     stairs: dict[str, Any] | None = None  # the stairs' verdict, with a --profile that has them
@@ -222,7 +224,7 @@ class Runner:
     # --- workers ------------------------------------------------------------------------------------------
 
     def stop_on(self, text: str) -> None:
-        """An error: without --keep-going it ends the run."""
+        """A connection that could not be opened: without --keep-going it ends the run."""
         if not self.config.keep_going and self.error is None:
             self.error = text
             self.stopping = True
@@ -493,12 +495,13 @@ class Worker:
         self.sending = None
         runner.recorded(message, outcome)
         self.on_transport += 1
-        if outcome.kind == ERROR:
-            runner.stop_on(f"{outcome.text} (talking to {runner.config.target})")
+        if outcome.kind == ERROR:  # that connection ends, not the run: the worker reconnects after a backoff
             self.failures += 1
+            if outcome.connecting:  # --http: the endpoint cannot be reached, as an SMTP connect that fails
+                runner.stop_on(f"{outcome.text} (talking to {runner.config.target})")
         else:
             self.failures = 0
-        if outcome.close or not transport.usable or last_here:
+        if outcome.kind == ERROR or outcome.close or not transport.usable or last_here:
             # A message pipelined behind this one was not answered here: it goes over the next connection.
             await self._drop_transport()
             if outcome.kind == ERROR and not runner.stopping:

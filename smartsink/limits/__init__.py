@@ -16,12 +16,13 @@ from smartsink.policy.model import Escalation, Rate
 class Limits(Protocol):
     """What a responder asks of the sink as a whole."""
 
-    async def open_connection(self, limit: int | None, scope: str = "") -> bool:
-        """Count one more connection of `scope` (a client address, a /24, or "" for the whole sink); False when
-        `limit` ([listener] max_connections) is reached."""
+    async def open_connection(self, limit: int | None, scope: str = "", client: str = "", mx: str = "") -> bool:
+        """Count one more connection of `scope` (a client address, a /24, an MX, or "" for the whole sink) from
+        `client`, meant for the MX host `mx` (when known); False when `limit` ([listener] max_connections) is
+        reached."""
         ...
 
-    def close_connection(self, scope: str = "") -> None: ...
+    def close_connection(self, scope: str = "", client: str = "", mx: str = "") -> None: ...
 
     async def begin_transaction(self, key: str, limit: int) -> bool:
         """Count one more transaction in flight under `key` (state.limit_key: a domain, and a client scope when
@@ -30,8 +31,9 @@ class Limits(Protocol):
 
     def end_transaction(self, key: str) -> None: ...
 
-    async def take_rate(self, key: str, rate: Rate) -> bool:
-        """Take one accepted message from the rate counted under `key`; False when none is left."""
+    async def take_rate(self, key: str, rate: Rate, full: bool = True) -> bool:
+        """Take one accepted message from the rate counted under `key`; False when none is left. A bucket starts
+        `full` (one period's worth) or empty at its first use (the policy's rate_start)."""
         ...
 
     async def escalated(self, key: str) -> bool:

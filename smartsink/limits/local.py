@@ -13,11 +13,11 @@ class LocalLimits:
     def __init__(self, state: SharedState):
         self.state = state
 
-    async def open_connection(self, limit: int | None, scope: str = "") -> bool:
-        return self.state.open_connection(limit, scope)
+    async def open_connection(self, limit: int | None, scope: str = "", client: str = "", mx: str = "") -> bool:
+        return self.state.open_connection(limit, scope, client, mx)
 
-    def close_connection(self, scope: str = "") -> None:
-        self.state.close_connection(scope)
+    def close_connection(self, scope: str = "", client: str = "", mx: str = "") -> None:
+        self.state.close_connection(scope, client, mx)
 
     async def begin_transaction(self, key: str, limit: int) -> bool:
         return self.state.begin_transaction(key, limit)
@@ -25,8 +25,8 @@ class LocalLimits:
     def end_transaction(self, key: str) -> None:
         self.state.end_transaction(key)
 
-    async def take_rate(self, key: str, rate: Rate) -> bool:
-        return self.state.take_rate(key, rate)
+    async def take_rate(self, key: str, rate: Rate, full: bool = True) -> bool:
+        return self.state.take_rate(key, rate, full)
 
     async def escalated(self, key: str) -> bool:
         return self.state.escalated(key)

@@ -42,7 +42,7 @@ class _Holdings:
     """What one worker holds in the shared state, to give back if it dies."""
 
     def __init__(self) -> None:
-        self.connections: Counter[str] = Counter()  # by scope
+        self.connections: Counter[tuple[str, str, str]] = Counter()  # by (scope, client, mx)
         self.transactions: Counter[str] = Counter()
 
 
@@ -53,10 +53,12 @@ class OpenConnection(NamedTuple):
     call_id: int
     limit: int | None
     scope: str
+    client: str = ""
+    mx: str = ""
 
     def answer(self, state: SharedState, holdings: _Holdings) -> bool:
-        opened = state.open_connection(self.limit, self.scope)
-        holdings.connections[self.scope] += opened
+        opened = state.open_connection(self.limit, self.scope, self.client, self.mx)
+        holdings.connections[self.scope, self.client, self.mx] += opened
         return opened
 
 
@@ -76,9 +78,10 @@ class TakeRate(NamedTuple):
     call_id: int
     key: str
     rate: Rate
+    full: bool = True
 
     def answer(self, state: SharedState, holdings: _Holdings) -> bool:
-        return state.take_rate(self.key, self.rate)
+        return state.take_rate(self.key, self.rate, self.full)
 
 
 class Escalated(NamedTuple):
@@ -113,10 +116,14 @@ class Opened(NamedTuple):
     """A connection opened where no limit applies: counted without waiting for an answer."""
 
     scope: str
+    client: str = ""
+    mx: str = ""
 
 
 class ConnectionClosed(NamedTuple):
     scope: str
+    client: str = ""
+    mx: str = ""
 
 
 class TransactionEnded(NamedTuple):
@@ -277,9 +284,9 @@ class Coordinator:
         holdings = self.channels.pop(channel, None)
         if holdings is None:
             return
-        for scope, count in holdings.connections.items():
+        for (scope, client, mx), count in holdings.connections.items():
             for _ in range(count):
-                self.state.close_connection(scope)
+                self.state.close_connection(scope, client, mx)
         for key, count in holdings.transactions.items():
             for _ in range(count):
                 self.state.end_transaction(key)
@@ -296,12 +303,13 @@ class Coordinator:
         handler(channel, holdings, message)
 
     def _opened(self, channel: Channel, holdings: _Holdings, message: Opened) -> None:
-        self.state.open_connection(None, message.scope)
-        holdings.connections[message.scope] += 1
+        self.state.open_connection(None, message.scope, message.client, message.mx)
+        holdings.connections[message.scope, message.client, message.mx] += 1
 
     def _connection_closed(self, channel: Channel, holdings: _Holdings, message: ConnectionClosed) -> None:
-        self.state.close_connection(message.scope)
-        holdings.connections[message.scope] = max(0, holdings.connections[message.scope] - 1)
+        self.state.close_connection(message.scope, message.client, message.mx)
+        held = (message.scope, message.client, message.mx)
+        holdings.connections[held] = max(0, holdings.connections[held] - 1)
 
     def _transaction_ended(self, channel: Channel, holdings: _Holdings, message: TransactionEnded) -> None:
         self.state.end_transaction(message.key)
@@ -442,14 +450,14 @@ class RemoteLimits:
             log.error("the supervisor did not answer %s in %.0f s; letting it through", name, CALL_TIMEOUT)
             return unanswered
 
-    async def open_connection(self, limit: int | None, scope: str = "") -> bool:
+    async def open_connection(self, limit: int | None, scope: str = "", client: str = "", mx: str = "") -> bool:
         if limit is None:  # nothing to check: count it without waiting for an answer
-            self.send(Opened(scope))
+            self.send(Opened(scope, client, mx))
             return True
-        return await self._ask(lambda call_id: OpenConnection(call_id, limit, scope))
+        return await self._ask(lambda call_id: OpenConnection(call_id, limit, scope, client, mx))
 
-    def close_connection(self, scope: str = "") -> None:
-        self.send(ConnectionClosed(scope))
+    def close_connection(self, scope: str = "", client: str = "", mx: str = "") -> None:
+        self.send(ConnectionClosed(scope, client, mx))
 
     async def begin_transaction(self, key: str, limit: int) -> bool:
         return await self._ask(lambda call_id: BeginTransaction(call_id, key, limit))
@@ -457,8 +465,8 @@ class RemoteLimits:
     def end_transaction(self, key: str) -> None:
         self.send(TransactionEnded(key))
 
-    async def take_rate(self, key: str, rate: Rate) -> bool:
-        return await self._ask(lambda call_id: TakeRate(call_id, key, rate))
+    async def take_rate(self, key: str, rate: Rate, full: bool = True) -> bool:
+        return await self._ask(lambda call_id: TakeRate(call_id, key, rate, full))
 
     async def escalated(self, key: str) -> bool:
         return await self._ask(lambda call_id: Escalated(call_id, key), unanswered=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Iterable
 
 from smartsink.policy import fallback
@@ -80,14 +81,14 @@ def forced(rules: DomainRules, local: str, rng: random.Random) -> Reply | bool |
     """The answer a special user part asks for, True for a forced accept, or None when it asks nothing.
 
     Checked in KumoMTA's order, so a user part that asks two things gets what KumoMTA's sink would give it:
-    one holding `tempfail` gets a temporary failure from this domain's defer list, one holding `permfail` a
-    permanent failure from its bounce list (KumoMTA documents this but answers fixed texts); `450-...` gets
-    "450 you said <user>"; `250-...` is accepted whatever the percentages say. Unlike KumoMTA, case is ignored:
-    MTAs and people write `TempFail@` too, and providers treat user parts without case.
+    one holding `tempfail` gets a temporary failure from this domain's defer list (forced_tempfail), one holding
+    `permfail` a permanent failure from its bounce list (KumoMTA documents this but answers fixed texts); `450-...`
+    gets "450 you said <user>"; `250-...` is accepted whatever the percentages say. Unlike KumoMTA, case is
+    ignored: MTAs and people write `TempFail@` too, and providers treat user parts without case.
     """
     lowered = local.lower()
     if "tempfail" in lowered:
-        return pick(tuple(r for r in rules.defers if 400 <= r.code < 500) or fallback.DEFERS, rng)
+        return forced_tempfail(rules, rng)
     if "permfail" in lowered:
         return pick(tuple(r for r in rules.bounces if r.code >= 500) or fallback.BOUNCES, rng)
     if lowered.startswith("450-"):
@@ -95,6 +96,23 @@ def forced(rules: DomainRules, local: str, rng: random.Random) -> Reply | bool |
     if lowered.startswith("250-"):
         return True
     return None
+
+
+_CODE_421 = re.compile(r"(?m)^421[ ,-]")
+
+
+def forced_tempfail(rules: DomainRules, rng: random.Random) -> Reply:
+    """A temporary failure from the domain's defer list that leaves the connection open, as KumoMTA's sink
+    answers `tempfail@`: a 421 closes the connection (RFC 5321 3.8), so it is not picked while the list has
+    another; a list of 421s only gives one's words with 451. With `tempfail_closes` the whole list is picked from."""
+    defers = tuple(r for r in rules.defers if 400 <= r.code < 500) or fallback.DEFERS
+    if rules.tempfail_closes:
+        return pick(defers, rng)
+    staying = tuple(r for r in defers if r.code != 421)
+    if staying:
+        return pick(staying, rng)
+    closing = pick(defers, rng)
+    return Reply(451, _CODE_421.sub("", closing.text), closing.weight)
 
 
 def roll(rules: DomainRules, rng: random.Random) -> Reply | None:

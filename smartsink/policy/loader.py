@@ -194,6 +194,15 @@ def _rate(value: Any) -> Rate:
     return Rate(spec.count, spec.per)
 
 
+RATE_STARTS = ("full", "empty")
+
+
+def _rate_start(value: Any) -> str:
+    if value not in RATE_STARTS:
+        raise _Bad(f'must be "full" (one period\'s worth at once) or "empty" (the rate from the start), got {value!r}')
+    return str(value)
+
+
 def _reject_at(value: Any) -> str:
     if value not in ("rcpt", "data"):
         raise _Bad(f'must be "rcpt" or "data", got {value!r}')
@@ -296,12 +305,14 @@ _RULE_PARSERS = {
     "max_concurrency": _count,
     "max_messages_per_connection": _count,
     "rate": _rate,
+    "rate_start": _rate_start,
     "greylist": _duration,
     "per": _per,
     "escalate": _escalate,
     "require_tls": _flag,
     "max_message_size": _size,
     "require_headers": _header_names,
+    "tempfail_closes": _flag,
 }
 
 
@@ -312,8 +323,8 @@ def _null_sender(value: Any) -> str:
 
 
 _LISTENER_PARSERS = {"max_connections": _count, "per": _per, "banner_delay": _latency, "null_sender": _null_sender}
-# What a schedule window may change: a domain's rules for a while (not its scope or escalation).
-_WINDOW_PARSERS = {k: v for k, v in _RULE_PARSERS.items() if k not in ("per", "escalate")}
+# What a schedule window may change: a domain's rules for a while (not its scope, escalation or how a bucket starts).
+_WINDOW_PARSERS = {k: v for k, v in _RULE_PARSERS.items() if k not in ("per", "escalate", "rate_start")}
 _WINDOW_TIMING = ("start", "at", "length")
 RULE_KEYS = frozenset(_RULE_PARSERS)  # the keys of [default] and [domain."NAME"] (and `mx`, the DNS's, apart)
 _MX = frozenset({"mx"})  # read apart from a domain's rules (_mx): the MX set the sink's DNS serves
@@ -807,6 +818,14 @@ def _check_sum(reader: _Reader, rules: DomainRules, path: tuple[str, ...]) -> No
             _label(path),
             f"bounce + defer is {rules.bounce + rules.defer:g}%, more than 100%",
         )
+
+
+ACCEPT_ALL = "--accept-all"
+
+
+def accept_all() -> Policy:
+    """The policy of a plain black hole (--accept-all): no domain, no limit, nothing refused or delayed."""
+    return Policy(source=ACCEPT_ALL, default=DomainRules(name=OTHER_LABEL))
 
 
 def load_policy(path: str | Path, memory: Memory | None = None) -> Policy:

@@ -108,6 +108,7 @@ class DomainRules:
     latency: Latency | None = None
     max_concurrency: int | None = None
     rate: Rate | None = None
+    rate_start: str = "full"  # a rate's bucket at its first use (sink start, or after a reset): "full" or "empty"
     greylist: float | None = None  # seconds
     max_messages_per_connection: int | None = None
     disconnect: float = 0.0  # percent of transactions cut without a reply
@@ -118,6 +119,7 @@ class DomainRules:
     require_tls: bool = False  # RCPT without STARTTLS first gets 530 5.7.0
     max_message_size: int | None = None  # bytes; a larger message gets 552 5.3.4 at the end of DATA
     require_headers: tuple[str, ...] = ()  # header names a message must carry, else 550 5.7.1 at the end of DATA
+    tempfail_closes: bool = False  # a forced tempfail@ may get a 421 (which closes); else the connection stays open
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,16 +60,19 @@ def _signature(path: str) -> tuple[int, int, int, int] | None:
 class PolicyStore:
     """The policy in force, where it came from, and the last reload's error."""
 
-    def __init__(self, path: str, on_reload: Callable[[str], None] | None = None):
+    def __init__(self, path: str, on_reload: Callable[[str], None] | None = None, fixed: Policy | None = None):
+        """`fixed`: serve this policy, read from no file and never reloaded (--accept-all); `path` names it."""
         self.path = path
+        self.fixed = fixed is not None
         self.on_reload = on_reload or (lambda result: None)
         self.listeners: list[Callable[[Policy], None]] = []
         self.error: str | None = None
         self.loaded_at = 0.0
         self.generation = 0
-        self._signature = _signature(path)
+        self._signature = None if fixed is not None else _signature(path)
         self.memory = Memory()
-        self.policy: Policy = load_policy(path, self.memory)  # PolicyError propagates: a bad file at start is fatal
+        # PolicyError propagates: a bad file at start is fatal
+        self.policy: Policy = fixed if fixed is not None else load_policy(path, self.memory)
         self.loaded_at = time.time()
         self._reloading = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -84,6 +87,9 @@ class PolicyStore:
 
     async def reload(self, reason: str = "change") -> bool:
         """Load the file again, off the loop; True when a new policy is in force. Reloads run one at a time."""
+        if self.fixed:
+            log.info("policy reload (%s): nothing to reload, %s reads no file", reason, self.path)
+            return False
         async with self._reloading:
             self._signature = _signature(self.path)
             try:
@@ -111,7 +117,7 @@ class PolicyStore:
         return True
 
     def changed(self) -> bool:
-        return _signature(self.path) != self._signature
+        return not self.fixed and _signature(self.path) != self._signature
 
     async def watch(self, interval: float = POLL_INTERVAL) -> None:
         """Poll the file's identity (mtime, size, inode) and reload on any change; runs until cancelled.

@@ -84,13 +84,14 @@ class TestCompose:
         assert "docker/compose.yaml" in root["include"]
 
     def test_smartsink_service(self, compose):
-        """Built from this repo, ports 2525 and 2026 to 25, loopback's 8000 to 8000, 2053 to the DNS by default,
-        policy/ mounted, restarts unless stopped, never pulled (test_docker.py has compose itself read the file)."""
+        """Built from this repo, ports 2525 and 2026 to 25, loopback's 8026 to 8026 (not kumod's 8000), 2053 to the
+        DNS by default, policy/ mounted, restarts unless stopped, never pulled (test_docker.py has compose itself read
+        the file)."""
         service = compose["services"]["smartsink"]
         assert (COMPOSE.parent / service["build"]["context"]).resolve() == ROOT
         assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
         ports = [defaults(p) for p in service["ports"]]
-        assert ports == ["2525:25", "2026:25", "127.0.0.1:8000:8000", "2053:53/udp", "2053:53/tcp"]
+        assert ports == ["2525:25", "2026:25", "127.0.0.1:8026:8026", "2053:53/udp", "2053:53/tcp"]
         source, target, *_ = defaults(service["volumes"][0]).split(":")
         assert (COMPOSE.parent / source).resolve() == ROOT / "policy"
         assert target == "/etc/smartsink"
@@ -138,16 +139,17 @@ class TestDockerfile:
         ):
             assert needed in copied
 
-    def test_runs_as_non_root_on_port_25_and_8000(self):
-        """USER is not root; the defaults listen on 25 and 8000 in the container; the policy has a fixed path."""
+    def test_runs_as_non_root_on_port_25_and_8026(self):
+        """USER is not root; the defaults listen on 25 and 8026 (not kumod's 8000) in the container; the policy is
+        the entry point's choice (KumoMTA's path when a file is there, else the image's fixed one)."""
         instructions = dockerfile()
         user = [a for i, a in instructions if i == "USER"][-1]
         assert user not in ("root", "0")
         env = " ".join(a for i, a in instructions if i == "ENV")
         assert "SMARTSINK_LISTEN=0.0.0.0:25" in env
-        assert "SMARTSINK_HTTP=0.0.0.0:8000" in env
-        assert "SMARTSINK_POLICY=/etc/smartsink/responses.toml" in env
-        assert next(a for i, a in instructions if i == "EXPOSE").split() == ["25", "8000"]
+        assert "SMARTSINK_HTTP=0.0.0.0:8026" in env
+        assert "SMARTSINK_POLICY" not in env
+        assert next(a for i, a in instructions if i == "EXPOSE").split() == ["25", "8026"]
         assert [a for i, a in instructions if i == "ENTRYPOINT"] == ['["smartsink-entrypoint"]']
         copies = [a for i, a in instructions if i == "COPY" and "smartsink-entrypoint" in a]
         assert copies == ["docker/smartsink-entrypoint.sh /usr/local/bin/smartsink-entrypoint"]
@@ -256,6 +258,38 @@ class TestKumoVariables:
             assert sink.health()["policy"]["path"] == str(ROOT / "policy" / "responses.toml")
         finally:
             sink.stop()
+
+    def test_kumomta_policy_path_is_served_when_mounted(self, tmp_path):
+        """KumoMTA's smart-sink compose file mounts ./policy on /opt/kumomta/etc/policy and names no policy: the
+        entry point serves that file (the ready line and /health name it), not the image's own. Run in a private
+        mount namespace whose /opt is a fresh tmpfs, so nothing is written to this machine's /opt."""
+        kumo = "/opt/kumomta/etc/policy/responses.toml"
+        policy = tmp_path / "kumo.toml"
+        policy.write_text('[domain."kumo.test"]\nbounce = 100\n')
+        script = (
+            f"mount -t tmpfs tmpfs /opt && mkdir -p {os.path.dirname(kumo)} && cp {policy} {kumo} "
+            f"&& exec /bin/sh {ENTRYPOINT}"
+        )
+        env = image_env(SMARTSINK_LISTEN="127.0.0.1:0", SMARTSINK_HTTP="127.0.0.1:0")
+        command = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script]
+        sink = start_sink(env=env, free_ports=False, command=command)
+        try:
+            assert f"policy {kumo} (1 domains)" in sink.log()
+            assert sink.health()["policy"]["path"] == kumo
+            with smtplib.SMTP(sink.host, sink.port, timeout=10) as client, pytest.raises(smtplib.SMTPDataError) as e:
+                client.sendmail("a@example.test", ["x@kumo.test"], b"Subject: x\r\n\r\nx")
+            assert e.value.smtp_code == 550  # kumo.test's bounce = 100, from the mounted file
+        finally:
+            sink.stop()
+
+    def test_without_a_kumomta_policy_the_images_own_is_named(self):
+        """No file at KumoMTA's path and no policy named: the entry point names the image's
+        /etc/smartsink/responses.toml (absent outside the image, so the sink says so in one line)."""
+        env = image_env(SMARTSINK_LISTEN="127.0.0.1:0", SMARTSINK_HTTP="127.0.0.1:0")
+        assert not Path("/opt/kumomta/etc/policy/responses.toml").exists()
+        result = subprocess.run(["/bin/sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2
+        assert result.stderr.strip() == "smartsink: error: /etc/smartsink/responses.toml: no such file"
 
     @pytest.mark.parametrize(
         ("name", "value"),
@@ -401,6 +435,7 @@ class TestKubernetes:
         volume = next(v for v in pod["volumes"] if "configMap" in v)
         mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
         assert volume["configMap"]["name"] == configmap["metadata"]["name"]
-        policy = image_env()["SMARTSINK_POLICY"]  # where the image reads the policy
+        # where the image reads the policy: the entry point's own, when none is named or mounted at KumoMTA's path
+        policy = re.search(r"export SMARTSINK_POLICY=(/\S+)$", ENTRYPOINT.read_text(), re.MULTILINE).group(1)  # type: ignore[union-attr]
         assert f"{mount['mountPath']}/{next(iter(configmap['data']))}" == policy
         assert configmap["data"]["responses.toml"] == (ROOT / "policy" / "responses.toml").read_text()

@@ -226,6 +226,19 @@ class TestImage:
         ids = stack.engine.run("run", "--rm", "--network", "none", "--entrypoint", "id", IMAGE).stdout
         assert ids.split()[:2] == ["uid=10025(smartsink)", "gid=10025(smartsink)"]
 
+    def test_kumomtas_policy_path_is_served_when_mounted(self, stack: Stack, tmp_path: Path):
+        """A policy mounted where KumoMTA's smart-sink compose file puts it (./policy:/opt/kumomta/etc/policy), no
+        policy named: the image serves that file; without the mount, its own /etc/smartsink/responses.toml."""
+        kumo = tmp_path / "kumo-policy"
+        kumo.mkdir(mode=0o755)
+        (kumo / "responses.toml").write_text('[domain."kumo.test"]\nbounce = 100\n')
+        (kumo / "responses.toml").chmod(0o644)
+        run = ("run", "--rm", "--network", "none")
+        mounted = stack.engine.run(*run, "-v", f"{kumo}:/opt/kumomta/etc/policy:ro", IMAGE, "--check").stdout
+        assert mounted == "/opt/kumomta/etc/policy/responses.toml: OK, 1 domains\n"
+        own = stack.engine.run(*run, IMAGE, "--check").stdout
+        assert own.startswith("/etc/smartsink/responses.toml: OK, ")
+
     def test_no_layer_holds_wheels_or_pip(self, stack: Stack):
         """No layer of the image carries a wheel or pip: removing them in a later layer would not shrink it."""
         saved = subprocess.Popen(["docker", "save", IMAGE], env=stack.engine.env, stdout=subprocess.PIPE)
@@ -285,29 +298,29 @@ class TestComposeConfig:
         assert compose_config(ROOT)["name"] == compose_config(ROOT / "docker")["name"] == "smartsink"
 
     def test_defaults(self):
-        """SMTP on 2525 and 2026 and DNS on 2053 of every interface, the admin API on loopback's 8000 only, the
-        repository's policy."""
+        """SMTP on 2525 and 2026 and DNS on 2053 of every interface, the admin API on loopback's 8026 only (not
+        kumod's 8000), the repository's policy."""
         config = compose_config(ROOT)
         assert published(config, 25) == [("", "2525"), ("", "2026")]
         assert published(config, 53, "udp") == published(config, 53, "tcp") == [("", "2053")]
-        assert published(config, 8000) == [("127.0.0.1", "8000")]
+        assert published(config, 8026) == [("127.0.0.1", "8026")]
         volume = config["services"]["smartsink"]["volumes"][0]
         assert (volume["source"], volume["target"]) == (str(ROOT / "policy"), "/etc/smartsink")
         assert volume["read_only"] is True
 
     def test_variables_move_ports_open_the_admin_api_and_change_the_policy(self, tmp_path: Path):
-        """SMARTSINK_ADMIN_PUBLISH=8000 opens the admin API on every interface; the others move what they name."""
+        """SMARTSINK_ADMIN_PUBLISH=8026 opens the admin API on every interface; the others move what they name."""
         config = compose_config(
             ROOT,
             SMARTSINK_SMTP_PUBLISH="127.0.0.1:2600",
             SMARTSINK_REDIRECT_PUBLISH="2601",
-            SMARTSINK_ADMIN_PUBLISH="8000",
+            SMARTSINK_ADMIN_PUBLISH="8026",
             SMARTSINK_DNS_PUBLISH="127.0.0.1:2602",
             SMARTSINK_POLICY_DIR=str(tmp_path),
         )
         assert published(config, 25) == [("127.0.0.1", "2600"), ("", "2601")]
         assert published(config, 53, "udp") == [("127.0.0.1", "2602")]
-        assert published(config, 8000) == [("", "8000")]
+        assert published(config, 8026) == [("", "8026")]
         assert config["services"]["smartsink"]["volumes"][0]["source"] == str(tmp_path)
 
     def test_trafficgen_runs_the_built_image_and_never_builds(self):

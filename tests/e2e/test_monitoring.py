@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from harness import ROOT
 from smartsink import metrics as sink_metrics
+from smartsink.limits.state import SharedState
 from trafficgen.stats.exporter import RunCollector
 from trafficgen.stats.recorder import Recorder
 
@@ -31,6 +32,9 @@ def exported() -> dict[str, str]:
     for family in REGISTRY.collect():
         if family.name.startswith("smartsink_"):
             families[family.name] = family.type
+    state = SharedState()  # the gauges of what the sink learnt, made at each scrape by the process that owns it
+    for family in sink_metrics.state_families(state.summary(), state.by_domain()):
+        families[family.name] = family.type
     registry = CollectorRegistry()
     registry.register(RunCollector(lambda: Recorder(["gmail.com"]), "run", "127.0.0.1:25"))
     for family in registry.collect():
@@ -76,8 +80,8 @@ def test_scrape_targets_are_the_compose_services():
     config = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     services = compose()["services"]
-    assert targets["smartsink"] == ["smartsink:8000"]
-    assert any(str(port).endswith(":8000") for port in services["smartsink"]["ports"])  # the container's admin port
+    assert targets["smartsink"] == ["smartsink:8026"]
+    assert any(str(port).endswith(":8026") for port in services["smartsink"]["ports"])  # the container's admin port
     metrics_address = services["trafficgen"]["environment"]["TRAFFICGEN_METRICS"]
     assert targets["trafficgen"] == [f"trafficgen:{metrics_address.rsplit(':', 1)[1]}"]
 

@@ -373,3 +373,41 @@ class TestSeveralRecipientsThroughPostfix:
         assert re.search(r"^recipients +[\d,]+", summary, re.M)
         assert re.search(r"^messages +[\d,]+", summary, re.M)
         assert "partly delivered" in summary
+
+
+@needs_postfix
+@pytest.mark.slow
+class TestOpportunisticTLS:
+    """Postfix with opportunistic TLS (`smtp_tls_security_level = may`, what most MTAs do) meets a sink started
+    without any TLS option: it makes a TLS handshake per connection, as with KumoMTA's sink and real providers."""
+
+    MESSAGES = 20
+
+    def relay(self, tmp_path, *sink_args: str) -> tuple[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+        """Postfix's log and the sink's metrics once every one of MESSAGES messages was delivered."""
+        with (
+            running_sink(*sink_args, policy="[default]\nbounce = 0\ndefer = 0\n", tmp=tmp_path) as sink,
+            running_postfix(sink.port, smtp_tls_security_level="may", smtp_tls_loglevel="1") as postfix,
+        ):
+            report, _ = run_report(
+                "--target", postfix.target, "--message-count", str(self.MESSAGES), "--concurrency", "2"
+            )  # fmt: skip
+            assert report["totals"]["accepted"] == self.MESSAGES
+            postfix.wait_for(
+                lambda: _count(postfix.log(), r" status=sent ") >= self.MESSAGES, what="every delivery to the sink"
+            )
+            return postfix.log(), sink.metrics()
+
+    def test_postfix_delivers_over_tls_by_default(self, tmp_path):
+        """Each of Postfix's connections to the sink negotiated TLS, and the sink counted the handshakes."""
+        log, metrics = self.relay(tmp_path)
+        established = _count(log, r"TLS connection established to \S+127\.0\.0\.1")
+        assert established >= 1, log[-3000:]
+        assert metrics['smartsink_tls_handshakes_total{result="ok"}'] == established
+        assert metrics['smartsink_tls_handshakes_total{result="failed"}'] == 0
+
+    def test_no_tls_sink_gets_plain_smtp(self, tmp_path):
+        """--no-tls: the same Postfix delivers without TLS (the sink offers none)."""
+        log, metrics = self.relay(tmp_path, "--no-tls")
+        assert _count(log, r"TLS connection established") == 0
+        assert metrics['smartsink_tls_handshakes_total{result="ok"}'] == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from harness.metrics import Metrics
 from harness.net import Namespace, namespace, netns_unusable
 from harness.policies import ACCEPT_ALL
 from harness.postfix import needs_postfix, running_postfix
-from harness.sink import running_sink
+from harness.sink import running_sink, wait_for
 from harness.trafficgen import run_report, run_trafficgen
 from smartsink.config import DEFAULT_DNS_NETWORK
 from smartsink.dns.table import shipped
@@ -334,3 +335,45 @@ def test_per_mx_connection_cap_on_the_mx_addresses_across_workers(ns, tmp_path):
         assert metrics.value("smartsink_mx_connections_total", mx="mta5.am0.yahoodns.net") == 1
         assert metrics.value("smartsink_redirected_connections_total") == 0, "no NAT here"
         assert "meant for MX gmail-smtp-in.l.google.com" in sink.log()
+
+
+HOLD_OPEN = """
+import socket, sys
+import dns.resolver
+
+port, dns_port = int(sys.argv[1]), int(sys.argv[2])
+resolver = dns.resolver.Resolver(configure=False)
+resolver.nameservers, resolver.port = ["127.0.0.1"], dns_port
+held = []
+for name, count in (("gmail-smtp-in.l.google.com.sink.test", 2), ("mta5.am0.yahoodns.net.sink.test", 1)):
+    address = resolver.resolve(name, "A")[0].address
+    for _ in range(count):
+        s = socket.create_connection((address, port), timeout=10)
+        assert s.recv(512).startswith(b"220")
+        held.append(s)
+print("held", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_state_counts_connections_per_mx(ns, tmp_path):
+    """GET /state counts the open connections per MX host they were meant for, summed over two workers."""
+    ns.check("ip", "route", "add", "local", MX_NETWORK, "dev", "lo")
+    args = ("--listen", "0.0.0.0:0", "--dns", "127.0.0.1:0", "--workers", "2")
+    with running_sink(*args, policy=ACCEPT_ALL, tmp=tmp_path, prefix=ns.prefix) as sink:
+        assert sink.dns is not None
+        holder = subprocess.Popen(
+            [*ns.prefix, sys.executable, "-c", HOLD_OPEN, str(sink.port), str(sink.dns[1])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n", holder.stderr.read() if holder.stderr else ""
+            state = wait_for(lambda: (s := sink.state())["connections"]["count"] == 3 and s, what="3 connections")
+        finally:
+            holder.communicate(timeout=30)
+        assert state["connections"]["mx"] == [
+            {"mx": "gmail-smtp-in.l.google.com", "open": 2},
+            {"mx": "mta5.am0.yahoodns.net", "open": 1},
+        ]
+        wait_for(lambda: sink.state()["connections"]["mx"] == [], what="the connections to close")

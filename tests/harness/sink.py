@@ -30,7 +30,8 @@ DNS = re.compile(r", dns (?P<host>[^ ,]+):(?P<port>\d+) ")
 FETCH = """
 import json, sys, urllib.error, urllib.request
 try:
-    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+    request = urllib.request.Request(sys.argv[1], method=sys.argv[3])
+    with urllib.request.urlopen(request, timeout=float(sys.argv[2])) as r:
         print(json.dumps([r.status, r.read().decode()]))
 except urllib.error.HTTPError as e:
     print(json.dumps([e.code, e.read().decode()]))
@@ -66,10 +67,14 @@ class SinkProcess:
         return "".join(self.lines)
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        return self.request("GET", path, timeout)
+
+    def request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        """(status, body) of `METHOD path` on the admin listener; an HTTP error status is returned, not raised."""
         assert self.http, "this sink has no admin listener"
         if self.prefix:  # the sink's admin listener is in its namespace: ask from there
             done = subprocess.run(
-                [*self.prefix, sys.executable, "-c", FETCH, f"http://{self.http}{path}", str(timeout)],
+                [*self.prefix, sys.executable, "-c", FETCH, f"http://{self.http}{path}", str(timeout), method],
                 capture_output=True,
                 text=True,
                 timeout=timeout + 30,
@@ -77,11 +82,18 @@ class SinkProcess:
             assert done.returncode == 0, done.stderr
             status, body = json.loads(done.stdout)
             return int(status), str(body)
+        request = urllib.request.Request(f"http://{self.http}{path}", method=method)
         try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+    def state(self, query: str = "") -> dict[str, Any]:
+        """GET /state, parsed."""
+        status, body = self.get(f"/state{query}")
+        assert status == 200, body
+        return json.loads(body)
 
     def health(self) -> dict[str, Any]:
         """/health's JSON: 200 while the sink serves, 503 (with the same JSON) while it does not."""

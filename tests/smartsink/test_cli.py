@@ -10,15 +10,18 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from harness import ROOT
+from harness import ROOT, child_env
 from harness.net import busy_port
 from harness.policies import KUMO_POLICY, SHIPPED_POLICY, needs_kumo_policy
 from harness.sink import one_line, run_smartsink, running_sink, start_sink_from_env, write_policy
 from harness.smtp import BODY, SENDER, close, connected, read_reply, send, transaction
 from smartsink import tls
+from smartsink.config import SinkConfig, build
+from trafficgen.config import DEFAULT_HTTP_TARGET, DEFAULT_TARGET
 
 FREE = ("--listen", "127.0.0.1:0", "--http", "127.0.0.1:0")
 BAD_RUN_TIMEOUT = 15.0  # a bad input that starts a sink anyway would hang: fail instead
@@ -98,6 +101,17 @@ BAD = {
         {},
         "--tls-self-signed",
     ),
+    "no-tls-with-a-certificate": lambda c: (
+        [*FREE, "--no-tls", "--tls-cert", c.file("c.pem", "x"), "--tls-key", c.file("k.pem", "x")],
+        {},
+        "--no-tls offers no STARTTLS: do not give --tls-cert with it",
+    ),
+    "state-unknown-mode": lambda c: ([*FREE, "--state", "forever"], {}, "--state must be one of fresh, keep"),
+    "state-file-in-no-folder": lambda c: (
+        [*FREE, "--state", "keep", "--state-file", str(c.tmp / "no" / "state.json")],
+        {},
+        f"--state-file {c.tmp / 'no' / 'state.json'}: no such folder",
+    ),
     "unknown-option": lambda c: ([*FREE, "--bogus"], {}, "--bogus"),
     "size-unknown-unit": lambda c: ([*FREE, "--max-message-size", "10XB"], {}, "unknown unit"),
     "size-not-a-number": lambda c: ([*FREE, "--max-message-size", "lots"], {}, "not a number"),
@@ -174,7 +188,7 @@ class TestCheck:
             f"smartsink: error: {path}:2: [default] bounce: must be from 0 to 100, got 120",
             f'smartsink: error: {path}:5: [domain."gmail.com"] defr: unknown key (known: bounce, defer, '
             "disconnect, escalate, greylist, latency, max_concurrency, max_message_size, max_messages_per_connection, "
-            "per, rate, reject_at, require_headers, require_tls, unknown)",
+            "per, rate, rate_start, reject_at, require_headers, require_tls, tempfail_closes, unknown)",
         ]
         assert result.stdout == ""
 
@@ -200,6 +214,23 @@ class TestCheck:
         assert Path(path).read_bytes() == SHIPPED_POLICY.read_bytes()
         assert Path(path).parent.name == "data"
 
+    def test_default_policy_at_kumomtas_path(self, tmp_path):
+        """Elsewhere, with a file at KumoMTA's policy path (where its smart sink's compose file mounts ./policy),
+        that file is served, and the ready line says so. Run in a private mount namespace whose /opt is a fresh
+        tmpfs: nothing is written to this machine's /opt."""
+        kumo = "/opt/kumomta/etc/policy/responses.toml"
+        policy = write_policy(tmp_path, '[domain."kumo.test"]\nbounce = 100\n')
+        script = (
+            f"mount -t tmpfs tmpfs /opt && mkdir -p {Path(kumo).parent} && cp {policy} {kumo} && "
+            f"exec {sys.executable} -m smartsink --check"
+        )
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script],
+            capture_output=True, text=True, cwd=tmp_path, timeout=30, env=child_env(),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{kumo}: OK, 1 domains\n"
+
     def test_console_script(self, tmp_path):
         """The installed `smartsink` console script runs the same command."""
         script = Path(sys.executable).parent / "smartsink"
@@ -215,6 +246,25 @@ class TestCheck:
 
 
 # --- every option from its environment variable ---------------------------------------------------------
+
+
+class TestDefaults:
+    def test_admin_port_is_not_kumods_nor_trafficgens(self):
+        """The admin listener's default port is neither kumod's HTTP port (8000) nor where `trafficgen --http` sends
+        by default (KumoMTA traffic-gen's http://127.0.0.1:8000), nor an SMTP port of either tool: a sink on a kumod
+        host starts, and trafficgen --http with its defaults never injects into the sink by mistake."""
+        admin = SinkConfig().http
+        assert admin is not None
+        taken = {8000, urlsplit(DEFAULT_HTTP_TARGET).port, SinkConfig().listen[1], int(DEFAULT_TARGET.split(":")[1])}
+        assert admin[1] not in taken
+        assert admin == ("127.0.0.1", 8026)
+
+    def test_starttls_offered_by_default(self):
+        """With no TLS option, STARTTLS is offered with a certificate made at start (the providers all offer it)."""
+        config = SinkConfig()
+        assert config.tls
+        assert config.self_signed
+        assert not build(starttls=False).tls
 
 
 class TestEnvironment:

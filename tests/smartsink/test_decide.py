@@ -89,9 +89,32 @@ class TestForcedRecipients:
         ids=["gmail", "yahoo", "contained-in-user-part", "suffixed-domain"],
     )
     def test_tempfail_picks_from_that_domains_defer_list(self, address, domain):
-        """tempfail@DOMAIN answers one of DOMAIN's own 4xx deferrals, each of them over many draws."""
+        """tempfail@DOMAIN answers one of DOMAIN's own 4xx deferrals that leave the connection open, each of them
+        over many draws; a domain whose deferrals are all 421 (which closes) gets their words with 451."""
         got = answers(address)
-        assert set(got) == replies(domain, "defers", 400, 500)
+        staying = {r for r in replies(domain, "defers", 400, 500) if r.code != 421}
+        closing = {Reply(451, r.text, r.weight) for r in replies(domain, "defers", 421, 422)}
+        assert set(got) == (staying or closing)
+
+    def test_tempfail_closes_picks_any_deferral(self):
+        """tempfail_closes = true: the whole 4xx defer list, 421 included (the policy says a forced tempfail may
+        close the connection)."""
+        policy = parse_policy(
+            '[domain."gmail.com"]\ntempfail_closes = true\n\n[[defer."gmail.com"]]\ncode = 421\nmsg = "4.7.0 a"\n\n'
+            '[[defer."gmail.com"]]\ncode = 450\nmsg = "4.2.1 b"\n',
+            "closes.toml",
+        )
+        rng = random.Random(3)
+        got = {d.decide(policy.domains["gmail.com"], "tempfail", rng) for _ in range(DRAWS)}
+        assert got == {Reply(421, "4.7.0 a"), Reply(450, "4.2.1 b")}
+
+    def test_a_421_with_its_code_in_the_text_becomes_one_451(self):
+        """KumoMTA's multi-line 421 texts carry their code on each line ("421-4.7.0 ..."): as 451 the code is not
+        left inside the text."""
+        rules = DomainRules("k.test", defers=(Reply(421, "421-4.7.0 [TS01] first\r\n421 4.7.0 second"),))
+        reply = d.decide(rules, "tempfail", random.Random(1))
+        assert reply is not None
+        assert render(reply) == b"451-4.7.0 [TS01] first\r\n451 4.7.0 second\r\n"
 
     @pytest.mark.parametrize(
         ("address", "domain"),
@@ -145,7 +168,7 @@ class TestForcedRecipients:
         """tempfail/permfail are answered even where the domain's percentages are 0."""
         assert POLICY.domains["yahoo.com"].bounce == POLICY.domains["yahoo.com"].defer == 0
         assert set(answers("plain@yahoo.com", draws=50)) == {None}
-        assert {r.code for r in answers("tempfail@yahoo.com", draws=50)} == {421}
+        assert {r.code for r in answers("tempfail@yahoo.com", draws=50)} == {451}
         assert {r.code for r in answers("permfail@yahoo.com", draws=50)} == {554}
 
 

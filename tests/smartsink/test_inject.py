@@ -75,7 +75,7 @@ class TestSinkAPI:
         assert answer["failed_recipients"] == ["permfail@gmail.com.sink.test", "tempfail@gmail.com"]
         assert answer["errors"] == [
             "permfail@gmail.com.sink.test: 550 5.1.1 The email account that you tried to reach does not exist.",
-            "tempfail@gmail.com: 421 4.7.28 Rate limited",
+            "tempfail@gmail.com: 451 4.7.28 Rate limited",
         ]
 
     @pytest.mark.parametrize(

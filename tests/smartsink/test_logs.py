@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from harness.sink import running_sink, wait_for
+from harness.sink import running_sink, wait_for, write_policy
 from harness.smtp import BODY, SENDER
 
 POLICY = '[default]\nbounce = 0\ndefer = 0\n[domain."no.test"]\nbounce = 100\n'
@@ -21,11 +21,23 @@ def json_lines(log: str) -> list[dict]:  # type: ignore[type-arg]
 
 
 def test_ready_line_names_starttls_and_auth(tmp_path):
-    """The ready line says whether STARTTLS and AUTH are on."""
-    with running_sink(policy=POLICY, tmp=tmp_path) as plain:
+    """The ready line says whether STARTTLS (and with which certificate) and AUTH are on."""
+    with running_sink("--no-tls", policy=POLICY, tmp=tmp_path) as plain:
         assert "STARTTLS off, AUTH off" in plain.log()
-    with running_sink("--tls-self-signed", "--auth", "any", policy=POLICY, tmp=tmp_path) as secure:
-        assert "STARTTLS on, AUTH any" in secure.log()
+    with running_sink("--auth", "any", policy=POLICY, tmp=tmp_path) as secure:
+        assert "STARTTLS self-signed, AUTH any" in secure.log()
+
+
+def test_ready_line_says_what_listens_where(tmp_path):
+    """One line names the SMTP listener, the admin listener with its endpoints, the policy file served and the
+    state mode, so a user sees at once which port is which and which file answers."""
+    policy = write_policy(tmp_path, POLICY)
+    with running_sink("--policy", str(policy), "--workers", "2") as sink:
+        (line,) = [line for line in sink.lines if "listening on" in line]
+    assert line.startswith(f"smartsink: listening on smtp://{sink.host}:{sink.port} (fast engine, 2 workers), ")
+    assert f"admin http://{sink.http} (/health /metrics /state /api/inject/v1), " in line
+    assert f"policy {policy} (" in line
+    assert line.rstrip().endswith("state fresh")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["one-worker", "two-workers"])

@@ -157,6 +157,9 @@ WIRE_POLICY = f"""
 bounce = 0
 defer = 0
 
+[domain."gmail.com"]
+tempfail_closes = true   # tempfail@ gets the 421 (which closes), as this policy says
+
 [[defer."gmail.com"]]
 code = 421
 msg = "{_toml(KUMO_GMAIL_421)}"

@@ -22,7 +22,7 @@ from smartsink.config import build
 from smartsink.ledger import Answered, LedgerEntry, ReturnedInDsn
 from smartsink.limits.local import LocalLimits
 from smartsink.limits.state import SharedState
-from smartsink.policy import parse_policy
+from smartsink.policy import PolicyError, parse_policy
 from smartsink.policy.model import Outcome
 from smartsink.responder import Action, Responder, SinkContext
 
@@ -202,6 +202,67 @@ class TestRate:
         assert refused == [(451, "4.7.28 Rate limited: too many messages for this domain, please try again later")]
         sink.clock.advance(1)
         assert [code for code, _ in await send(client, "a@example.com")] == [250, 250]
+
+
+class TestRateStart:
+    """rate_start: a rate's bucket starts full (one period's worth at once) or empty (the rate from the first
+    message), at its first use: after a start, or after the state is forgotten (DELETE /state), never by accident
+    of when the sink started."""
+
+    @staticmethod
+    def policy(start: str) -> str:
+        throttle = '[[throttle."default"]]\ncode = 451\nmsg = "4.7.28 x"\n'
+        return f'[default]\nrate = "4/s"\nrate_start = "{start}"\n\n{throttle}'
+
+    async def test_full_gives_a_burst_then_the_rate(self):
+        """full: four at once, then the throttle; a reset brings the burst back, not a sink restart."""
+        sink = sink_of(self.policy("full"))
+        client = await sink.connect()
+        assert [await outcome(client, "a@example.com") for _ in range(5)] == [250] * 4 + [451]
+        sink.clock.advance(1000)  # however long the sink has been up, a used bucket holds one period's worth
+        assert [await outcome(client, "a@example.com") for _ in range(5)] == [250] * 4 + [451]
+        sink.state.forget()
+        assert [await outcome(client, "a@example.com") for _ in range(5)] == [250] * 4 + [451]
+
+    async def test_empty_gives_the_rate_from_the_first_message(self):
+        """empty: the first message finds no room; a quarter of a second later one passes, and so on."""
+        sink = sink_of(self.policy("empty"))
+        client = await sink.connect()
+        assert await outcome(client, "a@example.com") == 451
+        sink.clock.advance(0.25)
+        assert [await outcome(client, "a@example.com") for _ in range(2)] == [250, 451]
+        sink.clock.advance(1)
+        assert [await outcome(client, "a@example.com") for _ in range(5)] == [250] * 4 + [451]
+        sink.state.forget()
+        assert await outcome(client, "a@example.com") == 451
+
+    async def test_a_bad_value_is_named(self):
+        """rate_start takes "full" or "empty"; anything else is a policy problem with its line."""
+        with pytest.raises(PolicyError) as caught:
+            parse_policy('[default]\nrate = "4/s"\nrate_start = "half"\n', "start.toml")
+        assert str(caught.value) == (
+            'start.toml:3: [default] rate_start: must be "full" (one period\'s worth at once) or "empty" (the rate '
+            "from the start), got 'half'"
+        )
+
+
+class TestAcceptAll:
+    """--accept-all: a plain black hole, whatever the policy would say."""
+
+    async def test_every_recipient_250_at_once(self):
+        """A policy that bounces, delays, rate-limits and greylists is not applied: 250 to each RCPT and message,
+        tempfail@ included, without waiting."""
+        policy = '[default]\nbounce = 100\nlatency = "10s"\nrate = "1/h"\ngreylist = "5m"\nmax_concurrency = 1\n'
+        sink = sink_of(policy, accept_all=True)
+        client = await sink.connect()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for recipient in ("a@example.com", "tempfail@gmail.com", "permfail@yahoo.com", "450-x@example.com"):
+            (rcpt, queued) = await send(client, recipient)
+            assert rcpt == (250, "2.1.5 Ok")
+            assert queued[0] == 250
+        assert loop.time() - started < 5  # the policy's 10 s latency was not applied, four times over
+        assert sink.state.summary()["rate_buckets"] == sink.state.summary()["greylist"] == 0
 
 
 class TestMessagesPerConnection:

@@ -11,6 +11,7 @@ from collections import Counter
 
 import aiosmtplib
 import pytest
+from cryptography import x509
 
 from harness.metrics import Metrics
 from harness.policies import KUMO_POLICY, PROVIDERS, needs_kumo_policy
@@ -61,8 +62,9 @@ def suffix_sink(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_sink(tmp_path_factory):
+    """A sink started without any TLS option: it offers STARTTLS with a certificate made at start."""
     tmp = tmp_path_factory.mktemp("tls")
-    with running_sink("--tls-self-signed", policy=PROVIDERS, tmp=tmp) as running:
+    with running_sink(policy=PROVIDERS, tmp=tmp) as running:
         yield running
 
 
@@ -274,9 +276,19 @@ class TestStartTLS:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "=== TLS started with cipher" in result.stdout
 
-    def test_no_starttls_without_a_certificate(self, sink):
-        """A sink given no certificate offers no STARTTLS and answers it 454."""
-        with connected(sink) as client:
+    def test_starttls_by_default_with_a_certificate_made_at_start(self, tls_sink):
+        """Without any TLS option the sink offers STARTTLS, as real providers do, and presents a self-signed
+        certificate for its --hostname, made at start."""
+        with connected(tls_sink) as client:
+            assert client.has_extn("starttls")
+            assert client.starttls(context=unverified())[0] == 220
+            certificate = x509.load_der_x509_certificate(client.sock.getpeercert(binary_form=True))
+        assert certificate.issuer == certificate.subject
+        assert "self-signed" in tls_sink.log()
+
+    def test_no_tls_offers_no_starttls(self, tmp_path):
+        """--no-tls: no STARTTLS in the EHLO reply, and the command is answered 454."""
+        with running_sink("--no-tls", policy=PROVIDERS, tmp=tmp_path) as plain, connected(plain) as client:
             assert not client.has_extn("starttls")
             assert client.docmd("STARTTLS")[0] == 454
 
@@ -442,6 +454,37 @@ class TestKumoPolicy:
         assert got <= allowed
         assert len(got) > 1  # not a fixed text, unlike KumoMTA's own sink
 
+    @pytest.mark.parametrize("domain", ["aol.com", "gmail.com"], ids=["aol-421s-only", "gmail-mixed"])
+    def test_forced_tempfail_keeps_the_connection_open(self, kumo_sink, domain):
+        """KumoMTA's sink answers tempfail@ and keeps the connection; so does this one, with the domain's own words:
+        never a 421 (which closes), so ten forced tempfails go over one connection. aol.com's deferrals in
+        KumoMTA's file are all 421s: their words come with 451."""
+        rules = load_policy(KUMO_POLICY).domains[domain]
+        words = {text for _, text in rendered(r for r in rules.defers if 400 <= r.code < 500)}
+        with connected(kumo_sink) as client:
+            for _ in range(10):
+                code, text = transaction(client, [f"tempfail@{domain}"])
+                assert 400 <= code < 500
+                assert code != 421
+                assert text in words
+            assert client.noop()[0] == 250
+
     def test_250_dash_accepted(self, kumo_sink):
         """250-... is accepted under KumoMTA's percentages."""
         assert all(accepted(send(kumo_sink, ["250-x@gmail.com"])) for _ in range(20))
+
+
+class TestAcceptAll:
+    def test_a_black_hole_without_a_policy(self, tmp_path):
+        """--accept-all reads no policy (the --policy given does not even exist) and takes everything at once:
+        every recipient, tempfail@ and permfail@ too; the ready line says no policy is served, and reloads
+        change nothing."""
+        missing = tmp_path / "no-such-policy.toml"
+        with running_sink("--accept-all", "--policy", str(missing)) as sink:
+            assert "policy none (--accept-all: every recipient 250)" in sink.log()
+            with connected(sink) as client:
+                for recipients in (["a@gmail.com"], ["tempfail@yahoo.com", "permfail@hotmail.com"], ["450-x@aol.com"]):
+                    assert accepted(transaction(client, recipients))
+            health = sink.health()
+        assert health["policy"]["path"] == "--accept-all"
+        assert health["policy"]["domains"] == 0

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from aiohttp import web
 from harness.sink import running_sink
 from harness.trafficgen import run_report, run_trafficgen
 from trafficgen.config import build
+from trafficgen.stats import kumomta
 
 # -- 451 4.5.3 --------------------------------------------------------------------------------------------------
 
@@ -271,3 +273,80 @@ def test_http_batch_size_counts_recipients(tmp_path):
     assert [len(request["body"]["recipients"]) for request in seen] == [5] * 4
     assert report["totals"]["attempted"] == 4
     assert json.dumps(report).count('"recipients"') >= 1
+
+
+# -- --output kumomta -------------------------------------------------------------------------------------------
+
+SENT = re.compile(r"^sent (?P<sent>[\d,]+) messages, failed (?P<failed>[\d,]+) over (?P<over>\S+)\.$")
+LATENCY = re.compile(
+    r"^transaction latency: avg=(?P<avg>\S+) min=(?P<min>\S+) max=(?P<max>\S+) p50=(?P<p50>\S+) p75=(?P<p75>\S+) "
+    r"p90=(?P<p90>\S+) p95=(?P<p95>\S+) p99=(?P<p99>\S+) p99\.9=(?P<p99_9>\S+) $"
+)
+RATE = re.compile(r"^overall rate: (?P<s>[\d,]+) msgs/s, (?P<m>[\d,]+) msgs/minute, (?P<h>[\d,]+) msgs/hour$")
+UNITS = {"ns": 1e-9, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def seconds(text: str) -> float:
+    """A Rust Debug duration (`1.5ms`, `250µs`, `2s`) in seconds."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|µs|ms|s)", text)
+    assert m, f"not a Rust duration: {text!r}"
+    return float(m[1]) * UNITS[m[2]]
+
+
+@pytest.mark.parametrize(
+    ("nanos", "shown"),
+    [
+        (0, "0ns"),
+        (12, "12ns"),
+        (1_500, "1.5µs"),
+        (250_000, "250µs"),
+        (1_234_000, "1.234ms"),
+        (2_000_000_000, "2s"),
+        (10_001_234_567, "10.001234567s"),
+        (6_164_479_000, "6.164479s"),
+    ],
+    ids=str,
+)
+def test_durations_as_rust_writes_them(nanos, shown):
+    """KumoMTA's traffic-gen prints durations with Rust's {:?}: the largest unit under the value, no trailing 0."""
+    assert kumomta.duration(nanos) == shown
+
+
+def test_output_kumomta_prints_traffic_gens_lines(tmp_path):
+    """--output kumomta: instead of the summary, the three lines KumoMTA's traffic-gen ends with (which its users'
+    scripts grep), their figures the report's: sent is what the target accepted, failed the rest."""
+    policy = '[default]\nbounce = 0\ndefer = 0\nlatency = "20ms"\n\n[domain."bounce.test"]\nbounce = 100\n'
+    with running_sink(policy=policy, tmp=tmp_path) as sink:
+        path = tmp_path / "report.json"
+        done = run_trafficgen(
+            "--target", sink.target, "--message-count", "200", "--concurrency", "4", "--seed", "3",
+            "--domain", "ok.test:3", "--domain", "bounce.test:1", "--output", "kumomta", "-q", "--json", str(path),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(path.read_text())
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout
+    sent, latency, rate = SENT.match(lines[0]), LATENCY.match(lines[1]), RATE.match(lines[2])
+    assert sent, lines[0]
+    assert latency, lines[1]
+    assert rate, lines[2]
+    totals = report["totals"]
+    assert int(sent["sent"].replace(",", "")) == totals["accepted"] > 0
+    assert int(sent["failed"].replace(",", "")) == totals["attempted"] - totals["accepted"] > 0
+    assert seconds(sent["over"]) == pytest.approx(report["elapsed_s"], abs=0.001)
+    ms = report["latency_ms"]
+    for key in ("min", "max", "p50", "p99", "p99_9"):
+        assert seconds(latency[key]) == pytest.approx(ms[key] / 1000, abs=1e-6), key
+    assert seconds(latency["avg"]) == pytest.approx(ms["mean"] / 1000, abs=1e-6)
+    per_second = int(rate["s"].replace(",", ""))
+    assert per_second == int(totals["accepted"] / report["elapsed_s"])
+    assert int(rate["m"].replace(",", "")) == per_second * 60
+    assert int(rate["h"].replace(",", "")) == per_second * 3600
+    assert "domains" not in done.stdout
+
+
+def test_output_takes_summary_or_kumomta():
+    """Another --output is one line and exit 2."""
+    done = run_trafficgen("--output", "json", "--message-count", "1")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "trafficgen: error: --output 'json': use one of summary, kumomta"

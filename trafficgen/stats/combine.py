@@ -308,6 +308,10 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     shape = [key for key in SHAPE if (cb.get(key) or None) != (ca.get(key) or None)]
     if shape:
         out.append("the runs differ in workload: " + ", ".join(shape))
+    reset_before, reset_after = bool(cb.get("reset_sink")), bool(ca.get("reset_sink"))
+    if reset_before != reset_after:
+        which = "before" if reset_before else "after"
+        out.append(f"only the run {which} reset its sinks (--reset-sink): the other met what earlier runs taught them")
     return out
 
 
