@@ -34,7 +34,7 @@ from smartsink.engines import inject as injection
 from smartsink.ledger import RunLedger
 from smartsink.limits.state import VIEW_LIMIT, VIEW_LIMIT_MAX, Filter, SharedState
 from smartsink.overrides import OverrideKeeper
-from smartsink.policy.loader import domain_problem, rule_settings, window_timing
+from smartsink.policy.values import domain_problem, rule_settings, window_timing
 from smartsink.responder import SinkContext
 
 log = logging.getLogger("smartsink.admin")
