@@ -8,7 +8,7 @@ Every request is hostile input until read: a body is at most INJECT_MAX_BODY byt
 `request_body_limit`, 413 past it), JSON too deeply nested is a 400, a client that hangs up mid-body is dropped;
 each is one counted (smartsink_admin_refused_total), rate-limited log line, never a traceback. With an admin
 token (--admin-token), every request that changes state (any method but GET and HEAD) must carry it. An inject
-request's recipients are answered INJECT_CHUNK at a time, the loop serving SMTP between chunks.
+request, once read, is answered by the inject front-end (smartsink.engines.inject).
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from aiohttp import web
 from mailload import contract
 from smartsink import inject as inject_api
 from smartsink import logs, metrics
-from smartsink.ledger import Answered, RunLedger
+from smartsink.engines import inject as injection
+from smartsink.ledger import RunLedger
 from smartsink.limits.state import VIEW_LIMIT, VIEW_LIMIT_MAX, Filter, SharedState
 from smartsink.overrides import OverrideKeeper
-from smartsink.policy.decide import strip_suffix
-from smartsink.policy.loader import domain_problem, rule_settings, window_timing
-from smartsink.policy.model import Outcome
-from smartsink.responder import Responder, SinkContext
+from smartsink.policy.values import domain_problem, rule_settings, window_timing
+from smartsink.responder import SinkContext
 
 log = logging.getLogger("smartsink.admin")
 hostile = logs.Limited(log)
@@ -45,7 +44,6 @@ hostile = logs.Limited(log)
 # sink, on every admin endpoint. At about 40 bytes a recipient that is some 50,000 recipients a request.
 INJECT_MAX_BODY = 2 * 1024 * 1024
 TOO_LARGE = "Failed to buffer the request body: length limit exceeded"
-INJECT_CHUNK = 200  # recipients answered in one turn of the loop
 READING = ("GET", "HEAD", "OPTIONS")  # methods that change nothing: no admin credential asked
 
 
@@ -178,19 +176,7 @@ def make_app(source: AdminSource) -> web.Application:
             return web.Response(status=e.status, text=e.text)
         if credentials is not None:
             metrics.child(metrics.AUTHS, "ok").inc()
-        peer = request.remote or "http"
-        raw = injected.content.encode("utf-8", "replace")
-        head = raw[: contract.HEAD_BYTES]
-        results: list[str | None] = []
-        recipients = injected.recipients
-        for start in range(0, len(recipients), INJECT_CHUNK):
-            chunk = recipients[start : start + INJECT_CHUNK]
-            results += await asyncio.gather(
-                *(_inject_one(source.ctx, peer, injected.sender, email, len(raw), head) for email in chunk)
-            )
-            await asyncio.sleep(0)  # the loop's other work (SMTP, the workers' questions) between chunks
-        metrics.INJECTED.inc(len(results))
-        _record_trace(source.ctx, raw, injected.recipients, results)
+        results = await injection.inject(source.ctx, request.remote or "http", injected)
         failed = [(email, err) for email, err in zip(injected.recipients, results, strict=True) if err]
         return web.json_response(
             {
@@ -380,46 +366,6 @@ async def _read_inject(request: web.Request) -> inject_api.Request:
         refused(request, e.reason, e.text)
         raise inject_api.Refusal(e.status, e.text) from None
     return inject_api.read(body)
-
-
-def _record_trace(ctx: SinkContext, raw: bytes, recipients: tuple[str, ...], results: list[str | None]) -> None:
-    """One message to recipients trafficgen did not number (each numbered one is recorded as it is answered):
-    delivered if any of them took it."""
-    if any(contract.numbered(email) for email in recipients):
-        return
-    trace = contract.trace_of(raw[: contract.HEAD_BYTES])
-    taken = [err for email, err in zip(recipients, results, strict=True) if inject_api.recipient_problem(email) is None]
-    if trace is None or not taken:
-        return
-    outcome = min(Outcome.ACCEPTED if err is None else Outcome.of_code(int(err[:3])) for err in taken)
-    transit = None
-    if outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
-        transit = int(time.time() * 1000) - trace.sent_ms
-    domain = strip_suffix(recipients[0].rpartition("@")[2].lower(), ctx.suffixes)
-    ctx.limits.report(Answered(contract.run_tag(trace.run_id), (trace.seq,), int(outcome), domain, transit))
-
-
-async def _inject_one(ctx: SinkContext, peer: str, sender: str, email: str, size: int, head: bytes) -> str | None:
-    """The policy's answer for one injected recipient: None when accepted, else the reply as text. A recipient
-    trafficgen numbered is recorded in the ledger as it is answered (with the message's `head`, its trace)."""
-    problem = inject_api.recipient_problem(email)
-    if problem is not None:
-        return problem
-    responder = Responder(ctx, peer)
-    responder.mail(sender)
-    try:
-        action = await responder.rcpt(email)
-        if action.accepted:
-            # Mail to an address trafficgen did not number is recorded once per request (_record_trace).
-            action = await responder.data_end(size, head if contract.numbered(email) else b"")
-    finally:
-        responder.closed()
-    reply = action.reply
-    if reply is None:
-        return "451 4.4.2 the policy cut this transaction (disconnect)"
-    if action.accepted:
-        return None
-    return f"{reply.code} " + " ".join(reply.text.split("\n"))
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:

@@ -1,10 +1,13 @@
 """What the sink answers, step by step: the policy applied to a conversation. The seam every front-end calls.
 
 The two SMTP engines (smartsink.engines.fast and the aiosmtpd reference, smartsink.engines.reference) parse the
-wire themselves, and the inject API (smartsink.admin) parses JSON; all three ask a Responder at the steps the
-policy cares about: the greeting, each RCPT, DATA, the end of DATA, a reset, the close. A Responder returns an
-Action (what to say, whether the recipient or message was taken, whether to close) and never touches a socket.
-Decisions come from the pure smartsink.policy.decide; sink-wide limits from smartsink.limits.
+wire themselves, and the inject API's front-end (smartsink.engines.inject) reads JSON; all three ask a Responder at
+the steps the policy cares about: the greeting, each RCPT, DATA, the end of DATA, a reset, the close. A step's
+answer is a replies.Answer (what to say, whether the recipient or the message was taken, whether to close), or None:
+cut the connection without a word (a policy's `disconnect`). The Responder never touches a socket and never makes
+bytes: the front-ends render or report its answers. Decisions come from the pure smartsink.policy.decide;
+sink-wide limits from smartsink.limits. What was answered to a trafficgen run's recipients is written to its ledger
+in one place, SinkContext.record.
 """
 
 from __future__ import annotations
@@ -28,31 +31,11 @@ from smartsink.limits.state import limit_key
 from smartsink.policy import decide as policy
 from smartsink.policy import fallback
 from smartsink.policy.model import DomainRules, Exchange, Outcome, Policy, Reply
+from smartsink.replies import Answer
 
 _RULES_CACHE_MAX = 10_000
 OTHER_MX = "other"  # the per-MX label of an address in --dns-network that is no known MX host's
 _HEADER_NAME = re.compile(rb"(?m)^([!-9;-~]+):")
-
-
-class Action(NamedTuple):
-    """What to do: send `wire` (the reply as it goes on the wire; None: send nothing and cut the connection),
-    then close when `close`. `accepted`: the greeting let the client in, the recipient or the message was taken."""
-
-    wire: bytes | None
-    close: bool = False
-    accepted: bool = False
-
-    @property
-    def reply(self) -> Reply | None:
-        """The reply as a code and its text lines (the code prefixes removed), for front-ends that write their
-        own replies (aiosmtpd) or report them in JSON (the inject API)."""
-        if self.wire is None:
-            return None
-        lines = self.wire.decode("ascii", "replace").split("\r\n")[:-1]
-        return Reply(int(lines[0][:3]), "\n".join(line[4:] for line in lines))
-
-
-DROP = Action(None, True)
 
 
 async def hold(delay: float) -> None:
@@ -80,7 +63,7 @@ class SinkContext:
         self._mx_at: dict[str, tuple[str | None, str]] = {}  # destination -> mx_at(destination), cached
         self.set_policy(policy_in_force)
         self._queue_ids = itertools.count((os.getpid() << 20) if seed is None else worker << 24)
-        self.welcome = Action(replies.banner(config.hostname), accepted=True)
+        self.welcome = replies.banner(config.hostname)
         self.tracing = logs.tracing()  # --log-level debug: each connection and transaction
 
     def set_policy(self, new: Policy) -> None:
@@ -119,9 +102,35 @@ class SinkContext:
             rules = self._rules[domain] = policy.resolve(self.policy, domain, self.suffixes)
         return rules
 
-    def queued(self) -> Action:
+    def queued(self) -> Answer:
         """The message is taken: 250 with a queue id of its own."""
-        return Action(replies.queued(next(self._queue_ids)), accepted=True)
+        return replies.queued(next(self._queue_ids))
+
+    def record(
+        self,
+        outcome: Outcome,
+        numbers: dict[str, list[int]],
+        trace: contract.Trace | None,
+        domain: str,
+        returned: contract.Returned | None = None,
+    ) -> None:
+        """The one place a run's ledger is written. The sink answered `outcome` to recipients trafficgen numbered
+        (`numbers`: by run tag), or, when there are none, to the message of the `trace` header (mail to an address
+        trafficgen did not number), to `domain` (a recipient's, suffix and all); the transit time from the trace's
+        t= when the answer is final. Else a DSN that `returned` recipients."""
+        if not numbers and trace is not None:
+            numbers = {contract.run_tag(trace.run_id): [trace.seq]}
+        if numbers:
+            transit = None
+            if trace is not None and outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
+                transit = int(time.time() * 1000) - trace.sent_ms
+            domain = policy.strip_suffix(domain, self.suffixes)
+            for tag, taken in numbers.items():
+                self.limits.report(Answered(tag, tuple(taken), int(outcome), domain, transit))
+        elif returned is not None:
+            metrics.DSNS.inc()
+            for tag, returned_numbers in returned_recipients(returned).items():
+                self.limits.report(ReturnedInDsn(tag, returned_numbers))
 
 
 class _Recipient(NamedTuple):
@@ -132,12 +141,8 @@ class _Recipient(NamedTuple):
     domain: str  # the recipient's domain, lower-cased
 
 
-def _answer(reply: Reply) -> Action:
-    # RFC 5321 3.8: 421 means the server is closing the channel, so it does.
-    return Action(replies.render(reply), reply.code == 421)
-
-
-RCPT_OK = Action(replies.RCPT_OK, accepted=True)
+_answer = replies.answer  # a policy's reply as the sink says it (a 421 closes: RFC 5321 3.8)
+RCPT_OK = replies.RCPT_OK
 
 
 class Responder:
@@ -186,7 +191,7 @@ class Responder:
         self.destination = destination
         self.mx, self.mx_key = self.ctx.mx_at(destination) if destination else (None, "")
 
-    async def greet(self) -> Action:
+    async def greet(self) -> Answer:
         """The greeting, or 421 when the sink already has [listener] max_connections."""
         metrics.CONNECTIONS.inc()
         if self.mx is not None:
@@ -244,17 +249,16 @@ class Responder:
         if self.mx is not None:
             metrics.child(metrics.MX_MESSAGES, self.mx, outcome.label).inc()
 
-    async def rcpt(self, address: str) -> Action:
-        """The answer to RCPT TO:<address> (an address with an @, without brackets)."""
+    async def rcpt(self, address: str) -> Answer | None:
+        """The answer to RCPT TO:<address> (an address with an @, without brackets); None: cut."""
         numbered = contract.numbered(address)
-        action = await self._rcpt(address, numbered)
-        wire = action.wire
-        if numbered is not None and not action.accepted and wire is not None and wire[:1] in b"45":
+        answer = await self._rcpt(address, numbered)
+        if numbered is not None and answer is not None and not answer.accepted:
             # A recipient trafficgen numbered names its run and number: the refusal counts now, header or not.
-            self.ctx.limits.report(Answered(numbered[0], (numbered[1],), int(Outcome.of_code(int(wire[:3]))), "", None))
-        return action
+            self.ctx.record(Outcome.of_code(answer.code), {numbered[0]: [numbered[1]]}, None, "")
+        return answer
 
-    async def _rcpt(self, address: str, numbered: tuple[str, int] | None) -> Action:
+    async def _rcpt(self, address: str, numbered: tuple[str, int] | None) -> Answer | None:
         ctx = self.ctx
         local, domain = policy.split_address(address)
         if numbered is not None:
@@ -269,9 +273,9 @@ class Responder:
         if refused is not None:
             return refused
         if not self.begun:
-            action = await self._first_recipient(rules)
-            if action is not None:
-                return action
+            refused = await self._first_recipient(rules)
+            if refused is not None or self.drop_at == "rcpt":
+                return refused  # a refusal, or None: this transaction is cut at its first RCPT
             self.begun = True
         if rules.greylist is not None:
             # Greylisters key on the client: its address, or its /24 with per = "net24".
@@ -301,7 +305,7 @@ class Responder:
         """What this domain's max_concurrency and rate count this client under."""
         return limit_key(rules.name, policy.scope(self.client, rules.per, self.mx_key))
 
-    def _refuse(self, rules: DomainRules, reply: Reply, address: str) -> Action:
+    def _refuse(self, rules: DomainRules, reply: Reply, address: str) -> Answer:
         """A recipient refused at RCPT time: counted, noted against the client's reputation, answered."""
         reply = policy.personal(reply, self.client, address)
         self._count(rules, reply.outcome)
@@ -340,7 +344,7 @@ class Responder:
         # A provider judges the sending address (or its /24): never the whole sink.
         return limit_key(rules.name, policy.scope(self.client, "net24" if rules.per == "net24" else "ip"))
 
-    async def _requirements(self, rules: DomainRules) -> Action | None:
+    async def _requirements(self, rules: DomainRules) -> Answer | None:
         """What a domain demands of the client before any recipient: STARTTLS first, a good reputation."""
         if rules.require_tls and not self.tls:
             return self._refuse(rules, fallback.TLS_REQUIRED, self.first)
@@ -353,8 +357,9 @@ class Responder:
             return _answer(reply)
         return None
 
-    async def _first_recipient(self, rules: DomainRules) -> Action | None:
-        """Rules of the transaction as a whole, keyed by its first recipient's domain."""
+    async def _first_recipient(self, rules: DomainRules) -> Answer | None:
+        """Rules of the transaction as a whole, keyed by its first recipient's domain: a refusal, else None (and
+        `drop_at` says whether and where the transaction is cut)."""
         limit = rules.max_messages_per_connection
         if limit is not None and self.completed >= limit:
             metrics.child(metrics.PER_CONNECTION_REFUSED, rules.name).inc()
@@ -365,7 +370,7 @@ class Responder:
             if self.drop_at is not None:
                 metrics.child(metrics.DISCONNECTS, rules.name).inc()
                 if self.drop_at == "rcpt":
-                    return DROP
+                    return None
         if rules.max_concurrency is not None:
             key = self._key(rules)
             if not await self.ctx.limits.begin_transaction(key, rules.max_concurrency):
@@ -375,22 +380,22 @@ class Responder:
             self.holding = key
         return None
 
-    def data(self) -> Action | None:
-        """Cut here when the transaction was chosen to be dropped at DATA; None lets the engine go on."""
-        if self.drop_at == "data":
-            return DROP
-        return None
+    def data(self) -> bool:
+        """Whether to cut the connection at DATA (the transaction was chosen to be dropped there)."""
+        return self.drop_at == "data"
 
     async def data_end(
         self, size: int, head: bytes, too_big: bool = False, returned: contract.Returned | None = None
-    ) -> Action:
+    ) -> Answer | None:
         """The answer to the end of DATA, for a message of `size` bytes starting with `head`; `returned`: what it
-        returns when it is a failure DSN of a trafficgen message (the engine read it with a contract.DsnReader)."""
+        returns when it is a failure DSN of a trafficgen message (the engine read it with a contract.DsnReader).
+        None: cut. The answer to a trafficgen message's recipients is written to their run's ledger (or, for a
+        DSN, the recipients it returns)."""
         ctx = self.ctx
         recipients = self.recipients
         if self.drop_at == "data_end":
             self.reset()
-            return DROP
+            return None
         metrics.BYTES.inc(size)
         first = recipients[0].rules if recipients else ctx.policy.default
         verdict = self._content_verdict(first, size, head, too_big)
@@ -410,39 +415,21 @@ class Responder:
             self._count(recipient.rules, outcome)
         if ctx.tracing:
             self._trace("message", first.name, outcome, verdict, size)
-        self._record(head, outcome, returned)
+        numbers: dict[str, list[int]] = {}  # the recipients trafficgen numbered, by run tag
+        for recipient in recipients:
+            numbered = recipient.numbered
+            if numbered is not None:
+                if numbered[0] in numbers:
+                    numbers[numbered[0]].append(numbered[1])
+                else:
+                    numbers[numbered[0]] = [numbered[1]]
+        domain = recipients[0].domain if recipients else policy.split_address(self.first)[1]
+        ctx.record(outcome, numbers, contract.trace_of(head), domain, returned)
         self.completed += 1
         self.reset()
         if verdict is None:
             return ctx.queued()
         return _answer(verdict)
-
-    def _record(self, head: bytes, outcome: Outcome, returned: contract.Returned | None) -> None:
-        """Note the answer to a trafficgen message's recipients (and its transit time) in the run's ledger, or the
-        recipients a DSN returns."""
-        trace = contract.trace_of(head)
-        groups: dict[str, list[int]] = {}
-        for recipient in self.recipients:
-            numbered = recipient.numbered
-            if numbered is not None:
-                if numbered[0] in groups:
-                    groups[numbered[0]].append(numbered[1])
-                else:
-                    groups[numbered[0]] = [numbered[1]]
-        if not groups and trace is not None:  # mail to an address trafficgen did not number: the message's own
-            groups[contract.run_tag(trace.run_id)] = [trace.seq]
-        if groups:
-            transit = None
-            if trace is not None and outcome is not Outcome.TEMPFAILED and trace.sent_ms is not None:
-                transit = int(time.time() * 1000) - trace.sent_ms
-            taken = self.recipients[0].domain if self.recipients else policy.split_address(self.first)[1]
-            domain = policy.strip_suffix(taken, self.ctx.suffixes)
-            for tag, numbers in groups.items():
-                self.ctx.limits.report(Answered(tag, tuple(numbers), int(outcome), domain, transit))
-        elif returned is not None:
-            metrics.DSNS.inc()
-            for tag, returned_numbers in returned_recipients(returned).items():
-                self.ctx.limits.report(ReturnedInDsn(tag, returned_numbers))
 
     def _content_verdict(self, rules: DomainRules, size: int, head: bytes, too_big: bool) -> Reply | None:
         """What the message itself earns: too big for the sink or the domain, or a header the domain requires."""

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from smartsink.policy.loader import parse_exchanges, parse_host
 from smartsink.policy.model import Exchange, Policy
+from smartsink.policy.values import parse_exchanges, parse_host
 
 
 class TableError(ValueError):

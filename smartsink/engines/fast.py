@@ -11,26 +11,24 @@ read either, while WRITE_HIGH of them wait, so what any client can make the sink
 as the reference engine (smartsink.engines.reference); tests drive the same conversations through both
 and compare the answers.
 
-Two parts: FastConnection owns the socket (buffers, waits, timeouts, flow control); Conversation owns the SMTP
-state of one connection (HELO seen, AUTH, a transaction in progress) and answers each verb with a method of its
-own, found in a table as aiosmtpd finds its smtp_* methods. Neither decides what the policy says: they ask the
-connection's Responder.
+Two parts: FastConnection, here, owns the socket (buffers, waits, timeouts, flow control) and puts answers on the
+wire (replies.wire); its Conversation (smartsink.engines.conversation) owns the SMTP state of one connection and
+answers each verb. Neither decides what the policy says: they ask the connection's Responder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailload import contract
 from smartsink import destination, metrics, replies
-from smartsink.responder import Action, Responder, SinkContext
+from smartsink.engines.conversation import COMMAND_LINE_MAX, LINE_LIMIT, TOO_LONG, Conversation
+from smartsink.replies import Answer
+from smartsink.responder import Responder, SinkContext
 
 log = logging.getLogger("smartsink.smtp")
 
@@ -48,40 +46,10 @@ LINGER_S = 2.0  # after our last reply and our FIN: how long what a client still
 SEND_BUFFER = 64 * 1024
 OUT_BATCH = 64  # replies gathered before they are handed to the transport, however much input is pipelined
 BODY_DISCARD = 64 * 1024  # a body's bytes beyond this are counted and dropped as they arrive
-LINE_LIMITS = {b"MAIL": 1024, b"AUTH": 12288}
-LINE_LIMIT = 512  # RFC 5321 4.5.3.1.4, including CRLF
-COMMAND_LINE_MAX = max(LINE_LIMITS.values())
-MAX_ERRORS = 20  # like Postfix's smtpd_hard_error_limit
 
 
 class _Timeout(Exception):
     pass
-
-
-_TOO_LONG = object()
-
-
-def _parse_path(arg: bytes, keyword: bytes) -> tuple[str, list[bytes]] | None:
-    """("address", [params]) from b'FROM:<a@b> SIZE=10', or None when it is not that shape."""
-    if arg[: len(keyword)].upper() != keyword:
-        return None
-    rest = arg[len(keyword) :].lstrip()
-    if rest.startswith(b"<"):
-        end = rest.find(b">")
-        if end < 0:
-            return None
-        address, params = rest[1:end], rest[end + 1 :].split()
-    else:
-        parts = rest.split()
-        if not parts:
-            return None
-        address, params = parts[0], parts[1:]
-    if b"<" in address or b">" in address or b" " in address:
-        return None
-    # RFC 5321 4.1.2: a source route (@a,@b:user@host) is accepted and ignored.
-    if address.startswith(b"@") and b":" in address:
-        address = address.split(b":", 1)[1]
-    return address.decode("utf-8", "replace"), params
 
 
 class FastConnection(asyncio.BufferedProtocol):
@@ -193,7 +161,7 @@ class FastConnection(asyncio.BufferedProtocol):
         """The sink is stopping: say so and close."""
         if not self.closing:
             self.closing = True
-            self.out.append(replies.SHUTDOWN)
+            self.out.append(replies.wire(replies.SHUTDOWN))
             self.flush()
             self.transport.close()
         if self.task is not None:
@@ -246,7 +214,7 @@ class FastConnection(asyncio.BufferedProtocol):
             self.waiter = None
 
     async def readline(self, limit: int = LINE_LIMIT) -> bytes | object | None:
-        """The next line without its CRLF; _TOO_LONG for an over-long one (read and dropped); None at EOF."""
+        """The next line without its CRLF; TOO_LONG for an over-long one (read and dropped); None at EOF."""
         discarding = False
         while True:
             end = self.buf.find(b"\n", self.pos)
@@ -259,12 +227,12 @@ class FastConnection(asyncio.BufferedProtocol):
                         return None
                 start, self.pos = self.pos, end + 1
                 if discarding or end + 1 - start > limit:
-                    return _TOO_LONG
+                    return TOO_LONG
                 line = bytes(self.buf[start:end])
                 return line[:-1] if line.endswith(b"\r") else line
             if self.eof:
                 return None
-            if len(self.buf) - self.pos > max(limit, max(LINE_LIMITS.values())):
+            if len(self.buf) - self.pos > max(limit, COMMAND_LINE_MAX):
                 discarding = True  # keep memory bounded: drop what we have, keep reading to the newline
                 del self.buf[:]
                 self.pos = 0
@@ -314,17 +282,17 @@ class FastConnection(asyncio.BufferedProtocol):
             if self.closing:
                 return None
 
-    def send(self, action: Action) -> bool:
-        """Queue an action's reply; close when it says so. False when the connection is done."""
-        if action.wire is not None:
-            self.out.append(action.wire)
-        if action.close:
+    def send(self, answer: Answer | None) -> bool:
+        """Queue an answer's reply, rendered here at the edge; close when it says so, cut the connection without a
+        word for None. False when the connection is done."""
+        if answer is None:
             self.flush()
             self.closing = True
-            if action.wire is None:
-                self.transport.abort()  # cut without a reply: no FIN-after-flush politeness
-            else:
-                self.close_after_reply()
+            self.transport.abort()  # cut without a reply: no FIN-after-flush politeness
+            return False
+        self.out.append(replies.wire(answer))
+        if answer.close:
+            self.close_after_reply()
             return False
         return True
 
@@ -361,14 +329,14 @@ class FastConnection(asyncio.BufferedProtocol):
         responder = Responder(self.ctx, client, meant[0] if meant else "")
         try:
             if self.send(await responder.greet()):
-                await Conversation(self, responder).run()
+                await Conversation(self, responder, self.server.tls_context).run()
         except _Timeout:
-            self.out.append(replies.TIMEOUT)
+            self.out.append(replies.wire(replies.TIMEOUT))
         except (asyncio.CancelledError, ConnectionError):
             pass
         except Exception:  # a sink never dies on bad input: log, answer, close this one connection
             log.exception("error in SMTP session with %s", client)
-            self.out.append(replies.INTERNAL)
+            self.out.append(replies.wire(replies.INTERNAL))
         finally:
             responder.closed()
             if not self.transport.is_closing() and not self.lingering:
@@ -400,281 +368,6 @@ class FastConnection(asyncio.BufferedProtocol):
         self.transport = transport
         self.tls_active = True
         return True
-
-
-class Conversation:
-    """The SMTP state of one connection, and a method for each verb (VERBS)."""
-
-    def __init__(self, wire: FastConnection, responder: Responder):
-        self.wire = wire
-        self.responder = responder
-        self.ctx = wire.ctx
-        self.config = wire.ctx.config
-        self.helo = False
-        self.authenticated = self.config.auth != "required"
-        self.auth_done = False
-        self.in_mail = False
-        self.recipients = 0  # recipients taken in this transaction
-        self.tried = 0  # RCPT commands tried in this transaction
-        self.errors = 0
-
-    def say(self, reply: bytes) -> bool:
-        self.wire.out.append(reply)
-        return True
-
-    async def run(self) -> None:
-        wire = self.wire
-        while not wire.closing:
-            line = await wire.readline(COMMAND_LINE_MAX)  # each verb's own limit is checked below
-            if line is None:
-                return
-            if line is _TOO_LONG:
-                if not self._error(replies.LINE_TOO_LONG):
-                    return
-                continue
-            assert isinstance(line, bytes)
-            verb, arg = _split_command(line)
-            if len(line) > LINE_LIMITS.get(verb, LINE_LIMIT) - 2:
-                self.say(replies.LINE_TOO_LONG)
-                continue
-            handler = VERBS.get(verb)
-            if handler is None:
-                if not self._error(replies.UNKNOWN):
-                    return
-                continue
-            if not await handler(self, arg):
-                return
-
-    def _error(self, reply: bytes) -> bool:
-        """An error of the client's; after MAX_ERRORS of them the connection is closed. False: it is."""
-        self.errors += 1
-        if self.errors >= MAX_ERRORS:
-            self.wire.send(Action(replies.TOO_MANY_ERRORS, True))
-            return False
-        return self.say(reply)
-
-    # --- the verbs: each answers, and returns False when the connection is done ------------------------------
-
-    async def smtp_helo(self, arg: bytes, verb: bytes = b"HELO") -> bool:
-        if not arg.strip():
-            return self.say(replies.helo_syntax(verb.decode()))
-        self.responder.reset()
-        self.helo, self.in_mail = True, False
-        if verb == b"HELO":
-            return self.say(replies.helo(self.config.hostname))
-        offer_tls = self.wire.server.tls_context is not None and not self.wire.tls_active
-        return self.say(
-            replies.ehlo(self.config.hostname, self.config.max_message_size, offer_tls, self.config.auth != "off")
-        )
-
-    async def smtp_ehlo(self, arg: bytes) -> bool:
-        return await self.smtp_helo(arg, b"EHLO")
-
-    async def smtp_mail(self, arg: bytes) -> bool:
-        if not self.helo:
-            return self.say(replies.NEED_HELO)
-        if not self.authenticated:
-            return self.say(replies.AUTH_REQUIRED)
-        if self.in_mail:
-            return self.say(replies.NESTED_MAIL)
-        reply = self._mail(arg)
-        self.in_mail = reply is replies.MAIL_OK
-        self.recipients = self.tried = 0
-        return self.say(reply)
-
-    def _mail(self, arg: bytes) -> bytes:
-        path = _parse_path(arg, b"FROM:")
-        if path is None:
-            return replies.MAIL_SYNTAX
-        sender, params = path
-        for param in params:
-            problem = _mail_parameter(param, self.config.max_message_size)
-            if problem is not None:
-                return problem
-        self.responder.mail(sender)
-        return replies.MAIL_OK
-
-    async def smtp_rcpt(self, arg: bytes) -> bool:
-        if not self.in_mail:
-            return self.say(replies.NEED_MAIL)
-        path = _parse_path(arg, b"TO:")
-        if path is None:
-            return self.say(replies.RCPT_SYNTAX)
-        address = path[0]
-        if "@" not in address or address.startswith("@") or address.endswith("@"):
-            return self.say(replies.BAD_RCPT)
-        if self.recipients >= self.config.max_recipients:
-            return self.say(replies.TOO_MANY_RCPTS)
-        self.tried += 1
-        action = await self.responder.rcpt(address)
-        self.recipients += action.accepted
-        return self.wire.send(action)
-
-    async def smtp_data(self, arg: bytes) -> bool:
-        if arg:
-            return self.say(replies.DATA_SYNTAX)
-        if not self.in_mail:
-            return self.say(replies.NEED_MAIL)
-        if not self.responder.recipients:
-            # RFC 2920 3.1: when every RCPT of a pipelined group failed, DATA gets 554.
-            return self.say(replies.NO_VALID_RCPT if self.tried else replies.NEED_RCPT)
-        self.in_mail = False
-        wire, responder = self.wire, self.responder
-        drop = responder.data()
-        if drop is not None:
-            wire.send(drop)
-            return False
-        self.say(replies.DATA_GO)
-        body = await wire.read_body()
-        if body is None:
-            return False
-        size, head, returned = body
-        wire.flush()  # earlier pipelined replies go out before any latency the policy adds
-        action = await responder.data_end(size, head, size > self.config.max_message_size, returned)
-        return wire.send(action)
-
-    async def smtp_rset(self, arg: bytes) -> bool:
-        if arg.strip():
-            return self.say(replies.RSET_SYNTAX)
-        self.responder.reset()
-        self.in_mail = False
-        return self.say(replies.OK)
-
-    async def smtp_noop(self, arg: bytes) -> bool:
-        return self.say(replies.OK)
-
-    async def smtp_quit(self, arg: bytes) -> bool:
-        if arg.strip():
-            return self.say(replies.QUIT_SYNTAX)
-        self.wire.send(Action(replies.BYE, True))
-        return False
-
-    async def smtp_starttls(self, arg: bytes) -> bool:
-        context: ssl.SSLContext | None = self.wire.server.tls_context
-        if arg.strip():
-            return self.say(replies.ARG_SYNTAX)
-        if context is None:
-            return self.say(replies.TLS_UNAVAILABLE)
-        if self.wire.tls_active:
-            return self.say(replies.TLS_ACTIVE)
-        self.say(replies.TLS_READY)
-        self.wire.flush()
-        if not await self.wire.start_tls(context):
-            return False
-        self.helo = self.in_mail = False
-        self.responder.reset()
-        self.responder.tls = True
-        return True
-
-    async def smtp_auth(self, arg: bytes) -> bool:
-        if self.config.auth == "off":
-            return self.say(replies.AUTH_DISABLED)
-        if self.auth_done:
-            return self.say(replies.AUTH_DONE)
-        if self.in_mail:
-            return self.say(replies.AUTH_IN_MAIL)
-        result = await self._auth(arg)
-        if result is None:
-            return False
-        metrics.child(metrics.AUTHS, "ok" if result else "failed").inc()
-        self.auth_done = self.authenticated = result or self.authenticated
-        return True
-
-    async def _auth(self, arg: bytes) -> bool | None:
-        """AUTH PLAIN or LOGIN with any credentials; True when authenticated, None when the client left."""
-        mechanism, _, initial = arg.strip().partition(b" ")
-        mechanism = mechanism.upper()
-        if mechanism == b"PLAIN":
-            answers = await self._auth_answers([replies.AUTH_PLAIN], initial.strip())
-            valid = answers is not None and _plain_valid(answers[0])
-        elif mechanism == b"LOGIN":
-            answers = await self._auth_answers([replies.AUTH_USER, replies.AUTH_PASS], initial.strip())
-            valid = answers is not None and all(_b64(a) is not None for a in answers)
-        else:
-            self.say(replies.AUTH_MECH)
-            return False
-        if answers is None:
-            return None
-        if b"*" in answers:
-            self.say(replies.AUTH_CANCELLED)
-            return False
-        self.say(replies.AUTH_OK if valid else replies.AUTH_BAD)
-        return valid
-
-    async def _auth_answers(self, prompts: list[bytes], initial: bytes) -> list[bytes] | None:
-        """The client's answer to each prompt (an initial response answers the first); None when it left."""
-        answers = [initial] if initial else []
-        for prompt in prompts[len(answers) :]:
-            self.say(prompt)
-            line = await self.wire.readline(LINE_LIMITS[b"AUTH"])
-            if line is None:
-                return None
-            answers.append(line if isinstance(line, bytes) else b"!")
-        return answers
-
-    async def smtp_vrfy(self, arg: bytes) -> bool:
-        return self.say(replies.VRFY if arg.strip() else replies.VRFY_SYNTAX)
-
-    async def smtp_expn(self, arg: bytes) -> bool:
-        return self.say(replies.EXPN)
-
-    async def smtp_help(self, arg: bytes) -> bool:
-        return self.say(replies.HELP)
-
-
-Verb = Callable[[Conversation, bytes], Awaitable[bool]]
-VERBS: dict[bytes, Verb] = {
-    b"HELO": Conversation.smtp_helo,
-    b"EHLO": Conversation.smtp_ehlo,
-    b"MAIL": Conversation.smtp_mail,
-    b"RCPT": Conversation.smtp_rcpt,
-    b"DATA": Conversation.smtp_data,
-    b"RSET": Conversation.smtp_rset,
-    b"NOOP": Conversation.smtp_noop,
-    b"QUIT": Conversation.smtp_quit,
-    b"STARTTLS": Conversation.smtp_starttls,
-    b"AUTH": Conversation.smtp_auth,
-    b"VRFY": Conversation.smtp_vrfy,
-    b"EXPN": Conversation.smtp_expn,
-    b"HELP": Conversation.smtp_help,
-}
-
-
-def _split_command(line: bytes) -> tuple[bytes, bytes]:
-    """(VERB, argument) of a command line; every verb has four letters but STARTTLS (RFC 3207)."""
-    if len(line) > 4 and line[4:5] != b" ":
-        word, _, arg = line.partition(b" ")
-        return (b"STARTTLS" if word.upper() == b"STARTTLS" else b""), arg
-    return line[:4].upper(), line[5:]
-
-
-def _mail_parameter(param: bytes, max_size: int) -> bytes | None:
-    """The refusal a MAIL parameter earns (RFC 1870 SIZE, RFC 6152 BODY, ...), or None when it is fine."""
-    key, _, value = param.partition(b"=")
-    key = key.upper()
-    if key == b"SIZE":
-        if not value.isdigit() or len(value) > 20:
-            return replies.PARAM_SYNTAX
-        if int(value) > max_size:
-            return replies.SIZE_EXCEEDED
-        return None
-    if key == b"BODY":
-        return None if value.upper() in (b"7BIT", b"8BITMIME") else replies.PARAM_SYNTAX
-    if key not in (b"SMTPUTF8", b"AUTH", b"RET", b"ENVID"):
-        return replies.PARAM_UNKNOWN
-    return None
-
-
-def _plain_valid(response: bytes) -> bool:
-    decoded = _b64(response)
-    return decoded is not None and decoded.count(b"\x00") == 2
-
-
-def _b64(data: bytes) -> bytes | None:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 class FastServer:

@@ -18,12 +18,14 @@ from aiosmtpd.smtp import Session as AioSession
 
 from mailload import contract
 from smartsink import destination, metrics, replies
-from smartsink.responder import Action, Responder, SinkContext
+from smartsink.replies import Answer
+from smartsink.responder import Responder, SinkContext
 
 
-def _text(action: Action) -> str:
-    assert action.wire is not None
-    return action.wire.decode("ascii").rstrip("\r\n")
+def _said(answer: Answer) -> str:
+    """The answer as aiosmtpd writes it: rendered at the edge like the fast engine's, without the last CRLF (aiosmtpd
+    adds it)."""
+    return replies.wire(answer)[:-2].decode("ascii")
 
 
 class SinkHandler:
@@ -38,26 +40,26 @@ class SinkHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         self.responder.mail(address)
-        return "250 2.1.0 Ok"
+        return _said(replies.MAIL_OK)
 
     async def handle_RCPT(
         self, server: SMTP, session: AioSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if "@" not in address or address.startswith("@") or address.endswith("@"):
             # aiosmtpd takes RCPT TO:<> (RFC 5321 4.1.1.3 asks for a mailbox); the fast engine's answer.
-            return replies.BAD_RCPT.decode("ascii").rstrip("\r\n")
+            return _said(replies.BAD_RCPT)
         self.responder.tls = session.ssl is not None
-        action = await self.responder.rcpt(address)
-        if action.accepted:
+        answer = await self.responder.rcpt(address)
+        if answer is not None and answer.accepted:
             envelope.rcpt_tos.append(address)
-        return self._after(server, action)
+        return self._after(server, answer)
 
     async def handle_DATA(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         reader = contract.dsn_reader(content)  # aiosmtpd holds the whole message: the reader reads what it needs
         returned = reader.result() if reader is not None else None
-        action = await self.responder.data_end(len(content), content[: contract.HEAD_BYTES], returned=returned)
-        return self._after(server, action)
+        answer = await self.responder.data_end(len(content), content[: contract.HEAD_BYTES], returned=returned)
+        return self._after(server, answer)
 
     async def handle_EHLO(
         self, server: SMTP, session: AioSession, envelope: Envelope, hostname: str, responses: list[str]
@@ -70,19 +72,19 @@ class SinkHandler:
 
     async def handle_RSET(self, server: SMTP, session: AioSession, envelope: Envelope) -> str:
         self.responder.reset()
-        return "250 2.0.0 Ok"
+        return _said(replies.OK)
 
     @staticmethod
-    def _after(server: SMTP, action: Action) -> str:
+    def _after(server: SMTP, answer: Answer | None) -> str:
         transport: Any = server.transport
-        if action.wire is None:
+        if answer is None:  # the policy cuts the connection without a word
             if transport is not None:
                 transport.abort()
             return "421 4.3.0 (connection already cut)"
-        if action.close and transport is not None:
+        if answer.close and transport is not None:
             # aiosmtpd writes the returned reply before it next yields, so the close comes after it.
             asyncio.get_running_loop().call_soon(transport.close)
-        return _text(action)
+        return _said(answer)
 
 
 def _any_credentials(server: SMTP, session: AioSession, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
@@ -134,7 +136,7 @@ class ReferenceSMTP(SMTP):
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self.sink_responder.ctx.config.auth == "off":
-            await self.push(replies.AUTH_DISABLED.decode("ascii").rstrip("\r\n"))
+            await self.push(_said(replies.AUTH_DISABLED))
             return
         await super().smtp_AUTH(arg)
 
@@ -142,7 +144,7 @@ class ReferenceSMTP(SMTP):
         # RFC 5321 4.2: a server closing the connection says so first (aiosmtpd closes in silence).
         transport: Any = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(replies.TIMEOUT)
+            transport.write(replies.wire(replies.TIMEOUT))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def connection_made(self, transport: Any) -> None:
@@ -157,19 +159,18 @@ class ReferenceSMTP(SMTP):
         super().connection_lost(exc)
 
     async def _handle_client(self) -> None:
-        action = await self.sink_responder.greet()
+        answer = await self.sink_responder.greet()
         transport: Any = self.transport
-        if not action.accepted:
+        if not answer.accepted:
             if transport is not None:
-                if action.wire is not None:
-                    transport.write(action.wire)
+                transport.write(replies.wire(answer))
                 transport.close()
             return
         await super()._handle_client()
 
     async def smtp_DATA(self, arg: str) -> None:
         transport: Any = self.transport
-        if self.envelope is not None and self.envelope.rcpt_tos and self.sink_responder.data() is not None:
+        if self.envelope is not None and self.envelope.rcpt_tos and self.sink_responder.data():
             if transport is not None:
                 transport.abort()
             return

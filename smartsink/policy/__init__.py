@@ -1,7 +1,9 @@
-"""The policy: model (frozen values), loader (TOML to model), decide (pure answers), watcher (reloads)."""
+"""The policy: model (frozen values), loader (TOML to model, with values and problems), decide (pure answers),
+watcher (reloads)."""
 
-from smartsink.policy.loader import PolicyError, load_policy, parse_policy
+from smartsink.policy.loader import load_policy, parse_policy
 from smartsink.policy.model import DomainRules, Latency, ListenerRules, Outcome, Policy, Rate, Reply
+from smartsink.policy.problems import PolicyError
 
 __all__ = [
     "DomainRules",

@@ -20,8 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from smartsink.policy.loader import Memory, PolicyError, load_policy
+from smartsink.policy.loader import Memory, load_policy
 from smartsink.policy.model import Policy
+from smartsink.policy.problems import PolicyError
 
 log = logging.getLogger("smartsink.policy")
 

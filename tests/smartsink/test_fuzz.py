@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from smartsink.policy import PolicyError, parse_policy
 from smartsink.policy.decide import decide
-from smartsink.policy.loader import LISTENER_KEYS, RULE_KEYS
 from smartsink.policy.model import Reply
+from smartsink.policy.values import LISTENER_KEYS, RULE_KEYS
 from smartsink.replies import render
 from trafficgen.smtp.replies import ReplyParser
 

@@ -559,6 +559,9 @@ def test_policy_check_refuses_a_nan_rate():
 
 # --- big policies: linear work, the same result piece by piece ------------------------------------------------------
 
+# the loader's own code: the reader, the pieces it remembers, the values of keys and the line index of problems
+POLICY_READERS = ("policy/loader.py", "policy/pieces.py", "policy/values.py", "policy/problems.py")
+
 
 def _steps(text: str) -> int:
     """Lines of the loader's own code run to load `text` (its problems included): work counted, not timed."""
@@ -570,7 +573,7 @@ def _steps(text: str) -> int:
         return local
 
     def calls(frame, event, arg):  # type: ignore[no-untyped-def]
-        return local if frame.f_code.co_filename.endswith(("policy/loader.py", "policy/pieces.py")) else None
+        return local if frame.f_code.co_filename.endswith(POLICY_READERS) else None
 
     sys.settrace(calls)
     try:

@@ -2,7 +2,7 @@
 
 Each test builds what one sink worker holds (a SinkContext with a parsed policy, LocalLimits over a SharedState
 whose clock the test moves by hand) and drives Responders as the engines do: the greeting, MAIL, each RCPT, DATA,
-the end of DATA, RSET, the close. It checks the Actions they return and the ledger entries they report. The same
+the end of DATA, RSET, the close. It checks the Answers they return and the ledger entries they report. The same
 behaviours over real sockets, with real clocks, are in test_smtp.py, test_backpressure.py and test_providers.py.
 """
 
@@ -24,7 +24,8 @@ from smartsink.limits.local import LocalLimits
 from smartsink.limits.state import SharedState
 from smartsink.policy import PolicyError, parse_policy
 from smartsink.policy.model import Outcome
-from smartsink.responder import Action, Responder, SinkContext
+from smartsink.replies import Answer
+from smartsink.responder import Responder, SinkContext
 
 pytestmark = pytest.mark.asyncio
 
@@ -83,11 +84,10 @@ def sink_of(policy: str, **options: object) -> Sink:
     return Sink(ctx, state, limits, clock)
 
 
-def said(action: Action) -> tuple[int, str]:
-    """The reply an Action puts on the wire, as (code, text)."""
-    reply = action.reply
-    assert reply is not None, "the connection was cut without a reply"
-    return reply.code, reply.text
+def said(answer: Answer | None) -> tuple[int, str]:
+    """The reply an Answer puts on the wire, as (code, text: its lines)."""
+    assert answer is not None, "the connection was cut without a reply"
+    return answer.code, "\n".join(answer.lines)
 
 
 async def send(
@@ -103,7 +103,7 @@ async def send(
         if action.close:
             return answers
     if responder.recipients:
-        assert responder.data() is None
+        assert not responder.data()
         reader = contract.dsn_reader(head)  # as the engines read a DSN
         returned = reader.result() if reader is not None else None
         answers.append(said(await responder.data_end(len(head), head, returned=returned)))
@@ -360,7 +360,7 @@ class TestEscalation:
             sink.clock.now = 1000.0 + step
             responder.mail(SENDER)
             action = await responder.rcpt("u@ms.test")
-            codes.append(int(action.wire[:3]) if action.wire else 0)
+            codes.append(action.code if action else 0)
         # two deferrals escalate; blocked at +2 s and +1799 s; the block is over at +1801 s (deferred again).
         assert codes == [451, 451, 550, 550, 451]
 
