@@ -334,6 +334,7 @@ class OverrideRoutes:
         except ValueError as e:
             return _bad(str(e))
         self.keeper.changed()
+        await self.keeper.settled()
         return web.json_response({"override": override.public(time.time())}, status=201)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -342,11 +343,13 @@ class OverrideRoutes:
                 {"error": "no such override (the policy's schedule is changed in its file)"}, status=404
             )
         self.keeper.changed()
+        await self.keeper.settled()
         return web.Response(status=204)
 
     async def clear(self, request: web.Request) -> web.Response:
         removed = self.overrides.clear()
         self.keeper.changed()
+        await self.keeper.settled()
         return web.json_response({"removed": removed})
 
 

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -152,10 +152,17 @@ class OverrideKeeper:
     """Pushes the policy in force (the file's, with the active windows) to the sink's answerers, whenever it
     changes: at each window's start and end, after a reload, after an API call."""
 
-    def __init__(self, overrides: Overrides, base: Callable[[], Policy], push: Callable[[Policy], None]):
+    def __init__(
+        self,
+        overrides: Overrides,
+        base: Callable[[], Policy],
+        push: Callable[[Policy], None],
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ):
         self.overrides = overrides
         self.base = base  # the policy the file holds now
         self.push = push
+        self.settle = settle  # waits until every answerer serves what was pushed (the workers), if any
         self.in_force = overrides.in_force(base())
         self._poke = asyncio.Event()
         self._active: tuple[str, ...] = ()
@@ -164,6 +171,12 @@ class OverrideKeeper:
         """Something changed (the file, the API): work out the policy in force now, and again at the next change."""
         self._update(self.overrides.clock(), force=True)
         self._poke.set()
+
+    async def settled(self) -> None:
+        """Returns once every answerer serves the policy in force (the API answers after this: a client that sends
+        mail right after its 201 meets the override on every worker)."""
+        if self.settle is not None:
+            await self.settle()
 
     def reloaded(self, policy: Policy) -> None:
         """PolicyStore's listener: a new file, with its own schedule."""

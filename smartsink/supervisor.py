@@ -94,7 +94,7 @@ class Supervisor:
         self.state_read = load_state(config, self.state)
         self.workdir = tempfile.mkdtemp(prefix="smartsink-")
         self.overrides = Overrides()
-        self.keeper = OverrideKeeper(self.overrides, lambda: self.store.policy, self._push)
+        self.keeper = OverrideKeeper(self.overrides, lambda: self.store.policy, self._push, self._settled)
         self.spawned: dict[int, Policy] = {}  # the policy each worker was started with
         self.coordinator = Coordinator(
             self.state,
@@ -253,6 +253,9 @@ class Supervisor:
                 process.kill()
             process.join(1)
             metrics.process_exited(process.pid or 0)
+
+    async def _settled(self) -> None:
+        await self.coordinator.settled()
 
     def _push(self, policy: Policy) -> None:
         """The policy in force changed (a reload, a window of the schedule, the admin API): to everyone."""

@@ -16,6 +16,7 @@ big change. A channel reads at most FRAME_BUDGET seconds of messages before lett
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -252,6 +253,8 @@ class Coordinator:
         self.sent: dict[Channel, Policy] = {}  # the policy each ready worker has
         self._pushed = asyncio.Event()
         self._pusher: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set when every channel has been sent the policy pushed last
+        self._idle.set()
         self.ready: dict[int, tuple[int, tuple[str, int]]] = {}  # worker index -> (pid, address)
         self.beats: dict[int, float] = {}  # worker index -> when it was last heard from (time.monotonic())
         self.ready_event = asyncio.Event()
@@ -340,6 +343,7 @@ class Coordinator:
     def broadcast_policy(self, policy: Policy) -> None:
         """Bring every ready worker to `policy` (soon, in parts: see the module's docstring)."""
         self._pushed.set()
+        self._idle.clear()
         if self._pusher is None or self._pusher.done():
             self._pusher = asyncio.get_running_loop().create_task(self._push_policies())
 
@@ -352,6 +356,15 @@ class Coordinator:
                 if sent is not policy and channel in self.sent:
                     await _send_policy(channel, sent, policy)
                     self.sent[channel] = policy
+            if not self._pushed.is_set():
+                self._idle.set()
+
+    async def settled(self) -> None:
+        """Wait until every ready worker serves the policy pushed last: the pushes sent, then a ping each (a worker
+        answers in order, so its answer comes after it has taken the policy). Bounded by CALL_TIMEOUT each."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), CALL_TIMEOUT)
+        await self.barrier()
 
     async def barrier(self) -> None:
         """Wait until every worker has sent all it recorded before now (a ping each, answered in order)."""
