@@ -24,7 +24,6 @@ from trafficgen.stats.document import (
     ConfigView,
     DomainChange,
     Json,
-    LatencyMs,
     MessageOutcomes,
     Pair,
     RecipientOutcomes,

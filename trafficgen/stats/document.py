@@ -11,16 +11,16 @@ run (trafficgen.watch) and one step of the stairs (trafficgen.profile) are measu
 
 from __future__ import annotations
 
-from typing import Literal, Union, final
+from typing import Literal, NotRequired, final
 
-from typing_extensions import NotRequired, ReadOnly, TypeAliasType, TypedDict
+from typing_extensions import ReadOnly, TypeAliasType, TypedDict
 
 SCHEMA = 2
 # Schema 1 differs only in its reconciliation (one verdict per message, in flat keys): saved.upgrade() rewrites it.
 READABLE_SCHEMAS = (1, SCHEMA)
 
 # A JSON value: the report's `config` holds each option as the run used it (mailload.options declares them).
-Json = TypeAliasType("Json", "Union[None, bool, int, float, str, list[Json], dict[str, Json]]")
+Json = TypeAliasType("Json", "bool | int | float | str | list[Json] | dict[str, Json] | None")
 ConfigView = dict[str, Json]
 
 

@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 
 from trafficgen.stats.document import (
-    COUNT_KEYS,
     Counts,
     MessageOutcomes,
     Point,
@@ -274,8 +273,9 @@ def _timeline_table(timeline: TimelineReport, narrow: bool = False) -> Table | N
     group = -(-len(points) // TIMELINE_ROWS)
     width = timeline["interval_s"] * group
     histograms = timeline.get("histograms")
-    intended = histograms["intended"] if histograms else [None] * len(points)
-    latency = histograms["latency"] if histograms else [None] * len(points)
+    none: list[str | None] = [None] * len(points)
+    intended = histograms["intended"] if histograms else none
+    latency = histograms["latency"] if histograms else none
     measure = intended if any(intended) else latency
     table = Table(
         box=box.SIMPLE,
@@ -497,8 +497,9 @@ def print_reconciliation(console: Console, r: Reconciliation) -> None:
 
 def _reconciliation_table(recipients: RecipientOutcomes | None, messages: MessageOutcomes) -> Table:
     """A row of recipients (None: not told apart) and one of messages, a column per outcome with something in it."""
-    rows: list[tuple[str, Mapping[str, object]]] = [("recipients", recipients)] if recipients is not None else []
-    rows.append(("messages", messages))
+    views: list[tuple[str, Mapping[str, object]]] = [("recipients", recipients)] if recipients is not None else []
+    views.append(("messages", messages))
+    rows = [(name, {k: v for k, v in view.items() if isinstance(v, int)}) for name, view in views]
     keys = [k for k in RECONCILE_HEADERS if k in RECONCILE_ALWAYS or any(row.get(k) for _, row in rows)]
     table = Table(box=box.SIMPLE, pad_edge=False, show_edge=False)
     table.add_column("")
