@@ -244,8 +244,8 @@ class Point(Counts):
     at: int
     t_s: float
     connections: int | None
-    latency_ms: Percentiles | None
-    latency_from_intended_ms: Percentiles | None
+    latency_ms: NotRequired[Percentiles | None]  # absent from a point of a report written before it was measured
+    latency_from_intended_ms: NotRequired[Percentiles | None]
 
 
 class DomainPoint(TypedDict):
@@ -354,7 +354,7 @@ class Sample(TypedDict):
     id: str
     recipient: str | None
     sink_saw: str | None
-    mta_said: NotRequired[str]
+    mta_said: NotRequired[str | None]
 
 
 class TransitStats(TypedDict):

@@ -14,7 +14,7 @@ import datetime
 import json
 import zlib
 from functools import cache
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from mailload import contract
 from trafficgen.stats.document import READABLE_SCHEMAS, SCHEMA, Report
@@ -22,6 +22,7 @@ from trafficgen.stats.report import recorder_of
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
+    from pydantic_core import ErrorDetails
 
 
 class ReportError(ValueError):
@@ -49,11 +50,11 @@ def _adapter() -> TypeAdapter[Report]:
     return TypeAdapter(Report)
 
 
-def read(document: Any, name: str) -> Report:
+def read(document: object, name: str) -> Report:
     """`document` (JSON as read) as a report, if it is one these commands can read; else ReportError naming the
     first problem."""
     schema = document.get("schema") if isinstance(document, dict) else None
-    if type(schema) is not int or schema not in READABLE_SCHEMAS:
+    if not isinstance(document, dict) or type(schema) is not int or schema not in READABLE_SCHEMAS:
         raise ReportError(f"{name} is not a trafficgen report with schema {SCHEMA} (or 1)")
     from pydantic import ValidationError
 
@@ -71,7 +72,7 @@ def read(document: Any, name: str) -> Report:
     return report
 
 
-def _problem(error: Any) -> str:
+def _problem(error: ErrorDetails) -> str:
     """One of pydantic's errors as one line: the key it is at (dotted) and what is wrong."""
     where = ".".join(str(part) for part in error["loc"] if not _is_type_name(part))
     if error["type"] == "missing":
@@ -92,20 +93,22 @@ def _is_type_name(part: object) -> bool:
 # --- schema 1 ----------------------------------------------------------------------------------------------------
 
 
-def upgrade(document: dict[str, Any]) -> dict[str, Any]:
+def upgrade(document: dict[str, object]) -> dict[str, object]:
     """A report of schema 1 as schema 2: its reconciliation, one verdict per message in flat keys, becomes the
-    `recipients` and `messages` views of one per message (`per: "message"`), and the sections added within schema 1
-    are filled as a run without them reports them. Other reports are returned as they are."""
-    if document.get("schema") != 1:
-        return document
-    old = document.get("reconciliation")
-    if isinstance(old, dict) and "error" not in old and "recipients" not in old:
-        document["reconciliation"] = _reconciliation_of_schema_1(old)
-    elapsed = document.get("elapsed_s")
-    absent: dict[str, Any] = {
-        "sending_s": elapsed,
+    `recipients` and `messages` views of one per message (`per: "message"`). In a report of either schema, the
+    sections added since the first reports (a timeline, the dimensions, connections...) are filled as a run without
+    them reports them, as the commands always read such reports; the keys it has are kept as they are."""
+    if document.get("schema") == 1:
+        old = document.get("reconciliation")
+        if isinstance(old, dict) and "error" not in old and "recipients" not in old:
+            document["reconciliation"] = _reconciliation_of_schema_1(old)
+        document["schema"] = SCHEMA
+    absent: dict[str, object] = {
+        "tool": "trafficgen",
+        "sending_s": document.get("elapsed_s"),
         "stopped_by": None,
         "schedule": None,
+        "latency_from_intended_ms": None,
         "tenants": {},
         "campaigns": {},
         "sender_domains": {},
@@ -116,31 +119,40 @@ def upgrade(document: dict[str, Any]) -> dict[str, Any]:
     }
     for key, value in absent.items():
         document.setdefault(key, value)
-    connections = document.setdefault("connections", {})
-    if isinstance(connections, dict):
-        for key, value in (("opened", 0), ("peak", 0), ("failed", 0), ("errors", [])):
-            connections.setdefault(key, value)
-    document["schema"] = SCHEMA
+    inner: dict[str, dict[str, object]] = {
+        "connections": {"opened": 0, "peak": 0, "failed": 0, "errors": []},
+        "histograms": {"latency_from_intended": None, "phases": {}},
+    }
+    for key, values in inner.items():
+        section = document.setdefault(key, {})
+        if isinstance(section, dict):
+            for name, value in values.items():
+                section.setdefault(name, value)
     return document
 
 
-def _reconciliation_of_schema_1(old: dict[str, Any]) -> dict[str, Any]:
-    duplicated = old.get("duplicated", 0)
+def _count(old: dict[str, object], key: str) -> int:
+    value = old.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _reconciliation_of_schema_1(old: dict[str, object]) -> dict[str, object]:
+    duplicated = _count(old, "duplicated")
     outcomes = {
-        "delivered": old.get("delivered", 0) - duplicated,  # schema 1 counted the duplicated among the delivered
+        "delivered": _count(old, "delivered") - duplicated,  # schema 1 counted the duplicated among the delivered
         "duplicated": duplicated,
-        "bounced": old.get("bounced", 0),
-        "expired": old.get("expired", 0),
+        "bounced": _count(old, "bounced"),
+        "expired": _count(old, "expired"),
         "deferred": 0,
-        "pending": old.get("deferred_pending", 0),
-        "lost": old.get("lost", 0),
-        "unknown": old.get("unknown", 0),
+        "pending": _count(old, "deferred_pending"),
+        "lost": _count(old, "lost"),
+        "unknown": _count(old, "unknown"),
     }
     accepted = sum(outcomes.values())
     attempts = old.get("attempts") or {}
-    details = {key: old.get(key, 0) for key in contract.RECIPIENT_DETAILS}
+    details = {key: _count(old, key) for key in contract.RECIPIENT_DETAILS}
     samples = {
-        kind: [{"id": i, "recipient": None, "sink_saw": None} for i in old.get(f"{kind}_ids") or []]
+        kind: [{"id": i, "recipient": None, "sink_saw": None} for i in _ids(old.get(f"{kind}_ids"))]
         for kind in contract.SAMPLE_KINDS
     }
     return {
@@ -156,3 +168,7 @@ def _reconciliation_of_schema_1(old: dict[str, Any]) -> dict[str, Any]:
         "samples": samples,
         **{key: old[key] for key in ("transit_ms", "marks") if key in old},
     }
+
+
+def _ids(ids: object) -> list[object]:
+    return list(ids) if isinstance(ids, list) else []
