@@ -19,16 +19,15 @@ import typer
 
 from mailload import options
 from mailload.cli import (
-    ExitStatus,
     FormatOption,
     LogsArgument,
     OutputOption,
     QuietOption,
     derive_from_logs,
-    fail,
     run_app,
     set_empty_in_environment,
 )
+from mailload.runtime import ExitStatus, fail
 from trafficgen import __version__
 from trafficgen.config import ConfigError, RunConfig, build
 
@@ -439,7 +438,7 @@ def report_reconcile(
 ) -> None:
     import asyncio
 
-    from mailload.cli import event_loop_factory
+    from mailload.runtime import event_loop_factory
     from trafficgen.reconcile import ask_sinks
     from trafficgen.stats.progress import ReconcileProgress
     from trafficgen.stats.report import print_reconciliation

@@ -148,7 +148,7 @@ class MessageFactory:
             sender, home = self.sending_senders[sending], self.sending_full[sending]
         else:
             sender, home = self.senders[domain], self.full_domains[domain]
-        count = config.recipients_per_message
+        count = config.effective_recipients_per_message
         if config.recipient:
             recipients: tuple[str, ...] = (config.recipient,) * count
         elif count == 1:
