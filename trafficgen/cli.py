@@ -82,7 +82,8 @@ def _from_environment(ctx: typer.Context, message: str) -> str:
     for item in options.declared(RunConfig):
         variable = item.envvar(ENV)
         source = getattr(ctx.get_parameter_source(item.name), "name", "")
-        if variable and source == "ENVIRONMENT" and message.startswith(item.long_flag + " "):
+        named = message.startswith((item.long_flag + " ", item.long_flag + ":"))
+        if variable and source == "ENVIRONMENT" and named:
             return f"{variable}{message[len(item.long_flag) :]}"
     return message
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mailload import contract
-from trafficgen import __version__
 from trafficgen.config import RunConfig
 from trafficgen.content import LINE_MAX, MIME_HEADERS, Bodies, Sizes, Text, readable_block
 from trafficgen.domains import DomainPicker
+from trafficgen.version import __version__
 
 SUBJECTS = (
     "Your order has shipped",

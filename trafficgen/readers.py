@@ -146,6 +146,18 @@ def parse_sink_urls(text: str, option_name: str = "--reconcile") -> tuple[str, .
     return sinks
 
 
+def read_word(flag: str, words: tuple[str, ...]) -> Callable[[str], str]:
+    """One of a few words, in any case (trafficgen's wording: "--content 'pdf': use one of text, html, mixed")."""
+
+    def read(text: str) -> str:
+        word = text.strip().lower()
+        if word not in words:
+            raise ConfigError(f"{flag} {text!r}: use one of {', '.join(words)}")
+        return word
+
+    return read
+
+
 def _unique(flag: str, items: tuple[Weighted, ...]) -> tuple[Weighted, ...]:
     seen = [i.name for i in items]
     twice = next((n for n in seen if seen.count(n) > 1), None)

@@ -13,10 +13,18 @@ import secrets
 from dataclasses import dataclass
 
 from mailload.options import HIDDEN, option
-from mailload.values import Choice, Count, Flag, HostPort, Many, Seconds, Text
+from mailload.values import Count, Flag, HostPort, Many, Seconds, Text
 from trafficgen.configview import show_reconcile, show_reset, show_shard, show_thresholds
 from trafficgen.derived import Derived
-from trafficgen.readers import parse_sink_urls, read_reset_sinks, read_run_id, read_shard, read_thresholds, writable
+from trafficgen.readers import (
+    parse_sink_urls,
+    read_reset_sinks,
+    read_run_id,
+    read_shard,
+    read_thresholds,
+    read_word,
+    writable,
+)
 from trafficgen.sendconfig import MAX_WAIT, SendConfig
 from trafficgen.thresholds import Threshold
 
@@ -71,7 +79,7 @@ class RunConfig(SendConfig, Derived):
         ),
         panel=OUTPUT,
         metavar="FORMAT",
-        kind=Choice(OUTPUTS),
+        kind=Text(parse=read_word("--output", OUTPUTS)),
         report=HIDDEN,
     )
     quiet: bool = option(

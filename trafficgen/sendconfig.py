@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mailload import contract
 from mailload.options import HIDDEN, option
 from mailload.units import RateSpec
-from mailload.values import Choice, Count, Flag, Many, Percent, Seconds, Text
+from mailload.values import Count, Flag, Many, Percent, Seconds, Text
 from trafficgen.bodysize import BodySize, read_body_size
 from trafficgen.configview import (
     show_body_size,
@@ -45,6 +45,7 @@ from trafficgen.readers import (
     read_suffix,
     read_target,
     read_throttle,
+    read_word,
     read_workload,
 )
 
@@ -340,7 +341,7 @@ class SendConfig:
         ),
         panel=CONTENT,
         metavar="KIND",
-        kind=Choice(CONTENT_KINDS),
+        kind=Text(parse=read_word("--content", CONTENT_KINDS)),
     )
     attachment_share: float = option(
         20.0,
