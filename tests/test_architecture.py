@@ -166,3 +166,26 @@ def test_no_module_is_over_600_lines():
     over = {path for path, count in lengths.items() if count > MAX_LINES}
     assert over - set(TOO_LONG) == set(), {path: lengths[path] for path in over - set(TOO_LONG)}
     assert set(TOO_LONG) - over == set(), "no longer over: take them off TOO_LONG"
+
+
+def test_only_the_command_lines_import_typer():
+    """Typer is the command lines' alone (mailload/cli.py and each tool's cli.py): no module a worker process
+    imports, directly or through others, imports it (mailload.runtime has what every process needs)."""
+    allowed = {"mailload.cli", "trafficgen.cli", "smartsink.cli"}
+    found = modules()
+    users = {
+        name
+        for name, path in found.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "typer" for a in node.names))
+        or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "typer")
+    }
+    assert users == allowed
+    edges = graph()
+    reach, todo = set(), ["trafficgen.supervisor", "trafficgen.launch", "smartsink.supervisor", "smartsink.server"]
+    while todo:
+        name = todo.pop()
+        if name not in reach:
+            reach.add(name)
+            todo.extend(edges[name])
+    assert reach & allowed == set()
