@@ -131,3 +131,25 @@ def test_wrong_type_to_build_is_one_config_error(given, words):
     message = str(caught.value)
     assert message.startswith(words), message
     assert "\n" not in message
+
+
+def test_what_was_given_is_never_rewritten():
+    """The options a run derives other values from keep what was given: the run's length, the inject URL and the
+    recipients per message are derived beside them, and the report's `config.derived` says from what."""
+    config = build(profile="hold 10/s 5s", duration="1m")
+    assert config.duration == 60
+    assert config.effective_duration == 5
+    assert config.public()["duration_s"] == 5
+    assert config.public()["derived"]["duration_s"] == {"given": 60, "from": ["--profile"]}
+
+    config = build(message_count=5)
+    assert config.duration is None
+    assert config.effective_duration is None
+    assert config.public()["derived"] == {"duration_s": {"given": None, "from": ["--message-count"]}}
+
+    config = build(http=True, target="http://127.0.0.1:8000/", http_batch_size=4)
+    assert config.target == "http://127.0.0.1:8000/"
+    assert config.http_url == "http://127.0.0.1:8000/api/inject/v1"
+    assert config.recipients_per_message == 1
+    assert config.effective_recipients_per_message == 4
+    assert config.public()["derived"]["recipients_per_message"] == {"given": 1, "from": ["--http-batch-size"]}
