@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from mailload import contract
-from trafficgen import __version__
 from trafficgen import profile as profiles
 from trafficgen import thresholds as threshold_parser
 from trafficgen.stats.histogram import new_histogram
 from trafficgen.stats.histogram import summary as histogram_summary
 from trafficgen.stats.recorder import DIMENSIONS, PHASES, Recorder
 from trafficgen.stats.timeline import COUNT_KEYS, from_report
+from trafficgen.version import __version__
 
 SCHEMA = 2
 # Schema 1 differs only in its reconciliation (one verdict per message, in flat keys): upgrade() rewrites it.
