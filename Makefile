@@ -54,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/python -m pytest -q tests/mailload/test_options.py tests/test_architecture.py
 
 docs: $(STAMP)
-	$(BIN)/python -m mailload.options docs/cli.md
+	$(BIN)/python scripts/cli_tables.py docs/cli.md
 
 vendor-plotly:
 	sh scripts/vendor-plotly.sh

@@ -1,22 +1,24 @@
 """Options declared once.
 
 Each field of a tool's config dataclass (trafficgen's RunConfig, smartsink's SinkConfig) carries its command-line
-option: `field: T = option(DEFAULT, help=..., panel=..., metavar=..., parse=...)`. From that one declaration come
-the command line and its environment variable, the `--help` text and its panels, the reading of the text a user
-writes into the field's value, what the JSON report shows, and the reference table in docs/cli.md
-(`python -m mailload.options` rewrites it; a test checks it is current). Only cli.py modules import Typer; this
-module gives them a plain function signature Typer reads.
+option: `field: T = option(DEFAULT, help=..., panel=..., metavar=..., kind=...)`. From that one declaration come
+the command line and its environment variable, the `--help` text and its panels, the reading of a value into the
+field's (its kind, mailload.values: the same for the command line, a variable, a workload file and a program), what
+the JSON report shows, and the reference table in docs/cli.md (`make docs` writes it; a test checks it is current).
+Only the tools' cli.py modules import Typer; this module gives them a plain function signature Typer reads. It
+knows neither tool: each passes its own config class.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, NamedTuple
 
+from mailload.values import Kind, Text, named
+
+TEXT = Text()  # the kind of an option that takes any text as it is
 HIDDEN = "hidden"  # report=HIDDEN: the option never shows in the JSON report (a password, a path to write)
 
 
@@ -33,8 +35,7 @@ class Option:
     doc: str = ""  # the fuller meaning docs/cli.md gives (markdown); "" repeats the help
     metavar: str | None = None  # what --help shows for the value: N, SIZE, RATE (None: derived from the type)
     flags: tuple[str, ...] = ()  # the spellings, e.g. ("--json",) or ("--quiet", "-q"); default --field-name
-    given_as: Any = str  # the command line's type: str, int, float, bool, or list[str] for a repeatable option
-    parse: Callable[[Any], Any] | None = None  # the value as written -> the field's value; ValueError names why
+    kind: Kind = TEXT  # how a value given becomes the field's (mailload.values); ValueError names why
     shown_default: str | None = None  # the default as people read it ("10 x CPUs"); None: the field's default
     env: bool = True  # the option has a PREFIX_NAME environment variable
     report: str | Callable[[Any], dict[str, Any]] | None = None  # the report key (None: the field's name),
@@ -94,38 +95,23 @@ def declared(config_class: type) -> list[Declared]:
 
 
 def values(config_class: type, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields' values from the options given (by field name, as a user writes them): each given value read
-    by its option's parser; options not given (or None) are left out, so the field's default applies."""
+    """The fields' values from the options given (by field name, as a user writes them, from wherever): each
+    given value read by its option's kind; options not given (or None) are left out, so the field's default
+    applies. OptionError names the option and the problem; a name no option has is a program's mistake
+    (TypeError)."""
+    unknown = set(given) - {d.name for d in declared(config_class)}
+    if unknown:
+        raise TypeError(f"no such option: {', '.join(sorted(unknown))}")
     out: dict[str, Any] = {}
     for item in declared(config_class):
         raw = given.get(item.name)
         if raw is None:
             continue
-        parse = item.option.parse
         try:
-            raw = _number(item, raw)
-            out[item.name] = parse(raw) if parse is not None else raw
+            out[item.name] = item.option.kind.read(raw)
         except ValueError as e:
-            message = str(e)
-            flag = item.long_flag
-            raise OptionError(message if message.startswith(flag) else f"{flag}: {message}") from None
-    unknown = set(given) - {d.name for d in declared(config_class)}
-    if unknown:
-        raise TypeError(f"no such option: {', '.join(sorted(unknown))}")
+            raise OptionError(named(item.long_flag, e)) from None
     return out
-
-
-def _number(item: Declared, raw: Any) -> Any:
-    """A number option's text as its number (the command line and variables give text: Typer leaves it to us,
-    so the words are ours); ValueError names the option and what was given."""
-    kind = item.option.given_as
-    if kind not in (int, float) or not isinstance(raw, str):
-        return raw
-    try:
-        return kind(raw.strip().replace("_", ""))
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ValueError(f"{item.long_flag} {raw!r} is not {what}") from None
 
 
 def report(config: Any) -> dict[str, Any]:
@@ -158,11 +144,10 @@ def signature(config_class: type, prefix: str, typer_option: Callable[..., Any],
     parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=context)]
     for item in declared(config_class):
         spec = item.option
-        flag = spec.given_as is bool
+        given_as = spec.kind.given_as  # numbers are taken as text too: their kind reads them, in our words
+        flag = given_as is bool
         metavar = "" if flag else spec.metavar
         shown = item.default_text()
-        # numbers are taken as text and read by values(), which names a bad one in the project's words
-        given_as = str if spec.given_as in (int, float) else spec.given_as
         typed = Annotated[  # type: ignore[valid-type]
             given_as if flag else given_as | None,
             typer_option(
@@ -183,9 +168,6 @@ def signature(config_class: type, prefix: str, typer_option: Callable[..., Any],
 
 # --- docs/cli.md ------------------------------------------------------------------------------------------------
 
-TABLE_BEGIN = "<!-- options of {name}: generated by `python -m mailload.options`, do not edit by hand -->"
-TABLE_END = "<!-- end of the options of {name} -->"
-
 
 def reference_table(config_class: type, prefix: str) -> str:
     """The markdown table of every option: flags, variable, default, meaning; grouped by panel."""
@@ -197,7 +179,7 @@ def reference_table(config_class: type, prefix: str) -> str:
         rows.append(f"| **{panel}** | | | |")
         for item in items:
             spec = item.option
-            value = "" if spec.given_as is bool else f" {spec.metavar or 'VALUE'}"
+            value = "" if spec.kind.given_as is bool else f" {spec.metavar or 'VALUE'}"
             flags = ", ".join(f"`{f}{value if f.startswith('--') else ''}`" for f in item.flags)
             env = item.envvar(prefix)
             default = item.default_text()
@@ -208,36 +190,3 @@ def reference_table(config_class: type, prefix: str) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
-
-
-def _tables() -> Iterator[tuple[str, str]]:
-    from smartsink.config import SinkConfig
-    from trafficgen.config import RunConfig
-
-    yield "trafficgen", reference_table(RunConfig, "TRAFFICGEN")
-    yield "smartsink", reference_table(SinkConfig, "SMARTSINK")
-
-
-def rewrite_docs(text: str) -> str:
-    """docs/cli.md with each tool's table between its markers replaced by the table its options make."""
-    for name, table in _tables():
-        begin, end = TABLE_BEGIN.format(name=name), TABLE_END.format(name=name)
-        head, found, rest = text.partition(begin)
-        if not found:
-            raise ValueError(f"docs/cli.md has no line {begin!r}")
-        _, found, tail = rest.partition(end)
-        if not found:
-            raise ValueError(f"docs/cli.md has no line {end!r}")
-        text = f"{head}{begin}\n{table}\n{end}{tail}"
-    return text
-
-
-def main(argv: list[str]) -> int:
-    path = Path(argv[0] if argv else "docs/cli.md")
-    path.write_text(rewrite_docs(path.read_text()))
-    print(f"{path}: option tables rewritten")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

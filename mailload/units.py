@@ -160,23 +160,25 @@ def parse_rate(text: str, allow_burst: bool = False) -> RateSpec:
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
-    """("host", port) from "HOST:PORT" or "[v6]:PORT"; port 0 asks the system for a free one."""
+    """("host", port) from "HOST:PORT" or "[v6]:PORT"; port 0 asks the system for a free one. The messages begin
+    with `what` and the text ("--target 'x' must look like HOST:PORT"), or with the text alone when `what` is ""."""
     text = text.strip()
+    shown = f"{what} {text!r}" if what else repr(text)
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or not rest.startswith(":"):
-            raise ValueError(f"{what} {text!r} must look like [IPv6]:PORT")
+            raise ValueError(f"{shown} must look like [IPv6]:PORT")
         port_text = rest[1:]
     else:
         host, colon, port_text = text.rpartition(":")
         if not colon or not host:
-            raise ValueError(f"{what} {text!r} must look like HOST:PORT")
+            raise ValueError(f"{shown} must look like HOST:PORT")
         if ":" in host:
-            raise ValueError(f"{what} {text!r}: write an IPv6 address in brackets, [::1]:PORT")
+            raise ValueError(f"{shown}: write an IPv6 address in brackets, [::1]:PORT")
     try:
         port = int(port_text)
     except ValueError:
-        raise ValueError(f"{what} {text!r}: port {port_text!r} is not a number") from None
+        raise ValueError(f"{shown}: port {port_text!r} is not a number") from None
     if not 0 <= port <= 65535:
-        raise ValueError(f"{what} {text!r}: port {port} is out of range 0-65535")
+        raise ValueError(f"{shown}: port {port} is out of range 0-65535")
     return host, port

@@ -18,17 +18,15 @@ import typer
 
 from mailload import options
 from mailload.cli import (
-    ExitStatus,
     FormatOption,
     LogsArgument,
     OutputOption,
     QuietOption,
     derive_from_logs,
-    event_loop_factory,
-    fail,
     run_app,
     set_empty_in_environment,
 )
+from mailload.runtime import ExitStatus, event_loop_factory, fail
 from smartsink import __version__, logs
 from smartsink.config import ConfigError, SinkConfig, build
 

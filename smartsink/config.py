@@ -16,6 +16,7 @@ from typing import Any
 
 from mailload import contract, units
 from mailload.options import HIDDEN, OptionError, option, values
+from mailload.values import Choice, Count, Flag, HostPort, Seconds, Text
 from smartsink.policy.model import Rate
 
 DEFAULT_LISTEN = "127.0.0.1:2026"
@@ -35,6 +36,7 @@ MAX_MESSAGE_SIZE = 1024**3
 AUTH_MODES = ("off", "any", "required")
 ENGINES = ("fast", "aiosmtpd")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 # TEST-NET-1 (RFC 5737): documentation only, never a real host, so an MX address the sink's DNS gives out can only
 # reach the sink (through the redirect) and never anyone else.
 DEFAULT_DNS_NETWORK = "192.0.2.0/24"
@@ -61,30 +63,6 @@ def default_policy_path() -> str:
 
 
 # --- reading one option ------------------------------------------------------------------------------------------
-
-
-def _hostport(flag: str) -> Any:
-    def parse(text: str) -> tuple[str, int]:
-        try:
-            return units.parse_hostport(text, flag)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-    return parse
-
-
-def _admin(text: str) -> tuple[str, int] | None:
-    if text.strip().lower() in ("", "off", "none"):
-        return None
-    parsed: tuple[str, int] = _hostport("--http")(text)
-    return parsed
-
-
-def _dns_listener(text: str) -> tuple[str, int] | None:
-    if text.strip().lower() in ("", "off", "none"):
-        return None
-    parsed: tuple[str, int] = _hostport("--dns")(text)
-    return parsed
 
 
 def _network(flag: str, version: int) -> Any:
@@ -131,15 +109,6 @@ def _size(text: str) -> int:
     return size
 
 
-def _one_of(flag: str, choices: tuple[str, ...]) -> Any:
-    def parse(text: str) -> str:
-        if text.lower() not in choices:
-            raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {text!r}")
-        return text.lower()
-
-    return parse
-
-
 def _file(flag: str) -> Any:
     def parse(text: str) -> str:
         if not Path(text).is_file():
@@ -184,7 +153,7 @@ class SinkConfig:
         doc="the SMTP listener (2026 is where the iptables recipe sends port 25); port 0 picks a free one",
         panel=LISTEN,
         metavar="HOST:PORT",
-        parse=_hostport("--listen"),
+        kind=HostPort(),
         shown_default=DEFAULT_LISTEN,
     )
     http: tuple[str, int] | None = option(
@@ -197,7 +166,7 @@ class SinkConfig:
         ),
         panel=LISTEN,
         metavar="HOST:PORT",
-        parse=_admin,
+        kind=HostPort(off=True),
         shown_default=DEFAULT_HTTP,
     )
     admin_token: str | None = option(
@@ -212,7 +181,7 @@ class SinkConfig:
         ),
         panel=LISTEN,
         metavar="TOKEN",
-        parse=_token,
+        kind=Text(_token),
         report=HIDDEN,
     )
     admin_token_file: str | None = option(
@@ -221,7 +190,7 @@ class SinkConfig:
         doc="read `--admin-token` from this file (a Docker or Kubernetes secret), surrounding blanks dropped",
         panel=LISTEN,
         metavar="PATH",
-        parse=_token_file,
+        kind=Text(_token_file),
         report=HIDDEN,
     )
     workers: int = option(
@@ -233,7 +202,7 @@ class SinkConfig:
         ),
         panel=LISTEN,
         metavar="N",
-        given_as=int,
+        kind=Count(at_least=1),
     )
     # Policy
     policy_path: str = option(
@@ -254,7 +223,7 @@ class SinkConfig:
             "still apply"
         ),
         panel=POLICY,
-        given_as=bool,
+        kind=Flag(),
     )
     domain_suffixes: tuple[str, ...] = option(
         (DEFAULT_SUFFIX, KUMO_SUFFIX),
@@ -266,7 +235,7 @@ class SinkConfig:
         panel=POLICY,
         metavar="SUFFIX[,SUFFIX]",
         flags=("--domain-suffix",),
-        parse=_suffixes,
+        kind=Text(_suffixes),
         shown_default=f"{DEFAULT_SUFFIX},{KUMO_SUFFIX}",
     )
     seed: int | None = option(
@@ -279,7 +248,7 @@ class SinkConfig:
         ),
         panel=POLICY,
         metavar="N",
-        given_as=int,
+        kind=Count(),
     )
     state: str = option(
         "fresh",
@@ -293,7 +262,7 @@ class SinkConfig:
         ),
         panel=POLICY,
         metavar="MODE",
-        parse=_one_of("--state", STATE_MODES),
+        kind=Choice(STATE_MODES),
     )
     state_file: str = option(
         DEFAULT_STATE_FILE,
@@ -309,7 +278,7 @@ class SinkConfig:
         doc="advertised as SIZE; a larger message (or `SIZE=` at MAIL) gets 552",
         panel=SMTP,
         metavar="SIZE",
-        parse=_size,
+        kind=Text(_size),
         shown_default=DEFAULT_MAX_MESSAGE_SIZE,
     )
     starttls: bool = option(
@@ -322,7 +291,7 @@ class SinkConfig:
         ),
         panel=SMTP,
         flags=("--tls/--no-tls",),
-        given_as=bool,
+        kind=Flag(),
     )
     tls_cert: str | None = option(
         None,
@@ -330,17 +299,17 @@ class SinkConfig:
         doc="offer STARTTLS with this certificate (and `--tls-key`) instead of one made at start",
         panel=SMTP,
         metavar="PATH",
-        parse=_file("--tls-cert"),
+        kind=Text(_file("--tls-cert")),
     )
     tls_key: str | None = option(
-        None, help="PEM key for STARTTLS", panel=SMTP, metavar="PATH", parse=_file("--tls-key")
+        None, help="PEM key for STARTTLS", panel=SMTP, metavar="PATH", kind=Text(_file("--tls-key"))
     )
     tls_self_signed: bool = option(
         False,
         help="Offer STARTTLS with a certificate made at start (the default now)",
         doc="STARTTLS with a certificate made at start: the default now, kept for command lines that give it",
         panel=SMTP,
-        given_as=bool,
+        kind=Flag(),
     )
     auth: str = option(
         "off",
@@ -351,7 +320,7 @@ class SinkConfig:
         ),
         panel=SMTP,
         metavar="MODE",
-        parse=_one_of("--auth", AUTH_MODES),
+        kind=Choice(AUTH_MODES),
     )
     hostname: str = option(
         factory=socket.gethostname,
@@ -359,7 +328,7 @@ class SinkConfig:
         doc="the name in the greeting and EHLO reply",
         panel=SMTP,
         metavar="NAME",
-        parse=_hostname,
+        kind=Text(_hostname),
         shown_default="this host's name",
     )
     engine: str = option(
@@ -371,11 +340,11 @@ class SinkConfig:
         ),
         panel=SMTP,
         metavar="ENGINE",
-        parse=_one_of("--engine", ENGINES),
+        kind=Choice(ENGINES),
     )
     timeout: float = option(
         300.0,  # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for the next command
-        help="Seconds a client may stay silent (then 421) or leave the replies unread (then cut)",
+        help="How long a client may stay silent (then 421) or leave the replies unread (then cut): 300, 5m",
         doc=(
             "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes). A client "
             "that stops reading the replies gets no more answers once 64 KiB of them wait for it (and at most 128 KiB "
@@ -385,8 +354,8 @@ class SinkConfig:
             "one that closes or resets its connection gives its place back at once"
         ),
         panel=SMTP,
-        metavar="SECONDS",
-        given_as=float,
+        metavar="DURATION",
+        kind=Seconds(),
     )
     # DNS
     dns: tuple[str, int] | None = option(
@@ -401,7 +370,7 @@ class SinkConfig:
         ),
         panel=DNS,
         metavar="HOST:PORT",
-        parse=_dns_listener,
+        kind=HostPort(off=True),
         shown_default="off",
     )
     dns_network: ipaddress.IPv4Network = option(
@@ -414,7 +383,7 @@ class SinkConfig:
         ),
         panel=DNS,
         metavar="CIDR",
-        parse=_network("--dns-network", 4),
+        kind=Text(_network("--dns-network", 4)),
         shown_default=DEFAULT_DNS_NETWORK,
     )
     dns_network6: ipaddress.IPv6Network | None = option(
@@ -423,7 +392,7 @@ class SinkConfig:
         doc="an IPv6 network for AAAA records, as `--dns-network`; without it MX hosts have no AAAA, so MTAs use IPv4",
         panel=DNS,
         metavar="CIDR",
-        parse=_network("--dns-network6", 6),
+        kind=Text(_network("--dns-network6", 6)),
     )
     dns_rate: Rate | None = option(
         Rate(5000, 1.0),
@@ -434,7 +403,7 @@ class SinkConfig:
         ),
         panel=DNS,
         metavar="RATE",
-        parse=_dns_rate,
+        kind=Text(_dns_rate),
         shown_default=DEFAULT_DNS_RATE,
     )
     # Running
@@ -444,14 +413,14 @@ class SinkConfig:
         doc="debug, info, warning, error (to stderr)",
         panel=RUN,
         metavar="LEVEL",
-        parse=_one_of("--log-level", LOG_LEVELS),
+        kind=Choice(LOG_LEVELS),
     )
     log_format: str = option(
         "text",
         help="text, or json (one object a line, for log pipelines)",
         panel=RUN,
         metavar="FORMAT",
-        parse=_one_of("--log-format", ("text", "json")),
+        kind=Choice(LOG_FORMATS),
     )
     max_recipients: int = 1000  # RCPTs per transaction before 452 (not an option)
 
@@ -471,39 +440,35 @@ class SinkConfig:
         return self.admin_token or self.admin_token_file
 
 
-def _check_tls(fields: dict[str, Any]) -> None:
-    if bool(fields.get("tls_cert")) != bool(fields.get("tls_key")):
+# --- checks across options: each reads a built SinkConfig, none changes it -----------------------------------------
+
+
+def _check_tls(config: SinkConfig) -> None:
+    if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both")
-    if fields.get("tls_cert") and fields.get("tls_self_signed"):
+    if config.tls_cert and config.tls_self_signed:
         raise ConfigError("--tls-self-signed makes its own certificate: do not give --tls-cert with it")
-    if fields.get("starttls") is False and (fields.get("tls_cert") or fields.get("tls_self_signed")):
-        given = "--tls-cert" if fields.get("tls_cert") else "--tls-self-signed"
+    if not config.starttls and (config.tls_cert or config.tls_self_signed):
+        given = "--tls-cert" if config.tls_cert else "--tls-self-signed"
         raise ConfigError(f"--no-tls offers no STARTTLS: do not give {given} with it")
 
 
-def _check_numbers(fields: dict[str, Any]) -> None:
-    if fields.get("workers", 1) < 1:
-        raise ConfigError(f"--workers must be at least 1, got {fields['workers']}")
-    timeout = fields.get("timeout", 300.0)
-    if not timeout > 0:
-        raise ConfigError(f"--timeout must be more than 0 seconds, got {timeout}")
-
-
-def _check_admin(fields: dict[str, Any]) -> None:
-    if fields.get("admin_token") and fields.get("admin_token_file"):
+def _check_admin(config: SinkConfig) -> None:
+    if config.admin_token and config.admin_token_file:
         raise ConfigError("--admin-token and --admin-token-file say the same thing: give one")
 
 
-CHECKS = (_check_tls, _check_numbers, _check_admin)
+CHECKS = (_check_tls, _check_admin)
 
 
 def build(**given: Any) -> SinkConfig:
-    """Validate options as a user writes them (by field name; None or absent: the default) and build the config;
-    ConfigError names the bad one."""
+    """Read options as a user writes them (by field name; None or absent: the default; each by its kind,
+    mailload.values, as the command line's are) and check them together; ConfigError names the bad one."""
     try:
         fields = values(SinkConfig, given)
     except OptionError as e:
         raise ConfigError(str(e)) from None
+    config = SinkConfig(**fields)
     for check in CHECKS:
-        check(fields)
-    return SinkConfig(**fields)
+        check(config)
+    return config

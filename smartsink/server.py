@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mailload.cli import raise_open_files_limit
+from mailload.runtime import raise_open_files_limit
 from smartsink import admin, metrics, statefile, tls
 from smartsink.config import SinkConfig
 from smartsink.engines.fast import FastServer

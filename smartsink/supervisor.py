@@ -25,7 +25,7 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from mailload.cli import ExitStatus, event_loop_factory
+from mailload.runtime import ExitStatus, event_loop_factory
 from smartsink import admin, logs, metrics
 from smartsink.config import SinkConfig
 from smartsink.ledger import RunLedger

@@ -19,16 +19,15 @@ import typer
 
 from mailload import options
 from mailload.cli import (
-    ExitStatus,
     FormatOption,
     LogsArgument,
     OutputOption,
     QuietOption,
     derive_from_logs,
-    fail,
     run_app,
     set_empty_in_environment,
 )
+from mailload.runtime import ExitStatus, fail
 from trafficgen import __version__
 from trafficgen.config import ConfigError, RunConfig, build
 from trafficgen.stats.document import Comparison, Report
@@ -87,7 +86,8 @@ def _from_environment(ctx: typer.Context, message: str) -> str:
     for item in options.declared(RunConfig):
         variable = item.envvar(ENV)
         source = getattr(ctx.get_parameter_source(item.name), "name", "")
-        if variable and source == "ENVIRONMENT" and message.startswith(item.long_flag + " "):
+        named = message.startswith((item.long_flag + " ", item.long_flag + ":"))
+        if variable and source == "ENVIRONMENT" and named:
             return f"{variable}{message[len(item.long_flag) :]}"
     return message
 
@@ -443,7 +443,7 @@ def report_reconcile(
 ) -> None:
     import asyncio
 
-    from mailload.cli import event_loop_factory
+    from mailload.runtime import event_loop_factory
     from trafficgen.reconcile import ask_sinks
     from trafficgen.stats.progress import ReconcileProgress
     from trafficgen.stats.summary import print_reconciliation

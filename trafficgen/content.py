@@ -24,7 +24,7 @@ import re
 from statistics import NormalDist
 from typing import NamedTuple
 
-from trafficgen.config import LogNormalSize, QuantileSize
+from trafficgen.bodysize import LogNormalSize, QuantileSize
 
 LINE_MAX = 78
 BLOCK_SIZE = 64 * 1024  # unique text; larger bodies repeat it

@@ -9,7 +9,7 @@ import itertools
 import random
 from collections.abc import Sequence
 
-from trafficgen.config import Weighted
+from trafficgen.readers import Weighted
 
 
 class DomainPicker:

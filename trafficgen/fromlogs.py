@@ -25,7 +25,8 @@ from mailload.mtalog.aggregate import NO_VALUE, Aggregate
 from mailload.mtalog.read import LogError, ReadReport
 from mailload.mtalog.tally import LogHistogram, Timeline, TopCounter
 from trafficgen import profile as profiles
-from trafficgen.config import ConfigError, QuantileSize, parse_domain, parse_label
+from trafficgen.bodysize import QuantileSize
+from trafficgen.readers import ConfigError, parse_domain, parse_label
 
 OTHER_DOMAINS = "other-domains.test"
 OTHER_SENDERS = "other-senders.test"

@@ -11,7 +11,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from mailload.cli import event_loop_factory
+from mailload.runtime import event_loop_factory
 from trafficgen.config import RunConfig
 from trafficgen.observers import Observers, snapshot
 from trafficgen.runner import RunEnd, Runner, new_recorder, raise_file_limit

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mailload import contract
-from trafficgen import __version__
 from trafficgen.config import RunConfig
 from trafficgen.content import LINE_MAX, MIME_HEADERS, Bodies, Sizes, Text, readable_block
 from trafficgen.domains import DomainPicker
+from trafficgen.version import __version__
 
 SUBJECTS = (
     "Your order has shipped",
@@ -148,7 +148,7 @@ class MessageFactory:
             sender, home = self.sending_senders[sending], self.sending_full[sending]
         else:
             sender, home = self.senders[domain], self.full_domains[domain]
-        count = config.recipients_per_message
+        count = config.effective_recipients_per_message
         if config.recipient:
             recipients: tuple[str, ...] = (config.recipient,) * count
         elif count == 1:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mailload.cli import raise_open_files_limit
+from mailload.runtime import raise_open_files_limit
 from trafficgen.config import ConfigError, RunConfig
 from trafficgen.domains import spread
 from trafficgen.messages import Message, MessageFactory
@@ -297,10 +297,10 @@ class Runner:
         if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
             window = min(elapsed, stopped)
         # A --message-count run that sent its count before --duration ran out: the window is what the run took.
-        counted_out = self.remaining is not None and self.remaining <= 0 and elapsed < (config.duration or 0)
-        if config.duration is not None:
+        counted_out = self.remaining is not None and self.remaining <= 0 and elapsed < (config.effective_duration or 0)
+        if config.effective_duration is not None:
             early = self.interrupted or self.error or counted_out
-            window = min(window, config.duration) if early else config.duration
+            window = min(window, config.effective_duration) if early else config.effective_duration
         return window
 
     async def _resolves(self) -> bool:
@@ -364,8 +364,8 @@ class Runner:
             # One schedule for every process: its start (the first process's) is the run's start for all.
             started = min(started, self.throttle.begin(started))
             self.started = started
-        if config.duration is not None:
-            self.deadline = started + config.duration
+        if config.effective_duration is not None:
+            self.deadline = started + config.effective_duration
             loop.call_at(loop.time() + self.deadline - time.monotonic(), self.over.set)
         if self.remaining == 0:
             self.over.set()
@@ -376,7 +376,7 @@ class Runner:
         hard_wait = asyncio.create_task((hard or asyncio.Event()).wait())
         try:
             everything: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
-            timeout = None if config.duration is None else config.duration + END_GRACE
+            timeout = None if config.effective_duration is None else config.effective_duration + END_GRACE
             pending: set[asyncio.Future[Any]] = {everything, soft_wait, hard_wait}
             done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             stopped = time.monotonic()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from trafficgen.config import without_credentials
+from trafficgen.readers import without_credentials
 
 if TYPE_CHECKING:  # aiohttp (a quarter of a second to import) only when a sink is reset
     import aiohttp

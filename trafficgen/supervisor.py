@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from hdrh.histogram import HdrHistogram
 
-from mailload.cli import event_loop_factory
+from mailload.runtime import event_loop_factory
 from trafficgen.config import RunConfig
 from trafficgen.observers import Observers, snapshot
 from trafficgen.runner import RunEnd, Runner, Share, new_recorder, raise_file_limit, shared_schedule

@@ -2,10 +2,11 @@
 
 Each key is an option's name, its long flag without the dashes (`domain`, `body-size`, `fail-if`; `body_size` is
 read the same), derived from the declared options of RunConfig, so the file and the command line cannot drift.
-A value is written as on the command line (`throttle = "300/s"`), or as TOML says it better: a number
-(`concurrency = 200`, `duration = 600` or `duration = "10m"`), a boolean for a flag, a list for a repeatable option
-(`fail-if = ["p99 < 2s", ...]`), a table of weights (`domain = { "gmail.com" = 67.4, "yahoo.com" = 5.9 }`, or a
-`[domain]` section), a list of stages for `profile`. `body-file` is read relative to the workload file.
+A value is written as on the command line (`throttle = "300/s"`, `duration = "10m"`), or as TOML says it better: a
+number (`concurrency = 200`, `duration = 600`), a boolean for a flag, a list for a repeatable option (`fail-if =
+["p99 < 2s", ...]`), a table of weights (`domain = { "gmail.com" = 67.4, "yahoo.com" = 5.9 }`, or a `[domain]`
+section), a list of stages for `profile`. Each value is read by its option's kind (mailload.values), as the
+command line's is. `body-file` is read relative to the workload file.
 
 A bad key or value is one line: `FILE:LINE: KEY: what is wrong`. Nothing here knows a particular option.
 """
@@ -19,7 +20,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mailload import units
 from mailload.options import Declared, OptionError, declared, values
 
 NOT_IN_FILES = ("workload",)  # options a workload file cannot hold
@@ -80,12 +80,12 @@ def load(path: str, config_class: type) -> dict[str, Any]:
                     f"{where}: {key}: holds {swallowed!r}, an option: TOML puts every key written after a [{key}] "
                     "line into that section, so write the sections last"
                 )
+        value = raw
+        if item.name in RELATIVE_TO_FILE and isinstance(value, str) and not Path(value).is_absolute():
+            value = str(Path(path).parent / value)
         try:
-            value = _as_given(item, raw)
-            if item.name in RELATIVE_TO_FILE and isinstance(value, str):
-                value = str(Path(path).parent / value) if not Path(value).is_absolute() else value
-            values(config_class, {item.name: value})
-        except (OptionError, ValueError) as e:
+            values(config_class, {item.name: value})  # read as the command line's would be, to name its line
+        except OptionError as e:
             raise WorkloadError(f"{where}: {key}: {_without_flag(str(e), item)}") from None
         out[item.name] = value
     return out
@@ -98,51 +98,6 @@ def _without_flag(message: str, item: Declared) -> str:
             if message.startswith(flag.split("/")[0] + sep):
                 return message[len(flag.split("/")[0]) + len(sep) :]
     return message
-
-
-def _as_given(item: Declared, raw: Any) -> Any:
-    """A TOML value as the command line gives the option (str, int, float, bool, list of str)."""
-    kind = item.option.given_as
-    if kind is bool:
-        if not isinstance(raw, bool):
-            raise ValueError(f"write true or false, not {raw!r}")
-        return raw
-    if kind is int:
-        if isinstance(raw, bool) or not isinstance(raw, int | str):
-            raise ValueError(f"{raw!r} is not a whole number")
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
-    if kind is float:
-        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-            raise ValueError(f"{raw!r} is not a number of seconds")
-        return units.parse_duration(raw) if isinstance(raw, str) else float(raw)
-    if kind is str:
-        if isinstance(raw, dict):
-            return ",".join(f"{k}={_scalar(v)}" for k, v in raw.items())  # body-size = { median = "20kb", ... }
-        if isinstance(raw, list):
-            return ", ".join(_scalar(v) for v in raw)  # profile = ["ramp ...", "hold ..."]
-        return _scalar(raw)
-    # A repeatable option: a list, one value, or a table of NAME = WEIGHT.
-    if isinstance(raw, dict):
-        return [f"{k}:{_scalar(v)}" for k, v in raw.items()]
-    if isinstance(raw, list):
-        return [_scalar(v) for v in raw]
-    return [_scalar(raw)]
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, dict):
-        raise ValueError(
-            f"{value!r} is not a value this option takes (TOML puts every key written after a [section] line into "
-            "that section: write the sections last)"
-        )
-    if isinstance(value, (bool, list)):
-        raise ValueError(f"{value!r} is not a value this option takes")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def line_of(text: str, key: str) -> int:

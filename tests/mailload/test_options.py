@@ -11,6 +11,7 @@ from harness import ROOT
 from harness.sink import run_smartsink
 from harness.trafficgen import run_trafficgen
 from mailload import options
+from scripts import cli_tables
 from smartsink import __version__ as sink_version
 from smartsink.config import SinkConfig
 from trafficgen import __version__ as tg_version
@@ -51,10 +52,10 @@ class TestDeclaredOnce:
         assert shown - declared <= {"--help", "--version", "--check"}
 
     def test_docs_table_is_current(self, tool, config, prefix):
-        """docs/cli.md holds the table the declarations make (`python -m mailload.options` rewrites it)."""
+        """docs/cli.md holds the table the declarations make (`make docs`, scripts/cli_tables.py, rewrites it)."""
         text = (ROOT / "docs" / "cli.md").read_text()
         assert options.reference_table(config, prefix) in text
-        assert options.rewrite_docs(text) == text
+        assert cli_tables.rewrite(text) == text
 
 
 @pytest.mark.parametrize(("tool", "version"), [("trafficgen", tg_version), ("smartsink", sink_version)])

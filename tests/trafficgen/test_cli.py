@@ -401,7 +401,7 @@ class TestProgress:
 # stdout.
 REPORT_AFTER_THE_LOOP = """
 import asyncio
-from mailload.cli import event_loop_factory
+from mailload.runtime import event_loop_factory
 from trafficgen.cli import write_json
 report = {"replies": [f"4.7.1 deferral text number {n:05d}" for n in range(10_000)]}
 with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -176,7 +176,7 @@ class TestDefaults:
         config = build()
         assert config.target == "127.0.0.1:2025"
         assert config.concurrency == 10 * (os.cpu_count() or 1)
-        assert config.duration == 60.0
+        assert config.effective_duration == 60.0
         assert config.message_count is None
         assert config.domain_suffix == "sink.test"
         assert config.ehlo == "trafficgen.sink.test"
@@ -193,7 +193,7 @@ class TestDefaults:
     )
     def test_message_count_is_never_cut_by_the_default_duration(self, count, duration, expected):
         """--message-count alone has no deadline; a duration given with it still applies."""
-        assert build(message_count=count, duration=duration).duration == expected
+        assert build(message_count=count, duration=duration).effective_duration == expected
 
     @pytest.mark.parametrize(
         ("suffix", "expected", "ehlo"),

@@ -105,9 +105,9 @@ class TestParse:
 
     def test_duration_follows_the_profile_and_caps_it(self):
         """Without --duration the run lasts the stages; --duration caps them; --throttle cannot go with them."""
-        assert build(profile="ramp 0..10/s 5s, hold 10/s 7s").duration == 12
-        assert build(profile="ramp 0..10/s 5s, hold 10/s 7s", duration=3.0).duration == 3
-        assert build(profile="step 10/s every 5s until p99 > 1s").duration is None
+        assert build(profile="ramp 0..10/s 5s, hold 10/s 7s").effective_duration == 12
+        assert build(profile="ramp 0..10/s 5s, hold 10/s 7s", duration=3.0).effective_duration == 3
+        assert build(profile="step 10/s every 5s until p99 > 1s").effective_duration is None
         with pytest.raises(ConfigError, match="--profile and --throttle both set the rate"):
             build(profile="hold 10/s 5s", throttle="10/s")
 

@@ -62,7 +62,7 @@ class TestKeys:
         config = build(workload=path)
         assert config.profile is not None
         assert config.profile.text == "ramp 0..10/s 5s, hold 10/s 5s"
-        assert config.duration == 10
+        assert config.effective_duration == 10
         assert Path(config.body_file or "") == tmp_path / "m.eml"
 
     def test_line_of(self):
@@ -128,7 +128,7 @@ class TestExample:
         assert (weights["gmail.com"], weights["hotmail.com"], weights["yahoo.com"]) == (67.4, 8.8, 5.9)
         assert config.body_size.median == 60_000
         assert config.content == "mixed"
-        assert config.duration == 17 * 60
+        assert config.effective_duration == 17 * 60
         assert config.fail_if
         assert config.tenants
         assert config.campaigns

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from hdrh.histogram import HdrHistogram
 
-from trafficgen import __version__
 from trafficgen import profile as profiles
 from trafficgen import thresholds as judge
 from trafficgen.profile import Profile
@@ -45,6 +44,7 @@ from trafficgen.stats.recorder import PHASES, Recorder, StagesState, State
 from trafficgen.stats.timeline import State as TimelineState
 from trafficgen.stats.timeline import from_report
 from trafficgen.thresholds import Threshold
+from trafficgen.version import __version__
 
 if TYPE_CHECKING:
     from trafficgen.config import RunConfig
