@@ -137,6 +137,10 @@ class Session:
     def usable(self) -> bool:
         return not self.protocol.closed and self.protocol.failure is None
 
+    @property
+    def phases(self) -> tuple[float, float, float]:
+        return self.connect_s, self.banner_s, self.ehlo_s
+
     # --- opening ----------------------------------------------------------------------------------------
 
     @classmethod
