@@ -32,6 +32,7 @@ class HttpSession:
 
     usable = True
     holds_connection = False
+    phases = (0.0, 0.0, 0.0)  # nothing to open: the pool connects as requests need
 
     def __init__(self, client: aiohttp.ClientSession, url: str, config: RunConfig):
         self.client = client
@@ -59,11 +60,11 @@ class HttpSession:
                 answer = await response.json(content_type=None) if status == 200 else None
         except TimeoutError:
             return Outcome.error(f"timeout: no answer from {self.url}", count, started, monotonic())
-        except aiohttp.ClientConnectorError as e:
-            text = f"refused: cannot connect to {self.url}: {e.os_error}"
+        except aiohttp.ClientConnectorError as unreachable:
+            text = f"refused: cannot connect to {self.url}: {unreachable.os_error}"
             return Outcome.error(text, count, started, monotonic(), connecting=True)
-        except (aiohttp.ClientError, ValueError) as e:
-            return Outcome.error(f"http: {type(e).__name__}: {e}", count, started, monotonic())
+        except (aiohttp.ClientError, ValueError) as failed:
+            return Outcome.error(f"http: {type(failed).__name__}: {failed}", count, started, monotonic())
         end = monotonic()
         if status in (429, 503):
             return Outcome(

@@ -15,6 +15,7 @@ from mailload.runtime import event_loop_factory
 from trafficgen.config import RunConfig
 from trafficgen.observers import Observers, snapshot
 from trafficgen.runner import RunEnd, Runner, new_recorder, raise_file_limit
+from trafficgen.runstate import Stop
 from trafficgen.stats import report
 from trafficgen.stats.document import ReconcileFailure, Reconciliation, Report, json_value
 from trafficgen.stats.recorder import Recorder
@@ -60,7 +61,7 @@ async def _run_here(config: RunConfig, interrupts: _Interrupts) -> tuple[Recorde
         recorder.take_interval if config.hdr_log else None,
         recent=recorder.recent_latency,
         start=lambda: runner.started,
-        stop=interrupts.soft.set,
+        stop=lambda: runner.state.stop(Stop.JUDGE),
     )
     await observers.start()
     try:

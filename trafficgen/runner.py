@@ -1,46 +1,39 @@
-"""The run loop of one process: connection workers, message claims, stopping and force-stopping.
+"""The run of one process: its workers, the claims they share, its connections, and how it ends.
 
-Each of `concurrency` workers opens its connection at its turn (--connect-rate spreads the first connections
-out), then claims a message (waiting for the throttle's due time), sends, records the outcome, and reconnects
-when the server closed (421), after --messages-per-connection, or after an error. A worker holds its
-connection until the run is over, even when the throttle leaves it idle, as a real sender's connection pool
-does. An error on an open connection (lost, a timeout, a protocol violation) ends that connection only: it is
-counted and the worker reconnects with backoff, as KumoMTA's traffic-gen does. A connection that cannot be opened
-(refused, no greeting, failed TLS or AUTH) ends the run without --keep-going: there is no target to test; with
-it, that too is counted and retried with backoff. Nothing here prints.
+The Runner builds the run's RunState (trafficgen.runstate: claims, outstanding outcomes, the one `stop(reason)`),
+starts `concurrency` Workers (trafficgen.worker: the per-message path) and gives them what they ask through a
+narrow face: a message claimed at its due time, an outcome recorded, a transport opened by the Connector it was
+given (trafficgen.connector builds the run's: SMTP sessions or the inject API's; a test gives its own). A connection
+that cannot be opened (refused, no greeting, failed TLS or AUTH) ends the run without --keep-going: there is no
+target to test; with it, that too is counted and retried with backoff. At the end it waits for in-flight messages
+(a grace period when stopped from outside, cut at a second ^C) and says how the run ended (RunEnd). Nothing here
+prints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
-import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mailload.runtime import raise_open_files_limit
 from trafficgen.config import ConfigError, RunConfig
+from trafficgen.connector import connector_for
 from trafficgen.domains import spread
 from trafficgen.messages import Message, MessageFactory
-from trafficgen.outcome import ERROR, Outcome
+from trafficgen.outcome import Outcome
 from trafficgen.profile import ProfileSchedule
 from trafficgen.ratelimit import Throttle
-from trafficgen.smtp.session import ClientProtocol, Refused, Session, SessionError, client_tls_context
+from trafficgen.runstate import RunState, Stop
 from trafficgen.stats.document import Aborted, StairsVerdict
 from trafficgen.stats.recorder import Recorder
-from trafficgen.transport import Transport
+from trafficgen.transport import Connector, Transport, Unopened
+from trafficgen.worker import Worker
 
-if TYPE_CHECKING:  # aiohttp (a quarter of a second to import) only for --http
-    import aiohttp
-
-log = logging.getLogger("trafficgen")
-
-END_GRACE = 10.0  # seconds in-flight messages get to finish once the run is over
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 2.0
+END_GRACE = 10.0  # seconds in-flight messages get to finish once the run is stopped, or is past its --duration
 FD_MARGIN = 64
 
 
@@ -122,7 +115,7 @@ class RunEnd:
 
 
 class Runner:
-    """One process's workers and the claims they share."""
+    """One process's workers and what they share: the run's state, its messages, its connections."""
 
     def __init__(
         self,
@@ -130,142 +123,72 @@ class Runner:
         recorder: Recorder,
         share: Share | None = None,
         shared_throttle: Any = None,
+        connector: Connector | None = None,
     ):
         self.config = config
         self.recorder = recorder
         self.share = share or Share(concurrency=config.concurrency, message_count=config.message_count)
+        self.concurrency = self.share.concurrency or config.concurrency
         seed = None if config.seed is None else config.seed * 1000 + self.share.index
         self.factory = MessageFactory(config, random.Random(seed))
-        self.throttle = new_schedule(config, shared_throttle)
+        self.state = RunState(self.share.message_count, new_schedule(config, shared_throttle))
+        self.connector = connector or connector_for(config, self.concurrency)
         # Connections are spread over the --source-address values by weight, numbered across processes as the
         # ramp numbers them.
-        self.sources = [s.name for s in config.source_address]
         self.assignment = spread([s.weight for s in config.source_address], config.concurrency)
-        self.tls = client_tls_context() if config.starttls else None
-        self.protocols: set[ClientProtocol] = set()
-        self.remaining = self.share.message_count
-        self.claimed = 0
-        self.deadline = float("inf")
-        self.stopping = False  # an error (without --keep-going) or ^C: claimed messages are dropped
-        self.exhausted = False  # the throttle's schedule reached the end of --duration
-        self.error: str | None = None
-        self.interrupted = False
-        self.outstanding = 0  # messages claimed and not yet given their outcome
-        self.over = asyncio.Event()  # the run is over: --duration passed, every message answered, or a stop
         self.started = time.monotonic()
-        self.http_pool: aiohttp.ClientSession | None = None
-        if config.http:  # imported now, not on the first connection: an import blocks the loop a fifth of a second
-            from trafficgen import inject  # noqa: F401
 
-    # --- claims ---------------------------------------------------------------------------------------------
+    # --- what a Worker asks (trafficgen.worker.Run) ---------------------------------------------------------
 
-    def source_of(self, number: int) -> int:
-        """The --source-address (index) of worker `number`'s connections."""
-        if not self.sources:
-            return 0
-        return self.assignment[(number * self.share.count + self.share.index) % len(self.assignment)]
-
-    def claim_now(self, source: int = 0) -> Message | None:
-        """The next message if one is due now (never waits); None otherwise."""
-        return self._take(only_if_due=True, source=source)
-
-    async def claim(self, source: int = 0) -> Message | None:
-        """The next message for a worker, once it is due; None when the run is over."""
-        message = self._take(only_if_due=False, source=source)
-        if message is not None:
-            wait = message.intended - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                if self.stopping:
-                    self.outstanding -= 1
-                    return None
-        return message
-
-    def claims_over(self) -> bool:
-        """No message will be claimed any more in this process."""
-        return (
-            self.stopping
-            or self.exhausted
-            or self.over.is_set()
-            or (self.remaining is not None and self.remaining <= 0)
-            or time.monotonic() >= self.deadline
-        )
-
-    def _take(self, only_if_due: bool, source: int = 0) -> Message | None:
-        if (
-            self.stopping
-            or self.exhausted
-            or self.over.is_set()
-            or (self.remaining is not None and self.remaining <= 0)
-        ):
-            return None
-        now = time.monotonic()
-        if now >= self.deadline:
-            return None
-        intended = now
-        stage = 0
-        schedule = self.throttle
-        if schedule is not None:
-            due = schedule.reserve(only_if_due)
-            if due is None:
-                return None
-            if due >= self.deadline - schedule.slack:
-                self.exhausted = True  # messages already claimed still go; no more are claimed
-                return None
-            intended, stage = due, schedule.last_stage
-        if self.remaining is not None:
-            self.remaining -= 1
-        self.outstanding += 1
-        # Unique within the run across processes, and across instances given --shard INDEX/COUNT.
-        local = self.share.index + self.share.count * self.claimed
-        seq = local * self.config.shard_count + self.config.shard_index
-        self.claimed += 1
-        return self.factory.build(seq, intended, source, stage)
-
-    # --- workers ------------------------------------------------------------------------------------------
-
-    def stop_on(self, text: str) -> None:
-        """A connection that could not be opened: without --keep-going it ends the run."""
-        if not self.config.keep_going and self.error is None:
-            self.error = text
-            self.stopping = True
-            self.over.set()
-
-    def recorded(self, message: Message, outcome: Outcome) -> None:
-        self.recorder.record(message, outcome)
-        self.outstanding -= 1
-        if self.remaining == 0 and self.outstanding == 0:
-            self.over.set()  # every message of a --message-count run has its outcome: the run is over
-
-    def dropped(self) -> None:
-        """A claimed message that will never be sent (the run stopped)."""
-        self.outstanding -= 1
-
-    async def ramp(self, number: int) -> None:
-        """Wait for this worker's turn to open its first connection: --connect-rate spreads them out, so
+    async def turn(self, number: int) -> None:
+        """Wait for worker `number`'s turn to open its first connection: --connect-rate spreads them out, so
         20,000 connections do not arrive in one burst. Workers of all processes interleave on one schedule."""
         share = self.share
         slot = number * share.count + share.index
         wait = self.started + slot / self.config.connect_rate - time.monotonic()
         if wait > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.over.wait(), wait)
+                await asyncio.wait_for(self.state.wait_over(), wait)
 
-    async def connect(self, source: int = 0) -> Transport | Outcome:
+    async def claim(self, source: int) -> Message | None:
+        """The next message for a worker, once it is due; None when the run is over."""
+        message = self._take(only_if_due=False, source=source)
+        if message is not None:
+            wait = message.intended - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                if self.state.stopping:
+                    self.state.drop()
+                    return None
+        return message
+
+    def claim_now(self, source: int) -> Message | None:
+        """The next message if one is due now (never waits); None otherwise."""
+        return self._take(only_if_due=True, source=source)
+
+    def _take(self, only_if_due: bool, source: int) -> Message | None:
+        taken = self.state.take(only_if_due)
+        if taken is None:
+            return None
+        number, intended, stage = taken
+        # Unique within the run across processes, and across instances given --shard INDEX/COUNT.
+        local = self.share.index + self.share.count * number
+        seq = local * self.config.shard_count + self.config.shard_index
+        return self.factory.build(seq, intended, source, stage)
+
+    def record(self, message: Message, outcome: Outcome) -> None:
+        self.recorder.record(message, outcome)
+        self.state.settle()
+        if outcome.connecting:  # --http: the endpoint cannot be reached, as an SMTP connect that fails
+            self._unreachable(f"{outcome.text} (talking to {self.config.target})")
+
+    async def connect(self, source: int) -> Transport | Outcome:
         """A new transport (from --source-address `source`), or the Outcome its failure gives the message that
         could not be sent over it."""
-        config = self.config
-        if config.http:
-            from trafficgen import inject
-
-            if self.http_pool is None:
-                self.http_pool = inject.pool(self.share.concurrency or config.concurrency)
-            return inject.HttpSession(self.http_pool, config.http_url, config)
         started = time.monotonic()
-        local = self.sources[source] if self.sources else None
         progress: list[str] = []
-        opening = asyncio.ensure_future(Session.open(config, self.tls, self.protocols, local, progress))
-        over = asyncio.ensure_future(self.over.wait())
+        opening = asyncio.ensure_future(self.connector.open(source, progress))
+        over = asyncio.ensure_future(self.state.wait_over())
         try:
             await asyncio.wait({opening, over}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -273,51 +196,37 @@ class Runner:
         if not opening.done():  # the run ended while this connection was still being opened
             return await self._abandon(opening, started, progress)
         try:
-            session = opening.result()
-        except Refused as e:
-            self.recorder.connection_failed(f"{e.reply.code} {e.reply.one_line()}")
-            failure = Outcome.refused(e.reply.code, e.reply.one_line(), 0, started, e.reply.at)
-            if failure.kind == ERROR:  # not a refusal but a greeting that is not SMTP's
-                self.stop_on(f"{config.target} answered {e}")
-            return failure
-        except SessionError as e:
-            text = f"{e.kind}: {e.message}"
-            self.recorder.connection_failed(text)
-            where = "" if config.target in e.message else f" (talking to {config.target})"
-            self.stop_on(f"{text}{where}")
-            return Outcome.error(text, 0, started, time.monotonic())
-        self.recorder.connection_opened(session.connect_s, session.banner_s, session.ehlo_s)
-        return session
+            transport = opening.result()
+        except Unopened as unopened:
+            self.recorder.connection_failed(unopened.text)
+            if unopened.stops is not None:
+                self._unreachable(unopened.stops)
+            return unopened.outcome
+        if transport.holds_connection:
+            self.recorder.connection_opened(*transport.phases)
+        return transport
 
-    def _window(self, elapsed: float, stopped: float) -> float:
-        """The sending window of a run that took `elapsed` seconds (`stopped`: when the run was stopped, if it
-        was): a --duration run's is the duration, unless it was stopped early or sent its --message-count sooner."""
-        config = self.config
-        window = elapsed
-        if self.interrupted:  # the sending window ends where sending was stopped, not at the last reply
-            window = min(elapsed, stopped)
-        # A --message-count run that sent its count before --duration ran out: the window is what the run took.
-        counted_out = self.remaining is not None and self.remaining <= 0 and elapsed < (config.effective_duration or 0)
-        if config.effective_duration is not None:
-            early = self.interrupted or self.error or counted_out
-            window = min(window, config.effective_duration) if early else config.effective_duration
-        return window
+    async def close(self, transport: Transport) -> None:
+        if transport.holds_connection:
+            self.recorder.connection_closed()
+        await transport.quit()
 
-    async def _resolves(self) -> bool:
-        """Whether the target's name resolves, asked once before any connection: a name that does not is the
-        run's one error, not a failure of every connection (each of whose lookups would be cancelled with the run
-        and leave asyncio's "exception was never retrieved" behind)."""
-        host, port = self.config.host, self.config.port
-        try:
-            await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as e:
-            self.error = f"--target {self.config.target}: cannot resolve {host} ({getattr(e, 'strerror', None) or e})"
-            return False
-        return True
+    # --- connections ------------------------------------------------------------------------------------------
 
-    async def _abandon(self, opening: asyncio.Future[Session], started: float, progress: list[str]) -> Outcome:
+    def source_of(self, number: int) -> int:
+        """The --source-address (index) of worker `number`'s connections."""
+        if not self.config.source_address:
+            return 0
+        return self.assignment[(number * self.share.count + self.share.index) % len(self.assignment)]
+
+    def _unreachable(self, text: str) -> None:
+        """A target that cannot be reached: without --keep-going it ends the run."""
+        if not self.config.keep_going:
+            self.state.stop(Stop.ERROR, text)
+
+    async def _abandon(self, opening: asyncio.Future[Transport], started: float, progress: list[str]) -> Outcome:
         opening.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SessionError, Refused):
+        with contextlib.suppress(asyncio.CancelledError, Unopened):
             await opening
         waited = time.monotonic() - started
         greeted = len(progress) > 1  # then the server fell silent
@@ -327,62 +236,63 @@ class Runner:
         if not (recorder.connections_opened or recorder.connection_errors):
             # Not one connection of the run was opened, and none failed otherwise: the target is silent.
             recorder.connection_failed(text)
-            if not self.stopping and self.error is None:
-                self.error = text if greeted else f"{text} (is it an SMTP server?)"
+            if not self.state.stopping:
+                self.state.stop(Stop.ERROR, text if greeted else f"{text} (is it an SMTP server?)")
         return Outcome.error(text, 0, started, time.monotonic())
-
-    async def close(self, transport: Transport) -> None:
-        if transport.holds_connection:
-            self.recorder.connection_closed()
-        await transport.quit()
 
     async def _sweep(self) -> None:
         """Time out any reply wait longer than --timeout (once a second; no timer per read)."""
-        timeout = self.config.timeout
         while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
+            await asyncio.sleep(min(1.0, self.config.timeout / 4))
             now = time.monotonic()
             self.recorder.sample_connections(now)
-            for protocol in list(self.protocols):
-                if protocol.closed:
-                    self.protocols.discard(protocol)
-                else:
-                    protocol.timed_out(now, timeout)
+            self.connector.sweep(now)
 
     # --- the run ------------------------------------------------------------------------------------------
 
     async def run(self, soft: asyncio.Event | None = None, hard: asyncio.Event | None = None) -> RunEnd:
         """Run to the end. `soft` (first ^C): claim no more, let in-flight messages finish within the grace
-        period. `hard` (second ^C): cut them now (each gets its error outcome)."""
-        config = self.config
-        if not config.http and not await self._resolves():  # before the clock starts: no schedule waits on it
-            return RunEnd(time.time(), 0.0, 0.0, self.error, False)
+        period, as after any stop from outside (`state.stop`: the judge, the supervisor). `hard` (second ^C): cut
+        them now (each gets its error outcome)."""
+        config, state = self.config, self.state
+        unreachable = await self.connector.check()  # before the clock starts: no schedule waits on it
+        if unreachable is not None:
+            state.stop(Stop.ERROR, unreachable)
+            return RunEnd(time.time(), 0.0, 0.0, state.error, False)
         wall, started = time.time(), time.monotonic()
-        self.started = started
-        loop = asyncio.get_running_loop()
-        if self.throttle is not None:
+        if state.schedule is not None:
             # One schedule for every process: its start (the first process's) is the run's start for all.
-            started = min(started, self.throttle.begin(started))
-            self.started = started
-        if config.effective_duration is not None:
-            self.deadline = started + config.effective_duration
-            loop.call_at(loop.time() + self.deadline - time.monotonic(), self.over.set)
-        if self.remaining == 0:
-            self.over.set()
-        concurrency = self.share.concurrency or config.concurrency
-        workers = [asyncio.create_task(Worker(self, i).run()) for i in range(concurrency)]
+            started = min(started, state.schedule.begin(started))
+        self.started = started
+        state.begin(started, config.effective_duration)
+        workers = [
+            asyncio.create_task(Worker(self, i, self.source_of(i), config.messages_per_connection).run())
+            for i in range(self.concurrency)
+        ]
         sweeper = asyncio.create_task(self._sweep())
-        soft_wait = asyncio.create_task((soft or asyncio.Event()).wait())
-        hard_wait = asyncio.create_task((hard or asyncio.Event()).wait())
+        try:
+            await self._until_done(workers, soft or asyncio.Event(), hard or asyncio.Event())
+        finally:
+            sweeper.cancel()
+            await self.connector.close()
+        elapsed = time.monotonic() - started
+        return RunEnd(wall, elapsed, self._window(elapsed), state.error, state.interrupted)
+
+    async def _until_done(self, workers: list[asyncio.Task[None]], soft: asyncio.Event, hard: asyncio.Event) -> None:
+        """Until every worker is done: a stop from outside gives them END_GRACE, a --duration run gets END_GRACE
+        past its duration, a second ^C (`hard`) cuts them now."""
+        state = self.state
+        soft_wait = asyncio.create_task(soft.wait())
+        hard_wait = asyncio.create_task(hard.wait())
+        outside = asyncio.create_task(state.wait_outside())
         try:
             everything: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
-            timeout = None if config.effective_duration is None else config.effective_duration + END_GRACE
-            pending: set[asyncio.Future[Any]] = {everything, soft_wait, hard_wait}
+            timeout = None if self.config.effective_duration is None else self.config.effective_duration + END_GRACE
+            pending: set[asyncio.Future[Any]] = {everything, soft_wait, hard_wait, outside}
             done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            stopped = time.monotonic()
-            if (soft_wait in done or hard_wait in done) and everything not in done:
-                self.stopping = self.interrupted = True
-                self.over.set()
+            if done and everything not in done:  # stopped from outside
+                if soft_wait in done or hard_wait in done:
+                    state.stop(Stop.INTERRUPTED)
                 if hard_wait not in done:
                     pending = {everything, hard_wait}
                     done, _ = await asyncio.wait(pending, timeout=END_GRACE, return_when=asyncio.FIRST_COMPLETED)
@@ -391,150 +301,21 @@ class Runner:
                     task.cancel()
                 await asyncio.wait({everything}, timeout=END_GRACE)
         finally:
-            sweeper.cancel()
             soft_wait.cancel()
             hard_wait.cancel()
-            if self.http_pool is not None:
-                from trafficgen import inject
+            outside.cancel()
 
-                await inject.close_pool(self.http_pool)
-        elapsed = time.monotonic() - started
-        window = self._window(elapsed, stopped - started)
-        return RunEnd(wall, elapsed, window, self.error, self.interrupted)
-
-
-class Worker:
-    """One connection's loop: open it at its turn, send what is due over it, reconnect when it closes, hold it
-    until the run is over. The worker owns the messages it claimed: the one being sent, and the next (which
-    the transport may pipeline behind it) or one to send again on a new connection."""
-
-    def __init__(self, runner: Runner, number: int):
-        self.runner = runner
-        self.number = number
-        self.transport: Transport | None = None
-        self.sending: Message | None = None  # sent, its outcome not recorded yet
-        self.pending: Message | None = None  # claimed, not sent yet: the next one, or one to send again
-        self.on_transport = 0
-        self.failures = 0
-        self.first = True  # the first connection is opened and held even if it will send nothing
-        self.source = runner.source_of(number)  # the --source-address its connections come from
-
-    async def run(self) -> None:
-        runner = self.runner
-        await runner.ramp(self.number)
-        try:
-            while not runner.stopping:
-                if self.transport is None and not await self._open():
-                    if self._finished():
-                        break
-                    continue  # the failure was recorded (and waited for with backoff): try again
-                message = self.pending or await runner.claim(self.source)
-                self.pending = None
-                if message is None:
-                    break
-                assert self.transport is not None
-                if not self.transport.usable:
-                    # The server closed the connection while it was idle (an idle timeout): not an error.
-                    await self._drop_transport()
-                    self.pending = message
-                    continue
-                await self._send(message)
-            if self.pending is not None:
-                runner.dropped()  # claimed, never sent: dropped like any claimed message at a stop
-                self.pending = None
-            if self.transport is not None and self.transport.usable and not runner.stopping:
-                await runner.over.wait()  # hold the connection for the whole run, as a real sender's pool does
-        except asyncio.CancelledError:
-            self._cut()
-            raise
-        except Exception as e:  # a bug, not the server: never lose a worker silently
-            self._crashed(e)
-        finally:
-            await self._drop_transport()
-
-    def _finished(self) -> bool:
-        runner = self.runner
-        return runner.stopping or runner.over.is_set() or (self.pending is None and runner.claims_over())
-
-    async def _open(self) -> bool:
-        """A transport for the next message; False when there is none (the failure is recorded)."""
-        runner = self.runner
-        if runner.over.is_set():
-            return False
-        if self.pending is None and not self.first and runner.remaining is not None:
-            # A --message-count run reconnects for a message it holds, so no connection opens for nothing when
-            # another worker takes the last one.
-            self.pending = await runner.claim(self.source)
-            if self.pending is None:
-                return False
-        opened = await runner.connect(self.source)
-        if not isinstance(opened, Outcome):
-            self.transport, self.on_transport, self.first = opened, 0, False
-            return True
-        if runner.over.is_set():
-            return False  # the run ended while connecting: no message of its failed
-        # The failure is the outcome of the message that would have gone over this connection, so a
-        # --message-count run still ends however the target behaves.
-        message = self.pending or await runner.claim(self.source)
-        self.pending = None
-        if message is not None:
-            runner.recorded(message, opened.for_message(len(message.recipients)))
-            self.failures += 1
-            if not runner.stopping:
-                await self._backoff()
-        return False
-
-    async def _send(self, message: Message) -> None:
-        runner = self.runner
-        transport = self.transport
-        assert transport is not None
-        limit = runner.config.messages_per_connection
-        last_here = limit is not None and self.on_transport + 1 >= limit
-        self.pending = None if last_here else runner.claim_now(self.source)
-        self.sending = message
-        outcome = await transport.send(message, self.pending)
-        self.sending = None
-        runner.recorded(message, outcome)
-        self.on_transport += 1
-        if outcome.kind == ERROR:  # that connection ends, not the run: the worker reconnects after a backoff
-            self.failures += 1
-            if outcome.connecting:  # --http: the endpoint cannot be reached, as an SMTP connect that fails
-                runner.stop_on(f"{outcome.text} (talking to {runner.config.target})")
-        else:
-            self.failures = 0
-        if outcome.kind == ERROR or outcome.close or not transport.usable or last_here:
-            # A message pipelined behind this one was not answered here: it goes over the next connection.
-            await self._drop_transport()
-            if outcome.kind == ERROR and not runner.stopping:
-                await self._backoff()
-
-    async def _backoff(self) -> None:
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**self.failures) * (0.5 + random.random() / 2)
-        await asyncio.sleep(delay)
-
-    async def _drop_transport(self) -> None:
-        transport, self.transport = self.transport, None
-        if transport is not None:
-            await self.runner.close(transport)
-
-    def _cut(self) -> None:
-        """The end of the grace period: what was sent and not answered gets its one outcome."""
-        now = time.monotonic()
-        for message in (self.sending, self.pending):
-            if message is not None:
-                cut = Outcome.error("cut: the run ended before the reply", len(message.recipients), now, now)
-                self.runner.recorder.record(message, cut)
-        self.sending = self.pending = None
-
-    def _crashed(self, e: Exception) -> None:
-        runner = self.runner
-        log.exception("trafficgen worker %d failed", self.number)
-        if self.sending is not None:
-            now = time.monotonic()
-            failed = Outcome.error(f"internal: {e!r}", len(self.sending.recipients), now, now)
-            runner.recorder.record(self.sending, failed)
-            self.sending = None
-        if runner.error is None:
-            runner.error = f"internal error in a connection worker: {e!r}"
-        runner.stopping = True
-        runner.over.set()
+    def _window(self, elapsed: float) -> float:
+        """The sending window of a run that took `elapsed` seconds: a --duration run's is the duration, unless it
+        was stopped early or sent its --message-count sooner; one stopped from outside ends where it was stopped."""
+        config, state = self.config, self.state
+        window = elapsed
+        stopped = state.stopped_at
+        if stopped is not None:  # the sending window ends where sending was stopped, not at the last reply
+            window = min(elapsed, stopped - self.started)
+        # A --message-count run that sent its count before --duration ran out: the window is what the run took.
+        counted_out = state.counted_out and elapsed < (config.effective_duration or 0)
+        if config.effective_duration is not None:
+            early = stopped is not None or state.error or counted_out
+            window = min(window, config.effective_duration) if early else config.effective_duration
+        return window

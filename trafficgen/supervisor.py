@@ -25,6 +25,7 @@ from mailload.runtime import event_loop_factory
 from trafficgen.config import RunConfig
 from trafficgen.observers import Observers, snapshot
 from trafficgen.runner import RunEnd, Runner, Share, new_recorder, raise_file_limit, shared_schedule
+from trafficgen.runstate import Stop
 from trafficgen.stats.progress import Snapshot
 from trafficgen.stats.recorder import Recorder, State, new_histogram
 
@@ -73,7 +74,6 @@ async def _child_run(config: RunConfig, share: Share, controls: Controls, conn: 
     raise_file_limit(share.concurrency or config.concurrency)
     recorder = new_recorder(config)
     runner = Runner(config, recorder, share, shared_throttle=controls.throttle)
-    soft = asyncio.Event()
 
     def progress() -> Progress:
         interval = recorder.take_interval().encode() if config.hdr_log else None
@@ -86,9 +86,8 @@ async def _child_run(config: RunConfig, share: Share, controls: Controls, conn: 
             await asyncio.sleep(REPORT_INTERVAL)
             conn.send(progress())
             if controls.stop.is_set():
-                runner.stopping = True
-                soft.set()
-            if runner.error:
+                runner.state.stop(Stop.SUPERVISOR)
+            if runner.state.error:
                 controls.stop.set()
 
     # Processes spawn one after another: they start their runs together, or one that started later would go on
@@ -98,7 +97,7 @@ async def _child_run(config: RunConfig, share: Share, controls: Controls, conn: 
         controls.ready.wait(START_TOGETHER_TIMEOUT)  # nothing runs on this loop yet: blocking here delays nothing
     relayer = asyncio.create_task(relay())
     try:
-        end = await runner.run(soft)
+        end = await runner.run()
     finally:
         relayer.cancel()
     if end.error:

@@ -8,9 +8,11 @@ import json
 import resource
 import signal
 import time
+import urllib.request
 
 import pytest
 
+from harness.net import free_port
 from harness.policies import ACCEPT_ALL
 from harness.processes import tree_rss_mb
 from harness.sink import running_sink, wait_for
@@ -38,13 +40,21 @@ def test_twenty_thousand_connections(tmp_path):
         idle = tree_rss_mb(sink.process.pid)
         # The run lasts until this test has seen what it checks, then ends as ^C ends it (exit 130, a full report):
         # no --duration to guess, however long a busy machine takes to open the connections.
+        port = free_port()
         generator = start_trafficgen(
             "--target", sink.target, "--concurrency", str(CONNECTIONS), "--processes", "2", "--duration", "600",
             "--connect-rate", f"{CONNECT_RATE}/s", "--timeout", "60", "--quiet", "--json", "-",
+            "--metrics", f"127.0.0.1:{port}",
         )  # fmt: skip
         try:
+            # Held as both ends see it: the sink counts a connection at accept, trafficgen once greeted and past EHLO
+            # (seconds later for the last ones while 20,000 connections send as fast as they can on 2 cores).
             wait_for(
-                lambda: _running(generator) and sink.metrics()["smartsink_connections_active"] >= CONNECTIONS,
+                lambda: (
+                    _running(generator)
+                    and sink.metrics()["smartsink_connections_active"] >= CONNECTIONS
+                    and _opened(port) >= CONNECTIONS
+                ),
                 timeout=HELD_BY_S,
                 interval=0.5,
                 what=f"{CONNECTIONS} connections to be held",
@@ -86,6 +96,19 @@ def _running(generator) -> bool:  # type: ignore[no-untyped-def]
         _, err = generator.communicate()
         raise AssertionError(f"trafficgen ended early (exit {generator.returncode}):\n{err}")
     return True
+
+
+def _opened(port: int) -> float:
+    """The sessions trafficgen has opened (greeted, EHLO answered), from its --metrics (a second late at most)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0  # not serving yet
+    for line in text.splitlines():
+        if line.startswith("trafficgen_connections_opened_total "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def _accepted(sink) -> float:  # type: ignore[no-untyped-def]

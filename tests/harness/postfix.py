@@ -232,6 +232,28 @@ class Postfix:
         )
         return [r["address"] for line in done.stdout.splitlines() for r in json.loads(line)["recipients"]]
 
+    def hold_deferred(self) -> None:
+        """From now on deferred mail waits an hour for its retry, so the queue holds still while a test reads it
+        (retried every 1-2 s, a message spends moments in the active queue without its deferral's reason)."""
+        self.settings = {
+            **self.settings,
+            "queue_run_delay": "3600s",
+            "minimal_backoff_time": "3600s",
+            "maximal_backoff_time": "3600s",
+        }
+        (self.etc / "main.cf").write_text(self._main_cf())
+        self._postfix("reload")
+
+    def deferred_with_reasons(self) -> bool:
+        """Every message in the queue is in the deferred queue, and each of its recipients has its reason."""
+        done = subprocess.run(
+            [POSTQUEUE, "-c", str(self.etc), "-j"], capture_output=True, text=True, timeout=START_TIMEOUT
+        )
+        messages = [json.loads(line) for line in done.stdout.splitlines()]
+        return all(
+            m["queue_name"] == "deferred" and all(r.get("delay_reason") for r in m["recipients"]) for m in messages
+        )
+
     def queued(self) -> int:
         """Messages in the queue now (0 when empty)."""
         listing = self.queue_listing()

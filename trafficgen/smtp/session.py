@@ -137,6 +137,10 @@ class Session:
     def usable(self) -> bool:
         return not self.protocol.closed and self.protocol.failure is None
 
+    @property
+    def phases(self) -> tuple[float, float, float]:
+        return self.connect_s, self.banner_s, self.ehlo_s
+
     # --- opening ----------------------------------------------------------------------------------------
 
     @classmethod
@@ -383,8 +387,9 @@ class Session:
         if following is None:
             protocol.write(*message.content, b".\r\n")
         else:
-            protocol.write(*message.content, b".\r\n", *self._envelope(following))
+            # Timed before the write: a process preempted between the two would make the reply seem early.
             self._ahead, self._ahead_sent = following, monotonic()
+            protocol.write(*message.content, b".\r\n", *self._envelope(following))
         final = await protocol.reply()
         self.last_end = final.at
         self.too_many = self.too_many or final.too_many_recipients
