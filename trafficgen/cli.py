@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +30,10 @@ from mailload.cli import (
 from mailload.runtime import ExitStatus, fail
 from trafficgen import __version__
 from trafficgen.config import ConfigError, RunConfig, build
+from trafficgen.stats.document import Comparison, Report
+
+if TYPE_CHECKING:
+    from trafficgen.reconcile import Asking
 
 PROG = "trafficgen"
 INTERRUPTED = 130
@@ -106,7 +110,7 @@ main_command.__signature__ = _signature()  # type: ignore[attr-defined]
 app.callback()(main_command)
 
 
-def write_json(document: dict[str, Any], path: str) -> None:
+def write_json(document: Report | Comparison, path: str) -> None:
     text = json.dumps(document, indent=2) + "\n"
     if path == "-":
         write_stdout(text)
@@ -138,7 +142,7 @@ def write_stdout(text: str) -> None:
         data = data[os.write(fd, data) :]
 
 
-def write_html(document: dict[str, Any], other: dict[str, Any] | None, path: str) -> None:
+def write_html(document: Report, other: Report | None, path: str) -> None:
     """The HTML report of `document` (with `other` overlaid, from `report compare`) to `path`."""
     from trafficgen.stats import html
 
@@ -153,7 +157,7 @@ def execute(config: RunConfig) -> int:
     """Run, print the summary, write the JSON and HTML reports; the exit status."""
     from trafficgen.launch import run
     from trafficgen.sinkstate import ResetError
-    from trafficgen.stats import report
+    from trafficgen.stats.summary import summary
 
     try:
         result = run(config)
@@ -175,14 +179,14 @@ def execute(config: RunConfig) -> int:
 
             print("\n".join(kumomta.lines(document)), file=human, flush=True)
         else:
-            report.summary(document, human)
+            summary(document, human)
     if end.error:
         print(f"{PROG}: error: {end.error}", file=sys.stderr)
         return ExitStatus.ERROR
     return _status(config, document, reached, end.interrupted)
 
 
-def _status(config: RunConfig, document: dict[str, Any], reached: int, interrupted: bool) -> int:
+def _status(config: RunConfig, document: Report, reached: int, interrupted: bool) -> int:
     """The exit status of a run that did not fail outright, with the line that says why when it is not 0."""
     if reached == 0 and not interrupted:
         # Nothing accepted, deferred or refused: whatever the flags, the run did not test the target.
@@ -190,19 +194,20 @@ def _status(config: RunConfig, document: dict[str, Any], reached: int, interrupt
         why = f": {errors[0]['text']}" if errors else ""
         print(f"{PROG}: error: no message got an answer from {config.target}{why}", file=sys.stderr)
         return ExitStatus.ERROR
-    if "error" in document.get("reconciliation", {}):
-        print(f"{PROG}: error: reconciliation: {document['reconciliation']['error']}", file=sys.stderr)
+    reconciliation = document.get("reconciliation")
+    if reconciliation is not None and "error" in reconciliation:
+        print(f"{PROG}: error: reconciliation: {reconciliation['error']}", file=sys.stderr)
         return ExitStatus.ERROR
     if interrupted:
         return INTERRUPTED
     thresholds = document.get("thresholds")
     if thresholds and not thresholds["passed"]:
-        failed = [r for r in thresholds["results"] if not r["passed"]]
+        failed = [(r["expression"], r["shown"]) for r in thresholds["results"] if not r["passed"]]
         aborted = thresholds.get("aborted")
-        if aborted and not any(r["expression"] == aborted["expression"] for r in failed):
-            failed.insert(0, {"expression": aborted["expression"], "shown": f"{aborted['shown']} when it stopped"})
-        for result in failed:
-            print(f"{PROG}: threshold failed: {result['expression']} ({result['shown']})", file=sys.stderr)
+        if aborted and not any(expression == aborted["expression"] for expression, _ in failed):
+            failed.insert(0, (aborted["expression"], f"{aborted['shown']} when it stopped"))
+        for expression, shown in failed:
+            print(f"{PROG}: threshold failed: {expression} ({shown})", file=sys.stderr)
         return ExitStatus.THRESHOLD
     return ExitStatus.OK
 
@@ -229,18 +234,11 @@ def _damaged(what: str) -> Iterator[None]:
         fail(PROG, f"{what}: a report is damaged ({type(e).__name__}: {e})")
 
 
-def _load(path: str) -> dict[str, Any]:
-    from trafficgen.stats.combine import ReportError, check
+def _load(path: str) -> Report:
+    from trafficgen.stats.saved import ReportError, load
 
     try:
-        with open(path, encoding="utf-8") as f:
-            return check(json.load(f), path)
-    except FileNotFoundError:
-        fail(PROG, f"{path}: no such file")
-    except (OSError, UnicodeDecodeError) as e:
-        fail(PROG, f"{path}: cannot be read: {e}")
-    except json.JSONDecodeError as e:
-        fail(PROG, f"{path}: not JSON ({e.msg} at line {e.lineno})")
+        return load(path)
     except ReportError as e:
         fail(PROG, str(e))
     raise AssertionError("unreachable")
@@ -259,10 +257,10 @@ def _number(flag: str, text: str | None) -> float | None:
 
 @report_app.command("show", help="Print the summary of a saved report.")
 def report_show(path: Annotated[str, typer.Argument(help="A report written with --json", metavar="REPORT")]) -> None:
-    from trafficgen.stats import report
+    from trafficgen.stats.summary import summary
 
     with _damaged(path):
-        report.summary(_load(path), sys.stdout, show_timeline=True)
+        summary(_load(path), sys.stdout, show_timeline=True)
 
 
 @report_app.command("html", help="Write the HTML report (charts, one self-contained file) of a saved report.")
@@ -297,8 +295,8 @@ def report_merge(
         typer.Option("--force", help="Merge even reports of the same run and shard (their counts add up)", metavar=""),
     ] = False,
 ) -> None:
-    from trafficgen.stats import report
     from trafficgen.stats.combine import merge, merge_checks
+    from trafficgen.stats.summary import summary
 
     documents = [_load(p) for p in paths]
     with _damaged(", ".join(paths)):
@@ -311,7 +309,7 @@ def report_merge(
         merged = merge(documents)
     if json_path:
         write_json(merged, json_path)
-    report.summary(merged, sys.stderr if json_path == "-" else sys.stdout)
+    summary(merged, sys.stderr if json_path == "-" else sys.stdout)
 
 
 @report_app.command(
@@ -361,14 +359,14 @@ def report_compare(
     raise typer.Exit(ExitStatus.THRESHOLD if result["regressions"] else ExitStatus.OK)
 
 
-def _asking(path: str, document: dict[str, Any], sink: str | None, mta_queue: str | None, wait: float) -> Any:
+def _asking(path: str, document: Report, sink: str | None, mta_queue: str | None, wait: float) -> Asking:
     """What `report reconcile` asks (a trafficgen.reconcile.Asking), from a saved report and the command's options."""
     import zlib
 
     from trafficgen.config import parse_sink_urls
     from trafficgen.reconcile import Asking, decode_marks
 
-    previous, config = document["reconciliation"], document["config"]
+    previous, config = document.get("reconciliation") or {"sink": "", "error": ""}, document["config"]
     try:
         ours = decode_marks(previous["marks"])
     except zlib.error as e:
@@ -382,12 +380,18 @@ def _asking(path: str, document: dict[str, Any], sink: str | None, mta_queue: st
         per, numbered = 1, False
     index, _, count = str(config.get("shard", "0/1")).partition("/")
     try:
-        sinks = parse_sink_urls(sink, "--sink") if sink else tuple(config.get("reconcile") or [])
+        given = config.get("reconcile")
+        sinks = (
+            parse_sink_urls(sink, "--sink")
+            if sink
+            else tuple(str(u) for u in (given if isinstance(given, list) else []))
+        )
     except ConfigError as e:
         fail(PROG, str(e))
     if not sinks:
         fail(PROG, f"{path}: no sink URL in the report: give --sink")
-    queue = mta_queue if mta_queue is not None else config.get("mta_queue")
+    saved_queue = config.get("mta_queue")
+    queue = mta_queue if mta_queue is not None else None if saved_queue is None else str(saved_queue)
     if queue is not None and not numbered:
         fail(PROG, f"{path}: --mta-queue finds recipients trafficgen numbered, and this run's recipients are not")
     return Asking(
@@ -442,12 +446,13 @@ def report_reconcile(
     from mailload.runtime import event_loop_factory
     from trafficgen.reconcile import ask_sinks
     from trafficgen.stats.progress import ReconcileProgress
-    from trafficgen.stats.report import print_reconciliation
+    from trafficgen.stats.summary import print_reconciliation
 
     document = _load(path)
-    previous = document.get("reconciliation") or {}
-    if "marks" not in previous:
+    previous = document.get("reconciliation")
+    if previous is None or "marks" not in previous:
         fail(PROG, f"{path}: this run was not made with --reconcile, so the report does not say what the target took")
+        return
     wait = _number("--wait", wait_text) or 0.0
     if not 0 <= wait < float("inf"):
         fail(PROG, f"--wait {wait:g}: give a number of seconds of at least 0")
@@ -461,12 +466,13 @@ def report_reconcile(
             progress.close()
     if "error" in reconciliation:
         fail(PROG, f"reconciliation: {reconciliation['error']}", ExitStatus.ERROR)
+        return
     reconciliation["marks"] = previous["marks"]
     reconciliation["marks_per_message"] = asking.per
     document["reconciliation"] = reconciliation
     if json_path:
         write_json(document, json_path)
-    from trafficgen.stats.report import console_for
+    from trafficgen.stats.summary import console_for
 
     with console_for(sys.stderr if json_path == "-" else sys.stdout) as console:
         print_reconciliation(console, reconciliation)

@@ -10,7 +10,6 @@ import gc
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from mailload.runtime import event_loop_factory
 from trafficgen.config import RunConfig
@@ -18,13 +17,14 @@ from trafficgen.observers import Observers, snapshot
 from trafficgen.runner import RunEnd, Runner, new_recorder, raise_file_limit
 from trafficgen.runstate import Stop
 from trafficgen.stats import report
+from trafficgen.stats.document import ReconcileFailure, Reconciliation, Report, json_value
 from trafficgen.stats.recorder import Recorder
 from trafficgen.supervisor import Supervisor
 
 
 @dataclass
 class Result:
-    report: dict[str, Any]
+    report: Report
     end: RunEnd
 
 
@@ -100,7 +100,7 @@ async def run_async(config: RunConfig) -> Result:
         recorder, end = await Supervisor(config, interrupts.soft, interrupts.hard).run()
     else:
         recorder, end = await _run_here(config, interrupts)
-    if not interrupts.count and (end.aborted or (end.stairs and end.stairs.get("failed_per_s") is not None)):
+    if not interrupts.count and (end.aborted or (end.stairs and end.stairs["failed_per_s"] is not None)):
         end.interrupted = False  # the run was stopped by its own judge (trafficgen.watch), not by a person
     reconciliation = None
     if config.reconcile is not None and not interrupts.count:
@@ -115,20 +115,17 @@ async def run_async(config: RunConfig) -> Result:
         started=end.started,
         elapsed=end.elapsed,
         window=end.window,
-        config=config.public(),
+        config={key: json_value(value) for key, value in config.public().items()},
         stopped_by=stopped_by,
+        plan=report.Plan.of(config),
+        aborted=end.aborted,
+        stairs=end.stairs,
+        reconciliation=reconciliation,
     )
-    if document.get("profile") is not None and end.stairs is not None:
-        document["profile"]["stairs"] = end.stairs
-    if document.get("thresholds") is not None and end.aborted:
-        document["thresholds"]["aborted"] = end.aborted
-        document["thresholds"]["passed"] = False
-    if reconciliation is not None:
-        document["reconciliation"] = reconciliation
     return Result(document, end)
 
 
-async def _reconcile(config: RunConfig, recorder: Recorder) -> dict[str, Any]:
+async def _reconcile(config: RunConfig, recorder: Recorder) -> Reconciliation | ReconcileFailure:
     """Ask the sinks what became of each recipient the target accepted, for up to --reconcile-wait seconds
     while the MTA may still be delivering, with live progress."""
     assert config.reconcile is not None

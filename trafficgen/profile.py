@@ -27,8 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hdrh.histogram import HdrHistogram
+
 from mailload import units
 from trafficgen import thresholds
+from trafficgen.stats.document import Figures, LatencyMs, StageShape
 from trafficgen.thresholds import Threshold
 
 EPSILON = 1e-9  # counts: N(t) within this of a whole number is that number (float sums drift by an ulp)
@@ -215,12 +218,12 @@ class Profile:
             return 0
         return whole(self.count_by(end)) - whole(self.count_by(start))
 
-    def describe(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[StageShape]:
         """The fixed stages as the report lists them."""
         return [stage_dict(self, i) for i in range(len(self.stages))]
 
 
-def stage_dict(profile: Profile, index: int) -> dict[str, Any]:
+def stage_dict(profile: Profile, index: int) -> StageShape:
     stage = profile.stage(index)
     return {
         "stage": stage.text,
@@ -459,7 +462,7 @@ def settle_s(stage: Stage) -> float:
 
 def judge_step(
     stage: Stage,
-    document: dict[str, Any],
+    document: Figures,
     due: int,
     answered: int,
     elapsed_since_end: float,
@@ -479,30 +482,46 @@ def judge_step(
     return StepVerdict(True)
 
 
-def step_document(counts: Sequence[int], latency: Any, due: int, duration: float) -> dict[str, Any]:
-    """A step's counts and latency shaped like a report, for thresholds.measure(). `latency` is the step's HDR
-    histogram of latency from the intended time (microseconds); messages due but not answered count as slower
-    than any limit (infinity), so a target that stops answering cannot look fast."""
-    names = ("attempted", "accepted", "tempfailed", "permfailed", "errors")
-    totals = dict(zip(names, counts, strict=True))
+def step_document(counts: Sequence[int], latency: HdrHistogram | None, due: int, duration: float) -> Figures:
+    """A step's counts and latency as the figures thresholds measure. `latency` is the step's HDR histogram of
+    latency from the intended time (microseconds); messages due but not answered count as slower than any limit
+    (infinity), so a target that stops answering cannot look fast."""
+    attempted, accepted, tempfailed, permfailed, errors = counts
     answered = latency.get_total_count() if latency is not None else 0
     population = max(due, answered)
-    stats: dict[str, float | None] = {}
-    for key, q in (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99_9", 99.9)):
+
+    def at(q: float) -> float | None:
         rank = q / 100 * population
         if not population:
-            stats[key] = None
-        elif rank > answered:
-            stats[key] = math.inf
-        else:
-            stats[key] = latency.get_value_at_percentile(min(100.0, rank / answered * 100)) / 1000
-    stats["min"] = latency.get_min_value() / 1000 if answered else None
-    stats["max"] = math.inf if answered < population else (latency.get_max_value() / 1000 if answered else None)
-    stats["mean"] = latency.get_mean_value() / 1000 if answered else None
+            return None
+        if rank > answered:
+            return math.inf
+        assert latency is not None
+        return float(latency.get_value_at_percentile(min(100.0, rank / answered * 100)) / 1000)
+
+    stats: LatencyMs = {
+        "count": answered,
+        "min": latency.get_min_value() / 1000 if latency is not None and answered else None,
+        "mean": latency.get_mean_value() / 1000 if latency is not None and answered else None,
+        "p50": at(50.0),
+        "p75": at(75.0),
+        "p90": at(90.0),
+        "p95": at(95.0),
+        "p99": at(99.0),
+        "p99_9": at(99.9),
+        "max": math.inf
+        if answered < population
+        else (latency.get_max_value() / 1000 if latency is not None and answered else None),
+    }
     return {
-        "totals": totals,
-        "success_rate": totals["accepted"] / totals["attempted"] if totals["attempted"] else None,
+        "totals": {
+            "attempted": attempted,
+            "accepted": accepted,
+            "tempfailed": tempfailed,
+            "permfailed": permfailed,
+            "errors": errors,
+        },
         "latency_from_intended_ms": stats,
         "sending_s": duration,
-        "schedule": {"due": due, "never_sent": max(0, due - totals["attempted"])},
+        "schedule": {"due": due, "never_sent": max(0, due - attempted)},
     }

@@ -25,13 +25,22 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from hdrh.histogram import HdrHistogram
 
 from mailload import contract
 from mailload.contract import MARK_DSN, MARK_PERMFAILED, MARK_TEMPFAILED, accepted, attempts
+from trafficgen.stats.document import (
+    Counted,
+    ReconcileFailure,
+    Reconciliation,
+    Sample,
+    Transit,
+    TransitStats,
+    message_outcomes,
+    recipient_outcomes,
+)
 from trafficgen.stats.recorder import MARK_ACCEPTED as TARGET_ACCEPTED
 from trafficgen.stats.recorder import MARK_REFUSED as TARGET_REFUSED
 
@@ -361,7 +370,7 @@ class _Tally:
         self.messages = dict.fromkeys(("accepted", *contract.MESSAGE_OUTCOMES), 0)
         self.recipient_tries = [0] * _BUCKETS
         self.message_tries = [0] * _BUCKETS
-        self.samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in contract.SAMPLE_KINDS}
+        self.samples: dict[str, list[Sample]] = {kind: [] for kind in contract.SAMPLE_KINDS}
 
     def add(self, mine: bytes, theirs: bytes, held: bytes | None, first: int, beyond: int) -> None:
         """One chunk: our marks, the sink's and the queue's for those recipients (from our message `first`), the
@@ -423,9 +432,9 @@ class _Tally:
             for at in sorted(positions)[:room]:
                 found.append(self._entry(start + at, theirs[at]))
 
-    def _entry(self, index: int, sink: int) -> dict[str, Any]:
+    def _entry(self, index: int, sink: int) -> Sample:
         number = self.layout.number(index)
-        entry: dict[str, Any] = {
+        entry: Sample = {
             "id": f"{self.run_id}.{self.layout.seq(index)}",
             "recipient": contract.recipient_local(self.tag, number) if self.tag is not None else None,
             "sink_saw": contract.describe_mark(sink),
@@ -434,20 +443,14 @@ class _Tally:
             entry["mta_said"] = self.queue.reasons[number]
         return entry
 
-    def document(self) -> dict[str, Any]:
+    def document(self) -> Counted:
         buckets = contract.ATTEMPT_BUCKETS
         return {
             "per": "recipient" if self.tag is not None else "message",
-            "recipients": {
-                **self.recipients,
-                # How many transactions the MTA made for each delivered recipient before the sink took it.
-                "attempts": dict(zip(buckets, self.recipient_tries, strict=True)),
-            },
-            "messages": {
-                **self.messages,
-                # For each message delivered (wholly or partly): the most transactions any of its recipients took.
-                "attempts": dict(zip(buckets, self.message_tries, strict=True)),
-            },
+            # How many transactions the MTA made for each delivered recipient before the sink took it.
+            "recipients": recipient_outcomes(self.recipients, dict(zip(buckets, self.recipient_tries, strict=True))),
+            # For each message delivered (wholly or partly): the most transactions any of its recipients took.
+            "messages": message_outcomes(self.messages, dict(zip(buckets, self.message_tries, strict=True))),
             "samples": self.samples,
         }
 
@@ -462,7 +465,7 @@ def reconcile(
     shards: int = 1,
     shard: int = 0,
     queue: Queue | None = None,
-) -> dict[str, Any]:
+) -> Counted:
     """Compare our marks with the sink's, recipient by recipient, and each message from its recipients. Pure.
 
     Our mark of recipient j of message seq is at (seq // shards) * per + j; the sink's at seq * per + j, the
@@ -482,25 +485,26 @@ def reconcile(
     return tally.document()
 
 
-def settled(document: dict[str, Any]) -> bool:
+def settled(document: Counted) -> bool:
     """Nothing left to wait for: no recipient deferred, pending, unseen, or bounced before its DSN could arrive."""
     counts = document["recipients"]
     return not (counts["deferred"] or counts["pending"] or counts["lost"] or counts["bounced_without_dsn"])
 
 
-TRANSIT_PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
-
-
-def transit_stats(histogram: HdrHistogram) -> dict[str, int]:
+def transit_stats(histogram: HdrHistogram) -> TransitStats:
     """count, min, p50, p90, p99 and max of a transit histogram, in milliseconds."""
-    out = {"count": histogram.get_total_count(), "min": histogram.get_min_value()}
-    for key, p in TRANSIT_PERCENTILES:
-        out[key] = histogram.get_value_at_percentile(p)
-    out["max"] = histogram.get_max_value()
-    return out
+    at = histogram.get_value_at_percentile
+    return {
+        "count": int(histogram.get_total_count()),
+        "min": int(histogram.get_min_value()),
+        "p50": int(at(50.0)),
+        "p90": int(at(90.0)),
+        "p99": int(at(99.0)),
+        "max": int(histogram.get_max_value()),
+    }
 
 
-def transit_report(ledger: Ledger) -> dict[str, Any]:
+def transit_report(ledger: Ledger) -> Transit:
     """Transit times from trafficgen to the sink's final answer, all domains together and per domain."""
     domains = {d: transit_stats(h) for d, h in sorted(ledger.transit.items()) if h.get_total_count()}
     everything = HdrHistogram(contract.TRANSIT_LOWEST_MS, contract.TRANSIT_HIGHEST_MS, contract.TRANSIT_DIGITS)
@@ -536,9 +540,9 @@ class Asking:
 
 async def ask_sinks(
     asking: Asking,
-    on_poll: Callable[[dict[str, Any], float], None] | None = None,
+    on_poll: Callable[[Counted, float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> dict[str, Any]:
+) -> Reconciliation | ReconcileFailure:
     """The reconciliation, asking the MTA's queue (when given) and then the sinks once a second for up to `wait_s`
     until nothing is left to wait for (the MTA may still be delivering); `on_poll` sees each reading and the
     seconds left. A document for the report, with "error" when a sink or the queue could not be read."""
@@ -575,7 +579,10 @@ async def ask_sinks(
         "sink": sinks,
         "mta_queue": asking.mta_queue,
         "waited_s": round(waited, 1),
-        **counts,
+        "per": counts["per"],
+        "recipients": counts["recipients"],
+        "messages": counts["messages"],
+        "samples": counts["samples"],
         "transit_ms": transit_report(ledger),
     }
 

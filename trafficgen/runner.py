@@ -28,6 +28,7 @@ from trafficgen.outcome import Outcome
 from trafficgen.profile import ProfileSchedule
 from trafficgen.ratelimit import Throttle
 from trafficgen.runstate import RunState, Stop
+from trafficgen.stats.document import Aborted, StairsVerdict
 from trafficgen.stats.recorder import Recorder
 from trafficgen.transport import Connector, Transport, Unopened
 from trafficgen.worker import Worker
@@ -109,8 +110,8 @@ class RunEnd:
     window: float  # the sending window: --duration, or the whole run with --message-count
     error: str | None = None  # what stopped the run: a connection that could not be opened, without --keep-going
     interrupted: bool = False
-    aborted: dict[str, Any] | None = None  # the --fail-fast threshold that stopped the run (trafficgen.watch)
-    stairs: dict[str, Any] | None = None  # the stairs' verdict, with a --profile that has them
+    aborted: Aborted | None = None  # the --fail-fast threshold that stopped the run (trafficgen.watch)
+    stairs: StairsVerdict | None = None  # the stairs' verdict, with a --profile that has them
 
 
 class Runner:

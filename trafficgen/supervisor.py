@@ -27,7 +27,7 @@ from trafficgen.observers import Observers, snapshot
 from trafficgen.runner import RunEnd, Runner, Share, new_recorder, raise_file_limit, shared_schedule
 from trafficgen.runstate import Stop
 from trafficgen.stats.progress import Snapshot
-from trafficgen.stats.recorder import Recorder, new_histogram
+from trafficgen.stats.recorder import Recorder, State, new_histogram
 
 REPORT_INTERVAL = 0.5
 START_TOGETHER_TIMEOUT = 60.0  # how long a process waits for its siblings to be ready to start
@@ -39,7 +39,7 @@ class Progress(NamedTuple):
     process: int
     counts: tuple[int, ...]
     interval: bytes | None  # its latency since the last Progress (--hdr-log)
-    state: dict[str, Any] | None  # everything it counted so far (--metrics)
+    state: State | None  # everything it counted so far (--metrics)
     recent: bytes | None = None  # the latency of its last whole interval (the live view's p99)
 
 
@@ -51,7 +51,7 @@ class Done(NamedTuple):
     """A process's end: everything it counted, and how its run ended."""
 
     process: int
-    state: dict[str, Any]
+    state: State
     end: RunEnd
 
 
@@ -118,7 +118,7 @@ class Supervisor:
         self.shares = Share.split(config)
         self.recorder = new_recorder(config)  # what finished processes counted
         self.latest: dict[int, Snapshot] = {}  # what running ones counted so far
-        self.states: dict[int, dict[str, Any]] = {}
+        self.states: dict[int, State] = {}
         self.recent: dict[int, bytes | None] = {}  # each running process's latency of its last whole interval
         self.interval = new_histogram()
         self.ends: dict[int, RunEnd] = {}

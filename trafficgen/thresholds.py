@@ -2,8 +2,9 @@
 
 A threshold is a condition that must hold, as k6 writes them: `p99 < 2s`, `success_rate > 0.95`,
 `tempfailed < 5%`, scoped to one domain (`gmail.com: tempfailed < 10%`) or to one value of another dimension
-(`tenant=acme: success_rate > 99%`). It is measured on a report (trafficgen.stats.report), or on anything shaped like
-one (a stairs step's own counts), so the run's end, --fail-fast and the stairs all read the same numbers.
+(`tenant=acme: success_rate > 99%`). It is measured on Figures (trafficgen.stats.document): a whole report, the live
+counters of the run so far, or a stairs step's own counts, so the run's end, --fail-fast and the stairs all read the
+same numbers the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from mailload import units
+from trafficgen.stats.document import Counts, Figures, LatencyMs, ThresholdResult
 
 # Latency percentiles as the report names them (`p99_9`), and as people write them (`p99.9`).
 LATENCY = {"min": "min", "mean": "mean", "max": "max", "p50": "p50", "p75": "p75", "p90": "p90", "p95": "p95"}
@@ -160,56 +161,71 @@ def _number(text: str) -> float:
 # --- measuring ----------------------------------------------------------------------------------------------------
 
 
-def latency_of(document: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def latency_of(figures: Figures) -> LatencyMs | None:
     """The latency thresholds read: from the intended send time when the run had a schedule (open loop), else
     the transaction's."""
-    return document.get("latency_from_intended_ms") or document.get("latency_ms")
+    return figures.get("latency_from_intended_ms") or figures.get("latency_ms")
 
 
-def measure(threshold: Threshold, document: Mapping[str, Any]) -> float | None:
-    """The threshold's metric in a report (or a report-shaped step); None when there is nothing to measure."""
+def _value(values: Mapping[str, object] | None, key: str) -> float | None:
+    """`values[key]` when it is a number (a percentile of a latency, a count of a row), else None."""
+    value = values.get(key) if values is not None else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# The rows of counts a scope reads, by the report's key of its dimension.
+ROWS: dict[str, Callable[[Figures], dict[str, Counts] | None]] = {
+    "domains": lambda figures: figures.get("domains"),
+    "tenants": lambda figures: figures.get("tenants"),
+    "campaigns": lambda figures: figures.get("campaigns"),
+    "sender_domains": lambda figures: figures.get("sender_domains"),
+    "source_addresses": lambda figures: figures.get("source_addresses"),
+}
+
+
+def measure(threshold: Threshold, figures: Figures) -> float | None:
+    """The threshold's metric in a report (or the live counters, or a step's); None when there is nothing to
+    measure."""
     metric = threshold.metric
     if metric in LATENCY.values():
-        latency = latency_of(document)
-        value = latency.get(metric) if latency else None
-        return None if value is None else float(value)
+        return _value(latency_of(figures), metric)
     if metric == "never_sent":
-        return _never_sent(threshold, document)
+        return _never_sent(threshold, figures)
+    row: Mapping[str, object] | None = figures.get("totals") or {}
     if threshold.scope is not None:
         assert threshold.scope_key is not None
-        row = (document.get(threshold.scope_key) or {}).get(threshold.scope)
+        row = (ROWS[threshold.scope_key](figures) or {}).get(threshold.scope)
         if row is None:
             return None
-    else:
-        row = document.get("totals") or {}
-    return _count_measure(threshold, row, document)
+    return _count_measure(threshold, row or {}, figures)
 
 
-def _never_sent(threshold: Threshold, document: Mapping[str, Any]) -> float | None:
+def _never_sent(threshold: Threshold, figures: Figures) -> float | None:
     """Messages that fell due and were never sent: a count, or a share of those due."""
-    plan = document.get("schedule") or {}
-    never, due = plan.get("never_sent"), plan.get("due")
-    if never is None:
+    plan = figures.get("schedule")
+    if plan is None:
         return 0.0 if not threshold.share else None
+    never, due = plan["never_sent"], plan["due"]
     return (never / due if due else None) if threshold.share else float(never)
 
 
-def _count_measure(threshold: Threshold, row: Mapping[str, Any], document: Mapping[str, Any]) -> float | None:
+def _count_measure(threshold: Threshold, row: Mapping[str, object], figures: Figures) -> float | None:
     """A measure of one row of counts (the totals, or one domain's...): the success rate, the throughput, or a
     count or its share of the attempted."""
     metric = threshold.metric
-    attempted = row.get("attempted", 0)
+    attempted = _value(row, "attempted") or 0.0
     if metric == "success_rate":
-        return row["accepted"] / attempted if attempted else None
+        accepted = _value(row, "accepted")
+        return accepted / attempted if attempted and accepted is not None else None
     if metric == "throughput":
-        seconds = document.get("sending_s") or document.get("elapsed_s") or 0.0
+        seconds = figures.get("sending_s") or figures.get("elapsed_s") or 0.0
         return attempted / seconds if seconds else None
-    count = row.get(metric)
+    count = _value(row, metric)
     if count is None:
         return None
     if threshold.share:
         return count / attempted if attempted else None
-    return float(count)
+    return count
 
 
 def shown(threshold: Threshold, value: float | None) -> str:
@@ -228,11 +244,11 @@ def shown(threshold: Threshold, value: float | None) -> str:
     return f"{value:,.0f}"
 
 
-def evaluate(thresholds: Sequence[Threshold], document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each threshold measured on the document: what the report's `thresholds.results` holds."""
-    results = []
+def evaluate(thresholds: Sequence[Threshold], figures: Figures) -> list[ThresholdResult]:
+    """Each threshold measured: what the report's `thresholds.results` holds."""
+    results: list[ThresholdResult] = []
     for threshold in thresholds:
-        value = measure(threshold, document)
+        value = measure(threshold, figures)
         results.append(
             {
                 "expression": threshold.text,
@@ -248,10 +264,10 @@ def evaluate(thresholds: Sequence[Threshold], document: Mapping[str, Any]) -> li
     return results
 
 
-def first_failed(thresholds: Sequence[Threshold], document: Mapping[str, Any]) -> tuple[Threshold, float | None] | None:
+def first_failed(thresholds: Sequence[Threshold], figures: Figures) -> tuple[Threshold, float | None] | None:
     """The first threshold that does not hold, with its value; None when all hold."""
     for threshold in thresholds:
-        value = measure(threshold, document)
+        value = measure(threshold, figures)
         if not threshold.holds(value):
             return threshold, value
     return None

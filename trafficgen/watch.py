@@ -2,9 +2,9 @@
 one says so.
 
 Once a second it reads everything counted so far (the merged counts with --processes) and asks the pure judges:
-thresholds.first_failed() on the run so far, once FAIL_FAST_MIN messages have their outcome, and
-profile.judge_step() on each step of the stairs once it has ended. It never prints; launch puts its verdicts in the
-report.
+thresholds.first_failed() on the live counters (report.figures(): the numbers the report would show now, with no
+histogram encoded), once FAIL_FAST_MIN messages have their outcome, and profile.judge_step() on each step of the
+stairs once it has ended. It never prints; launch builds the report with its verdicts.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 from trafficgen import profile as profiles
 from trafficgen import thresholds
 from trafficgen.config import RunConfig
 from trafficgen.stats import report
+from trafficgen.stats.document import Aborted, StairsVerdict
 from trafficgen.stats.recorder import Recorder, new_histogram
 
 INTERVAL = 1.0
@@ -41,11 +41,12 @@ class Watch:
         self.start = start
         self.stop = stop
         self.clock = clock
+        self.plan = report.Plan.of(config)
         self.thresholds = list(config.fail_if) if config.fail_fast else []
         self.profile = config.profile if config.profile is not None and config.profile.stairs else None
         self.step = 0  # the next step of the stairs to judge
-        self.aborted: dict[str, Any] | None = None  # the threshold that stopped the run, its value, when
-        self.stairs: dict[str, Any] | None = None  # the stairs' verdict: last rate that held, the one that did not
+        self.aborted: Aborted | None = None  # the threshold that stopped the run, its value, when
+        self.stairs: StairsVerdict | None = None  # the stairs' verdict: last rate that held, the one that did not
         self.over = False
 
     @property
@@ -68,16 +69,7 @@ class Watch:
             self._end()
             return
         if self.thresholds and recorder.totals().attempted >= FAIL_FAST_MIN:
-            document = report.build(
-                recorder,
-                run_id=self.config.run_id,
-                target=self.config.target,
-                started=time.time() - elapsed,
-                elapsed=elapsed,
-                window=elapsed,
-                config={**self.config.public(), "fail_if": None},
-            )
-            failed = thresholds.first_failed(self.thresholds, document)
+            failed = thresholds.first_failed(self.thresholds, report.figures(recorder, self.plan, elapsed))
             if failed is not None:
                 threshold, value = failed
                 self.aborted = {

@@ -37,8 +37,8 @@ from trafficgen.stats.progress import (
     reconcile_table,
     table,
 )
-from trafficgen.stats.report import distinct_cuts
-from trafficgen.stats.report import summary as summary_of
+from trafficgen.stats.summary import distinct_cuts
+from trafficgen.stats.summary import summary as summary_of
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 POLICY = "[default]\ndefer = 10\nbounce = 5\n"

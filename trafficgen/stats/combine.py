@@ -8,76 +8,59 @@ comparison() says it as data, with what regressed by more than a given percentag
 
 from __future__ import annotations
 
-import binascii
 import datetime
-import zlib
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import IO, Literal
 
 from rich import box
 from rich.table import Table
 
 from mailload import contract
 from trafficgen.stats import report as reports
+from trafficgen.stats.document import (
+    COUNT_KEYS,
+    LATENCY_KEYS,
+    Comparison,
+    ConfigView,
+    DomainChange,
+    Json,
+    MessageOutcomes,
+    Pair,
+    RecipientOutcomes,
+    Reconciliation,
+    Regression,
+    Report,
+    SharePair,
+    count_list,
+    latency_values,
+    message_outcomes,
+    recipient_outcomes,
+)
 from trafficgen.stats.recorder import Recorder
+from trafficgen.stats.summary import console_for
 from trafficgen.stats.timeline import Timeline
 
 
-class ReportError(ValueError):
-    """A file that is not a trafficgen report this version can read."""
-
-
-def check(document: Any, name: str) -> dict[str, Any]:
-    """The document, if it is a report these commands can read; else ReportError naming the first problem."""
-    if not isinstance(document, dict) or document.get("schema") not in reports.READABLE_SCHEMAS:
-        raise ReportError(f"{name} is not a trafficgen report with schema {reports.SCHEMA} (or 1)")
-    for key in (
-        "run_id",
-        "target",
-        "started_at",
-        "elapsed_s",
-        "config",
-        "totals",
-        "throughput",
-        "latency_ms",
-        "success_rate",
-        "phases_ms",
-        "domains",
-        "recipients",
-        "replies",
-        "errors",
-        "histogram",
-    ):
-        if key not in document:
-            raise ReportError(f"{name}: the report has no {key!r}")
-    try:
-        _time(document)
-        float(document["throughput"]["per_second"])
-        reports.recorder_of(document)  # counts, replies and every histogram decode
-    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, zlib.error) as e:
-        raise ReportError(f"{name}: the report is damaged ({type(e).__name__}: {e})") from None
-    return reports.upgrade(document)
-
-
-def _time(document: dict[str, Any]) -> float:
+def _time(document: Report) -> float:
     return datetime.datetime.fromisoformat(document["started_at"]).timestamp()
 
 
-def _parts(document: dict[str, Any]) -> list[tuple[str, str]]:
+def _parts(run_id: Json, config: Json) -> list[tuple[str, str]]:
     """The (run id, shard) of each instance a report holds: itself, or the parts of a merged report."""
-    config = document.get("config") or {}
+    config = config if isinstance(config, dict) else {}
     merged = config.get("merged_from")
-    if merged:
-        return [part for item in merged for part in _parts({"run_id": item.get("run_id"), "config": item})]
-    return [(str(document.get("run_id")), str(config.get("shard", "0/1")))]
+    if isinstance(merged, list) and merged:
+        return [part for item in merged if isinstance(item, dict) for part in _parts(item.get("run_id"), item)]
+    return [(str(run_id), str(config.get("shard", "0/1")))]
 
 
-def merge_checks(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[str]]:
+def merge_checks(named: list[tuple[str, Report]]) -> tuple[list[str], list[str]]:
     """What stands against merging these reports (name, report): problems (the same instance twice would count
     its messages twice) and warnings (runs apart in time, or against different targets: rarely one test)."""
     problems, warnings = [], []
     seen: dict[tuple[str, str], str] = {}
     for name, document in named:
-        for part in _parts(document):
+        for part in _parts(document["run_id"], document["config"]):
             if part in seen:
                 which = f"{name} is given twice" if seen[part] == name else f"{seen[part]} and {name} are one instance"
                 problems.append(f"{which} (run {part[0]}, shard {part[1]}): its messages would count twice")
@@ -98,33 +81,40 @@ def merge_checks(named: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], li
     return list(dict.fromkeys(problems)), warnings
 
 
-def merge(documents: list[dict[str, Any]]) -> dict[str, Any]:
+def _number(value: Json) -> float:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def merge(documents: list[Report]) -> Report:
     """One report for all: as if one generator had sent every message of every report."""
     starts = [_time(d) for d in documents]
     started = min(starts)
     ends = [s + d["elapsed_s"] for s, d in zip(starts, documents, strict=True)]
-    sending_ends = [s + d.get("sending_s", d["elapsed_s"]) for s, d in zip(starts, documents, strict=True)]
+    sending_ends = [s + d["sending_s"] for s, d in zip(starts, documents, strict=True)]
     run_ids = sorted({d["run_id"] for d in documents})
-    document = reports.build(
+    config: ConfigView = {
+        "merged_from": [{"run_id": d["run_id"], "started_at": d["started_at"], **d["config"]} for d in documents],
+        "concurrency": sum(_number(d["config"].get("concurrency")) for d in documents),
+    }
+    reconciled = [r for d in documents if (r := d.get("reconciliation")) is not None and "error" not in r]
+    return reports.build(
         _merged_recorder(documents),
         run_id=run_ids[0] if len(run_ids) == 1 else "merged",
         target=", ".join(sorted({d["target"] for d in documents})),
         started=started,
         elapsed=max(ends) - started,
         window=max(sending_ends) - started,
-        config={
-            "merged_from": [{"run_id": d["run_id"], "started_at": d["started_at"], **d["config"]} for d in documents],
-            "concurrency": sum(d["config"].get("concurrency") or 0 for d in documents),
-        },
-        stopped_by=next((d["stopped_by"] for d in documents if d.get("stopped_by")), None),
+        config=config,
+        stopped_by=next((d["stopped_by"] for d in documents if d["stopped_by"]), None),
+        reconciliation=(
+            _merged_reconciliation(reconciled, single_run=len(run_ids) == 1)
+            if documents and len(reconciled) == len(documents)
+            else None
+        ),
     )
-    parts = [d.get("reconciliation") for d in documents]
-    if parts and all(p and "error" not in p for p in parts):
-        document["reconciliation"] = _merged_reconciliation([p for p in parts if p], single_run=len(run_ids) == 1)
-    return document
 
 
-def _merged_recorder(documents: list[dict[str, Any]]) -> Recorder:
+def _merged_recorder(documents: list[Report]) -> Recorder:
     """Every report's counts and histograms in one Recorder, over the union of their domains."""
     domains: list[str] = []
     for document in documents:
@@ -140,33 +130,44 @@ def _merged_recorder(documents: list[dict[str, Any]]) -> Recorder:
         ]
         merged.merge(state)
     # A report written before timelines (or replies' domains) would leave them short of the totals: none then.
-    if not all(document.get("timeline") for document in documents):
+    if not all(document["timeline"] for document in documents):
         merged.timeline = Timeline(domains)
     if not all("domains" in reply for document in documents for reply in document["replies"]):
         merged.reply_domains.clear()
     return merged
 
 
-def _merged_reconciliation(parts: list[dict[str, Any]], single_run: bool) -> dict[str, Any]:
+def _sums(views: list[RecipientOutcomes] | list[MessageOutcomes], keys: tuple[str, ...]) -> dict[str, int]:
+    """Each count of a reconciliation's view, added up over the instances."""
+    return {key: sum(_count(view, key) for view in views) for key in keys}
+
+
+def _count(view: Mapping[str, object], key: str) -> int:
+    value = view.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _attempts(views: list[RecipientOutcomes] | list[MessageOutcomes]) -> dict[str, int]:
+    return {bucket: sum(view["attempts"].get(bucket, 0) for view in views) for bucket in contract.ATTEMPT_BUCKETS}
+
+
+def _merged_reconciliation(parts: list[Reconciliation], single_run: bool) -> Reconciliation:
     """The reconciliations of instances (shards) added up: both views' counts and attempts, and the samples."""
-    pers = {p.get("per") for p in parts}
-    combined: dict[str, Any] = {
+    pers = {p["per"] for p in parts}
+    recipients = [p["recipients"] for p in parts]
+    messages = [p["messages"] for p in parts]
+    combined: Reconciliation = {
         "sink": ", ".join(sorted({p["sink"] for p in parts})),
-        "mta_queue": next((p["mta_queue"] for p in parts if p.get("mta_queue")), None),
+        "mta_queue": next((p["mta_queue"] for p in parts if p["mta_queue"]), None),
         "per": pers.pop() if len(pers) == 1 else "mixed",
-    }
-    views = {
-        "recipients": ("accepted", *contract.RECIPIENT_OUTCOMES, *contract.RECIPIENT_DETAILS),
-        "messages": ("accepted", *contract.MESSAGE_OUTCOMES),
-    }
-    for view, keys in views.items():
-        combined[view] = {key: sum(p[view].get(key, 0) for p in parts) for key in keys}
-        combined[view]["attempts"] = {
-            bucket: sum((p[view].get("attempts") or {}).get(bucket, 0) for p in parts)
-            for bucket in contract.ATTEMPT_BUCKETS
-        }
-    combined["samples"] = {
-        kind: [s for p in parts for s in (p.get("samples") or {}).get(kind, [])][:100] for kind in contract.SAMPLE_KINDS
+        "recipients": recipient_outcomes(
+            _sums(recipients, ("accepted", *contract.RECIPIENT_OUTCOMES, *contract.RECIPIENT_DETAILS)),
+            _attempts(recipients),
+        ),
+        "messages": message_outcomes(_sums(messages, ("accepted", *contract.MESSAGE_OUTCOMES)), _attempts(messages)),
+        "samples": {
+            kind: [s for p in parts for s in p["samples"].get(kind, [])][:100] for kind in contract.SAMPLE_KINDS
+        },
     }
     # Instances of one run (shards) share its run id, so each sink's transit times are the whole run's.
     if single_run:
@@ -189,7 +190,13 @@ def points_change(before: float | None, after: float | None) -> str:
     return "-" if points is None else f"{points:+.2f} pt"
 
 
-def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None:
+def _accepted(document: Report, name: str) -> float | None:
+    """A domain's acceptance in a report (None when it attempted nothing there)."""
+    row = document["domains"].get(name)
+    return row["accepted"] / row["attempted"] if row and row["attempted"] else None
+
+
+def compare(before: Report, after: Report, out: IO[str]) -> None:
     """Print throughput, success rate and every latency percentile of two reports, and the change."""
     table = Table(
         box=box.SIMPLE, pad_edge=False, title=f"{before['run_id']} -> {after['run_id']}", title_justify="left"
@@ -205,29 +212,26 @@ def compare(before: dict[str, Any], after: dict[str, Any], out: IO[str]) -> None
         "-" if sa is None else f"{sa * 100:.2f}%",
         points_change(sb, sa),
     )
-    for key in ("attempted", "accepted", "tempfailed", "permfailed", "errors"):
-        b, a = before["totals"][key], after["totals"][key]
+    totals = zip(COUNT_KEYS, count_list(before["totals"]), count_list(after["totals"]), strict=True)
+    for key, b, a in totals:
         table.add_row(key, f"{b:,}", f"{a:,}", percent_change(b, a))
-    lb, la = before["latency_ms"], after["latency_ms"]
-    for key in ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max"):
-        b, a = lb.get(key), la.get(key)
+    latency = latency_values(before["latency_ms"]), latency_values(after["latency_ms"])
+    for key in LATENCY_KEYS:
+        lb, la = latency[0][key], latency[1][key]
         table.add_row(
             f"latency {key.replace('_', '.')} (ms)",
-            "-" if b is None else f"{b:,.3f}",
-            "-" if a is None else f"{a:,.3f}",
-            percent_change(b, a),
+            "-" if lb is None else f"{lb:,.3f}",
+            "-" if la is None else f"{la:,.3f}",
+            percent_change(lb, la),
         )
     for name in sorted(set(before["domains"]) | set(after["domains"])):
-        rates = []
-        for document in (before, after):
-            row = document["domains"].get(name)
-            rates.append(row["accepted"] / row["attempted"] if row and row["attempted"] else None)
+        rb, ra = _accepted(before, name), _accepted(after, name)
         table.add_row(
             f"{name} accepted",
-            *("-" if r is None else f"{r * 100:.1f}%" for r in rates),
-            "-" if None in rates else f"{(rates[1] - rates[0]) * 100:+.1f} pt",  # type: ignore[operator]
+            *("-" if r is None else f"{r * 100:.1f}%" for r in (rb, ra)),
+            "-" if rb is None or ra is None else f"{(ra - rb) * 100:+.1f} pt",
         )
-    with reports.console_for(out) as console:
+    with console_for(out) as console:
         console.print(table)
 
 
@@ -268,36 +272,43 @@ def _points(before: float | None, after: float | None) -> float | None:
     return round((after - before) * 100, 3)
 
 
-def _pair(before: float | None, after: float | None) -> dict[str, Any]:
+def _pair(before: float | None, after: float | None) -> Pair:
     return {"before": before, "after": after, "change_percent": _change(before, after)}
 
 
-def _regressions(result: dict[str, Any], regressed: float) -> list[dict[str, Any]]:
-    """What got worse by more than `regressed`: throughput and latency by that percentage of their value, the
-    success rate by that many percentage points (as the table shows it: 95% -> 90% is 5 points, not 5.3%)."""
-    found = []
-    checks: list[tuple[str, dict[str, Any], int, str]] = [
-        ("throughput", result["throughput_per_s"], -1, "change_percent"),
-        ("success rate", result["success_rate"], -1, "change_points"),
-        *(
-            (f"latency {p} ({result['latency']})", result["latency_ms"][p], 1, "change_percent")
-            for p in REGRESSION_PERCENTILES
-        ),
-    ]
-    for name, pair, worse, key in checks:
-        change = pair[key]
-        if change is None or change * worse <= regressed:
-            continue
-        if key == "change_points":
-            rates = f"{pair['before'] * 100:.2f}% -> {pair['after'] * 100:.2f}%"
-            shown = f"{rates} ({change:+.2f} pt, more than {regressed:g} pt"
-        else:
-            shown = f"{pair['before']:,} -> {pair['after']:,} ({change:+.1f}%, more than {regressed:g}%"
-        found.append({"metric": name, **pair, "text": f"{name} {shown} worse)"})
-    return found
+def _regression(name: str, pair: Pair, regressed: float) -> Regression | None:
+    """The throughput or a latency percentile, when it got worse by more than `regressed` percent of its value."""
+    change, worse = pair["change_percent"], -1 if name == "throughput" else 1
+    if change is None or change * worse <= regressed:
+        return None
+    shown = f"{pair['before']:,} -> {pair['after']:,} ({change:+.1f}%, more than {regressed:g}%"
+    return {
+        "metric": name,
+        "before": pair["before"],
+        "after": pair["after"],
+        "change_percent": change,
+        "text": f"{name} {shown} worse)",
+    }
 
 
-def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+def _share_regression(pair: SharePair, regressed: float) -> Regression | None:
+    """The success rate, when it fell by more than `regressed` percentage points (as the table shows it: 95% ->
+    90% is 5 points, not 5.3%)."""
+    change, before, after = pair["change_points"], pair["before"], pair["after"]
+    if change is None or before is None or after is None or -change <= regressed:
+        return None
+    shown = f"{before * 100:.2f}% -> {after * 100:.2f}% ({change:+.2f} pt, more than {regressed:g} pt"
+    return {
+        "metric": "success rate",
+        "before": before,
+        "after": after,
+        "change_percent": pair["change_percent"],
+        "change_points": change,
+        "text": f"success rate {shown} worse)",
+    }
+
+
+def differences(before: Report, after: Report) -> list[str]:
     """How two runs differ in what they tested: target, concurrency, workload (what makes a comparison unfair)."""
     out = []
     if before["target"] != after["target"]:
@@ -315,38 +326,42 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return out
 
 
-def comparison(before: dict[str, Any], after: dict[str, Any], regressed: float | None = None) -> dict[str, Any]:
+def comparison(before: Report, after: Report, regressed: float | None = None) -> Comparison:
     """The change between two reports, as data; with `regressed` (a percentage), what got worse by more:
     throughput or the success rate fell, or latency (p50, p90, p99) rose. Latency is from the intended send time
     when both runs had a schedule, else the transaction's."""
-    intended = bool(before.get("latency_from_intended_ms") and after.get("latency_from_intended_ms"))
-    key = "latency_from_intended_ms" if intended else "latency_ms"
-    lb, la = before.get(key) or {}, after.get(key) or {}
-    result: dict[str, Any] = {
+    intended = bool(before["latency_from_intended_ms"] and after["latency_from_intended_ms"])
+    lb = latency_values(before["latency_from_intended_ms"] if intended else before["latency_ms"])
+    la = latency_values(after["latency_from_intended_ms"] if intended else after["latency_ms"])
+    label: Literal["from_intended", "transaction"] = "from_intended" if intended else "transaction"
+    throughput = _pair(before["throughput"]["per_second"], after["throughput"]["per_second"])
+    sb, sa = before["success_rate"], after["success_rate"]
+    success: SharePair = {**_pair(sb, sa), "change_points": _points(sb, sa)}
+    latency = {k: _pair(lb[k], la[k]) for k in LATENCY_KEYS}
+    totals = zip(COUNT_KEYS, count_list(before["totals"]), count_list(after["totals"]), strict=True)
+    domains: dict[str, DomainChange] = {
+        name: {"accepted_before": _accepted(before, name), "accepted_after": _accepted(after, name)}
+        for name in sorted(set(before["domains"]) | set(after["domains"]))
+    }
+    found = []
+    if regressed is not None:
+        found = [
+            _regression("throughput", throughput, regressed),
+            _share_regression(success, regressed),
+            *(_regression(f"latency {p} ({label})", latency[p], regressed) for p in REGRESSION_PERCENTILES),
+        ]
+    regressions = [r for r in found if r is not None]
+    return {
         "before": before["run_id"],
         "after": after["run_id"],
         "warnings": differences(before, after),
-        "throughput_per_s": _pair(before["throughput"]["per_second"], after["throughput"]["per_second"]),
-        "success_rate": {
-            **_pair(before["success_rate"], after["success_rate"]),
-            "change_points": _points(before["success_rate"], after["success_rate"]),
-        },
-        "totals": {k: _pair(before["totals"][k], after["totals"][k]) for k in before["totals"]},
-        "latency": "from_intended" if intended else "transaction",
-        "latency_ms": {
-            k: _pair(lb.get(k), la.get(k)) for k in ("min", "mean", "p50", "p75", "p90", "p95", "p99", "p99_9", "max")
-        },
-        "domains": {},
+        "throughput_per_s": throughput,
+        "success_rate": success,
+        "totals": {k: _pair(b, a) for k, b, a in totals},
+        "latency": label,
+        "latency_ms": latency,
+        "domains": domains,
         "fail_if_regressed_percent": regressed,
-        "regressions": [],
+        "regressions": regressions,
+        "regressed": bool(regressions),
     }
-    for name in sorted(set(before["domains"]) | set(after["domains"])):
-        rates = []
-        for document in (before, after):
-            row = document["domains"].get(name)
-            rates.append(row["accepted"] / row["attempted"] if row and row["attempted"] else None)
-        result["domains"][name] = {"accepted_before": rates[0], "accepted_after": rates[1]}
-    if regressed is not None:
-        result["regressions"] = _regressions(result, regressed)
-    result["regressed"] = bool(result["regressions"])
-    return result

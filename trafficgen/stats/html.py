@@ -12,12 +12,13 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from trafficgen.stats.combine import percent_change, points_change
-from trafficgen.stats.report import distinct_cuts
+from trafficgen.stats.summary import distinct_cuts
 
 OUTCOME_COLOURS = {
     "accepted": "#2e7d32",
@@ -40,7 +41,7 @@ def plotly_js() -> str:
     return resources.files("trafficgen.stats").joinpath(BUNDLE).read_text(encoding="utf-8")
 
 
-def render(report: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+def render(report: Mapping[str, Any], other: Mapping[str, Any] | None = None) -> str:
     """The page for `report`, with `other` beside it when given (`report compare BEFORE AFTER`: `other` is
     BEFORE, `report` AFTER)."""
     charts = _charts(report, other)
@@ -79,7 +80,7 @@ def render(report: dict[str, Any], other: dict[str, Any] | None = None) -> str:
 Chart = tuple[str, str, dict[str, Any] | None, str]  # (id, heading, figure or None, why there is none)
 
 
-def _charts(report: dict[str, Any], other: dict[str, Any] | None) -> list[Chart]:
+def _charts(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> list[Chart]:
     timeline = report.get("timeline") or {}
     has_timeline = bool(timeline.get("points"))
     missing = "This report has no timeline (it was written by a trafficgen before 0.2)."
@@ -126,7 +127,7 @@ def _time_axis(timeline: dict[str, Any]) -> str:
     return f"seconds from the start (each point: the {timeline['interval_s']:g} s up to it)"
 
 
-def _throughput(report: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any]:
+def _throughput(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> dict[str, Any]:
     timeline = report["timeline"]
     points, width = timeline["points"], timeline["interval_s"]
     x = _x(timeline)
@@ -168,7 +169,7 @@ def log_ticks(values: list[float]) -> tuple[list[float], list[str]]:
     return ticks, [f"{t:,.{max(0, -math.floor(math.log10(t)))}f}" for t in ticks]
 
 
-def _latency(report: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any]:
+def _latency(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> dict[str, Any]:
     timeline = report["timeline"]
     points = timeline["points"]
     x = _x(timeline)
@@ -205,7 +206,7 @@ def _latency(report: dict[str, Any], other: dict[str, Any] | None) -> dict[str, 
     return {"data": data, "layout": _layout("", _time_axis(timeline), yaxis=yaxis)}
 
 
-def _connections(report: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any]:
+def _connections(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> dict[str, Any]:
     timeline = report["timeline"]
     data: list[dict[str, Any]] = [
         {
@@ -234,7 +235,7 @@ def _connections(report: dict[str, Any], other: dict[str, Any] | None) -> dict[s
     return {"data": data, "layout": _layout("connections", _time_axis(timeline))}
 
 
-def _domain_names(report: dict[str, Any], other: dict[str, Any] | None) -> list[str]:
+def _domain_names(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> list[str]:
     """The domains of both runs, the most attempted (after) first."""
     domains = report.get("domains") or {}
     theirs = (other or {}).get("domains") or {}
@@ -242,7 +243,7 @@ def _domain_names(report: dict[str, Any], other: dict[str, Any] | None) -> list[
     return sorted(names, key=lambda n: (-(domains.get(n) or theirs.get(n) or {}).get("attempted", 0), n))
 
 
-def _domains(report: dict[str, Any], other: dict[str, Any] | None) -> dict[str, Any]:
+def _domains(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> dict[str, Any]:
     """Stacked bars of each domain's outcomes, its attempted count and acceptance written beside each bar; in a
     comparison each domain's before and after bars are paired."""
     names = _domain_names(report, other)
@@ -290,7 +291,7 @@ def _domains(report: dict[str, Any], other: dict[str, Any] | None) -> dict[str, 
     return {"data": data, "layout": layout}
 
 
-def _replies(report: dict[str, Any]) -> dict[str, Any] | None:
+def _replies(report: Mapping[str, Any]) -> dict[str, Any] | None:
     replies = list(report.get("replies") or [])[:TOP_REPLIES]
     if not replies:
         return None
@@ -328,7 +329,7 @@ def _replies(report: dict[str, Any]) -> dict[str, Any] | None:
     return {"data": data, "layout": layout}
 
 
-def _replies_note(report: dict[str, Any]) -> str:
+def _replies_note(report: Mapping[str, Any]) -> str:
     return "" if report.get("replies") else "No message got a reply (every outcome was an error)."
 
 
@@ -378,7 +379,7 @@ def _percent(share: float | None, digits: int = 2) -> str:
     return "-" if share is None else f"{share * 100:.{digits}f}%"
 
 
-def _summary(report: dict[str, Any], other: dict[str, Any] | None) -> str:
+def _summary(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> str:
     runs = [report] if other is None else [other, report]
     heads = ["", *([BEFORE, AFTER, "change"] if other is not None else ["this run"])]
     latency = [r.get("latency_ms") or {} for r in runs]
@@ -397,7 +398,7 @@ def _summary(report: dict[str, Any], other: dict[str, Any] | None) -> str:
     return f"<section><h2>Summary</h2>{_table(heads, rows, 'summary')}</section>"
 
 
-def _change(name: str, values: list[Any], before: dict[str, Any], after: dict[str, Any]) -> str:
+def _change(name: str, values: list[Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     """A summary row's change: in points for the success rate, none for names, else in percent."""
     if name == "success rate":
         return points_change(before.get("success_rate"), after.get("success_rate"))
@@ -442,7 +443,7 @@ CONFIG_ROWS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _configuration(report: dict[str, Any], other: dict[str, Any] | None) -> str:
+def _configuration(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> str:
     """The options that shaped the run (a merged report: its parts' run ids and their connections in all)."""
     runs = [report] if other is None else [other, report]
     heads = ["", *([BEFORE, AFTER] if other is not None else ["this run"])]
@@ -460,7 +461,7 @@ def _accepted_share(row: dict[str, Any] | None) -> float | None:
     return float(row["accepted"]) / float(row["attempted"])
 
 
-def _domains_table(report: dict[str, Any], other: dict[str, Any] | None) -> str:
+def _domains_table(report: Mapping[str, Any], other: Mapping[str, Any] | None) -> str:
     """Each domain's counts and acceptance; in a comparison, before and after side by side with the change."""
     names = _domain_names(report, other)
     mine = report.get("domains") or {}

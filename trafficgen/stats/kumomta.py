@@ -14,7 +14,7 @@ the rate is of the accepted messages, as its counter is; the latency is of every
 
 from __future__ import annotations
 
-from typing import Any
+from trafficgen.stats.document import Report, latency_values
 
 PERCENTILES = (("50", "p50"), ("75", "p75"), ("90", "p90"), ("95", "p95"), ("99", "p99"), ("99.9", "p99_9"))
 
@@ -42,13 +42,13 @@ def _micros(milliseconds: float | None) -> int:
     return 0 if milliseconds is None else round(milliseconds * 1000)
 
 
-def lines(report: dict[str, Any]) -> list[str]:
+def lines(report: Report) -> list[str]:
     """The three lines, from a report of trafficgen.stats.report."""
     totals = report["totals"]
     sent = totals["accepted"]
     failed = totals["attempted"] - sent
     elapsed = float(report["elapsed_s"])
-    latency = report.get("latency_ms") or {}
+    latency = latency_values(report["latency_ms"])
     parts = [f"{name}={duration(_micros(latency.get(key)) * 1000)}" for name, key in (
         ("avg", "mean"), ("min", "min"), ("max", "max"))]  # fmt: skip
     parts += [f"p{name}={duration(_micros(latency.get(key)) * 1000)}" for name, key in PERCENTILES]

@@ -10,11 +10,13 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from trafficgen.stats.document import Counted
 
 INTERVAL = 1.0
 
@@ -233,30 +235,30 @@ class Progress:
 # --- while --reconcile-wait asks the sinks --------------------------------------------------------------------
 
 
-def reconcile_lines(document: dict[str, Any], left_s: float) -> list[str]:
+def reconcile_lines(document: Counted, left_s: float) -> list[str]:
     """Plain progress while --reconcile-wait asks: reconcile_parts() in lines of at most PLAIN_WIDTH columns."""
     return _packed(list(reconcile_parts(document, left_s)))
 
 
-def reconcile_parts(document: dict[str, Any], left_s: float) -> list[str]:
+def reconcile_parts(document: Counted, left_s: float) -> list[str]:
     """What one reading of the sinks shows while trafficgen waits: the time left, the recipients (and messages)
     delivered so far of those the target accepted, and those still awaited: deferred in the MTA's queue, pending
     (only deferred by the sink), not seen yet, bounced without their DSN yet."""
     r, m = document["recipients"], document["messages"]
-    per_recipient = document.get("per") == "recipient"
+    per_recipient = document["per"] == "recipient"
     delivered = f"delivered {r['delivered'] + r['duplicated']:,} of {r['accepted']:,}"
     if per_recipient:
         delivered += f" recipients ({m['delivered'] + m['duplicated']:,} of {m['accepted']:,} messages)"
     parts = [f"reconciling  {clock(left_s)} left", delivered]
-    for key, label in (("deferred", "deferred"), ("pending", "pending"), ("lost", "not seen yet")):
-        if r[key]:
-            parts.append(f"{label} {r[key]:,}")
+    for label, count in (("deferred", r["deferred"]), ("pending", r["pending"]), ("not seen yet", r["lost"])):
+        if count:
+            parts.append(f"{label} {count:,}")
     if r["bounced_without_dsn"]:
         parts.append(f"bounced awaiting DSN {r['bounced_without_dsn']:,}")
     return parts
 
 
-def reconcile_table(document: dict[str, Any], left_s: float) -> Table:
+def reconcile_table(document: Counted, left_s: float) -> Table:
     """The live view of reconcile_parts(): one row, a column each."""
     r = document["recipients"]
     view = Table(title=f"reconciling  {clock(left_s)} left", title_justify="left", show_edge=False, pad_edge=False)
@@ -266,7 +268,7 @@ def reconcile_table(document: dict[str, Any], left_s: float) -> Table:
     for label, _ in cells:
         view.add_column(label, justify="right", no_wrap=True)
     view.add_row(*(f"{value:,}" for _, value in cells))
-    if document.get("per") == "recipient":
+    if document["per"] == "recipient":
         view.caption = f"recipients; messages delivered {document['messages']['delivered']:,} of "
         view.caption += f"{document['messages']['accepted']:,}"
         view.caption_justify = "left"
@@ -283,7 +285,7 @@ class ReconcileProgress:
         self.live: Live | None = None
         self.console: Console | None = None
 
-    def update(self, document: dict[str, Any], left_s: float) -> None:
+    def update(self, document: Counted, left_s: float) -> None:
         if self.quiet:
             return
         if self.console is None:

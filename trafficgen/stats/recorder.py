@@ -13,17 +13,19 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from hdrh.histogram import HdrHistogram
+from typing_extensions import TypedDict
 
 from trafficgen.messages import Message
 from trafficgen.outcome import ACCEPTED, ERROR, Outcome
+from trafficgen.stats.document import Counts, counts_of
 from trafficgen.stats.histogram import HIGHEST_US as HIGHEST_US
 from trafficgen.stats.histogram import LOWEST_US as LOWEST_US
 from trafficgen.stats.histogram import SIGNIFICANT_DIGITS as SIGNIFICANT_DIGITS
 from trafficgen.stats.histogram import Histogram as Histogram
 from trafficgen.stats.histogram import new_histogram as new_histogram
+from trafficgen.stats.timeline import State as TimelineState
 from trafficgen.stats.timeline import Timeline
 
 # The report's key of each dimension, and the Message field that holds a message's value of it.
@@ -74,8 +76,40 @@ class Totals:
     permfailed: int = 0
     errors: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    def as_dict(self) -> Counts:
+        return counts_of([self.attempted, self.accepted, self.tempfailed, self.permfailed, self.errors])
+
+
+class DimensionState(TypedDict):
+    names: list[str]
+    counts: list[list[int]]
+
+
+class StagesState(TypedDict):
+    counts: list[list[int]]
+    latency: list[str]  # each stage's histogram, compressed
+
+
+class State(TypedDict):
+    """Everything a Recorder counted, as plain data: what processes hand over, and what a report is read back as."""
+
+    domains: list[str]
+    counts: list[list[int]]
+    recipients: list[int]
+    replies: list[tuple[int, str, int]]
+    reply_domains: list[tuple[int, str, str, int]]
+    timeline: TimelineState | None
+    errors: dict[str, int]
+    latency: str
+    corrected: str | None
+    phases: dict[str, str]
+    connections_opened: int
+    connections_open: int
+    connections_peak: int
+    connection_errors: dict[str, int]
+    marks: bytes | None
+    dimensions: dict[str, DimensionState]
+    stages: StagesState | None
 
 
 class Recorder:
@@ -285,17 +319,14 @@ class Recorder:
             self.counts.append([0, 0, 0, 0, 0])
         return self.domains.index(name)
 
-    def domain_totals(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for name, row in zip(self.domains, self.counts, strict=True):
-            out[name] = Totals(*row).as_dict()
-        return out
+    def domain_totals(self) -> dict[str, Counts]:
+        return {name: counts_of(row) for name, row in zip(self.domains, self.counts, strict=True)}
 
-    def dimension_totals(self, key: str) -> dict[str, dict[str, int]]:
+    def dimension_totals(self, key: str) -> dict[str, Counts]:
         """The five counts per value of a dimension ("tenants", "campaigns"...); {} when the run has none."""
         names = self.dimensions.get(key, [])
         rows = self.dimension_counts.get(key, [])
-        return {name: Totals(*row).as_dict() for name, row in zip(names, rows, strict=True)}
+        return {name: counts_of(row) for name, row in zip(names, rows, strict=True)}
 
     # --- combining ----------------------------------------------------------------------------------------
 
@@ -311,16 +342,16 @@ class Recorder:
             for i, value in enumerate(other):
                 row[i] += value
 
-    def state(self, marks: bool = True, timeline: bool = True) -> dict[str, Any]:
+    def state(self, marks: bool = True, timeline: bool = True) -> State:
         """Everything counted, as plain data (histograms in their standard compressed form); the reconciliation
         marks (up to megabytes) and the timeline (hundreds of histograms) only when asked."""
         return {
             "domains": self.domains,
             "counts": self.counts,
             "recipients": self.recipients,
-            "replies": [[code, text, n] for (code, text), n in self.replies.items()],
+            "replies": [(code, text, n) for (code, text), n in self.replies.items()],
             "reply_domains": [
-                [code, text, self.domains[domain], n] for ((code, text), domain), n in self.reply_domains.items()
+                (code, text, self.domains[domain], n) for ((code, text), domain), n in self.reply_domains.items()
             ],
             "timeline": self.timeline.state() if timeline else None,
             "errors": dict(self.errors),
@@ -343,7 +374,7 @@ class Recorder:
             },
         }
 
-    def merge(self, state: dict[str, Any]) -> None:
+    def merge(self, state: State) -> None:
         """Add another recorder's state to this one (same domain list)."""
         for row, other in zip(self.counts, state["counts"], strict=True):
             for i, value in enumerate(other):
@@ -352,13 +383,13 @@ class Recorder:
             self.recipients[i] += value
         for code, text, n in state["replies"]:
             self.replies[(code, text)] += n
-        for code, text, name, n in state.get("reply_domains") or []:
+        for code, text, name, n in state["reply_domains"]:
             self.reply_domains[((code, text), self._domain_index(name))] += n
-        if state.get("timeline"):
+        if state["timeline"]:
             self.timeline.merge(Timeline.from_state(state["timeline"]))
         self.errors.update(state["errors"])
         self.latency.add(HdrHistogram.decode(state["latency"]))
-        if state.get("corrected"):
+        if state["corrected"]:
             if self.corrected is None:
                 self.corrected = new_histogram()
             self.corrected.add(HdrHistogram.decode(state["corrected"]))
@@ -366,11 +397,11 @@ class Recorder:
             self.phases[name].add(HdrHistogram.decode(encoded))
         self.connections_opened += state["connections_opened"]
         self.connections_open += state["connections_open"]
-        self.connections_peak += state.get("connections_peak", 0)
-        self.connection_errors.update(state.get("connection_errors") or {})
-        for key, part in (state.get("dimensions") or {}).items():
+        self.connections_peak += state["connections_peak"]
+        self.connection_errors.update(state["connection_errors"])
+        for key, part in state["dimensions"].items():
             self._merge_dimension(key, part["names"], part["counts"])
-        stages = state.get("stages")
+        stages = state["stages"]
         if stages:
             if self.stage_counts is None:
                 self.stage_counts = []
@@ -379,9 +410,10 @@ class Recorder:
                 for j, value in enumerate(counts):
                     self.stage_counts[i][j] += value
                 self.stage_latency[i].add(HdrHistogram.decode(encoded))
-        if state.get("marks") is not None and self.marks is not None:
+        theirs = state["marks"]
+        if theirs is not None and self.marks is not None:
             # Processes mark disjoint messages: a byte-wise OR merges them.
-            ours, theirs = bytes(self.marks), state["marks"]
+            ours = bytes(self.marks)
             size = max(len(ours), len(theirs))
             merged = int.from_bytes(ours.ljust(size, b"\0"), "big") | int.from_bytes(theirs.ljust(size, b"\0"), "big")
             self.marks = bytearray(merged.to_bytes(size, "big"))

@@ -13,25 +13,45 @@ intended time, with a throttle) at 2 significant digits, from which its percenti
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from hdrh.histogram import HdrHistogram
+from typing_extensions import TypedDict
 
 from trafficgen.outcome import ERROR, Kind
+from trafficgen.stats.document import COUNT_KEYS as COUNT_KEYS
+from trafficgen.stats.document import (
+    DomainPoint,
+    DomainTimeline,
+    Percentiles,
+    Point,
+    TimelineReport,
+    count_list,
+    counts_of,
+)
 from trafficgen.stats.histogram import Histogram, new_histogram, summary
 
 MAX_POINTS = 600  # a 10-minute run keeps 1 s intervals; a day-long one 2.4 min
 DOMAIN_POINTS = 60  # per-domain counts are shown at a coarser interval: at most this many
 DIGITS = 2  # an interval's percentiles to 1%: enough for a chart, a tenth of the memory of 3 digits
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
-COUNT_KEYS = ("attempted", "accepted", "tempfailed", "permfailed", "errors")
+
+# An interval as state: its index, the five counts, the five per domain, the connections, the two histograms.
+PointState = tuple[int, list[int], list[list[int]], int | None, str | None, str | None]
+
+
+class State(TypedDict):
+    """A timeline as plain data (histograms in HdrHistogram's compressed form), as processes hand it over."""
+
+    width: int
+    domains: list[str]
+    points: list[PointState]
 
 
 def _histogram() -> Histogram:
     return new_histogram(DIGITS, word_size=4)  # counts of one interval: 4 bytes a bucket, half the memory
 
 
-class Point:
+class Interval:
     """One interval."""
 
     __slots__ = ("connections", "counts", "domains", "intended", "latency")
@@ -43,7 +63,7 @@ class Point:
         self.latency: Histogram | None = None
         self.intended: Histogram | None = None
 
-    def add(self, other: Point) -> None:
+    def add(self, other: Interval) -> None:
         """Another interval's figures in this one (the same interval of another process, or the next narrower
         interval when widening). Connections: the later sample wins when widening, samples add across processes;
         the caller says which by the order it calls in (see Timeline.merge and Timeline._widen)."""
@@ -71,21 +91,21 @@ class Timeline:
     def __init__(self, domains: list[str], width: int = 1) -> None:
         self.domain_names = list(domains)
         self.width = width  # seconds, a power of two
-        self.points: dict[int, Point] = {}
+        self.points: dict[int, Interval] = {}
         # monotonic -> unix: outcomes carry time.monotonic() stamps
         self.offset = time.time() - time.monotonic()
         self._index = -1
-        self._point: Point | None = None
+        self._point: Interval | None = None
 
     # --- recording ----------------------------------------------------------------------------------------
 
-    def _at(self, monotonic: float) -> Point:
+    def _at(self, monotonic: float) -> Interval:
         index = int((monotonic + self.offset) // self.width)
         if index == self._index and self._point is not None:
             return self._point
         point = self.points.get(index)
         if point is None:
-            point = self.points[index] = Point(len(self.domain_names))
+            point = self.points[index] = Interval(len(self.domain_names))
             if len(self.points) > MAX_POINTS:
                 self._widen()
                 self._index, self._point = -1, None
@@ -134,7 +154,7 @@ class Timeline:
         """Intervals of `width` seconds (a multiple of the current): the narrower ones each covers are added up,
         the last connection sample among them kept."""
         factor = width // self.width
-        wider: dict[int, Point] = {}
+        wider: dict[int, Interval] = {}
         for index in sorted(self.points):
             point = self.points[index]
             target = wider.get(index // factor)
@@ -149,29 +169,29 @@ class Timeline:
 
     # --- combining ----------------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> State:
         """Plain data: each interval's figures, histograms in HdrHistogram's compressed form."""
         return {
             "width": self.width,
             "domains": self.domain_names,
             "points": [
-                [
+                (
                     index,
                     point.counts,
                     point.domains,
                     point.connections,
                     _encode(point.latency),
                     _encode(point.intended),
-                ]
+                )
                 for index, point in sorted(self.points.items())
             ],
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Timeline:
+    def from_state(cls, state: State) -> Timeline:
         timeline = cls(state["domains"], state["width"])
         for index, counts, domains, connections, latency, intended in state["points"]:
-            point = Point(len(timeline.domain_names))
+            point = Interval(len(timeline.domain_names))
             point.counts = list(counts)
             point.domains = [list(row) for row in domains]
             point.connections = connections
@@ -208,7 +228,7 @@ class Timeline:
                 names.append(name)
         copy = Timeline(names, self.width)
         for index, point in self.points.items():
-            moved = Point(len(names))
+            moved = Interval(len(names))
             moved.counts = list(point.counts)
             for name, row in zip(self.domain_names, point.domains, strict=True):
                 moved.domains[names.index(name)] = list(row)
@@ -218,7 +238,7 @@ class Timeline:
 
     # --- reading ------------------------------------------------------------------------------------------
 
-    def report(self, started_unix: float) -> dict[str, Any]:
+    def report(self, started_unix: float) -> TimelineReport:
         """The report's `timeline`: every interval from the first to the last (empty ones included)."""
         if not self.points:
             return {"interval_s": self.width, "points": [], "domains": {"interval_s": self.width, "points": []}}
@@ -227,16 +247,21 @@ class Timeline:
                 point.domains.append([0, 0, 0, 0, 0])
         first, last = min(self.points), max(self.points)
         span = range(first, last + 1)
-        empty = Point(len(self.domain_names))
-        points = []
+        empty = Interval(len(self.domain_names))
+        points: list[Point] = []
         for index in span:
             point = self.points.get(index, empty)
             at = index * self.width
+            attempted, accepted, tempfailed, permfailed, errors = point.counts
             points.append(
                 {
                     "at": at,
                     "t_s": round(at - started_unix, 3),
-                    **dict(zip(COUNT_KEYS, point.counts, strict=True)),
+                    "attempted": attempted,
+                    "accepted": accepted,
+                    "tempfailed": tempfailed,
+                    "permfailed": permfailed,
+                    "errors": errors,
                     "connections": point.connections,
                     "latency_ms": _percentiles(point.latency),
                     "latency_from_intended_ms": _percentiles(point.intended),
@@ -252,7 +277,7 @@ class Timeline:
             },
         }
 
-    def _domain_report(self, first: int, last: int, started_unix: float) -> dict[str, Any]:
+    def _domain_report(self, first: int, last: int, started_unix: float) -> DomainTimeline:
         """Per-domain counts at a coarser interval (a power-of-two multiple), at most DOMAIN_POINTS of them."""
         factor = 1
         while (last // factor - first // factor + 1) > DOMAIN_POINTS:
@@ -263,66 +288,65 @@ class Timeline:
             for mine, theirs in zip(target, point.domains, strict=True):
                 for i, value in enumerate(theirs):
                     mine[i] += value
-        points = []
+        points: list[DomainPoint] = []
         for index in range(first // factor, last // factor + 1):
             at = index * self.width * factor
-            counts = rows.get(index)
+            row = rows.get(index)
             points.append(
                 {
                     "at": at,
                     "t_s": round(at - started_unix, 3),
                     "domains": {
-                        name: dict(zip(COUNT_KEYS, counts[n], strict=True))
+                        name: counts_of(row[n])
                         for n, name in enumerate(self.domain_names)
-                        if counts is not None and counts[n][0]
+                        if row is not None and row[n][0]
                     },
                 }
             )
         return {"interval_s": self.width * factor, "points": points}
 
 
-def from_report(timeline: dict[str, Any], domains: list[str]) -> Timeline:
+def from_report(timeline: TimelineReport, domains: list[str]) -> Timeline:
     """A report's timeline back as a Timeline (for `report merge`): counts, connections and histograms."""
-    width = int(timeline["interval_s"])
+    width = timeline["interval_s"]
     rebuilt = Timeline(domains, width)
-    points = timeline.get("points") or []
-    histograms = timeline.get("histograms") or {}
-    latencies = histograms.get("latency") or [None] * len(points)
-    intendeds = histograms.get("intended") or [None] * len(points)
+    points = timeline["points"]
+    histograms = timeline.get("histograms")
+    latencies = histograms["latency"] if histograms else [None] * len(points)
+    intendeds = histograms["intended"] if histograms else [None] * len(points)
     for point, latency, intended in zip(points, latencies, intendeds, strict=True):
         if not point["attempted"] and point["connections"] is None:
             continue
-        built = Point(len(domains))
-        built.counts = [int(point[key]) for key in COUNT_KEYS]
+        built = Interval(len(domains))
+        built.counts = count_list(point)
         built.connections = point["connections"]
         built.latency, built.intended = _decode(latency), _decode(intended)
-        rebuilt.points[int(point["at"]) // width] = built
+        rebuilt.points[point["at"] // width] = built
     # per-domain counts come at the coarser interval: put each at the first narrow interval it covers
-    domain_part = timeline.get("domains") or {}
     first = min(rebuilt.points, default=None)
-    for entry in domain_part.get("points") or []:
-        index = int(entry["at"]) // width
+    for entry in timeline["domains"]["points"]:
+        index = entry["at"] // width
         if first is not None and index < first:  # a coarse interval that began before the run's first interval
             index = first
-        for name, counts in entry["domains"].items():
+        for name, row in entry["domains"].items():
             if name not in rebuilt.domain_names:
                 rebuilt.domain_names.append(name)
                 for p in rebuilt.points.values():
                     p.domains.append([0, 0, 0, 0, 0])
             target = rebuilt.points.get(index)
             if target is None:
-                target = rebuilt.points[index] = Point(len(rebuilt.domain_names))
+                target = rebuilt.points[index] = Interval(len(rebuilt.domain_names))
             while len(target.domains) < len(rebuilt.domain_names):
                 target.domains.append([0, 0, 0, 0, 0])
-            target.domains[rebuilt.domain_names.index(name)] = [int(counts[key]) for key in COUNT_KEYS]
+            target.domains[rebuilt.domain_names.index(name)] = count_list(row)
     return rebuilt
 
 
-def _percentiles(histogram: HdrHistogram | None) -> dict[str, float] | None:
+def _percentiles(histogram: HdrHistogram | None) -> Percentiles | None:
     if histogram is None or not histogram.get_total_count():
         return None
-    _, values = summary(histogram, [p for _, p in PERCENTILES])
-    return {name: round(value / 1000.0, 3) for (name, _), value in zip(PERCENTILES, values, strict=True)}
+    _, (p50, p90, p99) = summary(histogram, [p for _, p in PERCENTILES])
+    return {"p50": round(p50 / 1000.0, 3), "p90": round(p90 / 1000.0, 3), "p99": round(p99 / 1000.0, 3)}
 
 
 def _encode(histogram: HdrHistogram | None) -> str | None:
