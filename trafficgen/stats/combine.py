@@ -185,9 +185,11 @@ def percent_change(before: float | None, after: float | None) -> str:
 
 
 def points_change(before: float | None, after: float | None) -> str:
-    """The change of a share (0..1) in percentage points, as the comparisons print it: +1.25 pt."""
-    points = _points(before, after)
-    return "-" if points is None else f"{points:+.2f} pt"
+    """The change of a share (0..1) in percentage points, as the comparisons print it: +1.25 pt (rounded once, from
+    the shares themselves: -0.88497 is -0.88, not -0.885 rounded again to -0.89)."""
+    if before is None or after is None:
+        return "-"
+    return f"{(after - before) * 100:+.2f} pt"
 
 
 def _accepted(document: Report, name: str) -> float | None:
