@@ -7,6 +7,7 @@ and the report's config, and names compiled modules older than their source (an 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 # whose classes cross process boundaries by pickle (the configs, the Recorder's state), the HdrHistogram subclass
 # (a compiled class cannot subclass an interpreted one), and everything that runs once a run or once a second.
 COMPILED = (
+    "trafficgen.connector",
     "trafficgen.content",
     "trafficgen.domains",
     "trafficgen.messages",
@@ -22,12 +24,15 @@ COMPILED = (
     "trafficgen.outcome",
     "trafficgen.ratelimit",
     "trafficgen.runner",
+    "trafficgen.runstate",
     "trafficgen.smtp.replies",
     "trafficgen.smtp.session",
     "trafficgen.stats.recorder",
     "trafficgen.stats.timeline",
     "trafficgen.transport",
+    "trafficgen.worker",
     "smartsink.destination",
+    "smartsink.engines.conversation",
     "smartsink.engines.fast",
     "smartsink.ledger",
     "smartsink.limits.local",
@@ -65,6 +70,7 @@ class Build:
 
 def build() -> Build:
     """The build this interpreter finds, without importing the hot modules themselves."""
+    importlib.invalidate_caches()  # shared objects built since this process first looked
     compiled: list[str] = []
     stale: list[str] = []
     for name in COMPILED:
@@ -77,3 +83,9 @@ def build() -> Build:
         if os.path.exists(py) and os.path.getmtime(py) > os.path.getmtime(origin):
             stale.append(name)
     return Build(tuple(compiled), tuple(stale))
+
+
+@functools.cache
+def running() -> Build:
+    """The build this process runs (it cannot change while the process lives): for start lines and reports."""
+    return build()

@@ -69,6 +69,8 @@ def build(require: bool) -> int:
             )
         if done.returncode != 0:
             reason = f"mypyc failed (exit {done.returncode}, see {LOG})"
+        for path in built_objects():
+            os.utime(path)  # from the sources as they are now (setuptools copies an unchanged one with its old time)
     if reason is not None:
         pure()
         print(f"build: pure Python: {reason}")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mailload import native
 from mailload.runtime import raise_open_files_limit
 from smartsink import admin, metrics, statefile, tls
 from smartsink.config import SinkConfig
@@ -170,7 +171,7 @@ def announce(
     tls_part = "off" if not config.tls else ("self-signed" if config.self_signed else config.tls_cert)
     print(
         f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}), {admin_part}, "
-        f"{served}, STARTTLS {tls_part}, AUTH {config.auth}, {state}",
+        f"{served}, STARTTLS {tls_part}, AUTH {config.auth}, {state}, build {native.running().describe()}",
         file=sys.stderr,
         flush=True,
     )
@@ -233,6 +234,7 @@ class Sink:
             "policy": self.store.health(),
             "workers": {"configured": 1, "alive": 1},
             "engine": self.config.engine,
+            "build": native.running().kind,
             "overrides": [o.public(time.time()) for o in self.overrides.active()],
             "state": self.state.summary(),
         }
