@@ -23,7 +23,6 @@ COMPILED = (
     "trafficgen.observers",
     "trafficgen.outcome",
     "trafficgen.ratelimit",
-    "trafficgen.runner",
     "trafficgen.runstate",
     "trafficgen.smtp.replies",
     "trafficgen.smtp.session",

@@ -157,8 +157,6 @@ def make_app(source: AdminSource) -> web.Application:
         return web.json_response({"ready": serving}, status=200 if serving else 503)
 
     async def metrics_text(request: web.Request) -> web.Response:
-        if source.barrier is not None:
-            await source.barrier()  # every worker's counts published (exposition() publishes this process's)
         state = source.state
         families = [] if state is None else metrics.state_families(state.summary(), state.by_domain())
         data = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition, families)

@@ -140,14 +140,17 @@ def child(metric: Any, *labels: str) -> Any:
 
 
 # Counts of the per-message counters not yet handed to prometheus-client: a dict addition a message instead of
-# the client's lock (and, with workers, its write to the shared file). publish() hands them over: at every scrape
-# (after a barrier that reaches each worker), on each worker's heartbeat, and when a worker stops.
+# the client's lock and value object. publish() hands them over at every scrape. With workers (MULTIPROC) each
+# count goes to the shared file at once instead: a worker killed (SIGKILL, the OOM killer) loses nothing it counted.
 _pending: dict[Any, float] = {}
 
 
 def count(counter: Any, amount: float = 1) -> None:
-    """Add `amount` to a counter (or a labelled child) at the next publish()."""
-    _pending[counter] = _pending.get(counter, 0) + amount
+    """Add `amount` to a counter (or a labelled child): at the next publish(), or now with workers."""
+    if MULTIPROC:
+        counter.inc(amount)
+    else:
+        _pending[counter] = _pending.get(counter, 0) + amount
 
 
 def publish() -> None:

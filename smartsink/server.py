@@ -169,12 +169,16 @@ def announce(
     else:
         served = f"policy {store.path} ({len(store.policy.domains)} domains)"
     tls_part = "off" if not config.tls else ("self-signed" if config.self_signed else config.tls_cert)
+    build = native.running()
+    built = "pure Python" if build.kind == "pure" else build.kind
     print(
-        f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}), {admin_part}, "
-        f"{served}, STARTTLS {tls_part}, AUTH {config.auth}, {state}, build {native.running().describe()}",
+        f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}, {built}), "
+        f"{admin_part}, {served}, STARTTLS {tls_part}, AUTH {config.auth}, {state}",
         file=sys.stderr,
         flush=True,
     )
+    if build.stale:
+        print(f"smartsink: warning: build {build.describe()}", file=sys.stderr, flush=True)
     if on_terminal():
         print(
             "smartsink: on a terminal: SIGHUP (the terminal closing) stops the sink; the policy reloads when its file "

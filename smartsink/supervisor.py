@@ -322,12 +322,10 @@ async def _serve_worker(config: SinkConfig, index: int, coordinator_path: str, p
     beating.cancel()
     await listener.stop()
     await limits.barrier()  # send what the last sessions recorded
-    metrics.publish()  # and count what they counted
 
 
 async def _heartbeats(limits: RemoteLimits, index: int) -> None:
     """Tell the supervisor this worker's loop turns, every HEARTBEAT seconds, until cancelled."""
     while True:
         limits.send(Heartbeat(index))
-        metrics.publish()  # the last half second's counts in the shared files, scraped or not
         await asyncio.sleep(HEARTBEAT)

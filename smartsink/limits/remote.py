@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from smartsink import metrics
 from smartsink.ledger import LedgerEntry
 from smartsink.limits.state import SharedState
 from smartsink.policy.model import DomainRules, Escalation, Policy, Rate
@@ -433,7 +432,6 @@ class RemoteLimits:
                 waiter.set_result(message.result)
         elif isinstance(message, Ping):
             self._flush_records()
-            metrics.publish()  # a barrier's ping (before /metrics): this worker's counts with the rest
             channel.send(Pong(message.ping_id))
         elif isinstance(message, PolicyPart):
             self._parts.update(message.domains)
