@@ -11,6 +11,7 @@ from pathlib import Path
 from harness import ROOT
 from harness.policies import ACCEPT_ALL
 from harness.sink import running_sink
+from harness.trafficgen import run_report
 from mailload import native
 
 
@@ -60,3 +61,11 @@ def test_the_sink_says_which_build(tmp_path):
     assert health["build"] == build.kind
     built = "pure Python" if build.kind == "pure" else build.kind
     assert f" engine, 1 worker, {built}), admin " in log
+
+
+def test_the_report_says_which_build(tmp_path):
+    """trafficgen's report names its build in `tool` (and so every saved report says what measured it)."""
+    with running_sink(policy=ACCEPT_ALL, tmp=tmp_path) as sink:
+        report, _ = run_report("--target", sink.target, "--message-count", "5", "--concurrency", "1")
+    kind = native.build().kind
+    assert report["tool"].endswith(f" ({'pure Python' if kind == 'pure' else kind})")
