@@ -1,4 +1,6 @@
-# make install: build .venv with the package (editable) and its test tools
+# make install: build .venv with the package (editable) and its test tools, and compile the hot modules with mypyc
+#               where a C compiler and Python's headers exist (else pure Python, said so; MAILLOAD_PURE=1 forces it)
+# make pure:    remove the compiled modules: the same code, pure Python (make install compiles them again)
 # make test:    the whole suite (builds .venv first when needed)
 # make test-fast: the suite without the tests marked slow (a minute or two)
 # make demo:    a smartsink on loopback, trafficgen against it for ten seconds, the report
@@ -15,35 +17,41 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench bench-scale bench-reload soak lint docs vendor-plotly clean
+.PHONY: install pure test test-fast demo bench bench-scale bench-reload soak lint docs vendor-plotly clean
 
+# Compiling again only when a compiled module is older than its source (a compiled module shadows its .py).
 install: $(STAMP)
+	$(BIN)/python scripts/native.py build
 
-$(STAMP): pyproject.toml
+# The editable install itself is pure Python (MAILLOAD_PURE=1 for setup.py); scripts/native.py compiles in place.
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	MAILLOAD_PURE=1 $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+pure: $(STAMP)
+	$(BIN)/python scripts/native.py pure
+
+test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: install
 	$(BIN)/python scripts/demo.py
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-scale: $(STAMP)
+bench-scale: install
 	$(BIN)/python -m bench --scale $(BENCH_ARGS)
 
-bench-reload: $(STAMP)
+bench-reload: install
 	$(BIN)/python -m bench.reload $(BENCH_ARGS)
 
-soak: $(STAMP)
+soak: install
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 lint: $(STAMP)
@@ -60,4 +68,5 @@ vendor-plotly:
 	sh scripts/vendor-plotly.sh
 
 clean:
+	find mailload smartsink trafficgen -name '*.so' -delete
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -11,9 +11,10 @@ what count: absolute figures move with the machine, ratios taken side by side do
   descendants, from /proc, sampled just before and just after the sending command), or both (end to end). CPU time
   moves much less with a busy machine than wall time does.
 
-Every side also reports the CPU of both ends per message. A target applies to both ratios; the exit status is 1 when
-either misses. Everything runs on 127.0.0.1. Nothing is installed: a missing tool is named with the command that
-installs it.
+Every side also reports the CPU of both ends per message. A target applies to the CPU ratio (the wall ratio is
+reported beside it); the exit status is 1 when one misses. The build the run used (compiled with mypyc or pure
+Python, mailload/native.py) is printed first and saved with the results. Everything runs on 127.0.0.1. Nothing is
+installed: a missing tool is named with the command that installs it.
 
     python -m bench                 # all pairs, 3 rounds
     python -m bench --rounds 5 --messages 300000
@@ -40,6 +41,7 @@ from typing import Any, Literal
 from bench import scale
 from bench.cpu import TreeMeter, run_measured
 from bench.servers import ACCEPT_ALL, ROOT, Server, find_tool, smartsink, smtp_sink, smtp_source, trafficgen
+from mailload import native
 
 Compared = Literal["client", "server", "both"]
 
@@ -120,11 +122,10 @@ class Pair:
         return self.b.per_cpu_second(self.compared) / self.a.per_cpu_second(self.compared)
 
     def misses(self) -> list[str]:
-        """The ratios below target: "wall", "CPU", both or none."""
+        """The ratio below target ("CPU", the one the targets are for), or none; the wall ratio is for the record."""
         if self.target is None:
             return []
-        ratios = {"wall": self.wall_ratio, "CPU": self.cpu_ratio}
-        return [kind for kind, ratio in ratios.items() if ratio < self.target]
+        return ["CPU"] if self.cpu_ratio < self.target else []
 
     def verdict(self) -> str:
         if self.target is None:
@@ -180,7 +181,8 @@ def _side_json(side: Side) -> dict[str, Any]:
 
 
 def pairs(m: int, policy: Path) -> list[Pair]:
-    kib, hundred_kib, big = 1024, 100 * 1024, max(2000, m // 20)
+    # 100 KiB runs of half as many messages: 100,000 by default, so that start-up (about a second) is not most of it
+    kib, hundred_kib, big = 1024, 100 * 1024, max(2000, m // 2)
 
     def source(messages: int, size: int) -> Callable[[int], list[str]]:
         return lambda port: smtp_source(port, messages, size)
@@ -206,7 +208,7 @@ def pairs(m: int, policy: Path) -> list[Pair]:
             "client",
             Side("smtp-source -d", smtp_sink, source(big, hundred_kib), big),
             Side("trafficgen", smtp_sink, generator(big, hundred_kib), big),
-            1.2,
+            1.0,
         ),
         Pair(
             "smartsink --workers 2",
@@ -214,7 +216,7 @@ def pairs(m: int, policy: Path) -> list[Pair]:
             "server",
             Side("smtp-sink", smtp_sink, source(m, kib), m),
             Side("smartsink --workers 2", sink(2), source(m, kib), m),
-            1.0,
+            0.9,
         ),
         Pair(
             "smartsink --workers 1",
@@ -222,7 +224,7 @@ def pairs(m: int, policy: Path) -> list[Pair]:
             "server",
             Side("smtp-sink", smtp_sink, source(m, kib), m),
             Side("smartsink --workers 1", sink(1), source(m, kib), m),
-            0.8,
+            1.0,
         ),
         Pair(
             "end to end",
@@ -230,7 +232,7 @@ def pairs(m: int, policy: Path) -> list[Pair]:
             "both",
             Side("smtp-source -> smtp-sink", smtp_sink, source(m, kib), m),
             Side("trafficgen -> smartsink", sink(1), generator(m, kib), m),
-            1.2,
+            1.3,
         ),
     ]
 
@@ -239,6 +241,7 @@ def print_tables(selected: list[Pair], rounds: int, cpus: int) -> None:
     print(
         f"\nmachine: {cpus} CPUs, Python {sys.version.split()[0]}; {rounds} alternating rounds (A B A B ...), medians."
     )
+    print(f"build: {native.build().describe()}")
     print("CPU = user + system of a process tree; client: the sending command and its children; server: the")
     print("receiver and its workers. msg/CPU-s counts the CPU of the end the pair compares.\n")
     print(f"{'pair':22} {'side':26} {'msg/s':>9} {'client µs/msg':>14} {'server µs/msg':>14} {'msg/CPU-s':>10}")
@@ -284,7 +287,8 @@ def main() -> int:
     cpus = os.cpu_count() or 1
     selected = [p for p in pairs(args.messages, policy) if args.only in p.name or args.only in p.key]
     print(
-        f"bench: {len(selected)} pairs, {args.rounds} rounds each, {cpus} CPUs, {args.messages:,} messages a 1 KiB run",
+        f"bench: {len(selected)} pairs, {args.rounds} rounds each, {cpus} CPUs, {args.messages:,} messages a 1 KiB "
+        f"run; build {native.build().describe()}",
         file=sys.stderr,
     )
     try:
@@ -295,6 +299,7 @@ def main() -> int:
 
     print_tables(selected, args.rounds, cpus)
     results = {
+        "build": native.build().kind,
         "cpus": cpus,
         "python": sys.version.split()[0],
         "load_average": os.getloadavg(),

@@ -139,6 +139,29 @@ def child(metric: Any, *labels: str) -> Any:
     return found
 
 
+# Counts of the per-message counters not yet handed to prometheus-client: a dict addition a message instead of
+# the client's lock and value object. publish() hands them over at every scrape. With workers (MULTIPROC) each
+# count goes to the shared file at once instead: a worker killed (SIGKILL, the OOM killer) loses nothing it counted.
+_pending: dict[Any, float] = {}
+
+
+def count(counter: Any, amount: float = 1) -> None:
+    """Add `amount` to a counter (or a labelled child): at the next publish(), or now with workers."""
+    if MULTIPROC:
+        counter.inc(amount)
+    else:
+        _pending[counter] = _pending.get(counter, 0) + amount
+
+
+def publish() -> None:
+    """Hand what count() added to prometheus-client, so that /metrics shows it."""
+    if _pending:
+        counts = list(_pending.items())
+        _pending.clear()
+        for counter, amount in counts:
+            counter.inc(amount)
+
+
 def message(domain: str, outcome: str) -> Any:
     """The smartsink_messages_total child for one (domain, outcome)."""
     return child(MESSAGES, domain, outcome)
@@ -177,6 +200,7 @@ class _Families(Collector):
 
 def exposition(extra: Iterable[Metric] = ()) -> bytes:
     """The text of /metrics: the sum over every process of this sink, and `extra` families (the state gauges)."""
+    publish()
     if MULTIPROC:
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -193,9 +193,9 @@ class Responder:
 
     async def greet(self) -> Answer:
         """The greeting, or 421 when the sink already has [listener] max_connections."""
-        metrics.CONNECTIONS.inc()
+        metrics.count(metrics.CONNECTIONS)
         if self.mx is not None:
-            metrics.child(metrics.MX_CONNECTIONS, self.mx).inc()
+            metrics.count(metrics.child(metrics.MX_CONNECTIONS, self.mx))
         listener = self.ctx.policy.listener
         # Every connection is counted sink-wide, so a max_connections added by a reload sees them all.
         self.scope = policy.scope(self.client, listener.per, self.mx_key)
@@ -245,9 +245,9 @@ class Responder:
             self.holding = None
 
     def _count(self, rules: DomainRules, outcome: Outcome) -> None:
-        metrics.message(rules.name, outcome.label).inc()
+        metrics.count(metrics.message(rules.name, outcome.label))
         if self.mx is not None:
-            metrics.child(metrics.MX_MESSAGES, self.mx, outcome.label).inc()
+            metrics.count(metrics.child(metrics.MX_MESSAGES, self.mx, outcome.label))
 
     async def rcpt(self, address: str) -> Answer | None:
         """The answer to RCPT TO:<address> (an address with an @, without brackets); None: cut."""
@@ -396,7 +396,7 @@ class Responder:
         if self.drop_at == "data_end":
             self.reset()
             return None
-        metrics.BYTES.inc(size)
+        metrics.count(metrics.BYTES, size)
         first = recipients[0].rules if recipients else ctx.policy.default
         verdict = self._content_verdict(first, size, head, too_big)
         if verdict is None:

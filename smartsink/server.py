@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mailload import native
 from mailload.runtime import raise_open_files_limit
 from smartsink import admin, metrics, statefile, tls
 from smartsink.config import SinkConfig
@@ -168,12 +169,16 @@ def announce(
     else:
         served = f"policy {store.path} ({len(store.policy.domains)} domains)"
     tls_part = "off" if not config.tls else ("self-signed" if config.self_signed else config.tls_cert)
+    build = native.running()
+    built = "pure Python" if build.kind == "pure" else build.kind
     print(
-        f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}), {admin_part}, "
-        f"{served}, STARTTLS {tls_part}, AUTH {config.auth}, {state}",
+        f"smartsink: listening on smtp://{smtp[0]}:{smtp[1]} ({config.engine} engine, {workers}, {built}), "
+        f"{admin_part}, {served}, STARTTLS {tls_part}, AUTH {config.auth}, {state}",
         file=sys.stderr,
         flush=True,
     )
+    if build.stale:
+        print(f"smartsink: warning: build {build.describe()}", file=sys.stderr, flush=True)
     if on_terminal():
         print(
             "smartsink: on a terminal: SIGHUP (the terminal closing) stops the sink; the policy reloads when its file "
@@ -233,6 +238,7 @@ class Sink:
             "policy": self.store.health(),
             "workers": {"configured": 1, "alive": 1},
             "engine": self.config.engine,
+            "build": native.running().kind,
             "overrides": [o.public(time.time()) for o in self.overrides.active()],
             "state": self.state.summary(),
         }

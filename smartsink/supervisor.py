@@ -25,6 +25,7 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from mailload import native
 from mailload.runtime import ExitStatus, event_loop_factory
 from smartsink import admin, logs, metrics
 from smartsink.config import SinkConfig
@@ -281,6 +282,7 @@ class Supervisor:
             "policy": self.store.health(),
             "workers": workers,
             "engine": self.config.engine,
+            "build": native.running().kind,
             "overrides": [o.public(time.time()) for o in self.overrides.active()],
             "state": self.state.summary(),
         }

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from smartsink.ledger import LedgerEntry
 from smartsink.limits.state import SharedState
 from smartsink.policy.model import Escalation, Rate
 
 
+# Compiled by mypyc (mailload/native.py); tests subclass it to see what it is asked, so subclasses are allowed.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LocalLimits:
     """The async face of a SharedState in this process: every call answers at once."""
 

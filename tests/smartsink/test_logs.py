@@ -12,6 +12,7 @@ import pytest
 
 from harness.sink import running_sink, wait_for, write_policy
 from harness.smtp import BODY, SENDER
+from mailload import native
 
 POLICY = '[default]\nbounce = 0\ndefer = 0\n[domain."no.test"]\nbounce = 100\n'
 
@@ -34,7 +35,11 @@ def test_ready_line_says_what_listens_where(tmp_path):
     policy = write_policy(tmp_path, POLICY)
     with running_sink("--policy", str(policy), "--workers", "2") as sink:
         (line,) = [line for line in sink.lines if "listening on" in line]
-    assert line.startswith(f"smartsink: listening on smtp://{sink.host}:{sink.port} (fast engine, 2 workers), ")
+    build = native.build().kind
+    built = "pure Python" if build == "pure" else build
+    assert line.startswith(
+        f"smartsink: listening on smtp://{sink.host}:{sink.port} (fast engine, 2 workers, {built}), "
+    )
     assert f"admin http://{sink.http} (/health /metrics /state /api/inject/v1), " in line
     assert f"policy {policy} (" in line
     assert line.rstrip().endswith("state fresh")

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from harness.mail import dsn, generated
 from harness.policies import ACCEPT_ALL, PROVIDERS, greylisting
 from mailload import contract
+from smartsink import metrics
 from smartsink.config import build
 from smartsink.ledger import Answered, LedgerEntry, ReturnedInDsn
 from smartsink.limits.local import LocalLimits
@@ -121,6 +122,7 @@ def traced(run_id: str, seq: int, sent_ms: int) -> bytes:
 
 
 def counted(name: str, **labels: str) -> float:
+    metrics.publish()  # what a scrape does first: the per-message counts handed to prometheus-client
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 

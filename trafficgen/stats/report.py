@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hdrh.histogram import HdrHistogram
 
+from mailload import native
 from trafficgen import profile as profiles
 from trafficgen import thresholds as judge
 from trafficgen.profile import Profile
@@ -234,7 +235,7 @@ def build(
     accepted, tempfailed, permfailed, errors = recorder.recipients
     document: Report = {
         "schema": SCHEMA,
-        "tool": f"trafficgen {__version__}",
+        "tool": f"trafficgen {__version__} ({native.running().kind.replace('pure', 'pure Python')})",
         "run_id": run_id,
         "target": target,
         "started_at": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="milliseconds"),
