@@ -238,6 +238,7 @@ class TestJudgeStep:
 
 
 QUIET_S = 0.005  # no wake-up later than this while the run went: the machine was quiet
+ON_TIME_S = 0.020  # and the generator's own worst stage p99 from the intended time under this: it sent on time
 
 
 def arrivals_by_stage(server: CaptureServer, profile: Profile) -> tuple[list[int], float]:
@@ -276,7 +277,10 @@ class TestOnTheWire:
             f"{lag.worst * 1000:.1f} ms late at worst"
         )
         assert jitter <= late + lag.worst + 0.020, "the wire strays further from the schedule than the report says"
-        quiet = lag.worst < QUIET_S  # then the generator has the CPU it needs, and the schedule is kept closely
+        # Quiet: nothing woke late, and the generator itself says it sent on time. A sleeper probe alone is not enough:
+        # beside CPU hogs it is woken promptly (the scheduler favours sleepers) while a busy generator waits its turn;
+        # then the report says so (its latency from the intended time), and the wire may stray that much.
+        quiet = lag.worst < QUIET_S and late < ON_TIME_S
         if quiet:
             assert jitter < 0.025, f"the arrivals strayed {jitter:.3f} s from the schedule on a quiet machine"
         assert len(stages) == len(profile.stages)
