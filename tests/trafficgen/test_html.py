@@ -8,10 +8,12 @@ comparison's domains paired (issue 29)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,10 @@ CHARTS = ("throughput", "latency", "connections", "domains", "replies")
 POLICY = "[default]\ndefer = 10\nbounce = 5\n"
 
 
-def browser_charts(page_path: Path, screenshot: Path | None = None) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """Open the page in headless chromium: per chart, its traces, its drawn points (markers and bars) and the traces
-    that drew a line (a latency line with a second without replies is drawn in two segments, still one trace); and
-    every console error or page error."""
+@contextlib.contextmanager
+def opened(page_path: Path) -> Iterator[tuple[Any, list[str]]]:
+    """The page loaded in headless chromium (Debian's), and every console error, page error or network request it
+    made, as they come."""
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -44,20 +46,28 @@ def browser_charts(page_path: Path, screenshot: Path | None = None) -> tuple[dic
             page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
             page.goto(page_path.as_uri())
             page.wait_for_load_state("load")
-            charts = page.evaluate(
-                """() => { const drawn = p => (p.getAttribute('d') || '').length > 10;
-                return Object.fromEntries([...document.querySelectorAll('.chart')].map(d => [d.id, {
-                    traces: d.querySelectorAll('.main-svg .trace').length,
-                    points: d.querySelectorAll('.point').length,
-                    lines: [...d.querySelectorAll('.main-svg .trace')]
-                        .filter(t => [...t.querySelectorAll('path.js-line')].some(drawn)).length,
-                    segments: [...d.querySelectorAll('path.js-line')].filter(drawn).length,
-                }])); }"""
-            )
-            if screenshot is not None:
-                page.screenshot(path=str(screenshot), full_page=True)
+            yield page, problems
         finally:
             browser.close()
+
+
+def browser_charts(page_path: Path, screenshot: Path | None = None) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Open the page in headless chromium: per chart, its traces, its drawn points (markers and bars) and the traces
+    that drew a line (a latency line with a second without replies is drawn in two segments, still one trace); and
+    every console error or page error."""
+    with opened(page_path) as (page, problems):
+        charts = page.evaluate(
+            """() => { const drawn = p => (p.getAttribute('d') || '').length > 10;
+            return Object.fromEntries([...document.querySelectorAll('.chart')].map(d => [d.id, {
+                traces: d.querySelectorAll('.main-svg .trace').length,
+                points: d.querySelectorAll('.point').length,
+                lines: [...d.querySelectorAll('.main-svg .trace')]
+                    .filter(t => [...t.querySelectorAll('path.js-line')].some(drawn)).length,
+                segments: [...d.querySelectorAll('path.js-line')].filter(drawn).length,
+            }])); }"""
+        )
+        if screenshot is not None:
+            page.screenshot(path=str(screenshot), full_page=True)
     return charts, problems
 
 
@@ -90,22 +100,8 @@ def page_facts(page_path: Path) -> tuple[dict[str, Any], list[str]]:
     """Open the page in headless chromium: per chart, its leftmost x value, its y tick labels from the bottom up,
     its x tick labels, where its toolbar and its plot area are, its annotations and bar texts; each section's
     table rows (by heading); the page's text; and every console error, page error or network request."""
-    if CHROMIUM is None:
-        pytest.skip("needs Debian's chromium (.ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    problems: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
-            page.goto(page_path.as_uri())
-            page.wait_for_load_state("load")
-            facts = page.evaluate(PAGE_FACTS)
-        finally:
-            browser.close()
+    with opened(page_path) as (page, problems):
+        facts = page.evaluate(PAGE_FACTS)
     return facts, problems
 
 
