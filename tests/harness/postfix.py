@@ -232,9 +232,10 @@ class Postfix:
         )
         return [r["address"] for line in done.stdout.splitlines() for r in json.loads(line)["recipients"]]
 
-    def hold_deferred(self) -> None:
+    def hold_deferred(self, timeout: float) -> None:
         """From now on deferred mail waits an hour for its retry, so the queue holds still while a test reads it
-        (retried every 1-2 s, a message spends moments in the active queue without its deferral's reason)."""
+        (retried every 1-2 s, a message spends moments in the active queue without its deferral's reason); returns
+        once every queued message is deferred with its reason (within `timeout`: an attempt under way ends first)."""
         self.settings = {
             **self.settings,
             "queue_run_delay": "3600s",
@@ -243,6 +244,7 @@ class Postfix:
         }
         (self.etc / "main.cf").write_text(self._main_cf())
         self._postfix("reload")
+        self.wait_for(self.deferred_with_reasons, timeout=timeout, what="the queue to hold still")
 
     def deferred_with_reasons(self) -> bool:
         """Every message in the queue is in the deferred queue, and each of its recipients has its reason."""
