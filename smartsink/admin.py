@@ -159,6 +159,7 @@ def make_app(source: AdminSource) -> web.Application:
     async def metrics_text(request: web.Request) -> web.Response:
         state = source.state
         families = [] if state is None else metrics.state_families(state.summary(), state.by_domain())
+        metrics.publish()  # on the loop's thread, where the counting happens
         data = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition, families)
         return web.Response(body=data, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

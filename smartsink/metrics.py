@@ -199,8 +199,8 @@ class _Families(Collector):
 
 
 def exposition(extra: Iterable[Metric] = ()) -> bytes:
-    """The text of /metrics: the sum over every process of this sink, and `extra` families (the state gauges)."""
-    publish()
+    """The text of /metrics: the sum over every process of this sink, and `extra` families (the state gauges).
+    Runs in a thread: publish() first, on the thread that counts (count() and publish() are not thread-safe)."""
     if MULTIPROC:
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
