@@ -127,14 +127,17 @@ class Crowd:
     runs: Counter[str] = field(default_factory=Counter)
     never_closed: int = 0  # clients the sink neither closed nor cut within --timeout + CLIENT_WAIT
     surprises: list[str] = field(default_factory=list)  # exceptions other than a closed or reset connection
+    stopping: bool = False  # no new client after this (the stop does not rest on a cancellation alone)
 
 
 @contextlib.asynccontextmanager
 async def _connected(crowd: Crowd) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """A connection that has read the greeting (or a 421 when the sink is full), closed however the client ends."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*crowd.address), CLIENT_WAIT)
+    async with asyncio.timeout(CLIENT_WAIT):
+        reader, writer = await asyncio.open_connection(*crowd.address)
     try:
-        await asyncio.wait_for(reader.readline(), CLIENT_WAIT)
+        async with asyncio.timeout(CLIENT_WAIT):
+            await reader.readline()
         yield reader, writer
     finally:
         writer.close()
@@ -196,13 +199,15 @@ async def non_reader(crowd: Crowd, rng: random.Random) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, crowd.address), CLIENT_WAIT)
-        await asyncio.wait_for(loop.sock_recv(sock, 512), CLIENT_WAIT)
+        async with asyncio.timeout(CLIENT_WAIT):
+            await loop.sock_connect(sock, crowd.address)
+            await loop.sock_recv(sock, 512)
         await loop.sock_sendall(sock, b"EHLO hostile.test\r\n")
         helps = b"HELP\r\n" * 10_000
         with contextlib.suppress(TimeoutError):
             while True:  # until a send waits half a second: the sink has stopped reading us
-                await asyncio.wait_for(loop.sock_sendall(sock, helps), 0.5)
+                async with asyncio.timeout(0.5):
+                    await loop.sock_sendall(sock, helps)
         ending = rng.choice(["close", "reset", "cut"])
         if ending == "reset":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -268,7 +273,7 @@ async def hostile_loop(crowd: Crowd, kind: str, seed: int) -> None:
     """Clients of one kind, one after another, until cancelled."""
     rng = random.Random(seed)
     client = KINDS[kind]
-    while True:
+    while not crowd.stopping:
         try:
             await client(crowd, rng)
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
@@ -354,10 +359,12 @@ async def watch(
                 flush=True,
             )
     finally:
+        crowd.stopping = True
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    problems = []
+        # Bounded: a client is between two awaits at most a send or a read long, each bounded by CLIENT_WAIT.
+        _, stuck = await asyncio.wait(tasks, timeout=CLIENT_WAIT + args.timeout) if tasks else (set(), set())
+    problems = [f"{len(stuck)} hostile clients did not stop when asked"] if stuck else []
     if generator is not None:
         try:
             _, err = await asyncio.wait_for(generator.communicate(), TRAFFICGEN_WAIT)

@@ -346,7 +346,8 @@ class SinkConfig:
         300.0,  # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for the next command
         help="How long a client may stay silent (then 421) or leave the replies unread (then cut): 300, 5m",
         doc=(
-            "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes). A client "
+            "a client silent this long gets `421 4.4.2` and is closed (RFC 5321 asks at least 5 minutes); one "
+            "silent in a STARTTLS handshake is closed after it too. A client "
             "that stops reading the replies gets no more answers once 64 KiB of them wait for it (and at most 128 KiB "
             "in the kernel's send buffer; its further "
             "commands are not read either; `smartsink_connections_stalled` counts it), and is cut (a TCP reset, "

@@ -356,7 +356,10 @@ class FastConnection(asyncio.BufferedProtocol):
         del self.buf[:]
         self.pos = 0
         try:
-            transport = await self.loop.start_tls(self.transport, self, context, server_side=True)
+            # A client silent in the handshake is cut like any idle client: after --timeout (asyncio's own is 60 s).
+            transport = await self.loop.start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=self.server.ctx.config.timeout
+            )
         except (OSError, ssl.SSLError, ConnectionError) as e:
             log.info("TLS handshake failed: %s", e)
             transport = None

@@ -169,6 +169,18 @@ class TestOneClient:
         assert 2.5 < time.monotonic() - started < 10
         still_serving(sink)
 
+    def test_silent_in_the_tls_handshake(self, sink):
+        """STARTTLS, then nothing (or plaintext pipelined after it, which RFC 3207 says to discard): the handshake
+        waits no longer than --timeout (3 s), not asyncio's 60 s."""
+        started = time.monotonic()
+        with socket.create_connection(sink.address) as s:
+            s.recv(512)
+            s.sendall(b"EHLO c\r\nSTARTTLS\r\nAUTH PLAIN !!\r\n")  # one segment: the AUTH line is discarded
+            answer = recv_all(s, timeout=30)
+        assert answer.endswith(b"220 2.0.0 Ready to start TLS\r\n")
+        assert 2.5 < time.monotonic() - started < 10  # --timeout 3, the sweep once a second, a busy machine
+        still_serving(sink)
+
     def test_vanishing_mid_data(self, sink):
         """Clients that vanish mid-DATA leave nothing behind: the active-connection gauge returns to zero."""
         for _ in range(20):
