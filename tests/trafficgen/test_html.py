@@ -184,10 +184,10 @@ class TestTimeline:
             assert 2 <= len(report["timeline"]["points"]) <= 5, report["timeline"]["points"]
 
     def test_processes_are_merged(self, two_runs):
-        """With --processes 2 the connections of both processes are summed: the held 8 show while sending."""
+        """With --processes 2 the connections of both processes are summed: the held 8 show while sending (in some
+        interval: the busiest by messages may hold one process's last, when its connections close)."""
         points = two_runs["second"]["timeline"]["points"]
-        busiest = max(points, key=lambda p: p["attempted"])
-        assert busiest["connections"] == 8, points
+        assert max(p["connections"] for p in points) == 8, points  # 4 a process: more than one process's own
         # at 400/s, a full second holds about 400 (the first and last are partial)
         assert max(p["attempted"] for p in points) <= 400 * 1.1, points
 

@@ -163,10 +163,12 @@ class Session:
         started = monotonic()
         local = (source, 0) if source else None
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(ClientProtocol, config.host, config.port, local_addr=local),
-                config.timeout,
-            )
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that meets a connect
+            # just made (the run's end would then wait on a worker that goes on sending).
+            async with asyncio.timeout(config.timeout):
+                transport, protocol = await loop.create_connection(
+                    ClientProtocol, config.host, config.port, local_addr=local
+                )
         except TimeoutError:
             raise SessionError(
                 "timeout", f"connecting to {config.target} took more than {config.timeout:g} s"
@@ -459,7 +461,8 @@ class Session:
         if self.usable:
             try:
                 protocol.write(b"QUIT\r\n")
-                await asyncio.wait_for(protocol.reply(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await protocol.reply()
             except (SessionError, TimeoutError):
                 pass
         protocol.transport.close()
