@@ -8,31 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from mailload.units import RateSpec
 from trafficgen.bodysize import BodySize, LogNormalSize, QuantileSize
 from trafficgen.profile import Profile
 from trafficgen.readers import Weighted, Workload, without_credentials
+from trafficgen.stats.document import ConfigView
 from trafficgen.thresholds import Threshold
 
 
-def show_throttle(spec: RateSpec | None) -> dict[str, Any]:
+def show_throttle(spec: RateSpec | None) -> ConfigView:
     return {"throttle_per_s": spec.per_second if spec else None, "max_burst": spec.max_burst if spec else None}
 
 
-def show_domains(domains: tuple[Weighted, ...]) -> dict[str, Any]:
+def show_domains(domains: tuple[Weighted, ...]) -> ConfigView:
     return {"domains": {d.name: d.weight for d in domains}}
 
 
-def show_weights(key: str) -> Callable[[tuple[Weighted, ...]], dict[str, Any]]:
-    def show(items: tuple[Weighted, ...]) -> dict[str, Any]:
+def show_weights(key: str) -> Callable[[tuple[Weighted, ...]], ConfigView]:
+    def show(items: tuple[Weighted, ...]) -> ConfigView:
         return {key: {i.name: i.weight for i in items}}
 
     return show
 
 
-def show_sources(sources: tuple[Weighted, ...]) -> dict[str, Any]:
+def show_sources(sources: tuple[Weighted, ...]) -> ConfigView:
     # `source_address` (one address) is what reports always held; `source_addresses` holds them all.
     return {
         "source_address": sources[0].name if sources else None,
@@ -40,7 +40,7 @@ def show_sources(sources: tuple[Weighted, ...]) -> dict[str, Any]:
     }
 
 
-def show_body_size(size: BodySize) -> dict[str, Any]:
+def show_body_size(size: BodySize) -> ConfigView:
     if isinstance(size, LogNormalSize):
         return {"body_size": [size.low, size.high], "body_size_median": size.median, "body_size_p99": size.p99}
     if isinstance(size, QuantileSize):
@@ -49,31 +49,31 @@ def show_body_size(size: BodySize) -> dict[str, Any]:
     return {"body_size": list(size), "body_size_median": None, "body_size_p99": None}
 
 
-def show_profile(profile: Profile | None) -> dict[str, Any]:
+def show_profile(profile: Profile | None) -> ConfigView:
     return {"profile": profile.text if profile else None}
 
 
-def show_thresholds(items: tuple[Threshold, ...]) -> dict[str, Any]:
+def show_thresholds(items: tuple[Threshold, ...]) -> ConfigView:
     return {"fail_if": [t.text for t in items]}
 
 
-def show_workload(workload: Workload | None) -> dict[str, Any]:
+def show_workload(workload: Workload | None) -> ConfigView:
     if workload is None:
         return {"workload": None}
     return {"workload": {"file": Path(workload.path).name, "sha256": workload.sha256}}
 
 
-def show_headers(headers: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def show_headers(headers: tuple[tuple[str, str], ...]) -> ConfigView:
     return {"headers": [f"{n}: {v}" for n, v in headers]}
 
 
-def show_shard(shard: tuple[int, int]) -> dict[str, Any]:
+def show_shard(shard: tuple[int, int]) -> ConfigView:
     return {"shard": f"{shard[0]}/{shard[1]}"}
 
 
-def show_reconcile(sinks: tuple[str, ...] | None) -> dict[str, Any]:
+def show_reconcile(sinks: tuple[str, ...] | None) -> ConfigView:
     return {"reconcile": list(sinks) if sinks else None}
 
 
-def show_reset(sinks: tuple[str, ...]) -> dict[str, Any]:
+def show_reset(sinks: tuple[str, ...]) -> ConfigView:
     return {"reset_sink": [without_credentials(url) for url in sinks]}

@@ -10,12 +10,12 @@ read-only view over them that RunConfig inherits. Pure.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
 
 from mailload import options, units
 from mailload.units import RateSpec
 from trafficgen.profile import Profile
 from trafficgen.readers import Weighted
+from trafficgen.stats.document import ConfigView
 
 INJECT_PATH = "/api/inject/v1"
 DEFAULT_DURATION = 60.0  # a run's length when nothing says another
@@ -122,10 +122,10 @@ class Derived:
         """Something reads everything counted while the run goes: --metrics, --fail-fast, or the stairs."""
         return bool(self.metrics or self.fail_fast or (self.profile and self.profile.stairs))
 
-    def derivations(self) -> dict[str, dict[str, Any]]:
+    def derivations(self) -> dict[str, ConfigView]:
         """The report's keys whose values the run derived from other options: for each, what its own option
         held (`given`: given or its default, None when not given) and the options the value follows (`from`)."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, ConfigView] = {}
         if self.profile is not None:
             out["duration_s"] = {"given": self.duration, "from": ["--profile"]}
         elif self.duration is None and self.message_count is not None:
