@@ -208,12 +208,15 @@ class Channel(asyncio.Protocol):
         self.transport: Any = None
         self.buf = bytearray()
         self.reading = False  # a turn of the loop is to read what is left
+        self.received = 0  # bytes received so far, and bytes of them read as messages: what is still to be read
+        self.consumed = 0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self.received += len(data)
         if not self.reading:
             self._read()
 
@@ -226,6 +229,7 @@ class Channel(asyncio.Protocol):
                 return
             message = pickle.loads(self.buf[4 : 4 + size])
             del self.buf[: 4 + size]
+            self.consumed += 4 + size
             self.on_message(self, message)
             if time.monotonic() > until and len(self.buf) >= 4:
                 self.reading = True  # the rest in a later turn: the loop serves its connections in between
@@ -250,6 +254,7 @@ class Coordinator:
         self.current = current  # the policy in force, for a worker that started before the last reload
         self.spawned = spawned  # the policy worker N was started with
         self.channels: dict[Channel, _Holdings] = {}
+        self.links: set[Channel] = set()  # every connected channel, from its first byte on (for Escalated's marks)
         self.sent: dict[Channel, Policy] = {}  # the policy each ready worker has
         self._pushed = asyncio.Event()
         self._pusher: asyncio.Task[None] | None = None
@@ -274,7 +279,12 @@ class Coordinator:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_unix_server(lambda: Channel(self._handle, self._lost), self.path)
+        self.server = await loop.create_unix_server(self._link, self.path)
+
+    def _link(self) -> Channel:
+        channel = Channel(self._handle, self._lost)
+        self.links.add(channel)
+        return channel
 
     def close(self) -> None:
         if self.server is not None:
@@ -283,6 +293,7 @@ class Coordinator:
             self._pusher.cancel()
 
     def _lost(self, channel: Channel) -> None:
+        self.links.discard(channel)
         self.sent.pop(channel, None)
         holdings = self.channels.pop(channel, None)
         if holdings is None:
@@ -296,14 +307,38 @@ class Coordinator:
 
     def _handle(self, channel: Channel, message: Message) -> None:
         holdings = self.channels.setdefault(channel, _Holdings())
-        if isinstance(message, OpenConnection | BeginTransaction | TakeRate | GreylistPasses | Escalated):
-            channel.send(Answer(message.call_id, message.answer(self.state, holdings)))
+        if isinstance(message, Escalated):
+            # A deferral another worker noted before this client asked (it wrote its Deferred before its 451 went
+            # to the client) may wait unread on that worker's channel: in the same turn of the loop, or behind a
+            # backlog a channel reads over several turns (FRAME_BUDGET). The answer waits until every channel has
+            # read what it had received by now: the third deferral's block is in force for the client's fourth try.
+            # The marks are taken a turn later, when whatever the same select() returned has been received.
+            asyncio.get_running_loop().call_soon(self._answer_after, None, channel, message, holdings)
+            return
+        if isinstance(message, OpenConnection | BeginTransaction | TakeRate | GreylistPasses):
+            self._answer(channel, message, holdings)
             return
         handler = self._handlers.get(type(message))
         if handler is None:
             log.error("unknown message %r from a worker", type(message).__name__)
             return
         handler(channel, holdings, message)
+
+    def _answer(self, channel: Channel, message: Request, holdings: _Holdings) -> None:
+        channel.send(Answer(message.call_id, message.answer(self.state, holdings)))
+
+    def _answer_after(
+        self, marks: dict[Channel, int] | None, channel: Channel, message: Request, holdings: _Holdings
+    ) -> None:
+        """Answer once each channel has read the messages it had received at `marks` (taken at the first call; a
+        channel that is gone, or holds only part of a frame, has nothing more to read); else look a turn later."""
+        if marks is None:
+            marks = {other: other.received for other in self.links}
+        behind = [c for c, mark in marks.items() if c in self.links and c.reading and c.consumed < mark]
+        if behind:
+            asyncio.get_running_loop().call_soon(self._answer_after, marks, channel, message, holdings)
+        else:
+            self._answer(channel, message, holdings)
 
     def _opened(self, channel: Channel, holdings: _Holdings, message: Opened) -> None:
         self.state.open_connection(None, message.scope, message.client, message.mx)
