@@ -251,7 +251,11 @@ class TestPhases:
         phases = report["phases_ms"]
         slack = 2  # ms: the sink's delays are libuv timers, millisecond-grained on a cached loop clock
         assert set(phases) == {"connect", "banner", "ehlo", "mail", "rcpt", "data"}
-        assert phases["banner"]["min"] >= 80 - slack
+        # The sink holds the banner 80 ms from its accept, after the client's connect began: connect + banner of
+        # each connection holds it whole. The client's clock parts the two where its loop saw the connection made
+        # (late by its scheduling lag on a busy machine), so the delay is in the banner phase, not in connect.
+        assert phases["banner"]["min"] + phases["connect"]["max"] >= 80 - slack
+        assert phases["banner"]["p50"] > 2 * phases["connect"]["max"]
         assert phases["banner"]["count"] == 3 == phases["connect"]["count"]
         assert phases["data"]["min"] >= 60 - slack
         assert report["latency_ms"]["min"] >= 60 - slack

@@ -57,9 +57,11 @@ class ClientProtocol(asyncio.Protocol):
         self.waiting_since = 0.0
         self.awaiting = "the greeting"  # what the reply being waited for answers, for the words of a timeout
         self.progress: list[str] | None = None  # the opening's steps, while it opens
+        self.made_at = 0.0  # when the connection was made: the end of the connect phase, the banner's start
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.made_at = monotonic()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -184,7 +186,9 @@ class Session:
         protocol.progress = progress
         progress.append("the greeting")
         session = cls(protocol, config.pipelining)
-        connected = monotonic()
+        # The phases part where the connection was made, not where this coroutine resumed after it (later on a
+        # busy machine: the banner's wait would look shorter than the server made it).
+        connected = protocol.made_at
         session.connect_s = connected - started
         try:
             banner = await protocol.reply()
