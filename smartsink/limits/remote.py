@@ -208,15 +208,13 @@ class Channel(asyncio.Protocol):
         self.transport: Any = None
         self.buf = bytearray()
         self.reading = False  # a turn of the loop is to read what is left
-        self.received = 0  # bytes received so far, and bytes of them read as messages: what is still to be read
-        self.consumed = 0
+        self.consumed = 0  # bytes read as messages so far (received so far: this and what `buf` holds)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self.received += len(data)
         if not self.reading:
             self._read()
 
@@ -333,7 +331,7 @@ class Coordinator:
         """Answer once each channel has read the messages it had received at `marks` (taken at the first call; a
         channel that is gone, or holds only part of a frame, has nothing more to read); else look a turn later."""
         if marks is None:
-            marks = {other: other.received for other in self.links}
+            marks = {other: other.consumed + len(other.buf) for other in self.links}
         behind = [c for c, mark in marks.items() if c in self.links and c.reading and c.consumed < mark]
         if behind:
             asyncio.get_running_loop().call_soon(self._answer_after, marks, channel, message, holdings)
