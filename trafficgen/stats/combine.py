@@ -31,6 +31,7 @@ from trafficgen.stats.document import (
     Regression,
     Report,
     SharePair,
+    accepted_share,
     count_list,
     latency_values,
     message_outcomes,
@@ -194,8 +195,7 @@ def points_change(before: float | None, after: float | None) -> str:
 
 def _accepted(document: Report, name: str) -> float | None:
     """A domain's acceptance in a report (None when it attempted nothing there)."""
-    row = document["domains"].get(name)
-    return row["accepted"] / row["attempted"] if row and row["attempted"] else None
+    return accepted_share(document["domains"].get(name))
 
 
 def compare(before: Report, after: Report, out: IO[str]) -> None:

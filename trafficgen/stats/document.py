@@ -61,6 +61,11 @@ def count_list(counts: Counts) -> list[int]:
     return [counts["attempted"], counts["accepted"], counts["tempfailed"], counts["permfailed"], counts["errors"]]
 
 
+def accepted_share(counts: Counts | None) -> float | None:
+    """The share of the attempted messages accepted; None when there are no counts or nothing was attempted."""
+    return counts["accepted"] / counts["attempted"] if counts and counts["attempted"] else None
+
+
 def counts_of(values: list[int]) -> Counts:
     """The five counts of [attempted, accepted, tempfailed, permfailed, errors]."""
     attempted, accepted, tempfailed, permfailed, errors = values

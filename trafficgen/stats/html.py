@@ -20,7 +20,6 @@ from trafficgen.stats.combine import percent_change, points_change
 from trafficgen.stats.document import (
     COUNT_KEYS,
     ConfigView,
-    Counts,
     Json,
     MessageOutcomes,
     RecipientOutcomes,
@@ -31,6 +30,7 @@ from trafficgen.stats.document import (
     Thresholds,
     Transit,
     TransitStats,
+    accepted_share,
     count_list,
     count_values,
     latency_values,
@@ -204,12 +204,6 @@ def _configuration(report: Report, other: Report | None) -> str:
     return f"<section><h2>Configuration</h2>{_table(heads, rows, 'configuration')}</section>"
 
 
-def _accepted_share(row: Counts | None) -> float | None:
-    if not row or not row["attempted"]:
-        return None
-    return float(row["accepted"]) / float(row["attempted"])
-
-
 def _domains_table(report: Report, other: Report | None) -> str:
     """Each domain's counts and acceptance; in a comparison, before and after side by side with the change."""
     names = domain_names(report, other)
@@ -217,13 +211,13 @@ def _domains_table(report: Report, other: Report | None) -> str:
     rows: list[Row] = []
     if other is None:
         heads = ["domain", *COUNT_KEYS, "accepted %"]
-        rows = [(name, [*count_list(mine[name]), _percent(_accepted_share(mine[name]), 1)]) for name in names]
+        rows = [(name, [*count_list(mine[name]), _percent(accepted_share(mine[name]), 1)]) for name in names]
     else:
         theirs = other["domains"]
         heads = ["domain", "attempted before", "attempted after", "accepted % before", "accepted % after", "change"]
         for name in names:
             before, after = theirs.get(name), mine.get(name)
-            shares = _accepted_share(before), _accepted_share(after)
+            shares = accepted_share(before), accepted_share(after)
             attempted = [row["attempted"] if row else None for row in (before, after)]
             rows.append((name, [*attempted, _percent(shares[0], 1), _percent(shares[1], 1), points_change(*shares)]))
     return f"<section><h2>Domains</h2>{_table(heads, rows, 'domains')}</section>"
