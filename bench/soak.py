@@ -270,7 +270,7 @@ KINDS: dict[str, Callable[[Crowd, random.Random], Awaitable[None]]] = {
 
 
 async def hostile_loop(crowd: Crowd, kind: str, seed: int) -> None:
-    """Clients of one kind, one after another, until cancelled."""
+    """Clients of one kind, one after another, until the crowd stops (or the task is cancelled)."""
     rng = random.Random(seed)
     client = KINDS[kind]
     while not crowd.stopping:

@@ -255,7 +255,7 @@ class TestPhases:
         # each connection holds it whole. The client's clock parts the two where its loop saw the connection made
         # (late by its scheduling lag on a busy machine), so the delay is in the banner phase, not in connect.
         assert phases["banner"]["min"] + phases["connect"]["max"] >= 80 - slack
-        assert phases["banner"]["p50"] > 2 * phases["connect"]["max"]
+        assert phases["banner"]["p50"] > phases["connect"]["max"]
         assert phases["banner"]["count"] == 3 == phases["connect"]["count"]
         assert phases["data"]["min"] >= 60 - slack
         assert report["latency_ms"]["min"] >= 60 - slack
