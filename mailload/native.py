@@ -27,6 +27,7 @@ COMPILED = (
     "trafficgen.smtp.replies",
     "trafficgen.smtp.session",
     "trafficgen.stats.recorder",
+    "trafficgen.stats.tally",
     "trafficgen.stats.timeline",
     "trafficgen.transport",
     "trafficgen.worker",

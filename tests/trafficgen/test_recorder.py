@@ -13,6 +13,7 @@ from trafficgen.outcome import ACCEPTED, ERROR, PERMFAILED, TEMPFAILED, Outcome
 from trafficgen.stats import report
 from trafficgen.stats.histogram import new_histogram, summary
 from trafficgen.stats.recorder import HIGHEST_US, LOWEST_US, SIGNIFICANT_DIGITS, Histogram, Recorder, reply_key
+from trafficgen.stats.tally import Tally
 
 
 def reference() -> HdrHistogram:
@@ -55,6 +56,72 @@ class TestHistogram:
         decoded = HdrHistogram.decode(fast.encode())
         assert decoded.get_total_count() == 3
         assert decoded.get_max_value() == fast.get_max_value()
+
+
+class TestTally:
+    """A Tally records into an HdrHistogram as record_value does: after read(), the histogram is the same in
+    everything a reader sees (counts, total, min, max, percentiles, the encoded form)."""
+
+    def values(self, seed: int, n: int) -> list[int]:
+        rng = random.Random(seed)
+        return [*TestHistogram.EDGES, *(int(10 ** rng.uniform(0, 9.5)) or 1 for _ in range(n))]
+
+    @pytest.mark.parametrize(("digits", "word_size"), [(SIGNIFICANT_DIGITS, 8), (2, 4)], ids=["report", "timeline"])
+    def test_same_histogram_as_record_value(self, digits, word_size):
+        """Report histograms (3 digits, 8-byte counts) and the timeline's (2 digits, 4-byte): 20,000 values with
+        seed 2, read part way and at the end."""
+        values = self.values(2, 20_000)
+        tally = Tally(HdrHistogram(LOWEST_US, HIGHEST_US, digits, word_size=word_size))
+        slow = HdrHistogram(LOWEST_US, HIGHEST_US, digits, word_size=word_size)
+        for i, value in enumerate(values):
+            tally.record(value)
+            assert slow.record_value(value)
+            if i == 7_000:
+                middle = tally.read()
+                assert (middle.get_total_count(), middle.get_max_value()) == (i + 1, slow.get_max_value())
+        fast = tally.read()
+        assert list(fast.counts) == list(slow.counts)
+        assert fast.get_total_count() == slow.get_total_count() == len(values)
+        assert (fast.get_min_value(), fast.get_max_value()) == (slow.get_min_value(), slow.get_max_value())
+        for p in (0, 50, 90, 99, 99.9, 100):
+            assert fast.get_value_at_percentile(p) == slow.get_value_at_percentile(p)
+        assert fast.get_mean_value() == slow.get_mean_value()
+        assert fast.encode() == slow.encode()
+
+    def test_reading_hands_over_once(self):
+        """read() adds what was recorded since the last read once: reading twice, or a histogram added in
+        between (a merge), leaves the totals right."""
+        tally = Tally(new_histogram())
+        for value in (300, 20, 7_000):
+            tally.record(value)
+        assert tally.read().get_total_count() == 3
+        assert tally.read().get_total_count() == 3
+        other = reference()
+        other.record_value(5)
+        tally.read().add(other)
+        tally.record(9_000_000)
+        whole = tally.read()
+        assert whole.get_total_count() == 5
+        assert (whole.get_min_value(), whole.get_max_value()) == (5, whole.get_highest_equivalent_value(9_000_000))
+
+    def test_too_large_is_clamped(self):
+        """A value beyond one hour counts as one hour, as Histogram.record does."""
+        tally, slow = Tally(new_histogram()), reference()
+        tally.record(HIGHEST_US * 10)
+        slow.record_value(HIGHEST_US)
+        assert list(tally.read().counts) == list(slow.counts)
+
+    def test_the_recorder_records_through_tallies(self):
+        """What the Recorder shows (latency, phases) equals record_value's histograms of the same values."""
+        recorder = Recorder(["a.test"])
+        slow = reference()
+        rng = random.Random(3)
+        for _ in range(500):
+            seconds = rng.uniform(0.0005, 2.0)
+            recorder.record(message(0), outcome(ACCEPTED, 250, "2.0.0 Ok", seconds))
+            slow.record_value(max(1, int(((10.0 + seconds) - 10.0) * 1e6)))  # as the recorder takes it
+        assert recorder.latency.encode() == slow.encode()
+        assert recorder.phases["mail"].get_total_count() == 500
 
 
 def message(domain: int, recipients: int = 1, intended: float = 0.0) -> Message:

@@ -25,6 +25,7 @@ from trafficgen.stats.histogram import LOWEST_US as LOWEST_US
 from trafficgen.stats.histogram import SIGNIFICANT_DIGITS as SIGNIFICANT_DIGITS
 from trafficgen.stats.histogram import Histogram as Histogram
 from trafficgen.stats.histogram import new_histogram as new_histogram
+from trafficgen.stats.tally import Tally
 from trafficgen.stats.timeline import State as TimelineState
 from trafficgen.stats.timeline import Timeline
 
@@ -136,15 +137,18 @@ class Recorder:
         ]
         # per --profile stage: the five counts, and latency from the intended time
         self.stage_counts: list[list[int]] | None = [] if stages else None
-        self.stage_latency: list[Histogram] = []
+        self._stage_latency: list[Tally] = []
         # per domain: [attempted, accepted, tempfailed, permfailed, errors]
         self.counts = [[0, 0, 0, 0, 0] for _ in self.domains]
         self.recipients = [0, 0, 0, 0]  # by kind
         self.replies: Counter[tuple[int, str]] = Counter()
         self.errors: Counter[str] = Counter()
-        self.latency = new_histogram()
-        self.corrected = new_histogram() if corrected else None
-        self.phases = {name: new_histogram() for name in PHASES}
+        # The histograms are recorded through Tallies (trafficgen.stats.tally) and read through the properties
+        # below, which make them whole first.
+        self._latency = Tally(new_histogram())
+        self._corrected = Tally(new_histogram()) if corrected else None
+        self._phases = {name: Tally(new_histogram()) for name in PHASES}
+        self._mail, self._rcpt, self._data = self._phases["mail"], self._phases["rcpt"], self._phases["data"]
         self.connections_opened = 0
         self.connections_open = 0
         self.connections_peak = 0  # the most open at once (summed over processes when merged)
@@ -157,7 +161,7 @@ class Recorder:
         self.shards = shards
         self.marks_per_message = marks_per_message
         # For --hdr-log: the transaction latency since the last take_interval().
-        self.interval: Histogram | None = new_histogram() if intervals else None
+        self._interval: Tally | None = Tally(new_histogram()) if intervals else None
         # The run over time (the report's timeline): counts, connections and latency per interval.
         self.timeline = Timeline(self.domains)
         # Whether open connections mean anything (not with --http: a request holds no connection of ours).
@@ -188,7 +192,7 @@ class Recorder:
             row[0] += 1
             row[kind + 1] += 1
             if kind != ERROR:
-                self.stage_latency[stage].record(max(1, int((outcome.end - message.intended) * 1e6)))
+                self._stage_latency[stage].record(max(1, int((outcome.end - message.intended) * 1e6)))
         recipients = self.recipients
         for k in outcome.recipient_kinds:
             recipients[k] += 1
@@ -205,29 +209,28 @@ class Recorder:
         self.reply_domains[(key, message.domain)] += 1
         started, end = outcome.started, outcome.end
         value = max(1, int((end - started) * 1e6))
-        self.latency.record(value)
-        if self.interval is not None:
-            self.interval.record(value)
+        self._latency.record(value)
+        if self._interval is not None:
+            self._interval.record(value)
         intended = None
-        if self.corrected is not None:
+        if self._corrected is not None:
             intended = max(1, int((end - message.intended) * 1e6))
-            self.corrected.record(intended)
+            self._corrected.record(intended)
         open_now = self.connections_open if self.samples_connections else -1
         self.timeline.record(end, message.domain, kind, value, intended, open_now)
         mail, rcpt = outcome.mail, outcome.rcpt
-        phases = self.phases
         if mail:
-            phases["mail"].record(max(1, int((mail - started) * 1e6)))
+            self._mail.record(max(1, int((mail - started) * 1e6)))
             if rcpt:
-                phases["rcpt"].record(max(1, int((rcpt - mail) * 1e6)))
+                self._rcpt.record(max(1, int((rcpt - mail) * 1e6)))
                 if end > rcpt:
-                    phases["data"].record(max(1, int((end - rcpt) * 1e6)))
+                    self._data.record(max(1, int((end - rcpt) * 1e6)))
 
     def _add_stages(self, count: int) -> None:
         assert self.stage_counts is not None
         while len(self.stage_counts) < count:
             self.stage_counts.append([0, 0, 0, 0, 0])
-            self.stage_latency.append(new_histogram())
+            self._stage_latency.append(Tally(new_histogram()))
 
     def _mark(self, index: int, kind: int, recipient_kinds: tuple[int, ...]) -> None:
         """A message's marks: each recipient the target accepted in a message it accepted is 1, any other 2."""
@@ -265,8 +268,9 @@ class Recorder:
 
     def take_interval(self) -> Histogram:
         """The latency histogram of the messages since the last call (and a fresh one from now on)."""
-        assert self.interval is not None
-        taken, self.interval = self.interval, new_histogram()
+        assert self._interval is not None
+        taken: Histogram = self._interval.read()
+        self._interval = Tally(new_histogram())
         return taken
 
     def connection_opened(self, connect_s: float, banner_s: float, ehlo_s: float) -> None:
@@ -275,7 +279,7 @@ class Recorder:
         if self.connections_open > self.connections_peak:
             self.connections_peak = self.connections_open
         self.sample_connections(time.monotonic())
-        phases = self.phases
+        phases = self._phases
         phases["connect"].record(max(1, int(connect_s * 1e6)))
         phases["banner"].record(max(1, int(banner_s * 1e6)))
         if ehlo_s:
@@ -298,6 +302,30 @@ class Recorder:
         self.connection_errors[text] += 1
 
     # --- reading ------------------------------------------------------------------------------------------
+
+    @property
+    def latency(self) -> Histogram:
+        """Each transaction's latency, from its first command to its deciding reply."""
+        histogram: Histogram = self._latency.read()
+        return histogram
+
+    @property
+    def corrected(self) -> Histogram | None:
+        """Latency from each message's intended send time (with a rate), else None."""
+        if self._corrected is None:
+            return None
+        histogram: Histogram = self._corrected.read()
+        return histogram
+
+    @property
+    def phases(self) -> dict[str, Histogram]:
+        """The duration of each step (PHASES), by name."""
+        return {name: tally.read() for name, tally in self._phases.items()}
+
+    @property
+    def stage_latency(self) -> list[Histogram]:
+        """Per --profile stage: latency from the intended send time."""
+        return [tally.read() for tally in self._stage_latency]
 
     def totals(self) -> Totals:
         sums = [sum(column) for column in zip(*self.counts, strict=True)] if self.counts else [0] * 5
@@ -390,11 +418,11 @@ class Recorder:
         self.errors.update(state["errors"])
         self.latency.add(HdrHistogram.decode(state["latency"]))
         if state["corrected"]:
-            if self.corrected is None:
-                self.corrected = new_histogram()
-            self.corrected.add(HdrHistogram.decode(state["corrected"]))
+            if self._corrected is None:
+                self._corrected = Tally(new_histogram())
+            self._corrected.read().add(HdrHistogram.decode(state["corrected"]))
         for name, encoded in state["phases"].items():
-            self.phases[name].add(HdrHistogram.decode(encoded))
+            self._phases[name].read().add(HdrHistogram.decode(encoded))
         self.connections_opened += state["connections_opened"]
         self.connections_open += state["connections_open"]
         self.connections_peak += state["connections_peak"]
@@ -409,7 +437,7 @@ class Recorder:
             for i, (counts, encoded) in enumerate(zip(stages["counts"], stages["latency"], strict=True)):
                 for j, value in enumerate(counts):
                     self.stage_counts[i][j] += value
-                self.stage_latency[i].add(HdrHistogram.decode(encoded))
+                self._stage_latency[i].read().add(HdrHistogram.decode(encoded))
         theirs = state["marks"]
         if theirs is not None and self.marks is not None:
             # Processes mark disjoint messages: a byte-wise OR merges them.

@@ -29,6 +29,7 @@ from trafficgen.stats.document import (
     counts_of,
 )
 from trafficgen.stats.histogram import Histogram, new_histogram, summary
+from trafficgen.stats.tally import Tally
 
 MAX_POINTS = 600  # a 10-minute run keeps 1 s intervals; a day-long one 2.4 min
 DOMAIN_POINTS = 60  # per-domain counts are shown at a coarser interval: at most this many
@@ -54,14 +55,33 @@ def _histogram() -> Histogram:
 class Interval:
     """One interval."""
 
-    __slots__ = ("connections", "counts", "domains", "intended", "latency")
+    __slots__ = ("_intended", "_latency", "connections", "counts", "domains")
 
     def __init__(self, domains: int) -> None:
         self.counts = [0, 0, 0, 0, 0]
         self.domains = [[0, 0, 0, 0, 0] for _ in range(domains)]
         self.connections: int | None = None
-        self.latency: Histogram | None = None
-        self.intended: Histogram | None = None
+        # Recorded through Tallies (trafficgen.stats.tally), read whole through the properties below.
+        self._latency: Tally | None = None
+        self._intended: Tally | None = None
+
+    @property
+    def latency(self) -> Histogram | None:
+        """The interval's transaction latency (None: no transaction ended in it)."""
+        return None if self._latency is None else self._latency.read()
+
+    @latency.setter
+    def latency(self, histogram: Histogram | None) -> None:
+        self._latency = None if histogram is None else Tally(histogram)
+
+    @property
+    def intended(self) -> Histogram | None:
+        """The interval's latency from the intended send time (None: no throttle, or nothing ended in it)."""
+        return None if self._intended is None else self._intended.read()
+
+    @intended.setter
+    def intended(self, histogram: Histogram | None) -> None:
+        self._intended = None if histogram is None else Tally(histogram)
 
     def add(self, other: Interval) -> None:
         """Another interval's figures in this one (the same interval of another process, or the next narrower
@@ -127,13 +147,15 @@ class Timeline:
         row[kind + 1] += 1
         if kind == ERROR:
             return
-        if point.latency is None:
-            point.latency = _histogram()
-        point.latency.record(latency_us)
+        latency = point._latency
+        if latency is None:
+            latency = point._latency = Tally(_histogram())
+        latency.record(latency_us)
         if intended_us is not None:
-            if point.intended is None:
-                point.intended = _histogram()
-            point.intended.record(intended_us)
+            intended = point._intended
+            if intended is None:
+                intended = point._intended = Tally(_histogram())
+            intended.record(intended_us)
 
     def recent(self) -> Histogram | None:
         """The latency of the last whole interval (the one before the interval now)."""
