@@ -16,7 +16,6 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 from mailload import contract
 from trafficgen.config import RunConfig
@@ -71,19 +70,66 @@ def dot_stuff(data: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..")
 
 
-class Message(NamedTuple):
-    seq: int
-    domain: int  # index into the run's domain list
-    sender: str
-    recipients: tuple[str, ...]
-    content: tuple[bytes | memoryview, ...]  # dot-stuffed, CRLF-ended, without the final ".\r\n"
-    size: int
-    intended: float  # when it was meant to be sent (loop time), for latency without coordinated omission
-    tenant: int = 0  # index into --tenant (0 without)
-    campaign: int = 0  # index into --campaign
-    sender_domain: int = 0  # index into --sender-domain
-    source: int = 0  # index into --source-address: the address of the connection it went over
-    stage: int = 0  # the --profile stage it fell due in
+class Message:
+    """One message of the run, built once and sent once.
+
+    A plain class with slots, not a NamedTuple: compiled, it is built and its fields read natively (a NamedTuple
+    stays a Python class: a generic call to build it and another for each field read, several a message)."""
+
+    __slots__ = (
+        "campaign",
+        "content",
+        "domain",
+        "intended",
+        "recipients",
+        "sender",
+        "sender_domain",
+        "seq",
+        "size",
+        "source",
+        "stage",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        domain: int,  # index into the run's domain list
+        sender: str,
+        recipients: tuple[str, ...],
+        content: tuple[bytes | memoryview, ...],  # dot-stuffed, CRLF-ended, without the final ".\r\n"
+        size: int,
+        intended: float,  # when it was meant to be sent (loop time), for latency without coordinated omission
+        tenant: int = 0,  # index into --tenant (0 without)
+        campaign: int = 0,  # index into --campaign
+        sender_domain: int = 0,  # index into --sender-domain
+        source: int = 0,  # index into --source-address: the address of the connection it went over
+        stage: int = 0,  # the --profile stage it fell due in
+    ) -> None:
+        self.seq = seq
+        self.domain = domain
+        self.sender = sender
+        self.recipients = recipients
+        self.content = content
+        self.size = size
+        self.intended = intended
+        self.tenant = tenant
+        self.campaign = campaign
+        self.sender_domain = sender_domain
+        self.source = source
+        self.stage = stage
+
+    def value_of(self, dimension: str) -> int:
+        """The index of this message's value of a dimension ("tenant", "campaign", "sender_domain", "source")."""
+        if dimension == "tenant":
+            return self.tenant
+        if dimension == "campaign":
+            return self.campaign
+        if dimension == "sender_domain":
+            return self.sender_domain
+        if dimension == "source":
+            return self.source
+        raise ValueError(f"not a dimension of a message: {dimension}")
 
 
 class MessageFactory:

@@ -6,8 +6,6 @@ Anything else from a server is a protocol violation.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from trafficgen.outcome import Kind
 
 MAX_LINE = 64 * 1024  # a server line longer than this is not SMTP
@@ -17,10 +15,21 @@ class ProtocolError(Exception):
     """The server sent something that is not an SMTP reply."""
 
 
-class Reply(NamedTuple):
-    code: int
-    text: str  # the lines' texts joined with "\n"
-    at: float  # loop time when the reply was complete
+class Reply:
+    """One reply: its code, its lines' texts joined with "\n", and the time (monotonic) it was complete.
+
+    A plain class with slots, not a NamedTuple: compiled, it is built and read natively (a NamedTuple stays a
+    Python class whose construction and fields are generic calls), and the client reads four or more a message."""
+
+    __slots__ = ("at", "code", "text")
+
+    def __init__(self, code: int, text: str, at: float) -> None:
+        self.code = code
+        self.text = text
+        self.at = at
+
+    def __repr__(self) -> str:
+        return f"Reply({self.code}, {self.text!r}, {self.at})"
 
     @property
     def kind(self) -> Kind:

@@ -132,9 +132,7 @@ class Recorder:
         # per value of each other dimension used: the five counts, as for domains
         self.dimensions = {key: list(names) for key, names in (dimensions or {}).items()}
         self.dimension_counts = {key: [[0, 0, 0, 0, 0] for _ in names] for key, names in self.dimensions.items()}
-        self._dimension_rows = [
-            (Message._fields.index(DIMENSIONS[key]), rows) for key, rows in self.dimension_counts.items()
-        ]
+        self._dimension_rows = [(DIMENSIONS[key], rows) for key, rows in self.dimension_counts.items()]
         # per --profile stage: the five counts, and latency from the intended time
         self.stage_counts: list[list[int]] | None = [] if stages else None
         self._stage_latency: list[Tally] = []
@@ -180,7 +178,7 @@ class Recorder:
         row[kind + 1] += 1
         if self._dimension_rows:
             for field, rows in self._dimension_rows:
-                row = rows[message[field]]  # type: ignore[index]  # the field is one of the int fields
+                row = rows[message.value_of(field)]
                 row[0] += 1
                 row[kind + 1] += 1
         stages = self.stage_counts
