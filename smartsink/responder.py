@@ -18,7 +18,6 @@ import os
 import random
 import re
 import time
-from typing import NamedTuple
 
 from mailload import contract
 from smartsink import logs, metrics, replies
@@ -133,12 +132,25 @@ class SinkContext:
                 self.limits.report(ReturnedInDsn(tag, returned_numbers))
 
 
-class _Recipient(NamedTuple):
-    rules: DomainRules
-    verdict: Reply | None  # the DATA-time answer for this recipient; None: accept
-    rate_taken: bool
-    numbered: tuple[str, int] | None  # (run tag, number) of a recipient trafficgen numbered (mailload.contract)
-    domain: str  # the recipient's domain, lower-cased
+class _Recipient:
+    """A recipient the transaction took at RCPT, and what DATA will answer for it. A slotted class, not a
+    NamedTuple: compiled, it is built and read natively (one or more a message)."""
+
+    __slots__ = ("domain", "numbered", "rate_taken", "rules", "verdict")
+
+    def __init__(
+        self,
+        rules: DomainRules,
+        verdict: Reply | None,  # the DATA-time answer for this recipient; None: accept
+        rate_taken: bool,
+        numbered: tuple[str, int] | None,  # (run tag, number) of a recipient trafficgen numbered (mailload.contract)
+        domain: str,  # the recipient's domain, lower-cased
+    ) -> None:
+        self.rules = rules
+        self.verdict = verdict
+        self.rate_taken = rate_taken
+        self.numbered = numbered
+        self.domain = domain
 
 
 _answer = replies.answer  # a policy's reply as the sink says it (a 421 closes: RFC 5321 3.8)
