@@ -119,18 +119,6 @@ class Message:
         self.source = source
         self.stage = stage
 
-    def value_of(self, dimension: str) -> int:
-        """The index of this message's value of a dimension ("tenant", "campaign", "sender_domain", "source")."""
-        if dimension == "tenant":
-            return self.tenant
-        if dimension == "campaign":
-            return self.campaign
-        if dimension == "sender_domain":
-            return self.sender_domain
-        if dimension == "source":
-            return self.source
-        raise ValueError(f"not a dimension of a message: {dimension}")
-
 
 class MessageFactory:
     """Builds message `seq` of this run: its weighted domain, unique recipients, headers and body."""

@@ -1,4 +1,5 @@
-"""The latency histogram both the totals and the timeline record into: HdrHistogram with a faster record().
+"""The latency histogram of the totals and the timeline: HdrHistogram over this project's range, and the readings
+that take one pass over its counts. Values are recorded through trafficgen.stats.tally (compiled), not here.
 
 Latencies are microseconds, from 1 us to one hour (longer values are recorded as one hour).
 """
@@ -19,21 +20,7 @@ WORD_FORMATS: dict[int, Literal["H", "I", "Q"]] = {2: "H", 4: "I", 8: "Q"}
 
 
 class Histogram(HdrHistogram):  # type: ignore[misc]  # hdrhistogram has no annotations
-    """HdrHistogram with a faster record() for the hot path: the same bucket arithmetic as
-    record_value (exact, tested against it) in one expression instead of five method calls."""
-
-    def record(self, value: int) -> None:
-        if value > HIGHEST_US:
-            value = HIGHEST_US
-        unit = self.unit_magnitude
-        half = self.sub_bucket_half_count_magnitude
-        bucket = (value | self.sub_bucket_mask).bit_length() - unit - half - 1
-        self.counts[((bucket + 1) << half) + (value >> (bucket + unit)) - self.sub_bucket_half_count] += 1
-        self.total_count += 1
-        if value < self.min_value:  # type: ignore[has-type]
-            self.min_value = value
-        if value > self.max_value:  # type: ignore[has-type]
-            self.max_value = value
+    """The HdrHistogram this project records into (through a Tally) and reads."""
 
 
 def new_histogram(digits: int = SIGNIFICANT_DIGITS, word_size: int = 8) -> Histogram:

@@ -13,6 +13,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter
 
 from hdrh.histogram import HdrHistogram
 from typing_extensions import TypedDict
@@ -132,7 +133,8 @@ class Recorder:
         # per value of each other dimension used: the five counts, as for domains
         self.dimensions = {key: list(names) for key, names in (dimensions or {}).items()}
         self.dimension_counts = {key: [[0, 0, 0, 0, 0] for _ in names] for key, names in self.dimensions.items()}
-        self._dimension_rows = [(DIMENSIONS[key], rows) for key, rows in self.dimension_counts.items()]
+        # (the field's reader, its rows): attrgetter reads a slot of the compiled Message in C
+        self._dimension_rows = [(attrgetter(DIMENSIONS[key]), rows) for key, rows in self.dimension_counts.items()]
         # per --profile stage: the five counts, and latency from the intended time
         self.stage_counts: list[list[int]] | None = [] if stages else None
         self._stage_latency: list[Tally] = []
@@ -177,8 +179,8 @@ class Recorder:
         row[0] += 1
         row[kind + 1] += 1
         if self._dimension_rows:
-            for field, rows in self._dimension_rows:
-                row = rows[message.value_of(field)]
+            for value_of, rows in self._dimension_rows:
+                row = rows[value_of(message)]
                 row[0] += 1
                 row[kind + 1] += 1
         stages = self.stage_counts

@@ -1,13 +1,13 @@
 """Latency recording on the hot path: a Tally counts values in a plain list, by HdrHistogram's buckets, and adds
 them to its HdrHistogram when the histogram is read.
 
-HdrHistogram's record_value costs five method calls a value, and the `Histogram` subclass that does it in one
-expression (trafficgen.stats.histogram) cannot be compiled, because a compiled class cannot subclass an
-interpreted one; its counts are a ctypes array, whose every item read and write is a generic call. A Tally is a
-compiled class beside the histogram: a list of counts indexed as the histogram's own, the number recorded, the
-least and the greatest value. `read()` adds them to the histogram and returns it: every reader then sees exactly
-what record_value would have made (tested equal, encodings included), and the interval log and the report are
-unchanged. Measured on this machine (mypyc): 35 ns a value against 278 for Histogram.record.
+HdrHistogram's record_value costs five method calls a value, a subclass of it cannot be compiled (a compiled class
+cannot subclass an interpreted one), and its counts are a ctypes array, whose every item read and write is a generic
+call. A Tally is a compiled class beside the histogram: a list of counts indexed as the histogram's own, the number
+recorded, the least and the greatest value. `read()` adds them to the histogram and returns it: every reader then
+sees exactly what record_value would have made (tested equal, encodings included), and the interval log and the
+report are unchanged. Measured on this machine (mypyc): 36 ns a value, against 277 for the same arithmetic in an
+interpreted HdrHistogram subclass, which recorded before.
 """
 
 from __future__ import annotations
