@@ -6,7 +6,15 @@ a StreamReader and awaits a drain after every reply. Here each connection is one
 buffer: commands are split from the buffer without copies beyond the line itself, the end of DATA is found
 with one bytes.find per packet, a message body is never kept (only its first 16 KiB, for the trace header; a DSN
 is read to its returned headers as it streams by), and replies are gathered and written once each time the input
-runs dry (or every OUT_BATCH replies). A client that does not read its replies is answered no further, and not
+runs dry (or every OUT_BATCH replies).
+
+The coroutine runs in no task: the protocol drives it (FastConnection.step). When it waits for input it yields to
+the protocol, which resumes it from buffer_updated, so a command whose answer needs no wait is answered from the
+callback that read it: no future, no task step, no turn of the loop between them (smtp-source waits for each reply:
+four of them a message). What does need a wait (a policy's latency, the supervisor's answer with --workers, a
+drain, a TLS handshake) is an asyncio future the coroutine awaits; its done callback steps the coroutine again, as a
+task would. So nothing a conversation awaits may need a current task (asyncio.timeout, and wait_for from Python
+3.12): smartsink.limits.remote times its questions with a timer on the future instead. A client that does not read its replies is answered no further, and not
 read either, while WRITE_HIGH of them wait, so what any client can make the sink hold is bounded. aiosmtpd stays
 as the reference engine (smartsink.engines.reference); tests drive the same conversations through both
 and compare the answers.
@@ -22,6 +30,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from mailload import contract
@@ -52,6 +61,18 @@ class _Timeout(Exception):
     pass
 
 
+class _Input:
+    """What a conversation awaits for more input. It yields itself to the connection that drives the conversation,
+    which resumes it from buffer_updated (or eof_received, connection_lost, the idle sweep) directly: no future,
+    no task step, no loop iteration between a client's command and its answer."""
+
+    def __await__(self) -> Generator[object, None, None]:
+        yield self
+
+
+_MORE_INPUT = _Input()
+
+
 class FastConnection(asyncio.BufferedProtocol):
     """One SMTP connection of the sink: its buffers, waits and timeouts; the SMTP dialogue is its Conversation."""
 
@@ -65,13 +86,17 @@ class FastConnection(asyncio.BufferedProtocol):
         self.pos = 0
         self.out: list[bytes] = []
         self.eof = False
-        self.waiter: asyncio.Future[None] | None = None
+        # The connection's coroutine (_run: the greeting, then its Conversation), driven by this protocol, not by a
+        # task: `step` runs it until it waits again, for input (waiting_input) or a future (awaited: a policy's
+        # delay, the supervisor's answer, a drain, a TLS handshake), whose done callback steps it again.
+        self.coroutine: Coroutine[Any, Any, None] | None = None
+        self.waiting_input = False
+        self.awaited: asyncio.Future[Any] | None = None
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.last_active = self.loop.time()
         self.paused_at = 0.0
-        self.task: asyncio.Task[None] | None = None
         self.tls_active = False
         self.closing = False
         self.lingering = False  # our last reply is sent and our side shut: input is read and dropped until close
@@ -86,7 +111,8 @@ class FastConnection(asyncio.BufferedProtocol):
         if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.server.connections.add(self)
-        self.task = self.loop.create_task(self._run())
+        self.coroutine = self._run()
+        self.step()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # A buffer of our own size, not the loop's (uvloop reads 250 KB at a time): what one read may add to a
@@ -101,9 +127,8 @@ class FastConnection(asyncio.BufferedProtocol):
         if len(self.buf) - self.pos > BUFFER_HIGH and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.waiting_input:
+            self.step()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -138,15 +163,46 @@ class FastConnection(asyncio.BufferedProtocol):
             self.drain_waiter.set_result(None)
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.waiting_input:
+            self.step()
+
+    # --- the connection's coroutine ---------------------------------------------------------------------
+
+    def step(self, exc: BaseException | None = None) -> None:
+        """Run the connection's coroutine until it waits again (with `exc` raised where it waits)."""
+        coroutine = self.coroutine
+        if coroutine is None:
+            return
+        self.waiting_input = False
+        try:
+            waits_for = coroutine.send(None) if exc is None else coroutine.throw(exc)
+        except StopIteration:
+            self.coroutine = None
+            return
+        except BaseException:
+            self.coroutine = None
+            raise
+        if waits_for is _MORE_INPUT:
+            self.waiting_input = True
+        elif isinstance(waits_for, asyncio.Future):
+            # What `await future` yields to a task: take the task's part (asyncio.Task.__step) and resume the
+            # coroutine when the future is done (the coroutine reads its result where it awaits it).
+            waits_for._asyncio_future_blocking = False
+            self.awaited = waits_for
+            waits_for.add_done_callback(self._awaited_done)
+        elif waits_for is None:  # a bare yield (asyncio.sleep(0)): step again at the next loop iteration
+            self.loop.call_soon(self.step)
+        else:  # nothing here awaits anything else: fail it where it waits, as a task would
+            self.loop.call_soon(self.step, RuntimeError(f"the connection cannot wait for {waits_for!r}"))
+
+    def _awaited_done(self, future: asyncio.Future[Any]) -> None:
+        self.awaited = None
+        self.step()
 
     def timed_out(self, now: float, timeout: float) -> bool:
         """Called by the server's sweep: fail the wait of a connection idle for longer than `timeout`."""
-        waiter = self.waiter
-        if waiter is not None and not waiter.done() and now - self.last_active > timeout:
-            waiter.set_exception(_Timeout())
+        if self.waiting_input and now - self.last_active > timeout:
+            self.step(_Timeout())
             return True
         drain = self.drain_waiter
         if drain is not None and not drain.done() and now - self.paused_at > timeout:
@@ -164,8 +220,10 @@ class FastConnection(asyncio.BufferedProtocol):
             self.out.append(replies.wire(replies.SHUTDOWN))
             self.flush()
             self.transport.close()
-        if self.task is not None:
-            self.task.cancel()
+        if self.awaited is not None:
+            self.awaited.cancel()  # raised where the coroutine awaits it, once the callback steps it
+        elif self.coroutine is not None:
+            self.step(asyncio.CancelledError())
 
     # --- buffered I/O -----------------------------------------------------------------------------------
 
@@ -207,11 +265,7 @@ class FastConnection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         if self.eof:
             return
-        self.waiter = self.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
+        await _MORE_INPUT
 
     async def readline(self, limit: int = LINE_LIMIT) -> bytes | object | None:
         """The next line without its CRLF; TOO_LONG for an over-long one (read and dropped); None at EOF."""

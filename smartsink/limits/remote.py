@@ -484,17 +484,23 @@ class RemoteLimits:
     async def _ask(self, request: Callable[[int], Request], unanswered: bool = True) -> bool:
         """The coordinator's answer; `unanswered` (letting the mail through) when none comes in time."""
         call_id = next(self._call_ids)
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
         self._calls[call_id] = waiter
         message = request(call_id)
         self.send(message)
+        # A timer on the waiter itself, not asyncio.wait_for: the fast engine runs its conversations in no task
+        # (smartsink.engines.fast), and wait_for needs one from Python 3.12.
+        timer = loop.call_later(CALL_TIMEOUT, _expire, waiter)
         try:
-            return await asyncio.wait_for(waiter, CALL_TIMEOUT)
+            return await waiter
         except TimeoutError:
             self._calls.pop(call_id, None)
             name = type(message).__name__
             log.error("the supervisor did not answer %s in %.0f s; letting it through", name, CALL_TIMEOUT)
             return unanswered
+        finally:
+            timer.cancel()
 
     async def open_connection(self, limit: int | None, scope: str = "", client: str = "", mx: str = "") -> bool:
         if limit is None:  # nothing to check: count it without waiting for an answer
@@ -538,3 +544,8 @@ class RemoteLimits:
 
     async def barrier(self) -> None:
         self._flush_records()
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -105,6 +105,32 @@ class TestLatency:
         assert 35 <= report["phases_ms"]["data"]["p50"] <= 65
         assert report["phases_ms"]["data"]["p99"] > 150
 
+    @pytest.mark.parametrize("workers", ["1", "2"])
+    def test_a_sink_stopped_while_it_holds_a_reply_says_so_at_once(self, tmp_path, workers):
+        """SIGTERM while the end of DATA is held by a minute's latency: the client hears 421 4.3.2 at once (not a
+        minute later, not a reset), and the sink exits 0 without a traceback. The held reply is a timer the
+        connection waits on; stopping cancels it where it waits."""
+        policy = '[default]\nbounce = 0\ndefer = 0\nlatency = "60s"\n'
+        with running_sink("--workers", workers, policy=policy, tmp=tmp_path) as sink:
+            with socket.create_connection(sink.address, timeout=30) as client:
+                reader = client.makefile("rb")
+                assert reader.readline().startswith(b"220")
+                client.sendall(b"EHLO t\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+                while not reader.readline().startswith(b"354"):
+                    pass
+                client.sendall(MESSAGE + b".\r\n")
+                # The message is taken (counted), its reply held: what the sink's /metrics says is the proof.
+                wait_for(lambda: sink.metrics().get("smartsink_bytes_received_total", 0) > 0, timeout=10,
+                         what="the message to be read")  # fmt: skip
+                stopped = time.monotonic()
+                code = sink.stop()
+                said = reader.readline()
+                took = time.monotonic() - stopped
+            assert said.startswith(b"421 4.3.2"), said
+            assert took < 15  # the stop's own bound, far below the minute the reply was held for
+            assert code == 0
+            assert "Traceback" not in "".join(sink.lines)
+
     def test_banner_delay(self, tmp_path):
         """[listener] banner_delay holds the greeting back."""
         with running_sink(policy='[listener]\nbanner_delay = "400ms"\n', tmp=tmp_path) as sink:

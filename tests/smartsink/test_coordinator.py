@@ -14,7 +14,7 @@ import pytest
 from smartsink.limits import remote
 from smartsink.limits.remote import _LENGTH, Answer, Coordinator, Deferred, Escalated, Heartbeat
 from smartsink.limits.state import SharedState
-from smartsink.policy.model import Escalation
+from smartsink.policy.model import Escalation, Rate
 
 KEY = "blocked.test|127.0.0.1"
 THREE_IN_A_MINUTE = Escalation(after=3, within=60.0, to="block", lasts=600.0)
@@ -73,3 +73,70 @@ def test_a_reputation_question_waits_for_deferrals_already_sent(
             coordinator.close()
 
     assert asyncio.run(scene()) is True
+
+
+def test_a_question_the_supervisor_never_answers_lets_the_mail_through_without_a_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker whose supervisor reads its questions and never answers: after CALL_TIMEOUT each question gets its
+    default (a rate lets the mail through, an escalation check says "not blocked"), says so in the log, and forgets
+    the call. Asked as the fast engine asks, from a coroutine driven by callbacks with no task around it (asyncio's
+    wait_for and timeout need one from Python 3.12)."""
+    monkeypatch.setattr(remote, "CALL_TIMEOUT", 0.2)
+    path = str(tmp_path / "silent.sock")
+
+    async def scene() -> tuple[list[bool], float, int, int]:
+        loop = asyncio.get_running_loop()
+        heard = bytearray()
+        gone = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):  # reads every question, answers none
+                heard.extend(data)
+            writer.close()
+            await writer.wait_closed()
+            gone.set()
+
+        server = await asyncio.start_unix_server(silent, path)
+        limits = remote.RemoteLimits(path, no_policy, lambda: None, None)  # type: ignore[arg-type]
+        await limits.connect()
+        answers: list[bool] = []
+        done = loop.create_future()
+        started = loop.time()
+
+        def drive(coroutine: object, then: list[object]) -> None:
+            # What smartsink.engines.fast's FastConnection.step does: send, and step again when the future is done.
+            def step(_: object = None) -> None:
+                assert asyncio.current_task() is None
+                try:
+                    waits_for = coroutine.send(None)  # type: ignore[attr-defined]
+                except StopIteration as end:
+                    answers.append(end.value)
+                    if then:
+                        drive(then[0], then[1:])
+                    else:
+                        done.set_result(None)
+                    return
+                waits_for._asyncio_future_blocking = False
+                waits_for.add_done_callback(step)
+
+            loop.call_soon(step)
+
+        drive(limits.take_rate("rated.test", Rate(1, 1.0)), [limits.escalated(KEY)])
+        try:
+            async with asyncio.timeout(10):  # two questions of 0.2 s each
+                await done
+        finally:
+            limits.channel.transport.close()  # type: ignore[union-attr]
+            async with asyncio.timeout(10):
+                await gone.wait()
+            server.close()
+            await server.wait_closed()
+        return answers, loop.time() - started, len(limits._calls), len(heard)
+
+    answers, took, waiting, heard = asyncio.run(scene())
+    assert answers == [True, False]
+    assert 0.4 <= took < 5  # each question waited its CALL_TIMEOUT, and no longer
+    assert waiting == 0  # no call left waiting for an answer
+    assert heard > 0
+    assert caplog.text.count("did not answer") == 2

@@ -66,7 +66,8 @@ class ReplyParser:
         lines = self.lines
         for line in data.splitlines():  # bytes.splitlines: \r\n, \n or \r
             separator = line[3:4]
-            if len(line) < 3 or not line[:3].isdigit() or separator not in b" -":
+            # A tuple, not `separator not in b" -"`: on Python 3.11 `bytes in bytes` raises and clears a TypeError.
+            if len(line) < 3 or not line[:3].isdigit() or separator not in (b" ", b"-", b""):
                 raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
             if separator == b"-":
                 lines.append(line[4:].decode("utf-8", "replace"))
