@@ -6,7 +6,10 @@ a StreamReader and awaits a drain after every reply. Here each connection is one
 buffer: commands are split from the buffer without copies beyond the line itself, the end of DATA is found
 with one bytes.find per packet, a message body is never kept (only its first 16 KiB, for the trace header; a DSN
 is read to its returned headers as it streams by), and replies are gathered and written once each time the input
-runs dry (or every OUT_BATCH replies).
+runs dry (or every OUT_BATCH replies). A client that does not read its replies is answered no further, and not
+read either, while WRITE_HIGH of them wait, so what any client can make the sink hold is bounded. aiosmtpd stays
+as the reference engine (smartsink.engines.reference); tests drive the same conversations through both
+and compare the answers.
 
 The coroutine runs in no task: the protocol drives it (FastConnection.step). When it waits for input it yields to
 the protocol, which resumes it from buffer_updated, so a command whose answer needs no wait is answered from the
@@ -14,10 +17,7 @@ callback that read it: no future, no task step, no turn of the loop between them
 four of them a message). What does need a wait (a policy's latency, the supervisor's answer with --workers, a
 drain, a TLS handshake) is an asyncio future the coroutine awaits; its done callback steps the coroutine again, as a
 task would. So nothing a conversation awaits may need a current task (asyncio.timeout, and wait_for from Python
-3.12): smartsink.limits.remote times its questions with a timer on the future instead. A client that does not read its replies is answered no further, and not
-read either, while WRITE_HIGH of them wait, so what any client can make the sink hold is bounded. aiosmtpd stays
-as the reference engine (smartsink.engines.reference); tests drive the same conversations through both
-and compare the answers.
+3.12): smartsink.limits.remote times its questions with a timer on the future instead.
 
 Two parts: FastConnection, here, owns the socket (buffers, waits, timeouts, flow control) and puts answers on the
 wire (replies.wire); its Conversation (smartsink.engines.conversation) owns the SMTP state of one connection and
@@ -92,6 +92,7 @@ class FastConnection(asyncio.BufferedProtocol):
         self.coroutine: Coroutine[Any, Any, None] | None = None
         self.waiting_input = False
         self.awaited: asyncio.Future[Any] | None = None
+        self.cancelling = False  # the sink stops: CancelledError at the coroutine's next step (a Task's _must_cancel)
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -174,10 +175,20 @@ class FastConnection(asyncio.BufferedProtocol):
         if coroutine is None:
             return
         self.waiting_input = False
+        if self.cancelling and exc is None:
+            self.cancelling = False
+            exc = asyncio.CancelledError()
         try:
             waits_for = coroutine.send(None) if exc is None else coroutine.throw(exc)
         except StopIteration:
             self.coroutine = None
+            return
+        except Exception:
+            # _run answers and logs whatever goes wrong in a conversation: this came from its own closing. Kept
+            # here, as a task keeps its exception: step() is called by the idle sweep and the sink's shutdown too.
+            self.coroutine = None
+            log.exception("error closing an SMTP session")
+            self.transport.abort()
             return
         except BaseException:
             self.coroutine = None
@@ -190,6 +201,8 @@ class FastConnection(asyncio.BufferedProtocol):
             waits_for._asyncio_future_blocking = False
             self.awaited = waits_for
             waits_for.add_done_callback(self._awaited_done)
+            if self.cancelling and waits_for.cancel():  # stopped while it ran: what it awaits now is cancelled
+                self.cancelling = False
         elif waits_for is None:  # a bare yield (asyncio.sleep(0)): step again at the next loop iteration
             self.loop.call_soon(self.step)
         else:  # nothing here awaits anything else: fail it where it waits, as a task would
@@ -220,10 +233,15 @@ class FastConnection(asyncio.BufferedProtocol):
             self.out.append(replies.wire(replies.SHUTDOWN))
             self.flush()
             self.transport.close()
-        if self.awaited is not None:
-            self.awaited.cancel()  # raised where the coroutine awaits it, once the callback steps it
-        elif self.coroutine is not None:
+        if self.coroutine is None:
+            return
+        if self.waiting_input:
             self.step(asyncio.CancelledError())
+        elif self.awaited is None or not self.awaited.cancel():
+            # Its step is due (the future it awaited is done, or it yielded to the loop): CancelledError is raised
+            # there, so that it does not go on as if nothing happened (a 250 recorded for a message told 421).
+            self.cancelling = True
+        # (else: the cancelled future raises CancelledError where the coroutine awaits it, once its callback runs)
 
     # --- buffered I/O -----------------------------------------------------------------------------------
 

@@ -116,8 +116,11 @@ class TestLatency:
                 reader = client.makefile("rb")
                 assert reader.readline().startswith(b"220")
                 client.sendall(b"EHLO t\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
-                while not reader.readline().startswith(b"354"):
-                    pass
+                for _ in range(12):  # the EHLO lines, then 250, 250 and 354
+                    line = reader.readline()
+                    assert line, "the sink closed the connection before DATA"
+                    if line.startswith(b"354"):
+                        break
                 client.sendall(MESSAGE + b".\r\n")
                 # The message is taken (counted), its reply held: what the sink's /metrics says is the proof.
                 wait_for(lambda: sink.metrics().get("smartsink_bytes_received_total", 0) > 0, timeout=10,
