@@ -2,12 +2,14 @@
 
 With --workers N, every process of a sink writes its values to files under PROMETHEUS_MULTIPROC_DIR, which
 smartsink's CLI creates before anything imports prometheus_client; a scrape of the admin listener reads and sums
-them all, so /metrics shows the whole sink, and a worker that dies keeps what it counted. With one worker (or
+them all, so /metrics shows the whole sink, and a worker that dies keeps what it counted (up to the turn of its
+event loop it died in: count() below). With one worker (or
 imported by a program) the values stay in the process, in the default registry: four times cheaper a count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -140,21 +142,34 @@ def child(metric: Any, *labels: str) -> Any:
 
 
 # Counts of the per-message counters not yet handed to prometheus-client: a dict addition a message instead of
-# the client's lock and value object. publish() hands them over at every scrape. With workers (MULTIPROC) each
-# count goes to the shared file at once instead: a worker killed (SIGKILL, the OOM killer) loses nothing it counted.
+# the client's lock and value object. With one worker publish() hands them over at every scrape. With workers
+# (MULTIPROC) they go to the shared files at the end of the loop's turn in which they were counted, each counter
+# once however many messages that turn answered (prometheus-client's call for each count was a tenth of a worker's
+# time): a worker killed (SIGKILL, the OOM killer) loses only what the turn it died in counted, as the ledger's
+# records, batched the same way (smartsink.limits.remote).
 _pending: dict[Any, float] = {}
+_publish_due = False
 
 
 def count(counter: Any, amount: float = 1) -> None:
-    """Add `amount` to a counter (or a labelled child): at the next publish(), or now with workers."""
-    if MULTIPROC:
-        counter.inc(amount)
-    else:
-        _pending[counter] = _pending.get(counter, 0) + amount
+    """Add `amount` to a counter (or a labelled child): at the next publish(); with workers, at the end of this
+    turn of the event loop (or now, outside one)."""
+    global _publish_due
+    _pending[counter] = _pending.get(counter, 0) + amount
+    if MULTIPROC and not _publish_due:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            publish()
+            return
+        _publish_due = True
+        loop.call_soon(publish)
 
 
 def publish() -> None:
     """Hand what count() added to prometheus-client, so that /metrics shows it."""
+    global _publish_due
+    _publish_due = False
     if _pending:
         counts = list(_pending.items())
         _pending.clear()

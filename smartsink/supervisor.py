@@ -322,6 +322,7 @@ async def _serve_worker(config: SinkConfig, index: int, coordinator_path: str, p
     beating.cancel()
     await listener.stop()
     await limits.barrier()  # send what the last sessions recorded
+    metrics.publish()  # and what they counted (count() hands it over at the end of each turn)
 
 
 async def _heartbeats(limits: RemoteLimits, index: int) -> None:
