@@ -3,8 +3,8 @@
 With --workers N, every process of a sink writes its values to files under PROMETHEUS_MULTIPROC_DIR, which
 smartsink's CLI creates before anything imports prometheus_client; a scrape of the admin listener reads and sums
 them all, so /metrics shows the whole sink, and a worker that dies keeps what it counted (up to the turn of its
-event loop it died in: count() below). With one worker (or
-imported by a program) the values stay in the process, in the default registry: four times cheaper a count.
+event loop it died in: count() below). With one worker (or imported by a program) the values stay in the process,
+in the default registry: four times cheaper a count.
 """
 
 from __future__ import annotations

@@ -62,9 +62,8 @@ class _Timeout(Exception):
 
 
 class _Input:
-    """What a conversation awaits for more input. It yields itself to the connection that drives the conversation,
-    which resumes it from buffer_updated (or eof_received, connection_lost, the idle sweep) directly: no future,
-    no task step, no loop iteration between a client's command and its answer."""
+    """What a conversation awaits for more input: it yields itself to FastConnection.step, and the connection
+    resumes the conversation when input (or EOF, loss, the idle timeout) comes."""
 
     def __await__(self) -> Generator[object, None, None]:
         yield self
@@ -86,9 +85,8 @@ class FastConnection(asyncio.BufferedProtocol):
         self.pos = 0
         self.out: list[bytes] = []
         self.eof = False
-        # The connection's coroutine (_run: the greeting, then its Conversation), driven by this protocol, not by a
-        # task: `step` runs it until it waits again, for input (waiting_input) or a future (awaited: a policy's
-        # delay, the supervisor's answer, a drain, a TLS handshake), whose done callback steps it again.
+        # The connection's coroutine (_run: the greeting, then its Conversation), which `step` runs until it waits
+        # for input (waiting_input) or for a future (awaited).
         self.coroutine: Coroutine[Any, Any, None] | None = None
         self.waiting_input = False
         self.awaited: asyncio.Future[Any] | None = None
